@@ -1,0 +1,104 @@
+"""``pychat acceptor`` / ``python -m acceptor``: run one acceptor by hand."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import resource
+import signal
+import socket
+import sys
+
+from pychat.config import (add_logging, add_ready_fd, endpoint, option, port, positive,
+                           setup_logging, signal_ready)
+
+from .limits import Limits
+from .server import Acceptor
+
+log = logging.getLogger("pychat.acceptor")
+
+DEFAULT_ROUTER = "tcp://127.0.0.1:65431"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pychat acceptor",
+                                description="A PyChat acceptor: owns client TCP connections and "
+                                            "forwards their commands to the router over ZeroMQ.")
+    option(p, "--host", "PYCHAT_HOST", default="127.0.0.1", help="address to listen on")
+    option(p, "--port", "PYCHAT_PORT", default=65432, type=port, help="TCP port to listen on")
+    option(p, "--router", "PYCHAT_ROUTER", default=DEFAULT_ROUTER, type=endpoint,
+           help="the router's ZeroMQ endpoint (tcp://HOST:PORT or ipc://PATH)")
+    option(p, "--name", "PYCHAT_ACCEPTOR_NAME", default="",
+           help="this acceptor's id on the bus (default: host-pid-random, unique)")
+    option(p, "--reuse-port", "PYCHAT_REUSE_PORT", default=False, type=bool,
+           help="SO_REUSEPORT, so several acceptors share one port")
+    add_limit_options(p)
+    option(p, "--heartbeat", "PYCHAT_HEARTBEAT", default=1.0, type=positive(float),
+           help="seconds between bus heartbeats")
+    option(p, "--bus-hwm", "PYCHAT_BUS_HWM", default=100_000, type=positive(int),
+           help="ZeroMQ high-water mark (batches) toward the router")
+    add_logging(p)
+    add_ready_fd(p)
+    return p
+
+
+LIMIT_FLAGS = ("max_line", "send_queue", "flood_burst", "flood_rate", "max_connections")
+
+
+def add_limit_options(p: argparse.ArgumentParser) -> None:
+    """The per-client limits; `pychat serve` takes them too and passes them on."""
+    d = Limits()
+    option(p, "--max-line", "PYCHAT_MAX_LINE", default=d.max_line, type=positive(int),
+           help="longest line in bytes, without its newline; longer lines get ERROR:")
+    option(p, "--send-queue", "PYCHAT_SEND_QUEUE", default=d.send_queue, type=positive(int),
+           help="bytes queued for one client before it is disconnected")
+    option(p, "--flood-burst", "PYCHAT_FLOOD_BURST", default=d.flood_burst, type=positive(int),
+           help="lines a client may send at once before it is slowed down")
+    option(p, "--flood-rate", "PYCHAT_FLOOD_RATE", default=d.flood_rate, type=positive(float),
+           help="lines per second a client may send after its burst")
+    option(p, "--max-connections", "PYCHAT_MAX_CONNECTIONS", default=d.max_connections,
+           type=positive(int), help="clients this acceptor serves at once")
+
+
+def raise_fd_limit(wanted: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard == resource.RLIM_INFINITY else min(hard, max(soft, wanted))
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
+async def serve(args: argparse.Namespace) -> int:
+    loop = asyncio.get_running_loop()
+    limits = Limits(**{k: getattr(args, k) for k in LIMIT_FLAGS})
+    name = args.name or f"{socket.gethostname()}-{os.getpid()}-{os.urandom(2).hex()}"
+    acceptor = Acceptor(loop, name=name, router=args.router, limits=limits,
+                        heartbeat=args.heartbeat, bus_hwm=args.bus_hwm)
+    try:
+        await acceptor.start(args.host, args.port, args.reuse_port)
+    except OSError as e:
+        log.error("cannot listen on %s:%d: %s", args.host, args.port, e)
+        acceptor.link.close()
+        return 1
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    where = ", ".join(f"{h}:{p}" for h, p in acceptor.ports())
+    log.info("acceptor %s listening on %s, router %s", name, where, args.router)
+    signal_ready(args.ready_fd, f"acceptor {where}")
+    await stop.wait()
+    log.info("acceptor %s shutting down (%d clients)", name, len(acceptor.sessions))
+    await acceptor.shutdown()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level)
+    raise_fd_limit(args.max_connections + 64)
+    return asyncio.run(serve(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

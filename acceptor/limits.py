@@ -1,0 +1,53 @@
+"""Per-connection limits, named, with safe defaults; enforced where the bytes are parsed.
+
+``Limits`` is validated at start (``check``), before anything binds. ``TokenBucket`` is the flood
+limit: ``burst`` lines at once, then ``rate`` lines a second. A flooder is slowed down (reading
+paused until a token is due), never dropped.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from wire.framing import DEFAULT_MAX_LINE
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_line: int = DEFAULT_MAX_LINE  # bytes per line, without its newline
+    send_queue: int = 256 * 1024  # bytes waiting for one client before it is disconnected
+    flood_burst: int = 100  # lines a client may send at once ...
+    flood_rate: float = 50.0  # ... and then per second
+    max_connections: int = 10_000  # clients on this acceptor
+
+    def check(self) -> None:
+        for name in ("max_line", "send_queue", "flood_burst", "flood_rate", "max_connections"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+
+
+class TokenBucket:
+    __slots__ = ("rate", "burst", "tokens", "stamp")
+
+    def __init__(self, rate: float, burst: int, now: float | None = None):
+        self.rate = rate
+        self.burst = float(burst)
+        self.tokens = float(burst)
+        self.stamp = time.monotonic() if now is None else now
+
+    def take(self, now: float) -> bool:
+        """Spend one token if there is one."""
+        tokens = self.tokens + (now - self.stamp) * self.rate
+        self.stamp = now
+        if tokens > self.burst:
+            tokens = self.burst
+        if tokens >= 1.0:
+            self.tokens = tokens - 1.0
+            return True
+        self.tokens = tokens
+        return False
+
+    def wait(self) -> float:
+        """Seconds until the next token, from the last ``take``."""
+        return max(0.0, (1.0 - self.tokens) / self.rate)

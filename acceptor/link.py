@@ -1,0 +1,133 @@
+"""The acceptor's end of the bus: one DEALER socket driven by the asyncio loop.
+
+Outgoing messages are collected during a loop turn and sent as one batch (``send`` schedules
+one flush per turn). Incoming batches are drained until the socket has no more, a bounded number
+per callback, and handed to ``on_batch``.
+
+ZeroMQ's FD is edge-triggered: it signals that *something may have changed*, so after it fires,
+and after every send, we read ``EVENTS`` and drain until it shows no POLLIN.
+
+When the router cannot take more (its high-water mark), batches wait in a bounded backlog;
+past ``max_backlog`` the oldest batch is refused and every client command in it is handed to
+``on_refused`` so its sender gets an ``ERROR:`` line: nothing accepted is lost silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import Callable
+
+import zmq
+
+from wire import bus
+
+log = logging.getLogger("pychat.acceptor")
+
+MAX_BATCHES_PER_CALLBACK = 256
+
+
+class BusLink:
+    def __init__(self, loop: asyncio.AbstractEventLoop, endpoint: str, ident: str,
+                 on_batch: Callable[[list[bytes]], None],
+                 on_refused: Callable[[list[bus.BusMessage]], None], *,
+                 hwm: int = 100_000, max_backlog: int = 1_000,
+                 ctx: zmq.Context | None = None):
+        self.loop = loop
+        self.endpoint = endpoint
+        self.on_batch = on_batch
+        self.on_refused = on_refused
+        self.max_backlog = max_backlog
+        self.ctx = ctx or zmq.Context.instance()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.ROUTING_ID, ident.encode("utf-8"))
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.SNDHWM, hwm)
+        self.sock.setsockopt(zmq.RCVHWM, hwm)
+        self.sock.connect(endpoint)
+        self._fd = self.sock.getsockopt(zmq.FD)
+        self._outbox: list[bus.BusMessage] = []
+        self._backlog: deque[tuple[list[bytes], list[bus.BusMessage]]] = deque()
+        self._flush_handle: asyncio.Handle | None = None
+        self._drain_handle: asyncio.Handle | None = None
+        self._retry_handle: asyncio.TimerHandle | None = None
+        self.closed = False
+        loop.add_reader(self._fd, self._drain)
+
+    # ---- sending ---------------------------------------------------------------------------------
+
+    def send(self, msg: bus.BusMessage) -> None:
+        self._outbox.append(msg)
+        if self._flush_handle is None:
+            self._flush_handle = self.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._flush_handle = None
+        if self.closed or not self._outbox:
+            return
+        msgs, self._outbox = self._outbox, []
+        frames = bus.encode(msgs)
+        if self._backlog:
+            self._queue(frames, msgs)
+        else:
+            try:
+                self.sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                self._queue(frames, msgs)
+        self._schedule_drain()
+
+    def _queue(self, frames: list[bytes], msgs: list[bus.BusMessage]) -> None:
+        self._backlog.append((frames, msgs))
+        while len(self._backlog) > self.max_backlog:
+            _, refused = self._backlog.popleft()
+            self.on_refused(refused)
+        if self._retry_handle is None:
+            self._retry_handle = self.loop.call_later(0.01, self._retry)
+
+    def _retry(self) -> None:
+        self._retry_handle = None
+        while self._backlog and not self.closed:
+            frames, msgs = self._backlog[0]
+            try:
+                self.sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                self._retry_handle = self.loop.call_later(0.01, self._retry)
+                break
+            self._backlog.popleft()
+        self._schedule_drain()
+
+    @property
+    def backlog(self) -> int:
+        return len(self._backlog)
+
+    # ---- receiving -------------------------------------------------------------------------------
+
+    def _schedule_drain(self) -> None:
+        if self._drain_handle is None and not self.closed:
+            self._drain_handle = self.loop.call_soon(self._drain)
+
+    def _drain(self) -> None:
+        self._drain_handle = None
+        if self.closed:
+            return
+        sock = self.sock
+        for _ in range(MAX_BATCHES_PER_CALLBACK):
+            if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                return
+            self.on_batch(sock.recv_multipart(zmq.NOBLOCK))
+            if self.closed:
+                return
+        self._schedule_drain()  # more to read: give the clients a turn first
+
+    def close(self, linger_ms: int = 0) -> None:
+        """Stop; ``linger_ms`` gives what was just flushed that long to reach the router."""
+        if self.closed:
+            return
+        self.flush()
+        self.closed = True
+        self.loop.remove_reader(self._fd)
+        for handle in (self._flush_handle, self._drain_handle, self._retry_handle):
+            if handle is not None:
+                handle.cancel()
+        self.sock.close(linger=linger_ms)

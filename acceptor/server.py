@@ -1,0 +1,261 @@
+"""The acceptor: its client sessions, its end of the bus, and local fan-out.
+
+Owns: the listening socket, every ``Session`` (by conn id), each room's *local* members, and the
+bus link. It holds no chat state beyond its own sessions; what a session is (uid, name, room)
+comes from the router's ``SessionSet`` and is kept so a restarted router can be resynced.
+
+Fan-out: a room message arrives once per acceptor; its line is encoded once (twice at most: with
+and without ``@time=``) and appended to each local member's queue. Queues are written at the end
+of the loop turn, one ``transport.write`` per client, and a client whose unsent bytes pass the
+send-queue limit is disconnected at once: nobody waits for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+import uuid
+
+from wire import bus, replies
+from wire.commands import Command
+from wire.errors import BusError
+
+from .limits import Limits
+from .link import BusLink
+from .session import Session
+
+log = logging.getLogger("pychat.acceptor")
+
+SHUTDOWN_LINE = b"ERROR: server shutting down\n"
+MISSED_HEARTBEATS = 3
+
+
+class Acceptor:
+    def __init__(self, loop: asyncio.AbstractEventLoop, *, name: str, router: str,
+                 limits: Limits, heartbeat: float = 1.0, bus_hwm: int = 100_000):
+        limits.check()
+        self.loop = loop
+        self.name = name
+        self.limits = limits
+        self.heartbeat = heartbeat
+        self.epoch = uuid.uuid4().hex[:12]
+        self.sessions: dict[int, Session] = {}
+        self.rooms: dict[str, dict[Session, None]] = {}
+        self._ids = itertools.count(1)
+        self._dirty: list[Session] = []
+        self._flush_handle: asyncio.Handle | None = None
+        self._beat_handle: asyncio.TimerHandle | None = None
+        self.router_epoch: str | None = None
+        self.router_seen = 0.0
+        self.router_alive = False
+        self.server: asyncio.AbstractServer | None = None
+        self.stats = {"accepted": 0, "send_queue_drops": 0, "full_refusals": 0}
+        self.link = BusLink(loop, router, name, self.on_batch, self.on_refused, hwm=bus_hwm)
+
+    async def start(self, host: str, port: int, reuse_port: bool) -> None:
+        self.server = await self.loop.create_server(
+            lambda: Session(self, next(self._ids)), host, port,
+            reuse_port=reuse_port or None, backlog=4096)
+        self.link.send(bus.Hello(self.name, self.epoch))
+        self._beat()
+
+    def ports(self) -> list[tuple[str, int]]:
+        return [s.getsockname()[:2] for s in self.server.sockets] if self.server else []
+
+    # ---- sessions ---------------------------------------------------------------------------------
+
+    def session_opened(self, s: Session) -> None:
+        if len(self.sessions) >= self.limits.max_connections:
+            self.stats["full_refusals"] += 1
+            s.transport.write(
+                f"ERROR: server full (max {self.limits.max_connections} connections)\n".encode())
+            s.transport.close()
+            return
+        self.stats["accepted"] += 1
+        s.open = True
+        self.sessions[s.conn] = s
+        s.send_line(replies.WELCOME)
+        self.link.send(bus.Open(s.conn, s.peer))
+
+    def session_closed(self, s: Session, reason: str) -> None:
+        if not s.open:
+            return
+        s.open = False
+        del self.sessions[s.conn]
+        self._leave_room(s)
+        self.link.send(bus.Close(s.conn, reason))
+        log.debug("conn %d (%s) closed: %s", s.conn, s.peer, reason)
+
+    def to_router(self, s: Session, cmd: Command) -> None:
+        self.link.send(bus.Cmd(s.conn, cmd))
+
+    def on_refused(self, msgs: list[bus.BusMessage]) -> None:
+        """The bus backlog overflowed: tell each sender its command was not sent."""
+        for msg in msgs:
+            if isinstance(msg, bus.Cmd) and (s := self.sessions.get(msg.conn)) is not None:
+                s.send_line(f"ERROR: not sent, the router is unavailable: /{msg.command.kind}")
+        log.error("router unavailable: refused a batch of %d bus messages", len(msgs))
+
+    def _leave_room(self, s: Session) -> None:
+        members = self.rooms.get(s.room)
+        if members is not None:
+            members.pop(s, None)
+            if not members:
+                del self.rooms[s.room]
+
+    # ---- output -----------------------------------------------------------------------------------
+
+    def queue(self, s: Session, data: bytes) -> None:
+        if not s.out:
+            self._dirty.append(s)
+            if self._flush_handle is None:
+                self._flush_handle = self.loop.call_soon(self.flush)
+        s.out.append(data)
+
+    def write_now(self, s: Session) -> None:
+        if s.out:
+            self._write(s)
+
+    def flush(self) -> None:
+        """Write every queued line: one write per client per loop turn."""
+        self._flush_handle = None
+        dirty, self._dirty = self._dirty, []
+        for s in dirty:
+            if s.out:
+                self._write(s)
+
+    def _write(self, s: Session) -> None:
+        out = s.out
+        t = s.transport
+        if t is None or t.is_closing():
+            out.clear()
+            return
+        t.write(out[0] if len(out) == 1 else b"".join(out))
+        out.clear()
+        if t.get_write_buffer_size() > self.limits.send_queue:
+            self.stats["send_queue_drops"] += 1
+            log.info("conn %d (%s) disconnected: send queue over %d bytes",
+                     s.conn, s.peer, self.limits.send_queue)
+            self.session_closed(s, "send queue full")
+            t.abort()
+
+    # ---- the bus: what the router sends ----------------------------------------------------------
+
+    def on_batch(self, frames: list[bytes]) -> None:
+        try:
+            messages = bus.decode(frames)
+        except BusError as e:
+            log.warning("dropped a bad batch from the router: %s", e)
+            return
+        sessions = self.sessions
+        for msg in messages:
+            kind = type(msg)
+            if kind is bus.ChatRoom:
+                self._fan_out_chat(msg)
+            elif kind is bus.ToConn:
+                if (s := sessions.get(msg.conn)) is not None:
+                    self.queue(s, (msg.text + "\n").encode("utf-8"))
+            elif kind is bus.ChatConn:
+                if (s := sessions.get(msg.conn)) is not None:
+                    line = replies.tagged(msg.stamp, msg.text) if s.cap_time else msg.text
+                    self.queue(s, (line + "\n").encode("utf-8"))
+            elif kind is bus.ToRoom:
+                self._fan_out(msg.room, (msg.text + "\n").encode("utf-8"))
+            elif kind is bus.SessionSet:
+                self._set_session(msg)
+            elif kind is bus.Heartbeat:
+                self._router_heartbeat(msg.epoch)
+            elif kind is bus.Kick:
+                if (s := sessions.get(msg.conn)) is not None:
+                    if msg.text:
+                        s.send_line(msg.text)
+                    s.close()
+            elif kind is bus.Resync:
+                self._resync("the router asked")
+            else:
+                log.warning("router sent an acceptor-bound %s; dropped", msg.kind)
+        self.flush()
+
+    def _fan_out(self, room: str, data: bytes) -> None:
+        members = self.rooms.get(room)
+        if not members:
+            return
+        queue = self.queue
+        for s in members:
+            queue(s, data)
+
+    def _fan_out_chat(self, msg: bus.ChatRoom) -> None:
+        members = self.rooms.get(msg.room)
+        if not members:
+            return
+        plain = (msg.text + "\n").encode("utf-8")
+        tagged = None
+        queue = self.queue
+        for s in members:
+            if s.cap_time:
+                if tagged is None:
+                    tagged = (replies.tagged(msg.stamp, msg.text) + "\n").encode("utf-8")
+                queue(s, tagged)
+            else:
+                queue(s, plain)
+
+    def _set_session(self, msg: bus.SessionSet) -> None:
+        s = self.sessions.get(msg.conn)
+        if s is None:
+            return  # closed meanwhile; our Close is on its way
+        if s.room != msg.room:
+            self._leave_room(s)
+            self.rooms.setdefault(msg.room, {})[s] = None
+        s.uid, s.name, s.room = msg.uid, msg.name, msg.room
+
+    # ---- heartbeats and resync -------------------------------------------------------------------
+
+    def _beat(self) -> None:
+        self.link.send(bus.Heartbeat(self.epoch))
+        now = time.monotonic()
+        if self.router_alive and now - self.router_seen > MISSED_HEARTBEATS * self.heartbeat:
+            self.router_alive = False
+            log.warning("router silent for %.1fs; commands wait in the bus queue",
+                        now - self.router_seen)
+        self._beat_handle = self.loop.call_later(self.heartbeat, self._beat)
+
+    def _router_heartbeat(self, epoch: str) -> None:
+        self.router_seen = time.monotonic()
+        if not self.router_alive:
+            self.router_alive = True
+            log.info("router %s is alive", epoch)
+        if self.router_epoch is None:
+            self.router_epoch = epoch
+        elif epoch != self.router_epoch:
+            self.router_epoch = epoch
+            self._resync(f"router restarted (epoch {epoch})")
+
+    def _resync(self, why: str) -> None:
+        log.info("resyncing %d sessions: %s", len(self.sessions), why)
+        self.link.send(bus.Hello(self.name, self.epoch))
+        for s in self.sessions.values():
+            self.link.send(s.snapshot() if s.uid else bus.Open(s.conn, s.peer))
+
+    # ---- shutdown ---------------------------------------------------------------------------------
+
+    async def shutdown(self, grace: float = 2.0) -> None:
+        """SIGTERM: stop accepting, tell every client, close, let the router know."""
+        if self.server is not None:
+            self.server.close()
+        if self._beat_handle is not None:
+            self._beat_handle.cancel()
+        sessions = list(self.sessions.values())
+        for s in sessions:
+            self.write_now(s)
+            if s.transport is not None and not s.transport.is_closing():
+                s.transport.write(SHUTDOWN_LINE)
+                s.transport.close()
+        deadline = self.loop.time() + grace
+        while any(s.transport is not None for s in sessions) and self.loop.time() < deadline:
+            await asyncio.sleep(0.02)  # polling our own transports to drain, not synchronising
+        for s in sessions:
+            if s.transport is not None:
+                s.transport.abort()
+        self.link.close(linger_ms=500)

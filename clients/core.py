@@ -1,0 +1,148 @@
+"""The shared client core: connect, frame, parse server lines into events, keep the roster.
+
+``Connection`` is a small blocking client over one TCP socket. It reads with the same line
+buffer as the server (``wire.framing``) and understands every server line through
+``wire.replies.parse_server_line``, so clients and server cannot disagree on the format. Tests
+use it directly; the GUI, console and load generator build on it.
+
+Waiting is always for a line with a deadline (``expect``), never for a fixed time.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections import deque
+from typing import Callable
+
+from wire import replies
+from wire.framing import LineBuffer
+
+DEFAULT_TIMEOUT = 10.0
+
+
+class ConnectionClosed(Exception):
+    """The server closed the connection (or it broke) before the expected line came."""
+
+
+class Timeout(Exception):
+    """The expected line did not come in time."""
+
+
+class Connection:
+    def __init__(self, host: str = "127.0.0.1", port: int = 65432, *,
+                 timeout: float = DEFAULT_TIMEOUT, max_line: int = 1 << 20):
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.timeout = timeout
+        self._buffer = LineBuffer(max_line)
+        self._lines: deque[str] = deque()
+        self.seen: list[str] = []  # every line received, in order
+        self.closed = False
+        self.uid = ""
+        self.users: tuple[str, ...] = ()
+        self.names: dict[str, str] = {}
+        self.room = "#lobby"
+
+    # ---- sending ---------------------------------------------------------------------------------
+
+    def send(self, line: str) -> None:
+        self.send_raw(line.encode("utf-8") + b"\n")
+
+    def send_raw(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    # ---- receiving -------------------------------------------------------------------------------
+
+    def _fill(self, deadline: float) -> None:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise Timeout("no line in time")
+        self.sock.settimeout(left)
+        try:
+            data = self.sock.recv(65536)
+        except socket.timeout:
+            raise Timeout("no line in time") from None
+        except (ConnectionResetError, BrokenPipeError) as e:
+            self.closed = True
+            raise ConnectionClosed(str(e)) from None
+        if not data:
+            self.closed = True
+            raise ConnectionClosed("server closed the connection")
+        for item in self._buffer.feed(data):
+            if isinstance(item, bytes):
+                line = item.decode("utf-8", "replace")
+                self._lines.append(line)
+                self.seen.append(line)
+                self._track(replies.parse_server_line(line))
+
+    def _track(self, event: replies.Event) -> None:
+        if isinstance(event, replies.IdAssigned):
+            self.uid = event.uid
+        elif isinstance(event, replies.UserList):
+            self.users = event.uids
+        elif isinstance(event, replies.NameList):
+            self.names = dict(event.names)
+        elif isinstance(event, replies.RoomChanged):
+            self.room = event.room
+
+    def read_line(self, timeout: float | None = None) -> str:
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while not self._lines:
+            self._fill(deadline)
+        return self._lines.popleft()
+
+    def read_event(self, timeout: float | None = None) -> replies.Event:
+        return replies.parse_server_line(self.read_line(timeout))
+
+    def expect(self, match: str | Callable[[str], bool], timeout: float | None = None) -> str:
+        """Read lines until one matches (equal to a string, or a predicate); return it.
+
+        Lines read on the way are dropped (they stay in ``seen``)."""
+        pred = (lambda line: line == match) if isinstance(match, str) else match
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while True:
+            while self._lines:
+                line = self._lines.popleft()
+                if pred(line):
+                    return line
+            self._fill(deadline)
+
+    def expect_prefix(self, prefix: str, timeout: float | None = None) -> str:
+        return self.expect(lambda line: line.startswith(prefix), timeout)
+
+    def read_until_closed(self, timeout: float | None = None) -> list[str]:
+        """Every line until the server closes the connection."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        out = []
+        while True:
+            while self._lines:
+                out.append(self._lines.popleft())
+            try:
+                self._fill(deadline)
+            except ConnectionClosed:
+                out.extend(self._lines)
+                self._lines.clear()
+                return out
+
+    def handshake(self, timeout: float | None = None) -> str:
+        """Read Welcome, ID and USERS; return our uid."""
+        assert self.read_line(timeout) == replies.WELCOME
+        line = self.read_line(timeout)
+        assert line.startswith("ID:"), line
+        line = self.read_line(timeout)
+        assert line.startswith("USERS:") and self.uid in line.split(":", 1)[1].split(","), line
+        return self.uid
+
+    def close(self) -> None:
+        self.closed = True
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def __enter__(self) -> Connection:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,4 @@
+from pychat.cli import main
+import sys
+
+sys.exit(main())

@@ -1,0 +1,34 @@
+"""``pychat <command>``: one front door to every PyChat program."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "serve": ("pychat.serve", "run a router and N acceptors on one port (the default setup)"),
+    "router": ("router.__main__", "run the router by hand"),
+    "acceptor": ("acceptor.__main__", "run one acceptor by hand"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: pychat <command> [options]   (pychat <command> --help for its options)", ""]
+    lines += [f"  {name:<10} {text}" for name, (_, text) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0 if argv else 2
+    if argv[0] in ("-V", "--version"):
+        from pychat import __version__
+        print(f"pychat {__version__}")
+        return 0
+    entry = COMMANDS.get(argv[0])
+    if entry is None:
+        print(f"pychat: unknown command {argv[0]!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    return importlib.import_module(entry[0]).main(argv[1:]) or 0

@@ -1,0 +1,92 @@
+"""Flags with ``PYCHAT_*`` environment fallbacks, validated before anything binds.
+
+Every option has a flag and an environment variable; the flag wins, then the variable, then the
+default. ``--help`` shows all three. A bad value (flag or variable) is a usage error at start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Any, Callable
+
+LOG_FORMAT = "%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s"
+
+
+def _parse_bool(text: str) -> bool:
+    v = text.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"not a boolean: {text!r}")
+
+
+def positive(cast: Callable[[str], Any]) -> Callable[[str], Any]:
+    def check(text: str) -> Any:
+        value = cast(text)
+        if value <= 0:
+            raise ValueError(f"must be positive: {text!r}")
+        return value
+    check.__name__ = cast.__name__
+    return check
+
+
+def port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise ValueError(f"not a port: {text!r}")
+    return value
+
+
+def endpoint(text: str) -> str:
+    if not text.startswith(("tcp://", "ipc://", "inproc://")):
+        raise ValueError(f"not a ZeroMQ endpoint (tcp://HOST:PORT or ipc://PATH): {text!r}")
+    return text
+
+
+def option(parser: argparse.ArgumentParser, flag: str, env: str, *, default: Any, help: str,
+           type: Callable[[str], Any] = str, choices: list[str] | None = None) -> None:
+    """Add ``flag``; its default comes from ``env`` when that is set."""
+    dest = flag.lstrip("-").replace("-", "_")
+    raw = os.environ.get(env)
+    value = default
+    if raw is not None and raw != "":
+        try:
+            value = _parse_bool(raw) if type is bool else type(raw)
+        except ValueError as e:
+            parser.error(f"${env}: {e}")
+        if choices and value not in choices:
+            parser.error(f"${env}: {raw!r} is not one of {', '.join(choices)}")
+    text = f"{help} [env {env}; default {default!r}]"
+    if type is bool:
+        parser.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction,
+                            default=value, help=text)
+    else:
+        parser.add_argument(flag, dest=dest, type=type, default=value, choices=choices,
+                            help=text, metavar=dest.upper())
+
+
+def add_logging(parser: argparse.ArgumentParser) -> None:
+    option(parser, "--log-level", "PYCHAT_LOG_LEVEL", default="info",
+           choices=["debug", "info", "warning", "error"], help="log threshold")
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(stream=sys.stderr, level=level.upper(), format=LOG_FORMAT)
+
+
+def add_ready_fd(parser: argparse.ArgumentParser) -> None:
+    # internal: `pychat serve` passes a pipe to learn when a child is ready
+    parser.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
+
+
+def signal_ready(fd: int | None, what: str) -> None:
+    if fd is None:
+        return
+    try:
+        os.write(fd, f"{what}\n".encode())
+    finally:
+        os.close(fd)

@@ -1,0 +1,217 @@
+"""``pychat serve``: the embedded default, a router and N acceptors as child processes.
+
+The acceptors share one port with SO_REUSEPORT (one acceptor where the OS lacks it) and reach the
+router over a private ipc:// endpoint in a fresh temporary folder, so two ``pychat serve`` with
+different ports never collide. Each child reports readiness through a pipe; when all are ready we
+print ``serving on HOST:PORT`` on stdout. A child that dies is restarted with backoff (and the
+acceptors resync a restarted router). SIGINT or SIGTERM stops every child (SIGTERM, then SIGKILL
+after a grace period) and removes the temporary folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+from acceptor.__main__ import LIMIT_FLAGS, add_limit_options
+from pychat.config import add_logging, option, port, positive, setup_logging
+
+log = logging.getLogger("pychat.serve")
+
+READY_TIMEOUT = 20.0
+STOP_GRACE = 5.0
+BACKOFF_MAX = 30.0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pychat serve",
+                                description="Run a PyChat server: one router and N acceptors "
+                                            "sharing one port, as child processes.")
+    option(p, "--host", "PYCHAT_HOST", default="127.0.0.1", help="address to listen on")
+    option(p, "--port", "PYCHAT_PORT", default=65432, type=port,
+           help="TCP port for clients (0: any free port, printed when ready)")
+    option(p, "--acceptors", "PYCHAT_ACCEPTORS", default=2, type=positive(int),
+           help="acceptor processes sharing the port")
+    option(p, "--bus", "PYCHAT_BUS", default="",
+           help="router endpoint (default: a private ipc:// endpoint in a temporary folder)")
+    option(p, "--heartbeat", "PYCHAT_HEARTBEAT", default=1.0, type=positive(float),
+           help="seconds between bus heartbeats")
+    add_limit_options(p)
+    add_logging(p)
+    return p
+
+
+class Child:
+    def __init__(self, role: str, argv: list[str]):
+        self.role = role
+        self.argv = argv
+        self.proc: subprocess.Popen | None = None
+        self.failures = 0
+        self.restart_at = 0.0
+        self.started = 0.0
+
+    def start(self, ready_w: int | None) -> None:
+        argv = list(self.argv)
+        pass_fds: tuple[int, ...] = ()
+        if ready_w is not None:
+            argv += ["--ready-fd", str(ready_w)]
+            pass_fds = (ready_w,)
+        self.proc = subprocess.Popen([sys.executable, "-m", *argv], pass_fds=pass_fds,
+                                     stdin=subprocess.DEVNULL)
+        self.started = time.monotonic()
+        log.info("started %s (pid %d)", self.role, self.proc.pid)
+
+
+class Supervisor:
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.tmp = tempfile.mkdtemp(prefix="pychat-")
+        self.bus = args.bus or f"ipc://{self.tmp}/router.sock"
+        self.stopping = threading.Event()
+        self.wake = threading.Event()
+        self.children: list[Child] = []
+        self.port = args.port
+        self._hold: socket.socket | None = None
+
+    def reserve_port(self, reuse: bool) -> None:
+        """For ``--port 0``: pick a free port once, so every acceptor binds the same one."""
+        if self.port != 0:
+            return
+        s = socket.socket(socket.AF_INET6 if ":" in self.args.host else socket.AF_INET)
+        if reuse:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        s.bind((self.args.host, 0))
+        self.port = s.getsockname()[1]
+        if reuse:
+            self._hold = s  # bound, never listening: keeps the port ours until they listen
+        else:
+            s.close()
+
+    def plan(self) -> None:
+        a = self.args
+        reuse = hasattr(socket, "SO_REUSEPORT")
+        n = a.acceptors
+        if n > 1 and not reuse:
+            log.warning("this OS has no SO_REUSEPORT: running one acceptor, not %d", n)
+            n = 1
+        self.reserve_port(reuse)
+        common = ["--heartbeat", str(a.heartbeat), "--log-level", a.log_level]
+        self.children.append(Child("router", ["router", "--bind", self.bus, *common]))
+        limits = []
+        for key in LIMIT_FLAGS:
+            limits += ["--" + key.replace("_", "-"), str(getattr(a, key))]
+        for i in range(n):
+            argv = ["acceptor", "--host", a.host, "--port", str(self.port), "--router", self.bus,
+                    "--name", f"{socket.gethostname()}-{os.getpid()}-a{i + 1}",
+                    "--reuse-port" if reuse else "--no-reuse-port", *limits, *common]
+            self.children.append(Child(f"acceptor {i + 1}", argv))
+
+    def start_all(self) -> bool:
+        r, w = os.pipe()
+        try:
+            for child in self.children:
+                child.start(w)
+        finally:
+            os.close(w)
+        ready = 0
+        deadline = time.monotonic() + READY_TIMEOUT
+        buf = b""
+        with os.fdopen(r, "rb", buffering=0) as pipe:
+            while ready < len(self.children) and not self.stopping.is_set():
+                left = deadline - time.monotonic()
+                if left <= 0 or any(c.proc.poll() is not None for c in self.children):
+                    return False
+                if select.select([pipe], [], [], min(left, 0.2))[0]:
+                    chunk = pipe.read(4096)
+                    if not chunk:  # every child closed its end; some never said ready
+                        return ready == len(self.children)
+                    buf += chunk
+                    ready = buf.count(b"\n")
+        return ready == len(self.children)
+
+    def handle_signals(self) -> None:
+        def stop(signum, _frame):
+            self.stopping.set()
+            self.wake.set()
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGCHLD, lambda *_: self.wake.set())
+
+    def supervise(self) -> None:
+        while not self.stopping.is_set():
+            self.wake.wait(1.0)
+            self.wake.clear()
+            now = time.monotonic()
+            for child in self.children:
+                if self.stopping.is_set():
+                    break
+                proc = child.proc
+                if proc is not None and proc.poll() is not None:
+                    code = proc.returncode
+                    why = f"signal {-code}" if code < 0 else f"exit code {code}"
+                    if now - child.started > 60:
+                        child.failures = 0
+                    delay = min(BACKOFF_MAX, 0.5 * 2 ** child.failures)
+                    child.failures += 1
+                    log.error("%s (pid %d) died: %s; restarting in %.1fs",
+                              child.role, proc.pid, why, delay)
+                    child.proc = None
+                    child.restart_at = now + delay
+                if child.proc is None and now >= child.restart_at:
+                    child.start(None)
+
+    def stop_all(self) -> None:
+        procs = [c.proc for c in self.children if c.proc is not None and c.proc.poll() is None]
+        # acceptors first, so clients hear "shutting down" while the router is still there
+        for proc in reversed(procs):
+            try:
+                proc.send_signal(signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + STOP_GRACE
+        for proc in procs:
+            try:
+                proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("pid %d ignored SIGTERM; killing it", proc.pid)
+                proc.kill()
+                proc.wait()
+        if self._hold is not None:
+            self._hold.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level)
+    sup = Supervisor(args)
+    sup.handle_signals()
+    try:
+        sup.plan()
+        if not sup.start_all():
+            log.error("a child did not start; see its log above")
+            return 1
+        if sup._hold is not None:
+            sup._hold.close()
+            sup._hold = None
+        n = len(sup.children) - 1
+        print(f"pychat: serving on {args.host}:{sup.port} ({n} acceptor{'s' * (n > 1)}, "
+              f"bus {sup.bus})", flush=True)
+        sup.supervise()
+        return 0
+    except OSError as e:
+        log.error("cannot start: %s", e)
+        return 1
+    finally:
+        sup.stop_all()
+        log.info("stopped")

@@ -1,0 +1,251 @@
+"""The router's ZeroMQ shell: thin, one thread, around ``RouterState``.
+
+One ROUTER socket (ROUTER_MANDATORY, LINGER 0, explicit HWMs) bound to the bus endpoint. Each
+turn: receive every batch that is ready (up to ``max_batches``), hand each message to the state,
+then send what the state returned as one batch per acceptor. Heartbeats go to every known
+acceptor each ``heartbeat`` seconds; an acceptor silent for ``3 * heartbeat`` is dead and its
+users leave. A message from an acceptor we do not know (we restarted) is answered with Resync.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import signal
+import socket
+import time
+import uuid
+from collections import deque
+
+import zmq
+
+from wire import bus
+from wire.errors import BusError
+
+from .state import Delivery, RouterState
+
+log = logging.getLogger("pychat.router")
+
+MISSED_HEARTBEATS = 3
+
+
+class Peer:
+    __slots__ = ("ident", "epoch", "last_seen", "backlog")
+
+    def __init__(self, ident: bytes, epoch: str, now: float):
+        self.ident = ident
+        self.epoch = epoch
+        self.last_seen = now
+        self.backlog: deque[list[bytes]] = deque()
+
+
+class RouterServer:
+    def __init__(self, state: RouterState, endpoint: str, *, heartbeat: float = 1.0,
+                 hwm: int = 100_000, max_batches: int = 1000, max_backlog: int = 10_000,
+                 ctx: zmq.Context | None = None):
+        self.state = state
+        self.endpoint = endpoint
+        self.heartbeat = heartbeat
+        self.max_batches = max_batches
+        self.max_backlog = max_backlog
+        self.epoch = uuid.uuid4().hex[:12]
+        self.peers: dict[str, Peer] = {}
+        self._resync_asked: dict[str, float] = {}
+        self.ctx = ctx or zmq.Context.instance()
+        self.sock = self.ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.sock.setsockopt(zmq.SNDHWM, hwm)
+        self.sock.setsockopt(zmq.RCVHWM, hwm)
+        self._stop = False
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self.received = 0
+
+    def bind(self) -> None:
+        self.sock.bind(self.endpoint)
+        if self.endpoint.endswith(":0"):  # tcp port chosen by the OS
+            self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        log.info("router bound to %s (epoch %s)", self.endpoint, self.epoch)
+
+    def install_signal_handlers(self) -> None:
+        signal.set_wakeup_fd(self._wake_w.fileno())
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self.stop())
+
+    def stop(self) -> None:
+        self._stop = True
+        try:
+            self._wake_w.send(b"x")
+        except OSError:
+            pass
+
+    # ---- the loop --------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        poller.register(self._wake_r.fileno(), zmq.POLLIN)
+        next_beat = time.monotonic()
+        try:
+            while not self._stop:
+                now = time.monotonic()
+                if now >= next_beat:
+                    self._beat(now)
+                    next_beat = now + self.heartbeat
+                backlog = any(p.backlog for p in self.peers.values())
+                timeout = 10 if backlog else max(0, int((next_beat - now) * 1000)) + 1
+                events = dict(poller.poll(timeout))
+                if self._wake_r.fileno() in events:
+                    self._drain_wakeups()
+                if backlog:
+                    self._retry_backlogs()
+                if self.sock in events:
+                    self._turn()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self.sock.close(0)
+        self._wake_r.close()
+        self._wake_w.close()
+
+    def _drain_wakeups(self) -> None:
+        try:
+            while self._wake_r.recv(512):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+
+    def _turn(self) -> None:
+        out: dict[str, list[bus.BusMessage]] = {}
+        now = time.monotonic()
+        for _ in range(self.max_batches):
+            try:
+                frames = self.sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            self.received += 1
+            self._handle(frames, now, out)
+        for acceptor, msg in self.state.end_turn():
+            out.setdefault(acceptor, []).append(msg)
+        for acceptor, msgs in out.items():
+            self._send(acceptor, msgs)
+
+    def _handle(self, frames: list[bytes], now: float, out: dict[str, list]) -> None:
+        ident = frames[0]
+        try:
+            acceptor = ident.decode("utf-8")
+            messages = bus.decode(frames[1:])
+        except (BusError, UnicodeDecodeError) as e:
+            log.warning("dropped a bad batch from %r: %s", ident, e)
+            return
+        peer = self.peers.get(acceptor)
+        state = self.state
+        for msg in messages:
+            if isinstance(msg, bus.Hello):
+                if peer is not None and peer.epoch != msg.epoch:
+                    log.info("acceptor %s restarted (epoch %s)", acceptor, msg.epoch)
+                    self._deliver(state.acceptor_gone(acceptor), out)
+                    peer = None
+                if peer is None:
+                    self._resync_asked.pop(acceptor, None)
+                    peer = self.peers[acceptor] = Peer(ident, msg.epoch, now)
+                    log.info("acceptor %s joined (epoch %s)", acceptor, msg.epoch)
+                    out.setdefault(acceptor, []).append(bus.Heartbeat(self.epoch))
+                continue
+            if peer is None:
+                # we restarted, or it never said hello: ask for its sessions (once a heartbeat)
+                if self._resync_asked.get(acceptor, -1e9) < now - self.heartbeat:
+                    self._resync_asked[acceptor] = now
+                    log.info("unknown acceptor %s: asking it to resync", acceptor)
+                    self._send_raw(ident, [bus.Resync()])
+                return
+            peer.last_seen = now
+            kind = type(msg)
+            if kind is bus.Cmd:
+                deliveries = state.command(acceptor, msg.conn, msg.command)
+            elif kind is bus.Heartbeat:
+                continue
+            elif kind is bus.Open:
+                deliveries = state.open(acceptor, msg.conn)
+            elif kind is bus.Close:
+                deliveries = state.close(acceptor, msg.conn)
+            elif kind is bus.Sync:
+                deliveries = state.sync(acceptor, msg.conn, msg.uid, msg.name, msg.room)
+            else:
+                log.warning("acceptor %s sent a router-bound %s; dropped", acceptor, msg.kind)
+                continue
+            self._deliver(deliveries, out)
+
+    @staticmethod
+    def _deliver(deliveries: list[Delivery], out: dict[str, list]) -> None:
+        for acceptor, msg in deliveries:
+            out.setdefault(acceptor, []).append(msg)
+
+    def _send(self, acceptor: str, msgs: list[bus.BusMessage]) -> None:
+        peer = self.peers.get(acceptor)
+        if peer is None or not msgs:
+            return
+        frames = [peer.ident, *bus.encode(msgs)]
+        if peer.backlog:
+            peer.backlog.append(frames)
+            self._check_backlog(peer, acceptor)
+            return
+        self._send_frames(acceptor, peer, frames)
+
+    def _send_raw(self, ident: bytes, msgs: list[bus.BusMessage]) -> None:
+        try:
+            self.sock.send_multipart([ident, *bus.encode(msgs)], zmq.NOBLOCK)
+        except zmq.ZMQError as e:
+            log.warning("could not reach %r: %s", ident, e)
+
+    def _send_frames(self, acceptor: str, peer: Peer, frames: list[bytes]) -> bool:
+        try:
+            self.sock.send_multipart(frames, zmq.NOBLOCK)
+            return True
+        except zmq.Again:
+            peer.backlog.append(frames)
+            self._check_backlog(peer, acceptor)
+        except zmq.ZMQError as e:
+            if e.errno != errno.EHOSTUNREACH:
+                raise
+            self._lost(acceptor, "unreachable")
+        return False
+
+    def _check_backlog(self, peer: Peer, acceptor: str) -> None:
+        if len(peer.backlog) > self.max_backlog:
+            self._lost(acceptor, f"{len(peer.backlog)} batches behind")
+
+    def _retry_backlogs(self) -> None:
+        for acceptor, peer in list(self.peers.items()):
+            while peer.backlog:
+                frames = peer.backlog.popleft()
+                try:
+                    self.sock.send_multipart(frames, zmq.NOBLOCK)
+                except zmq.Again:
+                    peer.backlog.appendleft(frames)
+                    break
+                except zmq.ZMQError:
+                    self._lost(acceptor, "unreachable")
+                    break
+
+    def _beat(self, now: float) -> None:
+        deadline = now - MISSED_HEARTBEATS * self.heartbeat
+        for acceptor, peer in list(self.peers.items()):
+            if peer.last_seen < deadline:
+                self._lost(acceptor, f"no heartbeat for {now - peer.last_seen:.1f}s")
+        for acceptor in list(self.peers):
+            self._send(acceptor, [bus.Heartbeat(self.epoch)])
+
+    def _lost(self, acceptor: str, why: str) -> None:
+        if self.peers.pop(acceptor, None) is None:
+            return
+        log.warning("acceptor %s lost: %s; its users leave", acceptor, why)
+        out: dict[str, list] = {}
+        self._deliver(self.state.acceptor_gone(acceptor), out)
+        self._deliver(self.state.end_turn(), out)
+        for other, msgs in out.items():
+            self._send(other, msgs)

@@ -1,0 +1,298 @@
+"""The router's chat state: one object, one thread, no I/O.
+
+``RouterState`` owns every user ID, name and room and decides who gets what. Its public methods
+take what arrived from the bus and return *deliveries*: ``(acceptor, BusMessage)`` pairs that the
+loop around it encodes and sends, batched per acceptor. Tests drive it without sockets.
+
+Invariants:
+- a uid is six digits and unique among the users online; ``(acceptor, conn)`` names one user
+- a name is unique after ``casefold()``; ``names`` maps the folded name to its user
+- every user is in exactly one room; ``rooms[room]`` keeps members in order of arrival and a room
+  exists while it has members; ``room_acceptors[room]`` counts members per acceptor, so a room
+  message crosses the bus once per acceptor with members there, never once per client
+- USERS/NAMES pushes are coalesced: membership changes mark the room dirty, and the push goes out
+  before any other delivery to that room's members, or at the end of the turn, whichever is first;
+  a member never sees a chat line that follows a change without the list that reflects it
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from typing import Callable
+
+from wire import replies
+from wire.bus import (BusMessage, ChatConn, ChatRoom, Kick, SessionSet, ToConn, ToRoom)
+from wire.commands import (LOBBY, Command, History, Join, Nick, Private, Rooms, Say, Users)
+
+from .clock import Clock
+from .history import HistoryStore
+
+log = logging.getLogger("pychat.router")
+
+Delivery = tuple[str, BusMessage]  # (acceptor id, message)
+
+
+class User:
+    __slots__ = ("uid", "acceptor", "conn", "name", "room")
+
+    def __init__(self, uid: str, acceptor: str, conn: int, room: str):
+        self.uid = uid
+        self.acceptor = acceptor
+        self.conn = conn
+        self.name = ""
+        self.room = room
+
+
+class RouterState:
+    def __init__(self, clock: Clock, history: HistoryStore, rng: random.Random | None = None):
+        self.clock = clock
+        self.history = history
+        self._rng = rng or random.Random()
+        self.users: dict[str, User] = {}
+        self.by_conn: dict[tuple[str, int], User] = {}
+        self.names: dict[str, User] = {}
+        self.rooms: dict[str, dict[str, User]] = {}
+        self.room_acceptors: dict[str, dict[str, int]] = {}
+        self._named: dict[str, int] = {}  # room -> members with a name
+        self._dirty: dict[str, bool] = {}  # room -> True: USERS (+NAMES) due; False: NAMES only
+        self._out: list[Delivery] = []
+        self._handlers: dict[type[Command], Callable[[User, Command], None]] = {
+            Say: self.on_say, Private: self.on_msg, Nick: self.on_nick, Users: self.on_users,
+            Join: self.on_join, Rooms: self.on_rooms, History: self.on_history,
+        }
+
+    # ---- entry points: each returns the deliveries it caused ------------------------------------
+
+    def open(self, acceptor: str, conn: int) -> list[Delivery]:
+        """A new connection: give it a uid, put it in the lobby, send ID (USERS follows)."""
+        key = (acceptor, conn)
+        if key in self.by_conn:  # a duplicate open: the acceptor retried; keep the first
+            return self._take()
+        user = User(self._new_uid(), acceptor, conn, LOBBY)
+        self._add(user)
+        self._session(user)
+        # ID before the coalesced USERS push that includes the newcomer (its handshake USERS)
+        self._out.append((acceptor, ToConn(conn, replies.format_id(user.uid))))
+        return self._take()
+
+    def sync(self, acceptor: str, conn: int, uid: str, name: str, room: str) -> list[Delivery]:
+        """Adopt a session an acceptor already holds (after a router restart)."""
+        if (acceptor, conn) in self.by_conn:
+            return self._take()
+        notes = []
+        if not (len(uid) == 6 and uid.isdigit()) or uid in self.users:
+            uid = self._new_uid()
+            notes.append(replies.format_id(uid))
+        user = User(uid, acceptor, conn, room or LOBBY)
+        self._add(user)
+        if name:
+            if name.casefold() in self.names:
+                notes.append(replies.format_error(f"name {name} is taken"))
+            else:
+                self._set_name(user, name)
+        self._session(user)
+        if notes:
+            self._to(user, "\n".join(notes))
+        return self._take()
+
+    def close(self, acceptor: str, conn: int) -> list[Delivery]:
+        user = self.by_conn.get((acceptor, conn))
+        if user is not None:
+            self._remove(user)
+        return self._take()
+
+    def command(self, acceptor: str, conn: int, cmd: Command) -> list[Delivery]:
+        user = self.by_conn.get((acceptor, conn))
+        if user is None:
+            log.debug("command from unknown session %s/%s dropped", acceptor, conn)
+            return self._take()
+        handler = self._handlers.get(type(cmd))
+        if handler is None:
+            self._to(user, replies.format_error(f"/{cmd.kind} is not served by the router"))
+        else:
+            handler(user, cmd)
+        return self._take()
+
+    def acceptor_gone(self, acceptor: str) -> list[Delivery]:
+        """An acceptor died: its users leave, everyone else sees the new lists."""
+        for user in [u for u in self.users.values() if u.acceptor == acceptor]:
+            self._remove(user)
+        return self._take()
+
+    def end_turn(self) -> list[Delivery]:
+        """Send the coalesced USERS/NAMES pushes still due."""
+        for room in list(self._dirty):
+            self._flush_room(room)
+        return self._take()
+
+    def acceptors(self) -> set[str]:
+        return {u.acceptor for u in self.users.values()}
+
+    # ---- command handlers, named after the command ----------------------------------------------
+
+    def on_say(self, user: User, cmd: Say) -> None:
+        stamp = replies.format_time(self.clock.now())
+        line = replies.format_public(user.uid, cmd.text)
+        self.history.append(user.room, stamp, line)
+        self._chat_room(user.room, stamp, line)
+
+    def on_msg(self, user: User, cmd: Private) -> None:
+        target = self._resolve(cmd.target)
+        if target is None:
+            self._to(user, replies.format_error(f"no such user {cmd.target}"))
+            return
+        stamp = replies.format_time(self.clock.now())
+        self._chat_conn(target, stamp, replies.format_private_from(user.uid, cmd.text))
+        self._chat_conn(user, stamp, replies.format_private_to(target.uid, cmd.text))
+
+    def on_nick(self, user: User, cmd: Nick) -> None:
+        holder = self.names.get(cmd.name.casefold())
+        if holder is not None and holder is not user:
+            self._to(user, replies.format_error(f"name {cmd.name} is taken"))
+            return
+        self._set_name(user, cmd.name)
+        self._session(user)
+        self._to(user, f"OK nick {cmd.name}")
+        self._dirty.setdefault(user.room, False)
+
+    def on_users(self, user: User, cmd: Users) -> None:
+        self._to(user, self._users_line(user.room) + "\n" + self._names_line(user.room))
+
+    def on_join(self, user: User, cmd: Join) -> None:
+        old = user.room
+        if cmd.room == old:
+            self._to(user, replies.format_room(old) + "\n" + self._users_line(old) + "\n"
+                     + self._names_line(old))
+            return
+        self._leave_room(user)
+        user.room = cmd.room
+        self._enter_room(user)
+        self._session(user)
+        self._out.append((user.acceptor, ToConn(user.conn, replies.format_room(cmd.room))))
+        # the new room's lists now, the joiner always getting NAMES (it asked); the old room's
+        # stay due (dirty) and go out before its next delivery or at the end of the turn
+        self._dirty.pop(cmd.room, None)
+        self._push(cmd.room, users=True)
+        if not self._named.get(cmd.room):
+            self._to(user, replies.format_names(()))
+
+    def on_rooms(self, user: User, cmd: Rooms) -> None:
+        counts = sorted((room, len(members)) for room, members in self.rooms.items())
+        self._to(user, replies.format_rooms(counts))
+
+    def on_history(self, user: User, cmd: History) -> None:
+        items = self.history.recent(user.room, cmd.count)
+        lines = [replies.format_history_header(len(items))]
+        lines.extend(replies.tagged(stamp, line) for stamp, line in items)
+        self._to(user, "\n".join(lines))
+
+    # ---- membership -----------------------------------------------------------------------------
+
+    def _add(self, user: User) -> None:
+        self.users[user.uid] = user
+        self.by_conn[(user.acceptor, user.conn)] = user
+        self._enter_room(user)
+
+    def _remove(self, user: User) -> None:
+        del self.users[user.uid]
+        del self.by_conn[(user.acceptor, user.conn)]
+        if user.name:
+            del self.names[user.name.casefold()]
+        self._leave_room(user)
+
+    def _enter_room(self, user: User) -> None:
+        room = user.room
+        self.rooms.setdefault(room, {})[user.uid] = user
+        per_acc = self.room_acceptors.setdefault(room, {})
+        per_acc[user.acceptor] = per_acc.get(user.acceptor, 0) + 1
+        if user.name:
+            self._named[room] = self._named.get(room, 0) + 1
+        self._dirty[room] = True
+
+    def _leave_room(self, user: User) -> None:
+        room = user.room
+        members = self.rooms[room]
+        del members[user.uid]
+        per_acc = self.room_acceptors[room]
+        per_acc[user.acceptor] -= 1
+        if not per_acc[user.acceptor]:
+            del per_acc[user.acceptor]
+        if user.name:
+            self._named[room] -= 1
+        if members:
+            self._dirty[room] = True
+        else:
+            del self.rooms[room], self.room_acceptors[room]
+            self._named.pop(room, None)
+            self._dirty.pop(room, None)
+
+    def _set_name(self, user: User, name: str) -> None:
+        if user.name:
+            del self.names[user.name.casefold()]
+        elif user.uid in self.rooms.get(user.room, ()):
+            self._named[user.room] = self._named.get(user.room, 0) + 1
+        user.name = name
+        self.names[name.casefold()] = user
+
+    def _resolve(self, target: str) -> User | None:
+        user = self.users.get(target)
+        return user if user is not None else self.names.get(target.casefold())
+
+    def _new_uid(self) -> str:
+        while True:
+            uid = str(self._rng.randrange(100000, 1000000))
+            if uid not in self.users:
+                return uid
+
+    # ---- deliveries -----------------------------------------------------------------------------
+
+    def _take(self) -> list[Delivery]:
+        out, self._out = self._out, []
+        return out
+
+    def _users_line(self, room: str) -> str:
+        return replies.format_users(self.rooms.get(room, {}))
+
+    def _names_line(self, room: str) -> str:
+        members = self.rooms.get(room, {}).values()
+        return replies.format_names((u.uid, u.name) for u in members if u.name)
+
+    def _push(self, room: str, users: bool) -> None:
+        text = self._users_line(room) if users else ""
+        if self._named.get(room):
+            names = self._names_line(room)
+            text = f"{text}\n{names}" if text else names
+        if text:
+            for acceptor in self.room_acceptors.get(room, ()):
+                self._out.append((acceptor, ToRoom(room, text)))
+
+    def _flush_room(self, room: str) -> None:
+        users = self._dirty.pop(room, None)
+        if users is not None and room in self.rooms:
+            self._push(room, users)
+
+    def _flush_pending(self, room: str) -> None:
+        if room in self._dirty:
+            self._flush_room(room)
+
+    def _session(self, user: User) -> None:
+        self._out.append((user.acceptor, SessionSet(user.conn, user.uid, user.name, user.room)))
+
+    def _to(self, user: User, text: str) -> None:
+        self._flush_pending(user.room)
+        self._out.append((user.acceptor, ToConn(user.conn, text)))
+
+    def _chat_conn(self, user: User, stamp: str, line: str) -> None:
+        self._flush_pending(user.room)
+        self._out.append((user.acceptor, ChatConn(user.conn, stamp, line)))
+
+    def _chat_room(self, room: str, stamp: str, line: str) -> None:
+        self._flush_pending(room)
+        for acceptor in self.room_acceptors.get(room, ()):
+            self._out.append((acceptor, ChatRoom(room, stamp, line)))
+
+    def kick(self, acceptor: str, conn: int, text: str) -> list[Delivery]:
+        self._out.append((acceptor, Kick(conn, text)))
+        return self._take()
+

@@ -1,0 +1,63 @@
+"""Fixtures: real processes (owned by the test, stopped by pid) and clients on real sockets."""
+
+from __future__ import annotations
+
+import pytest
+
+from clients.core import Connection
+
+from .procs import Proc, start_acceptor, start_router, start_serve
+
+
+@pytest.fixture
+def procs():
+    """Collects every process a test starts; all are stopped when it ends."""
+    started: list[Proc] = []
+    yield started
+    for p in reversed(started):
+        p.stop()
+
+
+@pytest.fixture
+def connect():
+    """``connect(port)`` opens a client ``Connection``; all are closed when the test ends."""
+    opened: list[Connection] = []
+
+    def make(port: int, **kw) -> Connection:
+        c = Connection("127.0.0.1", port, **kw)
+        opened.append(c)
+        return c
+
+    yield make
+    for c in opened:
+        c.close()
+
+
+@pytest.fixture
+def serve(procs):
+    """A ``pychat serve`` with two acceptors on a free port; yields the port."""
+    p, port = start_serve()
+    procs.append(p)
+    return port
+
+
+@pytest.fixture(scope="module")
+def shared_serve():
+    """One ``pychat serve`` for a module's read-mostly tests (each test uses fresh clients
+    and its own room names, so tests do not see each other's traffic)."""
+    p, port = start_serve()
+    yield port
+    p.stop()
+
+
+@pytest.fixture
+def hand_cluster(procs):
+    """A router and two acceptors started by hand as separate processes; yields both ports."""
+    router, endpoint = start_router()
+    procs.append(router)
+    ports = []
+    for _ in range(2):
+        a, port = start_acceptor(endpoint)
+        procs.append(a)
+        ports.append(port)
+    return ports

@@ -1,0 +1,127 @@
+"""Real PyChat processes for tests: start, wait for a line, stop by pid.
+
+Every process a test starts is tracked by its ``Proc`` and killed by its own pid when the test
+ends (never by name). Waiting is for an expected output line with a timeout, never a sleep.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Proc:
+    """A child process whose stdout and stderr are read line by line into one queue."""
+
+    def __init__(self, argv: list[str], env: dict[str, str] | None = None, name: str = ""):
+        self.name = name or " ".join(argv[:3])
+        full_env = dict(os.environ)
+        full_env["PYTHONUNBUFFERED"] = "1"
+        full_env["PYTHONPATH"] = ROOT + os.pathsep + full_env.get("PYTHONPATH", "")
+        if env:
+            full_env.update(env)
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     stdin=subprocess.DEVNULL, env=full_env, cwd=ROOT)
+        self.pid = self.proc.pid
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.output: list[str] = []
+        self._lock = threading.Lock()
+        self._open = 2
+        for stream in (self.proc.stdout, self.proc.stderr):
+            threading.Thread(target=self._pump, args=(stream,), daemon=True).start()
+
+    def _pump(self, stream) -> None:
+        for raw in iter(stream.readline, b""):
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            with self._lock:
+                self.output.append(line)
+            self.lines.put(line)
+        with self._lock:
+            self._open -= 1
+            if self._open == 0:
+                self.lines.put(None)
+
+    def wait_for(self, pattern: str, timeout: float = 20.0) -> re.Match:
+        """Wait for an output line matching ``pattern`` (regex search); return the match."""
+        rx = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"{self.name}: no line matching {pattern!r} in {timeout}s; "
+                                   f"output so far:\n" + "\n".join(self.output[-40:]))
+            try:
+                line = self.lines.get(timeout=left)
+            except queue.Empty:
+                continue
+            if line is None:
+                raise RuntimeError(f"{self.name} exited ({self.proc.poll()}) before "
+                                   f"{pattern!r}; output:\n" + "\n".join(self.output[-40:]))
+            m = rx.search(line)
+            if m:
+                return m
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def signal(self, sig: int) -> None:
+        if self.alive():
+            os.kill(self.pid, sig)
+
+    def stop(self, timeout: float = 10.0) -> int:
+        """SIGTERM, then SIGKILL after ``timeout``; returns the exit code."""
+        if self.alive():
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.alive():
+            self.proc.kill()
+        self.proc.wait()
+
+
+def python_m(*args: str) -> list[str]:
+    return [sys.executable, "-m", *args]
+
+
+def start_serve(*extra: str, acceptors: int = 2, env: dict | None = None) -> tuple[Proc, int]:
+    """``pychat serve --port 0``; returns the process and the port it serves on."""
+    p = Proc(python_m("pychat", "serve", "--port", "0", "--acceptors", str(acceptors), *extra),
+             env=env, name="pychat serve")
+    m = p.wait_for(r"serving on 127\.0\.0\.1:(\d+)")
+    return p, int(m.group(1))
+
+
+def start_router(*extra: str, env: dict | None = None) -> tuple[Proc, str]:
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    p = Proc(python_m("router", "--bind", endpoint, *extra), env=env, name="router")
+    p.wait_for(r"router bound to")
+    return p, endpoint
+
+
+def start_acceptor(endpoint: str, *extra: str, env: dict | None = None) -> tuple[Proc, int]:
+    port = free_port()
+    p = Proc(python_m("acceptor", "--port", str(port), "--router", endpoint, *extra), env=env,
+             name=f"acceptor :{port}")
+    p.wait_for(r"router \w+ is alive")
+    return p, port

@@ -1,0 +1,187 @@
+"""The acceptor-router bus: a versioned frame layout with one ``encode`` and one ``decode``.
+
+Layout (documented in docs/ARCHITECTURE.md): one ZeroMQ multipart message is a *batch*:
+
+    frame 0      HEADER = b"pychat-bus/1"           (the version; anything else is dropped)
+    frame 1..n   one bus message each: UTF-8 fields joined by NUL, the first field its kind
+
+A field never contains NUL: text reaching the bus is sanitized (controls removed) and encode
+refuses a NUL rather than corrupt the frame. Integers travel as decimal ASCII. No pickle, ever.
+Acceptor to router, the ROUTER socket prepends the acceptor's routing id (its name).
+
+Invariants: ``decode(encode(m)) == m`` for every message class here; ``decode`` raises
+``BusError`` for anything else, never another exception.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import ClassVar
+
+from .commands import Command, command_fields, command_from_fields
+from .errors import BusError
+
+VERSION = 1
+HEADER = b"pychat-bus/%d" % VERSION
+SEP = "\x00"
+
+
+@dataclass(frozen=True, slots=True)
+class BusMessage:
+    kind: ClassVar[str]
+
+
+# ---- acceptor to router -------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Hello(BusMessage):
+    """An acceptor announces itself (at start, and again when it sees a new router epoch)."""
+    acceptor: str
+    epoch: str
+    kind: ClassVar[str] = "hello"
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat(BusMessage):
+    """Both ways, about once a second; ``epoch`` is the sender's start id."""
+    epoch: str
+    kind: ClassVar[str] = "hb"
+
+
+@dataclass(frozen=True, slots=True)
+class Open(BusMessage):
+    conn: int
+    peer: str
+    kind: ClassVar[str] = "open"
+
+
+@dataclass(frozen=True, slots=True)
+class Close(BusMessage):
+    conn: int
+    reason: str
+    kind: ClassVar[str] = "close"
+
+
+@dataclass(frozen=True, slots=True)
+class Sync(BusMessage):
+    """A session the acceptor holds, replayed into a router that does not know it."""
+    conn: int
+    uid: str
+    name: str
+    room: str
+    kind: ClassVar[str] = "sync"
+
+
+@dataclass(frozen=True, slots=True)
+class Cmd(BusMessage):
+    """A parsed client command the router serves (wire.commands.ROUTED)."""
+    conn: int
+    command: Command
+    kind: ClassVar[str] = "cmd"
+
+
+# ---- router to acceptor -------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class SessionSet(BusMessage):
+    """The router's view of a session; the acceptor keeps it (room membership, resync)."""
+    conn: int
+    uid: str
+    name: str
+    room: str
+    kind: ClassVar[str] = "sess"
+
+
+@dataclass(frozen=True, slots=True)
+class ToConn(BusMessage):
+    """Plain lines (joined by newlines) for one session."""
+    conn: int
+    text: str
+    kind: ClassVar[str] = "to"
+
+
+@dataclass(frozen=True, slots=True)
+class ToRoom(BusMessage):
+    """Plain lines for every local member of a room (USERS, NAMES pushes)."""
+    room: str
+    text: str
+    kind: ClassVar[str] = "room"
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRoom(BusMessage):
+    """A chat line for every local member of a room; ``@time=stamp`` for those with the cap."""
+    room: str
+    stamp: str
+    text: str
+    kind: ClassVar[str] = "chat"
+
+
+@dataclass(frozen=True, slots=True)
+class ChatConn(BusMessage):
+    """A chat line (private) for one session; tagged when that session has the cap."""
+    conn: int
+    stamp: str
+    text: str
+    kind: ClassVar[str] = "pchat"
+
+
+@dataclass(frozen=True, slots=True)
+class Kick(BusMessage):
+    """Send ``text`` (if any) to the session, then close it."""
+    conn: int
+    text: str
+    kind: ClassVar[str] = "kick"
+
+
+@dataclass(frozen=True, slots=True)
+class Resync(BusMessage):
+    """The router does not know this acceptor: send Hello and a Sync per session."""
+    kind: ClassVar[str] = "resync"
+
+
+_CLASSES = (Hello, Heartbeat, Open, Close, Sync, SessionSet, ToConn, ToRoom, ChatRoom,
+            ChatConn, Kick, Resync)
+_LAYOUT: dict[str, tuple[type, tuple[tuple[str, bool], ...]]] = {
+    cls.kind: (cls, tuple((f.name, f.type in ("int", int)) for f in fields(cls)))
+    for cls in _CLASSES
+}
+
+
+def encode_message(msg: BusMessage) -> bytes:
+    if isinstance(msg, Cmd):
+        parts = [Cmd.kind, str(msg.conn), msg.command.kind, *command_fields(msg.command)]
+    else:
+        _, layout = _LAYOUT[msg.kind]
+        parts = [msg.kind, *(str(getattr(msg, name)) for name, _ in layout)]
+    joined = SEP.join(parts)
+    if joined.count(SEP) != len(parts) - 1:
+        raise BusError(f"NUL inside a {msg.kind} field")
+    return joined.encode("utf-8")
+
+
+def decode_message(frame: bytes) -> BusMessage:
+    try:
+        parts = frame.decode("utf-8").split(SEP)
+        kind = parts[0]
+        if kind == Cmd.kind:
+            return Cmd(int(parts[1]), command_from_fields(parts[2], parts[3:]))
+        cls, layout = _LAYOUT[kind]
+        if len(parts) - 1 != len(layout):
+            raise BusError(f"{kind}: {len(parts) - 1} fields, expected {len(layout)}")
+        return cls(*(int(v) if is_int else v for v, (_, is_int) in zip(parts[1:], layout)))
+    except BusError:
+        raise
+    except (UnicodeDecodeError, KeyError, IndexError, ValueError, TypeError) as e:
+        raise BusError(f"undecodable bus message: {e!r}") from None
+
+
+def encode(messages: list[BusMessage]) -> list[bytes]:
+    """A batch: the frames of one multipart message."""
+    return [HEADER, *map(encode_message, messages)]
+
+
+def decode(frames: list[bytes]) -> list[BusMessage]:
+    if not frames or frames[0] != HEADER:
+        raise BusError(f"not a {HEADER.decode()} batch: {frames[:1]!r}")
+    return [decode_message(f) for f in frames[1:]]

@@ -1,0 +1,203 @@
+"""Server lines: formatting them (acceptor, router) and parsing them (clients), in one place.
+
+Every line the server sends is produced by a ``format_*`` function below and understood by
+``parse_server_line``, so the two cannot drift apart. Formatting returns ``str`` without the
+trailing newline. Only chat lines (public, private, history) may carry the ``@time=`` tag.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from typing import Iterable
+
+WELCOME = "Welcome to PyChat Server!"
+TIME_TAG = "@time="
+
+
+def format_time(ts: float) -> str:
+    """UTC, ISO 8601 with milliseconds and Z: ``2026-11-26T11:34:42.123Z``."""
+    ms = int(ts * 1000)
+    secs, ms = divmod(ms, 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{ms:03d}Z"
+
+
+def tagged(stamp: str, line: str) -> str:
+    return f"{TIME_TAG}{stamp} {line}"
+
+
+def format_id(uid: str) -> str:
+    return f"ID:{uid}"
+
+
+def format_users(uids: Iterable[str]) -> str:
+    return "USERS:" + ",".join(uids)
+
+
+def format_names(pairs: Iterable[tuple[str, str]]) -> str:
+    return "NAMES:" + ",".join(f"{uid}={name}" for uid, name in pairs)
+
+
+def format_public(uid: str, text: str) -> str:
+    return f"{uid}: {text}"
+
+
+def format_private_from(uid: str, text: str) -> str:
+    return f"[Private] {uid}: {text}"
+
+
+def format_private_to(target_uid: str, text: str) -> str:
+    return f"[Private] To {target_uid}: {text}"
+
+
+def format_room(room: str) -> str:
+    return f"ROOM:{room}"
+
+
+def format_rooms(counts: Iterable[tuple[str, int]]) -> str:
+    return "ROOMS:" + ",".join(f"{room}={n}" for room, n in counts)
+
+
+def format_history_header(k: int) -> str:
+    return f"HISTORY:{k}"
+
+
+def format_pong(token: str) -> str:
+    return f"PONG {token}" if token else "PONG"
+
+
+def format_error(message: str) -> str:
+    return f"ERROR: {message}"
+
+
+# ---- client side -------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    raw: str
+
+
+@dataclass(frozen=True, slots=True)
+class Welcome(Event):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class IdAssigned(Event):
+    uid: str
+
+
+@dataclass(frozen=True, slots=True)
+class UserList(Event):
+    uids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class NameList(Event):
+    names: tuple[tuple[str, str], ...]  # (uid, name)
+
+
+@dataclass(frozen=True, slots=True)
+class Chat(Event):
+    """A chat line: public (``private`` False) or private (``to`` set for our own echo)."""
+    time: str | None
+    uid: str
+    text: str
+    private: bool = False
+    to: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RoomChanged(Event):
+    room: str
+
+
+@dataclass(frozen=True, slots=True)
+class RoomList(Event):
+    rooms: tuple[tuple[str, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryStart(Event):
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class Ok(Event):
+    what: str
+
+
+@dataclass(frozen=True, slots=True)
+class Error(Event):
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Pong(Event):
+    token: str
+
+
+@dataclass(frozen=True, slots=True)
+class Bye(Event):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Info(Event):
+    """Any other line (``HELP:`` lines, lines from a newer server)."""
+
+
+_TAG = re.compile(r"@time=(\S+) ")
+_PUBLIC = re.compile(r"(\d{6}): (.*)\Z", re.S)
+_PRIV_TO = re.compile(r"\[Private\] To (\d{6}): (.*)\Z", re.S)
+_PRIV_FROM = re.compile(r"\[Private\] (\d{6}): (.*)\Z", re.S)
+
+
+def _pairs(body: str) -> tuple[tuple[str, str], ...]:
+    out = []
+    for item in body.split(",") if body else ():
+        key, _, value = item.rpartition("=")
+        out.append((key, value))
+    return tuple(out)
+
+
+def parse_server_line(line: str) -> Event:
+    """One server line (without newline) to an event; unknown lines become ``Info``."""
+    stamp = None
+    body = line
+    if line.startswith(TIME_TAG):
+        m = _TAG.match(line)
+        if m:
+            stamp, body = m.group(1), line[m.end():]
+    if (m := _PRIV_TO.match(body)):
+        return Chat(line, stamp, m.group(1), m.group(2), private=True, to=m.group(1))
+    if (m := _PRIV_FROM.match(body)):
+        return Chat(line, stamp, m.group(1), m.group(2), private=True)
+    if (m := _PUBLIC.match(body)):
+        return Chat(line, stamp, m.group(1), m.group(2))
+    head, sep, rest = body.partition(":")
+    if sep:
+        if head == "ID":
+            return IdAssigned(line, rest)
+        if head == "USERS":
+            return UserList(line, tuple(rest.split(",")) if rest else ())
+        if head == "NAMES":
+            return NameList(line, _pairs(rest))
+        if head == "ROOM":
+            return RoomChanged(line, rest)
+        if head == "ROOMS":
+            return RoomList(line, tuple((r, int(n)) for r, n in _pairs(rest) if n.isdigit()))
+        if head == "HISTORY" and rest.isdigit():
+            return HistoryStart(line, int(rest))
+        if head == "ERROR":
+            return Error(line, rest.strip())
+    if body == WELCOME:
+        return Welcome(line)
+    if body == "BYE":
+        return Bye(line)
+    if body == "PONG" or body.startswith("PONG "):
+        return Pong(line, body[5:])
+    if body.startswith("OK "):
+        return Ok(line, body[3:])
+    return Info(line)
