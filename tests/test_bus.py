@@ -1,0 +1,253 @@
+"""Pure tier: wire.bus. ``decode(encode(m)) == m`` for every message class; ``decode`` raises
+``BusError`` and nothing else for anything that is not such an encoding."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from wire import bus
+from wire.bus import (HEADER, ChatConn, ChatRoom, Close, Cmd, Heartbeat, Hello, Kick, Open,
+                      Resync, SessionSet, Sync, ToConn, ToRoom, decode, encode, encode_message)
+from wire.commands import ROUTED, History, Join, Nick, Private, Rooms, Say, Users
+from wire.errors import BusError
+
+ALL_CLASSES = (Hello, Heartbeat, Open, Close, Sync, Cmd, SessionSet, ToConn, ToRoom, ChatRoom,
+               ChatConn, Kick, Resync)
+
+EXAMPLES = [
+    Hello("acc-1", "e1f2"),
+    Heartbeat("epoch-9"),
+    Open(7, "127.0.0.1:5555"),
+    Close(7, "peer closed"),
+    Sync(7, "123456", "alice", "#lobby"),
+    Sync(8, "654321", "", "#dev"),
+    SessionSet(7, "123456", "", "#lobby"),
+    ToConn(7, "ID:123456"),
+    ToConn(7, "USERS:123456\nNAMES:"),
+    ToRoom("#lobby", "USERS:123456,654321"),
+    ChatRoom("#lobby", "2026-11-26T11:34:42.123Z", "123456: héllo ✓"),
+    ChatConn(7, "2026-11-26T11:34:42.123Z", "[Private] 123456: psst"),
+    Kick(7, "ERROR: send queue full"),
+    Kick(7, ""),
+    Resync(),
+    Cmd(1, Say("hello")),
+    Cmd(1, Say("")),
+    Cmd(1, Say("/text with\ttab")),
+    Cmd(2, Private("alice", "hi there")),
+    Cmd(3, Nick("bob")),
+    Cmd(4, Users()),
+    Cmd(5, Join("#room")),
+    Cmd(6, Rooms()),
+    Cmd(7, History(0)),
+    Cmd(8, History(200)),
+]
+
+
+def test_the_examples_cover_every_message_class_and_every_routed_command():
+    assert {type(m) for m in EXAMPLES} == set(ALL_CLASSES)
+    assert {type(m.command) for m in EXAMPLES if isinstance(m, Cmd)} == set(ROUTED)
+
+
+def test_header_is_versioned():
+    assert HEADER == b"pychat-bus/1"
+    assert bus.VERSION == 1
+
+
+@pytest.mark.parametrize("msg", EXAMPLES, ids=repr)
+def test_round_trip_one(msg):
+    frames = encode([msg])
+    assert frames[0] == HEADER
+    assert len(frames) == 2
+    assert decode(frames) == [msg]
+    assert type(decode(frames)[0]) is type(msg)
+
+
+def test_round_trip_a_batch_keeps_order():
+    assert decode(encode(EXAMPLES)) == EXAMPLES
+    assert decode(encode([])) == []
+
+
+def test_frame_layout_is_kind_then_fields_joined_by_nul():
+    assert encode_message(Open(7, "1.2.3.4:5")) == b"open\x007\x001.2.3.4:5"
+    assert encode_message(Cmd(3, Private("bob", "hi"))) == b"cmd\x003\x00msg\x00bob\x00hi"
+    assert encode_message(Resync()) == b"resync"
+
+
+# ---- hypothesis round trips ---------------------------------------------------------------------
+
+# text as it reaches the bus: decoded from valid UTF-8 (so no lone surrogates), NUL excluded
+_text = st.text(alphabet=st.characters(codec="utf-8", blacklist_characters="\x00"), max_size=30)
+_int = st.integers(min_value=-(2 ** 63), max_value=2 ** 63)
+
+_routed = st.one_of(
+    st.builds(Say, _text),
+    st.builds(Private, _text, _text),
+    st.builds(Nick, _text),
+    st.builds(Users),
+    st.builds(Join, _text),
+    st.builds(Rooms),
+    st.builds(History, _int),
+)
+
+_messages = st.one_of(
+    st.builds(Hello, _text, _text),
+    st.builds(Heartbeat, _text),
+    st.builds(Open, _int, _text),
+    st.builds(Close, _int, _text),
+    st.builds(Sync, _int, _text, _text, _text),
+    st.builds(Cmd, _int, _routed),
+    st.builds(SessionSet, _int, _text, _text, _text),
+    st.builds(ToConn, _int, _text),
+    st.builds(ToRoom, _text, _text),
+    st.builds(ChatRoom, _text, _text, _text),
+    st.builds(ChatConn, _int, _text, _text),
+    st.builds(Kick, _int, _text),
+    st.builds(Resync),
+)
+
+
+@settings(max_examples=500)
+@given(st.lists(_messages, max_size=8))
+def test_round_trip_any_fields(msgs):
+    assert decode(encode(msgs)) == msgs
+
+
+# ---- decode refuses with BusError ---------------------------------------------------------------
+
+@pytest.mark.parametrize("frames", [
+    [],
+    [b"pychat-bus/2", b"hb\x00e"],
+    [b"pychat-bus/1 ", b"hb\x00e"],
+    [b"PYCHAT-BUS/1"],
+    [b"hb\x00e"],
+    [b""],
+], ids=repr)
+def test_wrong_header(frames):
+    with pytest.raises(BusError):
+        decode(frames)
+
+
+@pytest.mark.parametrize("frame", [
+    b"",
+    b"nosuchkind\x001",
+    b"HB\x00e",               # kinds are case-sensitive
+    b"cmd\x001\x00nosuch\x00x",
+], ids=repr)
+def test_unknown_kind(frame):
+    with pytest.raises(BusError):
+        decode([HEADER, frame])
+
+
+@pytest.mark.parametrize("frame", [
+    b"hb",
+    b"hb\x00e\x00extra",
+    b"open\x007",
+    b"open\x007\x00peer\x00more",
+    b"sync\x001\x00123456\x00name",
+    b"resync\x00x",
+    b"cmd",
+    b"cmd\x001",
+    b"cmd\x001\x00say",
+    b"cmd\x001\x00say\x00a\x00b",
+    b"cmd\x001\x00msg\x00bob",
+    b"cmd\x001\x00users\x00x",
+], ids=repr)
+def test_wrong_field_count(frame):
+    with pytest.raises(BusError):
+        decode([HEADER, frame])
+
+
+@pytest.mark.parametrize("frame", [
+    b"open\x00seven\x00peer",
+    b"open\x00\x00peer",
+    b"cmd\x00x\x00users",
+    b"cmd\x001\x00history\x00many",
+], ids=repr)
+def test_bad_integer(frame):
+    with pytest.raises(BusError):
+        decode([HEADER, frame])
+
+
+@pytest.mark.parametrize("frame", [b"hb\x00\xff", b"\xc3(\x00x", b"to\x001\x00\xed\xa0\x80"],
+                         ids=repr)
+def test_invalid_utf8(frame):
+    with pytest.raises(BusError):
+        decode([HEADER, frame])
+
+
+def test_one_bad_frame_fails_the_whole_batch():
+    with pytest.raises(BusError):
+        decode([HEADER, encode_message(Heartbeat("e")), b"bogus"])
+
+
+def _decode_or_bus_error(frames):
+    try:
+        out = decode(frames)
+    except BusError:
+        return
+    # whatever decodes is a list of real messages, one per frame after the header
+    assert len(out) == len(frames) - 1
+    assert all(type(m) in ALL_CLASSES for m in out)
+
+
+_kinds = st.sampled_from([c.kind for c in ALL_CLASSES] + ["say", "msg", "history", "x", ""])
+_fieldish = st.one_of(st.binary(max_size=12), _int.map(lambda i: str(i).encode()),
+                      st.sampled_from([b"say", b"msg", b"users", b"history", b"\xff", b"-"]))
+_structured_frame = st.builds(
+    lambda kind, fields: b"\x00".join([kind.encode(), *fields]),
+    _kinds, st.lists(_fieldish, max_size=6),
+)
+
+
+@settings(max_examples=500)
+@given(st.lists(st.one_of(st.binary(max_size=40), _structured_frame), max_size=5),
+       st.booleans())
+def test_random_frames_decode_or_raise_bus_error_only(frames, with_header):
+    _decode_or_bus_error([HEADER, *frames] if with_header else frames)
+
+
+@settings(max_examples=200)
+@given(st.lists(st.binary(max_size=30), max_size=4))
+def test_random_batches_without_a_valid_header_raise_bus_error(frames):
+    if frames and frames[0] == HEADER:
+        frames = frames[1:]
+    with pytest.raises(BusError):
+        decode(frames)
+
+
+# ---- encode refuses NUL -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("msg", [
+    Hello("acc\x001", "e"),
+    Heartbeat("\x00"),
+    Close(1, "bye\x00now"),
+    Sync(1, "123456", "al\x00ice", "#lobby"),
+    ToConn(1, "x\x00y"),
+    ToRoom("#lobby\x00", "x"),
+    ChatRoom("#r", "stamp", "123456: a\x00b"),
+    ChatConn(1, "s\x00", "t"),
+    Kick(1, "\x00"),
+    Cmd(1, Say("nul\x00inside")),
+    Cmd(1, Private("bob\x00", "hi")),
+    Cmd(1, Private("bob", "h\x00i")),
+    Cmd(1, Join("#a\x00b")),
+], ids=repr)
+def test_encode_refuses_a_nul_inside_a_field(msg):
+    with pytest.raises(BusError):
+        encode([msg])
+
+
+@settings(max_examples=200)
+@given(_text, _text)
+def test_encode_refuses_a_nul_anywhere_in_text(before, after):
+    with pytest.raises(BusError):
+        encode([ToConn(1, before + "\x00" + after)])
+
+
+def test_messages_are_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Open(1, "p").conn = 2
