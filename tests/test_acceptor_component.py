@@ -1,0 +1,413 @@
+"""Acceptor component tests: the real acceptor process, with the test playing the router.
+
+Each test binds a ``FakeRouter`` (a real pyzmq ROUTER socket, ROUTER_MANDATORY, LINGER 0, on a
+port the OS picks), starts ``python -m acceptor --port 0 --router <it> --heartbeat 0.2`` (the
+acceptor logs the TCP port it got, so parallel workers cannot collide) and drives it with real
+TCP clients (``clients.core.Connection`` or raw sockets). The fake router answers what a real
+router would (SessionSet, ToConn, ChatRoom, Kick, Resync) and records every bus message the
+acceptor sends. Waiting is for an expected line or message with a deadline, never a sleep.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import socket
+import time
+import uuid
+from typing import Callable
+
+import pytest
+import zmq
+
+from clients.core import Connection, ConnectionClosed
+from wire import bus, replies
+from wire.commands import Say
+
+from .procs import Proc, python_m
+
+pytestmark = pytest.mark.timeout(90)
+
+HEARTBEAT = 0.2
+WAIT = 10.0
+
+
+# ---- the fake router ------------------------------------------------------------------------------
+
+class FakeRouter:
+    """A ROUTER socket the acceptor connects to; records ``(ident, message)`` as they arrive."""
+
+    def __init__(self, ctx: zmq.Context):
+        self.sock = ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.sock.setsockopt(zmq.SNDHWM, 100_000)
+        self.sock.setsockopt(zmq.RCVHWM, 100_000)
+        port = self.sock.bind_to_random_port("tcp://127.0.0.1")
+        self.endpoint = f"tcp://127.0.0.1:{port}"
+        self.epoch = uuid.uuid4().hex[:12]
+        self.received: list[tuple[float, bytes, bus.BusMessage]] = []
+        self.cursor = 0
+        self.poller = zmq.Poller()
+        self.poller.register(self.sock, zmq.POLLIN)
+
+    def send(self, ident: bytes, *msgs: bus.BusMessage) -> None:
+        self.sock.send_multipart([ident, *bus.encode(list(msgs))])
+
+    def pump(self, timeout: float) -> None:
+        """Receive every batch that arrives within ``timeout`` seconds (at least one poll)."""
+        if not self.poller.poll(max(0, int(timeout * 1000))):
+            return
+        while True:
+            try:
+                frames = self.sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            now = time.monotonic()
+            msgs = bus.decode(frames[1:])  # the acceptor must only ever send valid batches
+            self.received.extend((now, frames[0], m) for m in msgs)
+
+    def expect(self, pred: Callable[[bus.BusMessage], bool], timeout: float = WAIT
+               ) -> bus.BusMessage:
+        """The first message after the cursor that matches; the cursor moves past it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for i in range(self.cursor, len(self.received)):
+                msg = self.received[i][2]
+                if pred(msg):
+                    self.cursor = i + 1
+                    return msg
+            left = deadline - time.monotonic()
+            if left <= 0:
+                tail = [m for _, _, m in self.received[self.cursor:]
+                        if not isinstance(m, bus.Heartbeat)]
+                raise AssertionError(f"fake router: no expected message in {timeout}s; "
+                                     f"got since the cursor: {tail[-20:]!r}")
+            self.pump(left)
+
+    def mark(self) -> int:
+        return len(self.received)
+
+    def since(self, start: int, heartbeats: bool = False) -> list[bus.BusMessage]:
+        return [m for _, _, m in self.received[start:]
+                if heartbeats or not isinstance(m, bus.Heartbeat)]
+
+    def close(self) -> None:
+        self.sock.close(0)
+
+
+class Acceptor:
+    def __init__(self, proc: Proc, port: int, name: str, hello: bus.Hello, fake: FakeRouter):
+        self.proc = proc
+        self.port = port
+        self.name = name
+        self.ident = name.encode()
+        self.hello = hello
+        self.fake = fake
+
+    def send(self, *msgs: bus.BusMessage) -> None:
+        self.fake.send(self.ident, *msgs)
+
+
+@pytest.fixture
+def fake():
+    ctx = zmq.Context()
+    fr = FakeRouter(ctx)
+    yield fr
+    fr.close()
+    ctx.term()
+
+
+@pytest.fixture
+def start(procs, fake):
+    """``start(*flags)``: an acceptor process connected to the fake router, which it greeted."""
+    def run(*extra: str) -> Acceptor:
+        name = f"acc-{uuid.uuid4().hex[:8]}"
+        p = Proc(python_m("acceptor", "--port", "0", "--router", fake.endpoint,
+                          "--heartbeat", str(HEARTBEAT), "--name", name, *extra),
+                 name=f"acceptor {name}")
+        procs.append(p)
+        port = int(p.wait_for(r"listening on 127\.0\.0\.1:(\d+)").group(1))
+        hello = fake.expect(lambda m: isinstance(m, bus.Hello))
+        acc = Acceptor(p, port, name, hello, fake)
+        acc.send(bus.Heartbeat(fake.epoch))
+        p.wait_for(rf"router {fake.epoch} is alive")
+        return acc
+    return run
+
+
+@pytest.fixture
+def clients():
+    opened: list = []
+    yield opened
+    for c in opened:
+        c.close()
+
+
+def connect(acc: Acceptor, clients: list) -> tuple[Connection, int]:
+    """A client that read its Welcome; returns it and its conn id (from the Open it caused)."""
+    c = Connection("127.0.0.1", acc.port, timeout=WAIT)
+    clients.append(c)
+    assert c.read_line() == replies.WELCOME  # at once: before the router said anything
+    return c, expect_open(acc, c.sock)
+
+
+def expect_open(acc: Acceptor, sock: socket.socket) -> int:
+    peer = "127.0.0.1:%d" % sock.getsockname()[1]
+    return acc.fake.expect(lambda m: isinstance(m, bus.Open) and m.peer == peer).conn
+
+
+def admit(acc: Acceptor, c: Connection, conn: int, uid: str, room: str = "#lobby",
+          name: str = "") -> None:
+    """What the router does for a new session: SessionSet, then its ID; wait for the ID."""
+    acc.send(bus.SessionSet(conn, uid, name, room), bus.ToConn(conn, f"ID:{uid}"))
+    assert c.read_line() == f"ID:{uid}"
+
+
+def is_cmd(conn: int, cmd) -> Callable[[bus.BusMessage], bool]:
+    return lambda m: isinstance(m, bus.Cmd) and m.conn == conn and m.command == cmd
+
+
+def is_close(conn: int) -> Callable[[bus.BusMessage], bool]:
+    return lambda m: isinstance(m, bus.Close) and m.conn == conn
+
+
+def read_to_eof(sock: socket.socket, timeout: float = WAIT) -> bytes:
+    """Everything until the peer closes (EOF or reset); fails on timeout."""
+    sock.settimeout(timeout)
+    data = bytearray()
+    while True:
+        try:
+            chunk = sock.recv(1 << 20)
+        except ConnectionResetError:
+            return bytes(data)
+        if not chunk:
+            return bytes(data)
+        data += chunk
+
+
+# ---- tests ----------------------------------------------------------------------------------------
+
+def test_hello_names_the_acceptor_and_it_heartbeats(start, fake):
+    acc = start()
+    assert acc.hello.acceptor == acc.name
+    assert re.fullmatch(r"[0-9a-f]{12}", acc.hello.epoch)
+    hello_ident = next(ident for _, ident, m in fake.received if isinstance(m, bus.Hello))
+    assert hello_ident == acc.ident  # the routing id is the name
+    mark = fake.mark()
+    for _ in range(6):
+        hb = fake.expect(lambda m: isinstance(m, bus.Heartbeat), timeout=3.0)
+        assert hb.epoch == acc.hello.epoch
+    beats = [t for t, ident, m in fake.received[mark:] if isinstance(m, bus.Heartbeat)]
+    assert {ident for _, ident, _ in fake.received} == {acc.ident}
+    gaps = [b - a for a, b in zip(beats, beats[1:])]
+    assert 0.1 <= sum(gaps) / len(gaps) <= 0.5, gaps  # about every 0.2 s, loosely
+
+
+def test_connect_gets_welcome_and_router_gets_open_then_session_lines(start, clients):
+    acc = start()
+    c, conn = connect(acc, clients)
+    acc.send(bus.SessionSet(conn, "123456", "", "#lobby"), bus.ToConn(conn, "ID:123456"),
+             bus.ToRoom("#lobby", "USERS:123456"))
+    assert c.read_line() == "ID:123456"
+    assert c.read_line() == "USERS:123456"
+    assert c.uid == "123456" and c.users == ("123456",)
+
+
+def test_text_is_forwarded_as_say_and_local_commands_stay_local(start, fake, clients):
+    acc = start()
+    c, conn = connect(acc, clients)
+    admit(acc, c, conn, "123456")
+    c.send("hello")
+    assert fake.expect(lambda m: isinstance(m, bus.Cmd)) == bus.Cmd(conn, Say("hello"))
+    mark = fake.mark()
+    c.send("/ping x")
+    assert c.read_line() == "PONG x"
+    c.send("/cap time")
+    assert c.read_line() == "OK cap time"
+    c.send("fence")
+    fake.expect(is_cmd(conn, Say("fence")))
+    # between "hello" and "fence" nothing but heartbeats crossed the bus
+    assert fake.since(mark) == [bus.Cmd(conn, Say("fence"))]
+
+
+def test_chat_room_reaches_all_30_local_members_tagged_only_for_cap_time(start, clients):
+    acc = start()
+    members = []
+    for i in range(30):
+        c, conn = connect(acc, clients)
+        admit(acc, c, conn, f"{100000 + i}", room="#r")
+        members.append(c)
+    capped = set(range(0, 30, 3))
+    for i in sorted(capped):
+        members[i].send("/cap time")
+        assert members[i].read_line() == "OK cap time"
+    outsider, oconn = connect(acc, clients)
+    admit(acc, outsider, oconn, "999999", room="#other")
+
+    stamp = "2026-11-26T11:34:42.123Z"
+    acc.send(bus.ChatRoom("#r", stamp, "100007: hi all"))
+    acc.send(bus.ToConn(oconn, "fence"))
+    for i, c in enumerate(members):
+        want = f"@time={stamp} 100007: hi all" if i in capped else "100007: hi all"
+        assert c.read_line() == want, i
+    assert outsider.read_line() == "fence"  # the other room's member got nothing before it
+
+
+def test_one_batch_of_chat_lines_reaches_the_client_in_order(start, clients):
+    acc = start()
+    c, conn = connect(acc, clients)
+    admit(acc, c, conn, "123456", room="#b")
+    texts = [f"222222: line {i:03d} " + "x" * 20 for i in range(100)]
+    acc.send(*(bus.ChatRoom("#b", "2026-11-26T11:34:42.123Z", t) for t in texts))
+    expected = "".join(t + "\n" for t in texts).encode()
+    data = bytearray()
+    recvs = 0
+    c.sock.settimeout(WAIT)
+    while len(data) < len(expected):
+        chunk = c.sock.recv(1 << 20)
+        assert chunk, "closed early"
+        recvs += 1
+        data += chunk
+    assert bytes(data) == expected
+    # written as one batch (one write per client per turn): it comes in a few reads, not 100
+    assert recvs <= 5, recvs
+
+
+def test_kick_sends_its_text_then_closes_that_client_only(start, fake, clients):
+    acc = start()
+    c1, conn1 = connect(acc, clients)
+    admit(acc, c1, conn1, "111111")
+    c2, conn2 = connect(acc, clients)
+    admit(acc, c2, conn2, "222222")
+    acc.send(bus.Kick(conn1, "ERROR: kicked for testing"))
+    assert c1.read_until_closed() == ["ERROR: kicked for testing"]
+    fake.expect(is_close(conn1))
+    acc.send(bus.ToConn(conn2, "still here"), bus.ToConn(conn1, "too late"))
+    assert c2.read_line() == "still here"
+    c2.send("/ping ok")
+    assert c2.read_line() == "PONG ok"
+
+
+def test_slow_reader_is_dropped_at_the_send_queue_and_the_room_goes_on(start, fake, clients):
+    acc = start("--send-queue", "65536")
+    fast, fconn = connect(acc, clients)
+    admit(acc, fast, fconn, "111111", room="#q")
+    # the slow client never reads; a small receive buffer keeps the kernel from hiding it long
+    slow = socket.socket()
+    clients.append(slow)
+    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    slow.connect(("127.0.0.1", acc.port))
+    sconn = expect_open(acc, slow)
+    acc.send(bus.SessionSet(sconn, "222222", "", "#q"))
+
+    stamp = "2026-11-26T11:34:42.123Z"
+    pad = "y" * 1000
+    seq = 0
+    dropped = None
+    per_batch = 16  # 16 KB a batch: the fast reader's queue stays far below 64 KB
+
+    def push_and_check_fast(n_batches: int) -> None:
+        nonlocal seq
+        for _ in range(n_batches):
+            first = seq
+            acc.send(*(bus.ChatRoom("#q", stamp, f"333333: {seq + i:07d} {pad}")
+                       for i in range(per_batch)))
+            seq += per_batch
+            for i in range(first, seq):
+                assert fast.read_line() == f"333333: {i:07d} {pad}"
+
+    for _ in range(3000):  # up to 48 MB in all; the drop comes far sooner
+        push_and_check_fast(1)
+        fake.pump(0)
+        closes = [m for m in fake.since(0) if isinstance(m, bus.Close) and m.conn == sconn]
+        if closes:
+            dropped = closes[0]
+            break
+    assert dropped is not None, f"slow client still connected after {seq} lines"
+    assert "send queue" in dropped.reason
+    push_and_check_fast(5)  # the room goes on, every line in order
+    assert not [m for m in fake.since(0) if isinstance(m, bus.Close) and m.conn == fconn]
+    # the slow client's connection is gone: reading what it got ends in EOF or a reset
+    read_to_eof(slow)
+    acc.proc.wait_for(rf"conn {sconn} \(\S+\) disconnected: send queue over 65536 bytes")
+
+
+def test_flooder_is_slowed_but_every_line_arrives_in_order(start, fake, clients):
+    acc = start("--flood-burst", "5", "--flood-rate", "20")
+    c, conn = connect(acc, clients)
+    admit(acc, c, conn, "123456")
+    lines = [f"flood {i:02d}" for i in range(60)]
+    began = time.monotonic()
+    c.send_raw("".join(line + "\n" for line in lines).encode())
+    got = []
+    for _ in lines:
+        got.append(fake.expect(lambda m: isinstance(m, bus.Cmd) and m.conn == conn))
+    took = time.monotonic() - began
+    assert got == [bus.Cmd(conn, Say(line)) for line in lines]
+    # 5 at once, then 20 a second: the last one cannot come before 55/20 s (a lower bound)
+    assert took >= 55 / 20 - 0.25, took
+    c.send("/ping alive")
+    assert c.read_line() == "PONG alive"
+
+
+def test_resync_replays_hello_and_a_sync_per_session(start, fake, clients):
+    acc = start()
+    c1, conn1 = connect(acc, clients)
+    admit(acc, c1, conn1, "111111", name="alice")
+    c2, conn2 = connect(acc, clients)
+    admit(acc, c2, conn2, "222222", room="#x")
+    c3, conn3 = connect(acc, clients)  # the router never answered this one's Open
+    acc.send(bus.SessionSet(conn2, "222222", "", "#y"))  # the latest view wins
+    acc.send(bus.ToConn(conn2, "fence"))
+    assert c2.read_line() == "fence"
+
+    acc.send(bus.Resync())
+    hello = fake.expect(lambda m: isinstance(m, bus.Hello))
+    assert hello == acc.hello  # same name, same epoch: it did not restart
+    wanted = {
+        bus.Sync(conn1, "111111", "alice", "#lobby"),
+        bus.Sync(conn2, "222222", "", "#y"),
+        bus.Open(conn3, "127.0.0.1:%d" % c3.sock.getsockname()[1]),
+    }
+    mark = fake.cursor
+    for _ in wanted:
+        fake.expect(lambda m: isinstance(m, (bus.Sync, bus.Open)))
+    replay = [m for m in fake.since(mark) if isinstance(m, (bus.Sync, bus.Open))]
+    assert set(replay) == wanted and len(replay) == 3
+
+
+def test_max_connections_refuses_the_fourth_and_keeps_the_three(start, fake, clients):
+    acc = start("--max-connections", "3")
+    three = [connect(acc, clients) for _ in range(3)]
+    fourth = Connection("127.0.0.1", acc.port, timeout=WAIT)
+    clients.append(fourth)
+    lines = fourth.read_until_closed()
+    assert len(lines) == 1 and lines[0].startswith("ERROR: server full"), lines
+    for i, (c, conn) in enumerate(three):
+        c.send(f"/ping {i}")
+        assert c.read_line() == f"PONG {i}"
+        c.send(f"still {i}")
+        fake.expect(is_cmd(conn, Say(f"still {i}")))
+    opens = [m for m in fake.since(0) if isinstance(m, bus.Open)]
+    assert sorted(m.conn for m in opens) == sorted(conn for _, conn in three)
+
+
+def test_sigterm_tells_every_client_closes_them_and_exits_zero(start, fake, clients):
+    acc = start()
+    sessions = []
+    for i in range(3):
+        c, conn = connect(acc, clients)
+        admit(acc, c, conn, f"{111111 * (i + 1)}")
+        sessions.append((c, conn))
+    acc.proc.signal(signal.SIGTERM)
+    for c, _ in sessions:
+        assert c.read_until_closed() == ["ERROR: server shutting down"]
+    assert acc.proc.proc.wait(WAIT) == 0
+    closed = set()
+    for _ in sessions:
+        closed.add(fake.expect(lambda m: isinstance(m, bus.Close)).conn)
+    assert closed == {conn for _, conn in sessions}
+    for c, _ in sessions:
+        with pytest.raises(ConnectionClosed):
+            c.read_line(timeout=1)
