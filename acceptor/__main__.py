@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-LIMIT_FLAGS = ("max_line", "send_queue", "flood_burst", "flood_rate", "max_connections")
+LIMIT_FLAGS = ("max_line", "send_queue", "flood_burst", "flood_rate", "max_connections",
+               "sndbuf", "lines_per_turn")
 
 
 def add_limit_options(p: argparse.ArgumentParser) -> None:
@@ -55,11 +56,15 @@ def add_limit_options(p: argparse.ArgumentParser) -> None:
     option(p, "--send-queue", "PYCHAT_SEND_QUEUE", default=d.send_queue, type=positive(int),
            help="bytes queued for one client before it is disconnected")
     option(p, "--flood-burst", "PYCHAT_FLOOD_BURST", default=d.flood_burst, type=positive(int),
-           help="lines a client may send at once before it is slowed down")
+           help="commands for others (messages, nick, join...) a client may send at once")
     option(p, "--flood-rate", "PYCHAT_FLOOD_RATE", default=d.flood_rate, type=positive(float),
-           help="lines per second a client may send after its burst")
+           help="such commands per second after the burst; a flooder is slowed, not cut")
     option(p, "--max-connections", "PYCHAT_MAX_CONNECTIONS", default=d.max_connections,
            type=positive(int), help="clients this acceptor serves at once")
+    option(p, "--sndbuf", "PYCHAT_SNDBUF", default=d.sndbuf, type=int,
+           help="kernel send buffer per client socket in bytes (0: kernel autotuning)")
+    option(p, "--lines-per-turn", "PYCHAT_LINES_PER_TURN", default=d.lines_per_turn,
+           type=positive(int), help="lines of one client handled before the others get a turn")
 
 
 def raise_fd_limit(wanted: int) -> None:

@@ -1,8 +1,14 @@
 """Per-connection limits, named, with safe defaults; enforced where the bytes are parsed.
 
 ``Limits`` is validated at start (``check``), before anything binds. ``TokenBucket`` is the flood
-limit: ``burst`` lines at once, then ``rate`` lines a second. A flooder is slowed down (reading
-paused until a token is due), never dropped.
+limit on commands that reach other users (public and private messages, nick, join, ...):
+``burst`` at once, then ``rate`` a second. A flooder is slowed down (reading paused until a token
+is due), never dropped. Lines that only cost the sender (errors, /ping, /help) take no token;
+``lines_per_turn`` keeps any one connection from holding the loop.
+
+The kernel send buffer is bounded (``sndbuf``) so that a client that stops reading fills its
+queue, and is disconnected, after a few hundred KiB rather than after the megabytes that
+loopback autotuning allows; it also bounds kernel memory per stalled client.
 """
 
 from __future__ import annotations
@@ -20,11 +26,16 @@ class Limits:
     flood_burst: int = 100  # lines a client may send at once ...
     flood_rate: float = 50.0  # ... and then per second
     max_connections: int = 10_000  # clients on this acceptor
+    sndbuf: int = 64 * 1024  # kernel send buffer per client socket (0: the kernel's autotuning)
+    lines_per_turn: int = 256  # lines of one client handled before others get a turn
 
     def check(self) -> None:
-        for name in ("max_line", "send_queue", "flood_burst", "flood_rate", "max_connections"):
+        for name in ("max_line", "send_queue", "flood_burst", "flood_rate", "max_connections",
+                     "lines_per_turn"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
+        if self.sndbuf < 0:
+            raise ValueError("sndbuf must not be negative")
 
 
 class TokenBucket:

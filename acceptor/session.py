@@ -45,7 +45,7 @@ class Session(asyncio.Protocol):
         self.peer = ""
         self.lines = LineBuffer(limits.max_line)
         self.bucket = TokenBucket(limits.flood_rate, limits.flood_burst)
-        self.pending: deque[bytes | LineTooLong] = deque()
+        self.pending: deque[bytes | LineTooLong | Command] = deque()
         self.out: list[bytes] = []
         self.uid = ""
         self.name = ""
@@ -53,7 +53,7 @@ class Session(asyncio.Protocol):
         self.cap_time = False
         self.open = False  # registered with the acceptor (and announced to the router)
         self.paused = False
-        self._resume: asyncio.TimerHandle | None = None
+        self._resume: asyncio.Handle | None = None
 
     # ---- asyncio callbacks ------------------------------------------------------------------------
 
@@ -66,6 +66,9 @@ class Session(asyncio.Protocol):
             try:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+                if self.acceptor.limits.sndbuf:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF,
+                                    self.acceptor.limits.sndbuf)
             except OSError:
                 pass
         self.acceptor.session_opened(self)
@@ -91,32 +94,51 @@ class Session(asyncio.Protocol):
     # ---- input ------------------------------------------------------------------------------------
 
     def _process(self, items: deque) -> None:
-        """Handle lines while the flood bucket allows; the rest wait with reading paused."""
+        """Handle lines in order; the rest wait, with reading paused, when either
+        - a command for the router finds the flood bucket empty (it waits for its token), or
+        - this turn's line budget is spent (fairness: we go on at the next loop turn).
+        Lines that only cost the sender (errors, local commands) take no flood token."""
         bucket = self.bucket
+        budget = self.acceptor.limits.lines_per_turn
         now = time.monotonic()
         while items:
             if self.transport is None or self.transport.is_closing():
                 items.clear()
                 return
-            if not bucket.take(now):
-                self.pending = items
-                self._pause(bucket.wait())
-                return
             item = items.popleft()
             try:
-                self._handle(item)
+                if not isinstance(item, Command):
+                    item = self._parse(item)
+                    if item is None:
+                        continue
+                if type(item) in ROUTED:
+                    if not bucket.take(now):
+                        items.appendleft(item)  # parsed once; waits for its token
+                        self.pending = items
+                        self._pause(bucket.wait())
+                        return
+                    self.acceptor.to_router(self, item)
+                else:
+                    self._local(item)
             except ClientError as e:
                 self.send_line(e.line())
             except Exception:
                 log.exception("bug while serving conn %d (%s); closing it", self.conn, self.peer)
                 self.close()
                 return
+            budget -= 1
+            if budget <= 0 and items:
+                self.pending = items
+                self._pause(0.0)
+                return
 
     def _pause(self, delay: float) -> None:
         if not self.paused and self.transport is not None:
             self.transport.pause_reading()
             self.paused = True
-        self._resume = self.acceptor.loop.call_later(delay, self._unpause)
+        loop = self.acceptor.loop
+        self._resume = (loop.call_soon(self._unpause) if delay <= 0
+                        else loop.call_later(delay, self._unpause))
 
     def _unpause(self) -> None:
         self._resume = None
@@ -127,16 +149,11 @@ class Session(asyncio.Protocol):
             if not self.transport.is_closing():
                 self.transport.resume_reading()
 
-    def _handle(self, item: bytes | LineTooLong) -> None:
+    @staticmethod
+    def _parse(item: bytes | LineTooLong) -> Command | None:
         if isinstance(item, LineTooLong):
             raise item
-        cmd = parse_line(sanitize(decode(item)))
-        if cmd is None:
-            return
-        if type(cmd) in ROUTED:
-            self.acceptor.to_router(self, cmd)
-        else:
-            self._local(cmd)
+        return parse_line(sanitize(decode(item)))
 
     # local commands, named after the command -----------------------------------------------------
 

@@ -10,9 +10,11 @@ Invariants:
 - every user is in exactly one room; ``rooms[room]`` keeps members in order of arrival and a room
   exists while it has members; ``room_acceptors[room]`` counts members per acceptor, so a room
   message crosses the bus once per acceptor with members there, never once per client
-- USERS/NAMES pushes are coalesced: membership changes mark the room dirty, and the push goes out
-  before any other delivery to that room's members, or at the end of the turn, whichever is first;
-  a member never sees a chat line that follows a change without the list that reflects it
+- every membership or name change marks its room dirty; in a room of at most ``coalesce_above``
+  members the push goes out at once (one USERS per change, as the original server did); in a
+  larger room changes are coalesced: the push goes out before any other delivery to that room's
+  members, or at the end of the turn, whichever is first. Either way a member never sees a chat
+  line that follows a change without the list that reflects it
 """
 
 from __future__ import annotations
@@ -45,8 +47,10 @@ class User:
 
 
 class RouterState:
-    def __init__(self, clock: Clock, history: HistoryStore, rng: random.Random | None = None):
+    def __init__(self, clock: Clock, history: HistoryStore, rng: random.Random | None = None,
+                 coalesce_above: int = 500):
         self.clock = clock
+        self.coalesce_above = coalesce_above
         self.history = history
         self._rng = rng or random.Random()
         self.users: dict[str, User] = {}
@@ -72,8 +76,9 @@ class RouterState:
         user = User(self._new_uid(), acceptor, conn, LOBBY)
         self._add(user)
         self._session(user)
-        # ID before the coalesced USERS push that includes the newcomer (its handshake USERS)
+        # ID before the USERS push that includes the newcomer (its handshake USERS)
         self._out.append((acceptor, ToConn(conn, replies.format_id(user.uid))))
+        self._settle(user.room)
         return self._take()
 
     def sync(self, acceptor: str, conn: int, uid: str, name: str, room: str) -> list[Delivery]:
@@ -81,7 +86,7 @@ class RouterState:
         if (acceptor, conn) in self.by_conn:
             return self._take()
         notes = []
-        if not (len(uid) == 6 and uid.isdigit()) or uid in self.users:
+        if not (len(uid) == 6 and uid.isascii() and uid.isdigit()) or uid in self.users:
             uid = self._new_uid()
             notes.append(replies.format_id(uid))
         user = User(uid, acceptor, conn, room or LOBBY)
@@ -92,14 +97,16 @@ class RouterState:
             else:
                 self._set_name(user, name)
         self._session(user)
-        if notes:
-            self._to(user, "\n".join(notes))
+        if notes:  # before the USERS push that lists the (new) uid, as in open()
+            self._out.append((acceptor, ToConn(conn, "\n".join(notes))))
+        self._settle(user.room)
         return self._take()
 
     def close(self, acceptor: str, conn: int) -> list[Delivery]:
         user = self.by_conn.get((acceptor, conn))
         if user is not None:
             self._remove(user)
+            self._settle(user.room)
         return self._take()
 
     def command(self, acceptor: str, conn: int, cmd: Command) -> list[Delivery]:
@@ -155,6 +162,7 @@ class RouterState:
         self._session(user)
         self._to(user, f"OK nick {cmd.name}")
         self._dirty.setdefault(user.room, False)
+        self._settle(user.room)
 
     def on_users(self, user: User, cmd: Users) -> None:
         self._to(user, self._users_line(user.room) + "\n" + self._names_line(user.room))
@@ -176,6 +184,7 @@ class RouterState:
         self._push(cmd.room, users=True)
         if not self._named.get(cmd.room):
             self._to(user, replies.format_names(()))
+        self._settle(old)
 
     def on_rooms(self, user: User, cmd: Rooms) -> None:
         counts = sorted((room, len(members)) for room, members in self.rooms.items())
@@ -271,6 +280,11 @@ class RouterState:
         users = self._dirty.pop(room, None)
         if users is not None and room in self.rooms:
             self._push(room, users)
+
+    def _settle(self, room: str) -> None:
+        """Push a small room's change now; a large room's waits to be coalesced."""
+        if room in self._dirty and len(self.rooms.get(room, ())) <= self.coalesce_above:
+            self._flush_room(room)
 
     def _flush_pending(self, room: str) -> None:
         if room in self._dirty:

@@ -161,9 +161,6 @@ def test_commands_are_frozen():
         cmd.name = "mallory"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: /history with more than 4300 digits hits Python's "
-                   "int-string limit (ValueError) and is answered with the usage error "
-                   "instead of being capped at 200 (reachable when max_line > ~4300)")
 def test_history_with_a_huge_number_is_capped_not_refused():
     assert parse_line("/history " + "9" * 5000) == History(HISTORY_MAX)
 

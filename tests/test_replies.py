@@ -7,7 +7,7 @@ import calendar
 import re
 
 import pytest
-from hypothesis import assume, example, given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from wire import replies as r
@@ -177,48 +177,29 @@ _prefixes = st.sampled_from(["", "@time=", f"@time={STAMP} ", "ID:", "USERS:", "
                              "[Private] To ", "123456: "])
 
 
-_LONG_DIGITS = re.compile(r"\d{4000,}")
-
-
-def _hits_a_known_bug(line: str) -> bool:
-    """Inputs of the xfail tests below (isdigit-but-not-decimal chars like '²', and numbers too
-    long for int()); kept out of the property so it stays deterministic until they are fixed."""
-    return any(c.isdigit() and not c.isdecimal() for c in line) or bool(_LONG_DIGITS.search(line))
-
-
 @settings(max_examples=500)
 @given(st.one_of(st.text(), st.builds(lambda p, t: p + t, _prefixes, st.text(max_size=30))))
 @example("ROOMS:#a=1,#b=x,=,,")
 @example("HISTORY:-1")
-@example("ROOMS:#a=٣")  # Arabic-Indic digit: isdigit and int() agree
+@example("ROOMS:#a=٣")  # Arabic-Indic digit
+@example("ROOMS:#a=²")  # isdigit() but not int()-able
+@example("HISTORY:" + "9" * 5000)  # past int()'s digit limit
 def test_parse_server_line_never_raises(line):
-    assume(not _hits_a_known_bug(line))
     ev = parse_server_line(line)
     assert ev.raw == line
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="BUG: parse_server_line uses str.isdigit() then int(): '²' passes "
-                          "isdigit but int('²') raises ValueError")
 def test_rooms_with_a_superscript_count_does_not_raise():
     assert isinstance(parse_server_line("ROOMS:#a=²"), RoomList)
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="BUG: parse_server_line: 'HISTORY:²' passes isdigit, int() raises")
 def test_history_with_a_superscript_digit_does_not_raise():
     parse_server_line("HISTORY:²")
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="BUG: parse_server_line: a HISTORY: count over 4300 digits raises "
-                          "ValueError (Python's int-string limit)")
 def test_history_with_a_huge_count_does_not_raise():
     parse_server_line("HISTORY:" + "9" * 5000)
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="BUG: parse_server_line: a ROOMS: count over 4300 digits raises "
-                          "ValueError (Python's int-string limit)")
 def test_rooms_with_a_huge_count_does_not_raise():
     parse_server_line("ROOMS:#a=" + "9" * 5000)

@@ -723,9 +723,6 @@ def test_sync_replaces_an_invalid_uid(bad_uid):
     assert f"ID:{uid}" in net.lines(("A", 1))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: RouterState.sync validates the uid with "
-                   "str.isdigit(), which accepts non-ASCII digits: uid '١٢٣٤٥٦' is adopted "
-                   "although a uid is six (ASCII) digits")
 def test_sync_replaces_a_uid_of_non_ascii_digits():
     net = Net()
     net.sync("A", 1, "١٢٣٤٥٦", "", "#lobby")

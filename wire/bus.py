@@ -157,7 +157,10 @@ def encode_message(msg: BusMessage) -> bytes:
     joined = SEP.join(parts)
     if joined.count(SEP) != len(parts) - 1:
         raise BusError(f"NUL inside a {msg.kind} field")
-    return joined.encode("utf-8")
+    try:
+        return joined.encode("utf-8")
+    except UnicodeEncodeError as e:  # a lone surrogate: no valid UTF-8 line carries one
+        raise BusError(f"unencodable {msg.kind} field: {e}") from None
 
 
 def decode_message(frame: bytes) -> BusMessage:

@@ -141,6 +141,8 @@ def _history(rest: str) -> Command:
         return History(HISTORY_DEFAULT)
     if not rest.isascii() or not rest.isdigit():
         raise ValueError
+    if len(rest) > 6:  # larger than any cap, and int() refuses thousands of digits
+        return History(HISTORY_MAX)
     return History(min(int(rest), HISTORY_MAX))
 
 

@@ -18,7 +18,7 @@ TIME_TAG = "@time="
 
 def format_time(ts: float) -> str:
     """UTC, ISO 8601 with milliseconds and Z: ``2026-11-26T11:34:42.123Z``."""
-    ms = int(ts * 1000)
+    ms = int(round(ts * 1000, 3))  # truncate to the ms, but 1.001 s is 1001 ms, not 1000
     secs, ms = divmod(ms, 1000)
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{ms:03d}Z"
 
@@ -154,6 +154,11 @@ _PRIV_TO = re.compile(r"\[Private\] To (\d{6}): (.*)\Z", re.S)
 _PRIV_FROM = re.compile(r"\[Private\] (\d{6}): (.*)\Z", re.S)
 
 
+def _count(text: str) -> bool:
+    """A plain ASCII count that int() takes (not '²', not 5,000 digits)."""
+    return 0 < len(text) <= 18 and text.isascii() and text.isdigit()
+
+
 def _pairs(body: str) -> tuple[tuple[str, str], ...]:
     out = []
     for item in body.split(",") if body else ():
@@ -187,8 +192,8 @@ def parse_server_line(line: str) -> Event:
         if head == "ROOM":
             return RoomChanged(line, rest)
         if head == "ROOMS":
-            return RoomList(line, tuple((r, int(n)) for r, n in _pairs(rest) if n.isdigit()))
-        if head == "HISTORY" and rest.isdigit():
+            return RoomList(line, tuple((r, int(n)) for r, n in _pairs(rest) if _count(n)))
+        if head == "HISTORY" and _count(rest):
             return HistoryStart(line, int(rest))
         if head == "ERROR":
             return Error(line, rest.strip())
