@@ -44,8 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-LIMIT_FLAGS = ("max_line", "send_queue", "flood_burst", "flood_rate", "max_connections",
-               "sndbuf", "lines_per_turn")
+LIMIT_FLAGS = ("max_line", "send_queue", "send_queue_hard", "stall_check", "flood_burst",
+               "flood_rate", "max_connections", "sndbuf", "lines_per_turn")
 
 
 def add_limit_options(p: argparse.ArgumentParser) -> None:
@@ -54,7 +54,11 @@ def add_limit_options(p: argparse.ArgumentParser) -> None:
     option(p, "--max-line", "PYCHAT_MAX_LINE", default=d.max_line, type=positive(int),
            help="longest line in bytes, without its newline; longer lines get ERROR:")
     option(p, "--send-queue", "PYCHAT_SEND_QUEUE", default=d.send_queue, type=positive(int),
-           help="bytes queued for one client before it is disconnected")
+           help="bytes queued for a client that stopped draining them before it is dropped")
+    option(p, "--send-queue-hard", "PYCHAT_SEND_QUEUE_HARD", default=d.send_queue_hard,
+           type=positive(int), help="bytes queued for any client before it is dropped at once")
+    option(p, "--stall-check", "PYCHAT_STALL_CHECK", default=d.stall_check,
+           type=positive(float), help="seconds between checks of clients over --send-queue")
     option(p, "--flood-burst", "PYCHAT_FLOOD_BURST", default=d.flood_burst, type=positive(int),
            help="commands for others (messages, nick, join...) a client may send at once")
     option(p, "--flood-rate", "PYCHAT_FLOOD_RATE", default=d.flood_rate, type=positive(float),

@@ -6,6 +6,11 @@ limit on commands that reach other users (public and private messages, nick, joi
 is due), never dropped. Lines that only cost the sender (errors, /ping, /help) take no token;
 ``lines_per_turn`` keeps any one connection from holding the loop.
 
+Send queues: a client with more than ``send_queue`` bytes waiting that has not drained any of
+them by the next check (``stall_check`` seconds) has stopped reading and is disconnected; any
+client past ``send_queue_hard`` is disconnected at once. A fast reader hit by a burst keeps
+draining and stays; memory per client is bounded by the hard limit.
+
 The kernel send buffer is bounded (``sndbuf``) so that a client that stops reading fills its
 queue, and is disconnected, after a few hundred KiB rather than after the megabytes that
 loopback autotuning allows; it also bounds kernel memory per stalled client.
@@ -22,7 +27,9 @@ from wire.framing import DEFAULT_MAX_LINE
 @dataclass(frozen=True)
 class Limits:
     max_line: int = DEFAULT_MAX_LINE  # bytes per line, without its newline
-    send_queue: int = 256 * 1024  # bytes waiting for one client before it is disconnected
+    send_queue: int = 256 * 1024  # bytes waiting for a client that has stopped draining them
+    send_queue_hard: int = 4 * 1024 * 1024  # bytes waiting for any client, draining or not
+    stall_check: float = 1.0  # seconds between checks of clients above send_queue
     flood_burst: int = 100  # lines a client may send at once ...
     flood_rate: float = 50.0  # ... and then per second
     max_connections: int = 10_000  # clients on this acceptor
@@ -30,10 +37,12 @@ class Limits:
     lines_per_turn: int = 256  # lines of one client handled before others get a turn
 
     def check(self) -> None:
-        for name in ("max_line", "send_queue", "flood_burst", "flood_rate", "max_connections",
-                     "lines_per_turn"):
+        for name in ("max_line", "send_queue", "send_queue_hard", "stall_check", "flood_burst",
+                     "flood_rate", "max_connections", "lines_per_turn"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
+        if self.send_queue_hard < self.send_queue:
+            raise ValueError("send_queue_hard must be at least send_queue")
         if self.sndbuf < 0:
             raise ValueError("sndbuf must not be negative")
 

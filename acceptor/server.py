@@ -6,8 +6,9 @@ comes from the router's ``SessionSet`` and is kept so a restarted router can be 
 
 Fan-out: a room message arrives once per acceptor; its line is encoded once (twice at most: with
 and without ``@time=``) and appended to each local member's queue. Queues are written at the end
-of the loop turn, one ``transport.write`` per client, and a client whose unsent bytes pass the
-send-queue limit is disconnected at once: nobody waits for it.
+of the loop turn, one ``transport.write`` per client; nobody ever waits for a client. A client
+whose unsent bytes pass ``send_queue`` is watched: if it has drained nothing by the next stall
+check it is disconnected; past ``send_queue_hard`` it is disconnected at once.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ class Acceptor:
         self._dirty: list[Session] = []
         self._flush_handle: asyncio.Handle | None = None
         self._beat_handle: asyncio.TimerHandle | None = None
+        self._stall_handle: asyncio.TimerHandle | None = None
+        self._over: dict[Session, int] = {}  # clients above send_queue -> bytes at last check
         self.router_epoch: str | None = None
         self.router_seen = 0.0
         self.router_alive = False
@@ -83,6 +86,7 @@ class Acceptor:
         if not s.open:
             return
         s.open = False
+        self._over.pop(s, None)
         del self.sessions[s.conn]
         self._leave_room(s)
         self.link.send(bus.Close(s.conn, reason))
@@ -134,12 +138,39 @@ class Acceptor:
             return
         t.write(out[0] if len(out) == 1 else b"".join(out))
         out.clear()
-        if t.get_write_buffer_size() > self.limits.send_queue:
-            self.stats["send_queue_drops"] += 1
-            log.info("conn %d (%s) disconnected: send queue over %d bytes",
-                     s.conn, s.peer, self.limits.send_queue)
-            self.session_closed(s, "send queue full")
-            t.abort()
+        size = t.get_write_buffer_size()
+        if size > self.limits.send_queue:
+            if size > self.limits.send_queue_hard:
+                self._drop(s, f"send queue over {self.limits.send_queue_hard} bytes")
+            elif s not in self._over:
+                self._over[s] = size
+                if self._stall_handle is None:
+                    self._stall_handle = self.loop.call_later(self.limits.stall_check,
+                                                              self._check_stalled)
+
+    def _check_stalled(self) -> None:
+        """Drop clients above send_queue that drained nothing since the last check."""
+        self._stall_handle = None
+        for s, before in list(self._over.items()):
+            t = s.transport
+            size = t.get_write_buffer_size() if t is not None and not t.is_closing() else 0
+            if size <= self.limits.send_queue:
+                del self._over[s]
+            elif size >= before:
+                self._drop(s, f"send queue over {self.limits.send_queue} bytes and not draining")
+            else:
+                self._over[s] = size
+        if self._over:
+            self._stall_handle = self.loop.call_later(self.limits.stall_check,
+                                                      self._check_stalled)
+
+    def _drop(self, s: Session, why: str) -> None:
+        self._over.pop(s, None)
+        self.stats["send_queue_drops"] += 1
+        log.info("conn %d (%s) disconnected: %s", s.conn, s.peer, why)
+        self.session_closed(s, why)
+        if s.transport is not None:
+            s.transport.abort()
 
     # ---- the bus: what the router sends ----------------------------------------------------------
 
@@ -244,8 +275,9 @@ class Acceptor:
         """SIGTERM: stop accepting, tell every client, close, let the router know."""
         if self.server is not None:
             self.server.close()
-        if self._beat_handle is not None:
-            self._beat_handle.cancel()
+        for handle in (self._beat_handle, self._stall_handle):
+            if handle is not None:
+                handle.cancel()
         sessions = list(self.sessions.values())
         for s in sessions:
             self.write_now(s)
