@@ -89,11 +89,21 @@ class Acceptor:
         self._over.pop(s, None)
         del self.sessions[s.conn]
         self._leave_room(s)
-        self.link.send(bus.Close(s.conn, reason))
+        self.link.send(bus.Close(s.conn, s.quitting or reason))
         log.debug("conn %d (%s) closed: %s", s.conn, s.peer, reason)
 
     def to_router(self, s: Session, cmd: Command) -> None:
         self.link.send(bus.Cmd(s.conn, cmd))
+
+    def reply(self, s: Session, text: str, close: bool) -> None:
+        """Send a locally made reply round through the router, so it reaches the client after
+        the results of earlier commands; answer at once while no router is there."""
+        if self.router_alive:
+            self.link.send(bus.Relay(s.conn, text, int(close)))
+        else:
+            s.send_line(text)
+            if close:
+                s.close()
 
     def on_refused(self, msgs: list[bus.BusMessage]) -> None:
         """The bus backlog overflowed: tell each sender its command was not sent."""

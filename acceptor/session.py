@@ -9,6 +9,10 @@ A ``Session`` is an asyncio ``Protocol`` with its own line buffer (no streams). 
 
 A client's mistake becomes one ``ERROR:`` line; any other exception is a bug, logged with the
 connection id, and only that connection is closed.
+
+Replies stay in the order of the commands: a reply the acceptor makes itself (PONG, OK cap, HELP,
+ERROR:, BYE) goes round through the router (``Acceptor.reply``), behind the results of the
+commands sent before it, so ``/ping`` works as a barrier.
 """
 
 from __future__ import annotations
@@ -35,7 +39,8 @@ log = logging.getLogger("pychat.acceptor")
 
 class Session(asyncio.Protocol):
     __slots__ = ("acceptor", "conn", "transport", "peer", "lines", "bucket", "pending",
-                 "out", "uid", "name", "room", "cap_time", "open", "paused", "_resume")
+                 "out", "uid", "name", "room", "cap_time", "open", "paused", "quitting",
+                 "_resume")
 
     def __init__(self, acceptor: Acceptor, conn: int):
         limits = acceptor.limits
@@ -53,6 +58,7 @@ class Session(asyncio.Protocol):
         self.cap_time = False
         self.open = False  # registered with the acceptor (and announced to the router)
         self.paused = False
+        self.quitting = ""  # the /quit reason once the client has asked to leave
         self._resume: asyncio.Handle | None = None
 
     # ---- asyncio callbacks ------------------------------------------------------------------------
@@ -74,6 +80,8 @@ class Session(asyncio.Protocol):
         self.acceptor.session_opened(self)
 
     def data_received(self, data: bytes) -> None:
+        if self.quitting:
+            return
         items = self.lines.feed(data)
         if not items:
             return
@@ -102,7 +110,7 @@ class Session(asyncio.Protocol):
         budget = self.acceptor.limits.lines_per_turn
         now = time.monotonic()
         while items:
-            if self.transport is None or self.transport.is_closing():
+            if self.quitting or self.transport is None or self.transport.is_closing():
                 items.clear()
                 return
             item = items.popleft()
@@ -121,7 +129,7 @@ class Session(asyncio.Protocol):
                 else:
                     self._local(item)
             except ClientError as e:
-                self.send_line(e.line())
+                self.reply(e.line())
             except Exception:
                 log.exception("bug while serving conn %d (%s); closing it", self.conn, self.peer)
                 self.close()
@@ -159,11 +167,11 @@ class Session(asyncio.Protocol):
 
     def _local(self, cmd: Command) -> None:
         if isinstance(cmd, Ping):
-            self.send_line(replies.format_pong(cmd.token))
+            self.reply(replies.format_pong(cmd.token))
         elif isinstance(cmd, Cap):
             self.on_cap(cmd)
         elif isinstance(cmd, Help):
-            self.send_line("\n".join(help_lines()))
+            self.reply("\n".join(help_lines()))
         elif isinstance(cmd, Quit):
             self.on_quit(cmd)
 
@@ -171,18 +179,26 @@ class Session(asyncio.Protocol):
         if cmd.name != "time":
             raise ClientError(f"unknown capability {cmd.name} (known: time)")
         self.cap_time = True
-        self.send_line("OK cap time")
+        self.reply("OK cap time")
 
     def on_quit(self, cmd: Quit) -> None:
-        self.send_line("BYE")
-        self.acceptor.session_closed(self, f"quit: {cmd.reason}" if cmd.reason else "quit")
-        self.close()
+        """BYE after the results of what came before, then close; read nothing more."""
+        self.quitting = f"quit: {cmd.reason}" if cmd.reason else "quit"
+        self.pending.clear()
+        if self.transport is not None and not self.paused:
+            self.transport.pause_reading()
+            self.paused = True
+        self.reply("BYE", close=True)
 
     # ---- output -----------------------------------------------------------------------------------
 
     def send_line(self, text: str) -> None:
         """Queue a line (or several joined by newlines) for this client's next write."""
         self.acceptor.queue(self, (text + "\n").encode("utf-8"))
+
+    def reply(self, text: str, close: bool = False) -> None:
+        """A reply to a command, kept in order behind earlier commands' results."""
+        self.acceptor.reply(self, text, close)
 
     def close(self) -> None:
         """Close after writing what is queued."""

@@ -169,6 +169,10 @@ class RouterServer:
                 deliveries = state.command(acceptor, msg.conn, msg.command)
             elif kind is bus.Heartbeat:
                 continue
+            elif kind is bus.Relay:  # no state involved: back in order behind earlier results
+                reply = bus.Kick if msg.close else bus.ToConn
+                out.setdefault(acceptor, []).append(reply(msg.conn, msg.text))
+                continue
             elif kind is bus.Open:
                 deliveries = state.open(acceptor, msg.conn)
             elif kind is bus.Close:

@@ -73,6 +73,17 @@ class Sync(BusMessage):
 
 
 @dataclass(frozen=True, slots=True)
+class Relay(BusMessage):
+    """A reply the acceptor made itself (PONG, OK, ERROR, BYE...), sent round through the router
+    so that it reaches the client after the results of the commands the client sent before it.
+    The router answers with ToConn(conn, text), or Kick(conn, text) when ``close`` is 1."""
+    conn: int
+    text: str
+    close: int
+    kind: ClassVar[str] = "relay"
+
+
+@dataclass(frozen=True, slots=True)
 class Cmd(BusMessage):
     """A parsed client command the router serves (wire.commands.ROUTED)."""
     conn: int
@@ -140,7 +151,7 @@ class Resync(BusMessage):
     kind: ClassVar[str] = "resync"
 
 
-_CLASSES = (Hello, Heartbeat, Open, Close, Sync, SessionSet, ToConn, ToRoom, ChatRoom,
+_CLASSES = (Hello, Heartbeat, Open, Close, Sync, Relay, SessionSet, ToConn, ToRoom, ChatRoom,
             ChatConn, Kick, Resync)
 _LAYOUT: dict[str, tuple[type, tuple[tuple[str, bool], ...]]] = {
     cls.kind: (cls, tuple((f.name, f.type in ("int", int)) for f in fields(cls)))
