@@ -47,7 +47,7 @@ OK_TABLE = [
     ("/nick x", Nick("x")),
     ("/users", Users()),
     ("/join #room", Join("#room")),
-    ("/join #a_b-C9", Join("#a_b-C9")),
+    ("/join #a_b-C9", Join("#a_b-c9")),
     (f"/join {ROOM_32}", Join(ROOM_32)),
     (f"/join {LOBBY}", Join("#lobby")),
     ("/rooms", Rooms()),
@@ -73,7 +73,7 @@ OK_TABLE = [
     ("/W 123456 x", Private("123456", "x")),
     ("/NICK Alice", Nick("Alice")),
     ("/Users", Users()),
-    ("/JOIN #Room", Join("#Room")),
+    ("/JOIN #Room", Join("#room")),
     ("/ROOMS", Rooms()),
     ("/HiStOrY 3", History(3)),
     ("/CAP time", Cap("time")),
@@ -253,3 +253,15 @@ def test_pipeline_on_any_bytes_yields_commands_or_documented_errors(chunks, max_
             except InvalidUTF8:
                 continue
             _check_parse(line)
+
+
+def test_a_name_of_six_digits_is_refused_since_it_would_read_as_a_uid():
+    with pytest.raises(ClientError) as e:
+        parse_line("/nick 123456")
+    assert e.value.message == "invalid name 123456: six digits would read as a user ID"
+    assert parse_line("/nick 12345") == Nick("12345")
+    assert parse_line("/nick 1234567") == Nick("1234567")
+
+
+def test_room_names_ignore_case():
+    assert parse_line("/join #DevOps") == Join("#devops")

@@ -6,8 +6,10 @@ Handlers live with the process that serves the command (``Spec.served_by``): the
 ``local`` commands itself; ``router`` commands cross the bus. Handlers are named after the command.
 
 Invariants:
-- a name matches ``NAME_RE`` (1-24 ASCII letters, digits, ``_``, ``-``); uniqueness is the router's
-- a room matches ``ROOM_RE`` (``#`` and 1-32 of the same)
+- a name matches ``NAME_RE`` (1-24 ASCII letters, digits, ``_``, ``-``) and is not six digits
+  (it would read as a uid); uniqueness, ignoring case, is the router's
+- a room matches ``ROOM_RE`` (``#`` and 1-32 of the same) and is lower case: ``/join #Dev`` is
+  ``#dev``, so rooms, like names, ignore case
 - ``History.count`` is within 0..HISTORY_MAX
 """
 
@@ -125,6 +127,8 @@ def _nick(rest: str) -> Command:
         raise ValueError
     if not NAME_RE.match(rest):
         raise ClientError(f"invalid name {rest}: 1-24 letters, digits, _ or -")
+    if len(rest) == 6 and rest.isdigit():
+        raise ClientError(f"invalid name {rest}: six digits would read as a user ID")
     return Nick(rest)
 
 
@@ -133,7 +137,7 @@ def _join(rest: str) -> Command:
         raise ValueError
     if not ROOM_RE.match(rest):
         raise ClientError(f"invalid room {rest}: # and 1-32 letters, digits, _ or -")
-    return Join(rest)
+    return Join(rest.lower())
 
 
 def _history(rest: str) -> Command:
