@@ -20,7 +20,7 @@ import time
 import uuid
 
 from wire import bus, replies
-from wire.commands import Command
+from wire.commands import Command, describe
 from wire.errors import BusError
 
 from .limits import Limits
@@ -109,7 +109,7 @@ class Acceptor:
         """The bus backlog overflowed: tell each sender its command was not sent."""
         for msg in msgs:
             if isinstance(msg, bus.Cmd) and (s := self.sessions.get(msg.conn)) is not None:
-                s.send_line(f"ERROR: not sent, the router is unavailable: /{msg.command.kind}")
+                s.send_line(f"ERROR: not sent, the router is unavailable: {describe(msg.command)}")
         log.error("router unavailable: refused a batch of %d bus messages", len(msgs))
 
     def _leave_room(self, s: Session) -> None:

@@ -4,7 +4,13 @@ One ROUTER socket (ROUTER_MANDATORY, LINGER 0, explicit HWMs) bound to the bus e
 turn: receive every batch that is ready (up to ``max_batches``), hand each message to the state,
 then send what the state returned as one batch per acceptor. Heartbeats go to every known
 acceptor each ``heartbeat`` seconds; an acceptor silent for ``3 * heartbeat`` is dead and its
-users leave. A message from an acceptor we do not know (we restarted) is answered with Resync.
+users leave.
+
+A message from an acceptor we do not know (we restarted, and its bus queue delivered what it sent
+meanwhile) is held, and the acceptor is asked to Resync. Its Hello and Syncs come in one batch;
+right after it the held messages are handled, in order, as if they had just arrived. Held
+messages are bounded in number (``max_held``) and time (``hold_seconds``); a client command that
+cannot be held, or waited too long, is answered with ``ERROR: not sent ...``: never lost silently.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from collections import deque
 import zmq
 
 from wire import bus
+from wire.commands import describe
 from wire.errors import BusError
 
 from .state import Delivery, RouterState
@@ -43,6 +50,7 @@ class Peer:
 class RouterServer:
     def __init__(self, state: RouterState, endpoint: str, *, heartbeat: float = 1.0,
                  hwm: int = 100_000, max_batches: int = 1000, max_backlog: int = 10_000,
+                 max_held: int = 10_000, hold_seconds: float = 5.0,
                  ctx: zmq.Context | None = None):
         self.state = state
         self.endpoint = endpoint
@@ -52,6 +60,9 @@ class RouterServer:
         self.epoch = uuid.uuid4().hex[:12]
         self.peers: dict[str, Peer] = {}
         self._resync_asked: dict[str, float] = {}
+        self.max_held = max_held
+        self.hold_seconds = hold_seconds
+        self._held: dict[str, tuple[float, list[bus.BusMessage]]] = {}
         self.ctx = ctx or zmq.Context.instance()
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
@@ -143,8 +154,15 @@ class RouterServer:
             log.warning("dropped a bad batch from %r: %s", ident, e)
             return
         peer = self.peers.get(acceptor)
+        if peer is None and not any(isinstance(m, bus.Hello) for m in messages):
+            self._hold(acceptor, ident, messages, now, out)
+            return
+        self._dispatch(acceptor, ident, peer, messages, now, out)
+
+    def _dispatch(self, acceptor: str, ident: bytes, peer: Peer | None,
+                  messages: list[bus.BusMessage], now: float, out: dict[str, list]) -> None:
         state = self.state
-        for msg in messages:
+        for i, msg in enumerate(messages):
             if isinstance(msg, bus.Hello):
                 if peer is not None and peer.epoch != msg.epoch:
                     log.info("acceptor %s restarted (epoch %s)", acceptor, msg.epoch)
@@ -156,13 +174,9 @@ class RouterServer:
                     log.info("acceptor %s joined (epoch %s)", acceptor, msg.epoch)
                     out.setdefault(acceptor, []).append(bus.Heartbeat(self.epoch))
                 continue
-            if peer is None:
-                # we restarted, or it never said hello: ask for its sessions (once a heartbeat)
-                if self._resync_asked.get(acceptor, -1e9) < now - self.heartbeat:
-                    self._resync_asked[acceptor] = now
-                    log.info("unknown acceptor %s: asking it to resync", acceptor)
-                    self._send_raw(ident, [bus.Resync()])
-                return
+            if peer is None:  # messages before its Hello in the same batch
+                self._hold(acceptor, ident, [msg], now, out)
+                continue
             peer.last_seen = now
             kind = type(msg)
             if kind is bus.Cmd:
@@ -183,6 +197,40 @@ class RouterServer:
                 log.warning("acceptor %s sent a router-bound %s; dropped", acceptor, msg.kind)
                 continue
             self._deliver(deliveries, out)
+        held = self._held.pop(acceptor, None) if peer is not None else None
+        if held is not None:  # its Hello and Syncs are in: what it sent meanwhile, in order
+            log.info("acceptor %s resynced; handling %d held messages", acceptor, len(held[1]))
+            self._dispatch(acceptor, ident, peer, held[1], now, out)
+
+    def _hold(self, acceptor: str, ident: bytes, messages: list[bus.BusMessage], now: float,
+              out: dict[str, list]) -> None:
+        """Keep an unknown acceptor's messages until its resync; ask it for one."""
+        since, held = self._held.setdefault(acceptor, (now, []))
+        for msg in messages:
+            if len(held) < self.max_held:
+                held.append(msg)
+            else:
+                self._refuse(ident, [msg], "the router was restarting")
+        if self._resync_asked.get(acceptor, -1e9) < now - self.heartbeat:
+            self._resync_asked[acceptor] = now
+            log.info("unknown acceptor %s: asking it to resync", acceptor)
+            self._send_raw(ident, [bus.Resync()])
+
+    def _refuse(self, ident: bytes, messages: list[bus.BusMessage], why: str) -> None:
+        """Tell each client whose command will not be handled."""
+        errors: list[bus.BusMessage] = [
+            bus.ToConn(m.conn, f"ERROR: not sent, {why}: {describe(m.command)}")
+            for m in messages if isinstance(m, bus.Cmd)]
+        if errors:
+            self._send_raw(ident, errors)
+
+    def _expire_held(self, now: float) -> None:
+        for acceptor, (since, held) in list(self._held.items()):
+            if now - since > self.hold_seconds:
+                del self._held[acceptor]
+                log.warning("acceptor %s never resynced; refusing %d held messages",
+                            acceptor, len(held))
+                self._refuse(acceptor.encode("utf-8"), held, "the router did not hear back")
 
     @staticmethod
     def _deliver(deliveries: list[Delivery], out: dict[str, list]) -> None:
@@ -237,6 +285,7 @@ class RouterServer:
                     break
 
     def _beat(self, now: float) -> None:
+        self._expire_held(now)
         deadline = now - MISSED_HEARTBEATS * self.heartbeat
         for acceptor, peer in list(self.peers.items()):
             if peer.last_seen < deadline:

@@ -212,6 +212,17 @@ def parse_line(line: str) -> Command | None:
         raise ClientError(f"usage: {usage}") from None
 
 
+def describe(cmd: Command, width: int = 60) -> str:
+    """A command as its sender would recognise it, for "not sent" errors."""
+    if isinstance(cmd, Say):
+        text = cmd.text
+    elif isinstance(cmd, Private):
+        text = f"/msg {cmd.target} {cmd.text}"
+    else:
+        text = f"/{cmd.kind}"
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
 def help_lines() -> list[str]:
     lines = ["HELP: <text> sends to your room; //text sends a line starting with /"]
     for spec in TABLE:
