@@ -11,8 +11,8 @@ import signal
 import socket
 import sys
 
-from pychat.config import (add_logging, add_ready_fd, endpoint, option, port, positive,
-                           setup_logging, signal_ready)
+from pychat.config import (add_logging, add_ready_fd, endpoint, non_negative, option, port,
+                           positive, setup_logging, signal_ready)
 
 from .limits import Limits
 from .server import Acceptor
@@ -65,7 +65,7 @@ def add_limit_options(p: argparse.ArgumentParser) -> None:
            help="such commands per second after the burst; a flooder is slowed, not cut")
     option(p, "--max-connections", "PYCHAT_MAX_CONNECTIONS", default=d.max_connections,
            type=positive(int), help="clients this acceptor serves at once")
-    option(p, "--sndbuf", "PYCHAT_SNDBUF", default=d.sndbuf, type=int,
+    option(p, "--sndbuf", "PYCHAT_SNDBUF", default=d.sndbuf, type=non_negative,
            help="kernel send buffer per client socket in bytes (0: kernel autotuning)")
     option(p, "--lines-per-turn", "PYCHAT_LINES_PER_TURN", default=d.lines_per_turn,
            type=positive(int), help="lines of one client handled before the others get a turn")

@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 from typing import Any, Callable
 
 LOG_FORMAT = "%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s"
+
+
+class BadValue(argparse.ArgumentTypeError, ValueError):
+    """A flag or variable value that is wrong; argparse prints its message as it is."""
 
 
 def _parse_bool(text: str) -> bool:
@@ -21,29 +26,37 @@ def _parse_bool(text: str) -> bool:
         return True
     if v in ("0", "false", "no", "off"):
         return False
-    raise ValueError(f"not a boolean: {text!r}")
+    raise BadValue(f"not a boolean: {text!r}")
 
 
 def positive(cast: Callable[[str], Any]) -> Callable[[str], Any]:
     def check(text: str) -> Any:
-        value = cast(text)
-        if value <= 0:
-            raise ValueError(f"must be positive: {text!r}")
+        try:
+            value = cast(text)
+        except ValueError:
+            raise BadValue(f"not a number: {text!r}") from None
+        if not value > 0 or not math.isfinite(value):  # nan and inf are no limits
+            raise BadValue(f"must be positive: {text!r}")
         return value
     check.__name__ = cast.__name__
     return check
 
 
+def non_negative(text: str) -> int:
+    if not (text.isascii() and text.isdigit()):
+        raise BadValue(f"not a whole number >= 0: {text!r}")
+    return int(text)
+
+
 def port(text: str) -> int:
-    value = int(text)
-    if not 0 <= value <= 65535:
-        raise ValueError(f"not a port: {text!r}")
-    return value
+    if not (text.isascii() and text.isdigit()) or not 0 <= int(text) <= 65535:
+        raise BadValue(f"not a port: {text!r}")
+    return int(text)
 
 
 def endpoint(text: str) -> str:
     if not text.startswith(("tcp://", "ipc://", "inproc://")):
-        raise ValueError(f"not a ZeroMQ endpoint (tcp://HOST:PORT or ipc://PATH): {text!r}")
+        raise BadValue(f"not a ZeroMQ endpoint (tcp://HOST:PORT or ipc://PATH): {text!r}")
     return text
 
 

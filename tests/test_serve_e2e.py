@@ -1,0 +1,177 @@
+"""`pychat serve` as a process: isolation, signals, supervision, configuration."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from acceptor.__main__ import build_parser as acceptor_parser
+from pychat.serve import build_parser as serve_parser
+from router.__main__ import build_parser as router_parser
+
+from .procs import ROOT, Proc, python_m, start_serve
+
+pytestmark = pytest.mark.e2e
+
+
+def child_pids(p: Proc) -> dict[str, int]:
+    """role -> pid of the children `pychat serve` reported starting (the latest of each)."""
+    pids = {}
+    for line in p.output:
+        m = re.search(r"started (router|acceptor \d+) \(pid (\d+)\)", line)
+        if m:
+            pids[m.group(1)] = int(m.group(2))
+    return pids
+
+
+def gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    # a zombie (not yet reaped by its parent) counts as gone
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().split(") ", 1)[1].startswith("Z")
+
+
+def test_two_serves_on_different_ports_do_not_collide(procs, connect):
+    p1, port1 = start_serve()
+    procs.append(p1)
+    p2, port2 = start_serve()
+    procs.append(p2)
+    assert port1 != port2
+    a = connect(port1)
+    a.handshake()
+    b = connect(port2)
+    b.handshake()
+    assert b.users == (b.uid,)  # alone on its server
+    a.send("only on one")
+    a.expect(f"{a.uid}: only on one")
+    b.send("/ping fence")
+    assert b.expect_prefix("PONG") == "PONG fence"
+    assert not [l for l in b.seen if "only on one" in l]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_stops_every_child_and_tells_clients(sig, procs, connect):
+    p, port = start_serve()
+    procs.append(p)
+    clients = [connect(port) for _ in range(4)]
+    for c in clients:
+        c.handshake()
+    pids = child_pids(p)
+    assert set(pids) == {"router", "acceptor 1", "acceptor 2"}
+    p.signal(sig)
+    for c in clients:
+        assert c.read_until_closed()[-1] == "ERROR: server shutting down"
+    assert p.proc.wait(15) == 0
+    assert all(gone(pid) for pid in pids.values()), pids
+    bus_dir = re.search(r"bus ipc://(\S+)/router\.sock", "\n".join(p.output)).group(1)
+    assert not os.path.exists(bus_dir)  # the private bus folder is removed
+
+
+def test_a_killed_acceptor_is_restarted_and_its_users_leave(procs, connect):
+    p, port = start_serve()
+    procs.append(p)
+    watchers = [connect(port) for _ in range(8)]  # the kernel spreads them over both
+    for c in watchers:
+        c.handshake()
+    victim = child_pids(p)["acceptor 1"]
+    os.kill(victim, signal.SIGKILL)
+    p.wait_for(rf"acceptor 1 \(pid {victim}\) died: signal 9; restarting")
+    p.wait_for(r"started acceptor 1 \(pid \d+\)")
+    survivors = []
+    for c in watchers:
+        try:
+            c.send("/ping alive")
+            c.expect("PONG alive", timeout=5)
+            survivors.append(c)
+        except Exception:
+            pass  # it was on the killed acceptor
+    assert survivors, "no client survived on the other acceptor"
+    # within 3 heartbeats the router drops the dead acceptor's users; survivors see the list
+    alive = {c.uid for c in survivors}
+    newcomer = connect(port)
+    newcomer.handshake()
+    want = alive | {newcomer.uid}
+    survivors[0].expect(lambda l: l.startswith("USERS:") and set(l[6:].split(",")) == want,
+                        timeout=10)
+    newcomer.send("hello after the crash")
+    survivors[0].expect(f"{newcomer.uid}: hello after the crash")
+
+
+def test_a_killed_router_is_restarted_and_clients_keep_uid_name_and_room(procs, connect):
+    p, port = start_serve()
+    procs.append(p)
+    a = connect(port)
+    a.handshake()
+    a.send("/nick alice")
+    a.expect("OK nick alice")
+    a.send("/join #ops")
+    a.expect("ROOM:#ops")
+    b = connect(port)
+    b.handshake()
+    b.send("/join #ops")
+    b.expect("ROOM:#ops")
+    victim = child_pids(p)["router"]
+    os.kill(victim, signal.SIGKILL)
+    p.wait_for(rf"router \(pid {victim}\) died")
+    # both acceptors resync into the new router (the one that b's session is on, at least)
+    p.wait_for(r"resync(ing \d+ sessions|ed)")
+    b.send("/msg alice back?")
+    assert a.expect_prefix("[Private]", timeout=15) == f"[Private] {b.uid}: back?"
+    a.send("/users")
+    assert set(a.expect_prefix("USERS:")[6:].split(",")) == {a.uid, b.uid}
+    assert a.expect_prefix("NAMES:") == f"NAMES:{a.uid}=alice"
+    a.send("still in ops")
+    assert b.expect_prefix(f"{a.uid}:") == f"{a.uid}: still in ops"
+
+
+def test_limits_come_from_the_environment(procs, connect):
+    p, port = start_serve(env={"PYCHAT_MAX_LINE": "100"})
+    procs.append(p)
+    c = connect(port)
+    c.handshake()
+    c.send("x" * 101)
+    assert c.read_line() == "ERROR: line too long (max 100 bytes)"
+    c.send("y" * 100)
+    assert c.read_line() == f"{c.uid}: " + "y" * 100
+
+
+@pytest.mark.parametrize("argv, env, says", [
+    (["pychat", "serve", "--port", "70000"], {}, "not a port"),
+    (["pychat", "serve", "--acceptors", "0"], {}, "must be positive"),
+    (["pychat", "acceptor", "--heartbeat", "nan"], {}, "must be positive"),
+    (["pychat", "acceptor", "--sndbuf", "-1"], {}, "not a whole number"),
+    (["pychat", "acceptor"], {"PYCHAT_FLOOD_RATE": "fast"}, "$PYCHAT_FLOOD_RATE"),
+    (["pychat", "router", "--bind", "localhost:1"], {}, "not a ZeroMQ endpoint"),
+    (["pychat", "nosuch"], {}, "unknown command"),
+])
+def test_bad_configuration_is_refused_before_anything_starts(argv, env, says):
+    full_env = dict(os.environ, PYTHONPATH=ROOT, **env)
+    r = subprocess.run(python_m(*argv), capture_output=True, text=True, env=full_env,
+                       timeout=30, cwd=ROOT)
+    assert r.returncode == 2
+    assert says in r.stderr
+
+
+@pytest.mark.parametrize("build", [serve_parser, router_parser, acceptor_parser])
+def test_every_option_has_an_environment_variable_in_its_help(build):
+    parser = build()
+    for action in parser._actions:
+        if action.dest in ("help", "ready_fd"):
+            continue
+        assert "[env PYCHAT_" in (action.help or ""), action.dest
+
+
+@pytest.mark.parametrize("argv", [["pychat", "--help"], ["pychat", "serve", "--help"],
+                                  ["router", "--help"], ["acceptor", "--help"]])
+def test_help_exits_zero(argv):
+    r = subprocess.run(python_m(*argv), capture_output=True, text=True, timeout=30, cwd=ROOT,
+                       env=dict(os.environ, PYTHONPATH=ROOT))
+    assert r.returncode == 0 and "usage:" in r.stdout
