@@ -1,0 +1,27 @@
+"""Events the reconnecting session adds to the server's own (``wire.replies``).
+
+The session hands the fronts every server line as a ``wire.replies`` event, plus these, which
+no server line carries: the connection's state, and a name the server refused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# connection states
+CONNECTING, CONNECTED, RECONNECTING, CLOSED = "connecting", "connected", "reconnecting", "closed"
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    state: str          # CONNECTING, CONNECTED, RECONNECTING or CLOSED
+    text: str           # for a status bar: "connected to 127.0.0.1:65432", "reconnecting in 0.8 s"
+    attempt: int = 0    # reconnect attempts since the connection dropped
+    log: bool = True    # worth a line in the log too (not every countdown is)
+
+
+@dataclass(frozen=True, slots=True)
+class NameRefused:
+    """A name we asked for was refused (taken or invalid): the front asks for another."""
+    name: str
+    reason: str

@@ -1,0 +1,167 @@
+"""What a client shows, kept from server events: pure, no sockets, no threads, no Tk.
+
+``ChatState.apply(event)`` takes the events of ``wire.replies`` (and the session events of
+``clients.session``) and returns the ``LogLine`` to show for it, if any. Both fronts (Tk and
+console) render the same ``LogLine`` objects, so they agree on what a line says.
+
+Invariants:
+- ``users`` is the member list of our room, in the server's order; ``names`` maps the uids of
+  our room that have a name; ``known`` remembers every uid -> name seen in this session, so a line
+  from someone who left (or a private line from another room) still shows a name where one was
+  ever known
+- a chat line already shown (same server time, sender and text) is not shown again: the history
+  asked for after a reconnect only fills the gap
+- ``history_left`` counts the chat lines still due after ``HISTORY:<k>``; they are marked history
+"""
+
+from __future__ import annotations
+
+import calendar
+import re
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from wire import replies
+
+from . import events
+
+DEDUP_MAX = 2000  # chat lines remembered for the history de-duplication
+
+# kinds of log line, which the fronts style: own, public, private (from or to), system, error
+OWN, PUBLIC, PRIVATE, SYSTEM, ERROR = "own", "public", "private", "system", "error"
+
+
+@dataclass(frozen=True, slots=True)
+class LogLine:
+    clock: str          # HH:MM:SS, local time, from the server's stamp when the line had one
+    kind: str           # OWN, PUBLIC, PRIVATE, SYSTEM or ERROR
+    who: str            # the sender's name (or uid); "" for system lines
+    text: str
+    mention: bool = False  # the text names us
+    history: bool = False  # part of a room's history shown on entry
+
+    def plain(self) -> str:
+        """One line of text, as the console's pipe mode prints it."""
+        if not self.who:
+            return f"[{self.clock}] * {self.text}"
+        return f"[{self.clock}] {self.who}: {self.text}"
+
+
+def clock_of(stamp: str | None) -> str:
+    """``2026-11-26T11:34:42.123Z`` to local ``HH:MM:SS``; now when there is no stamp."""
+    if stamp:
+        try:
+            secs = calendar.timegm(time.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S"))
+            return time.strftime("%H:%M:%S", time.localtime(secs))
+        except ValueError:
+            pass
+    return time.strftime("%H:%M:%S")
+
+
+class ChatState:
+    def __init__(self) -> None:
+        self.uid = ""
+        self.name = ""
+        self.room = "#lobby"
+        self.users: tuple[str, ...] = ()
+        self.names: dict[str, str] = {}
+        self.known: dict[str, str] = {}
+        self.rooms: tuple[tuple[str, int], ...] = ()
+        self.status = "starting"
+        self.history_left = 0
+        self._seen: OrderedDict[tuple[str, str, str], None] = OrderedDict()
+        self._mention: re.Pattern | None = None
+
+    # ---- lookups ---------------------------------------------------------------------------------
+
+    def display(self, uid: str) -> str:
+        """A uid as people read it: the name where one is known."""
+        return self.names.get(uid) or self.known.get(uid) or uid
+
+    def user_rows(self) -> list[tuple[str, str]]:
+        """(uid, label) for each member of our room, in order; our own row says (you)."""
+        rows = []
+        for uid in self.users:
+            name = self.names.get(uid)
+            label = f"{name} ({uid})" if name else uid
+            rows.append((uid, label + ("  (you)" if uid == self.uid else "")))
+        return rows
+
+    def title(self) -> str:
+        who = self.name or "(no name)"
+        return f"PyChat - {who} - ID {self.uid or '?'} - {self.room}"
+
+    def _set_name(self, name: str) -> None:
+        self.name = name
+        self._mention = re.compile(rf"(?<![\w-]){re.escape(name)}(?![\w-])", re.I) if name else None
+
+    # ---- events ----------------------------------------------------------------------------------
+
+    def apply(self, ev) -> LogLine | None:
+        if isinstance(ev, replies.Chat):
+            return self._chat(ev)
+        if isinstance(ev, replies.IdAssigned):
+            self.uid = ev.uid
+            self.users, self.names, self.history_left = (), {}, 0
+            return None
+        if isinstance(ev, replies.UserList):
+            self.users = ev.uids
+            return None
+        if isinstance(ev, replies.NameList):
+            self.names = dict(ev.names)
+            self.known.update(self.names)
+            return None
+        if isinstance(ev, replies.RoomChanged):
+            changed = ev.room != self.room
+            self.room = ev.room
+            return self._system(f"you are in {ev.room}") if changed else None
+        if isinstance(ev, replies.RoomList):
+            self.rooms = ev.rooms
+            return None
+        if isinstance(ev, replies.HistoryStart):
+            self.history_left = ev.count
+            return None
+        if isinstance(ev, replies.Ok):
+            if ev.what.startswith("nick "):
+                self._set_name(ev.what[5:])
+                return self._system(f"you are now {self.name}")
+            return None
+        if isinstance(ev, replies.Error):
+            return LogLine(clock_of(None), ERROR, "", ev.message)
+        if isinstance(ev, replies.Info):
+            return self._system(ev.raw[6:] if ev.raw.startswith("HELP: ") else ev.raw)
+        if isinstance(ev, replies.Pong):
+            return self._system(f"pong {ev.token}".rstrip())
+        if isinstance(ev, replies.Bye):
+            return self._system("the server said goodbye")
+        if isinstance(ev, events.Status):
+            self.status = ev.text
+            return self._system(ev.text) if ev.log else None
+        if isinstance(ev, events.NameRefused):
+            return LogLine(clock_of(None), ERROR, "", ev.reason)
+        return None
+
+    def _system(self, text: str) -> LogLine:
+        return LogLine(clock_of(None), SYSTEM, "", text)
+
+    def _chat(self, ev: replies.Chat) -> LogLine | None:
+        in_history = self.history_left > 0
+        if in_history:
+            self.history_left -= 1
+        if ev.time:
+            key = (ev.time, ev.uid, ev.text)
+            if key in self._seen:
+                return None
+            self._seen[key] = None
+            if len(self._seen) > DEDUP_MAX:
+                self._seen.popitem(last=False)
+        mention = bool(self._mention and ev.uid != self.uid and self._mention.search(ev.text))
+        if ev.private:
+            if ev.to is not None:
+                who = f"to {self.display(ev.to)}"
+            else:
+                who = f"from {self.display(ev.uid)}"
+            return LogLine(clock_of(ev.time), PRIVATE, who, ev.text, mention, in_history)
+        kind = OWN if ev.uid == self.uid else PUBLIC
+        return LogLine(clock_of(ev.time), kind, self.display(ev.uid), ev.text, mention, in_history)
