@@ -15,7 +15,7 @@ every half second for ``restore_for`` seconds before the front is told it is ref
 Invariants (all on the session thread):
 - ``name`` and ``room`` are what the server last confirmed (``OK nick``, ``ROOM:``): those are
   restored, never a name the server refused
-- after every ``ROOM:`` the session asks for the room's history (``history`` lines), so a front
+- right behind every ``/join`` it sends, the session asks for the room's history (``history`` lines), so a front
   shows recent lines on entry and after a reconnect (``ChatState`` drops the ones already shown)
 - lines given to ``send()`` while disconnected are sent, in order, once the connection is back
   and restored; the keepalive's own ``PONG`` is not handed on
@@ -266,6 +266,13 @@ class _Connection:
             elif isinstance(cmd, commands.Quit):
                 self.quitting = True
             self.write(line)
+            if isinstance(cmd, commands.Join):
+                self._ask_history()
+
+    def _ask_history(self) -> None:
+        """Right behind a /join (the server answers in order): the new room's recent lines."""
+        if self.s.history:
+            self.write(f"/history {self.s.history}")
 
     def _nick(self, name: str, restore: bool) -> None:
         self.pending_nicks.append((name, restore))
@@ -286,8 +293,7 @@ class _Connection:
             self.write(f"/join {self.want_room}")
         else:
             s.room = commands.LOBBY
-            if s.history:
-                self.write(f"/history {s.history}")
+        self._ask_history()
         s.reconnects += 1
         self.ready = True
         where = f"{s.host}:{s.port}"
@@ -323,8 +329,6 @@ class _Connection:
         elif isinstance(ev, replies.RoomChanged):
             s.room = ev.room
             s._emit(ev)
-            if s.history:
-                self.write(f"/history {s.history}")
             if self.want_room and ev.room == self.want_room:
                 self.want_room = ""
                 self._restored()

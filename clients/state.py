@@ -28,6 +28,11 @@ from . import events
 
 DEDUP_MAX = 2000  # chat lines remembered for the history de-duplication
 
+# A typed /users or /rooms is followed by a /ping with one of these tokens; replies come in
+# command order, so at its PONG the state holds the answer, which is then shown (a front's own
+# polls of /rooms stay silent).
+SHOW_USERS, SHOW_ROOMS = "pychat:show-users", "pychat:show-rooms"
+
 # kinds of log line, which the fronts style: own, public, private (from or to), system, error
 OWN, PUBLIC, PRIVATE, SYSTEM, ERROR = "own", "public", "private", "system", "error"
 
@@ -43,9 +48,21 @@ class LogLine:
 
     def plain(self) -> str:
         """One line of text, as the console's pipe mode prints it."""
+        if self.kind == ERROR:
+            return f"[{self.clock}] ! {self.text}"
         if not self.who:
             return f"[{self.clock}] * {self.text}"
         return f"[{self.clock}] {self.who}: {self.text}"
+
+
+def typed(text: str) -> list[str]:
+    """The lines to send for a line the user typed (a /users or /rooms gets its display ping)."""
+    word = text.split()[0].lower() if text.strip() else ""
+    if word == "/users":
+        return [text, f"/ping {SHOW_USERS}"]
+    if word == "/rooms":
+        return [text, f"/ping {SHOW_ROOMS}"]
+    return [text]
 
 
 def clock_of(stamp: str | None) -> str:
@@ -70,7 +87,9 @@ class ChatState:
         self.rooms: tuple[tuple[str, int], ...] = ()
         self.status = "starting"
         self.history_left = 0
-        self._seen: OrderedDict[tuple[str, str, str], None] = OrderedDict()
+        self._baseline = True  # the next USERS is a new room's list, not arrivals
+        self._names_baseline = False  # ... and the NAMES after it is not renames
+        self._seen: OrderedDict[tuple, None] = OrderedDict()
         self._mention: re.Pattern | None = None
 
     # ---- lookups ---------------------------------------------------------------------------------
@@ -104,17 +123,16 @@ class ChatState:
         if isinstance(ev, replies.IdAssigned):
             self.uid = ev.uid
             self.users, self.names, self.history_left = (), {}, 0
+            self._baseline = True
             return None
         if isinstance(ev, replies.UserList):
-            self.users = ev.uids
-            return None
+            return self._users(ev.uids)
         if isinstance(ev, replies.NameList):
-            self.names = dict(ev.names)
-            self.known.update(self.names)
-            return None
+            return self._names(dict(ev.names))
         if isinstance(ev, replies.RoomChanged):
             changed = ev.room != self.room
             self.room = ev.room
+            self._baseline = True
             return self._system(f"you are in {ev.room}") if changed else None
         if isinstance(ev, replies.RoomList):
             self.rooms = ev.rooms
@@ -132,6 +150,12 @@ class ChatState:
         if isinstance(ev, replies.Info):
             return self._system(ev.raw[6:] if ev.raw.startswith("HELP: ") else ev.raw)
         if isinstance(ev, replies.Pong):
+            if ev.token == SHOW_USERS:
+                return self._system(f"in {self.room}: " + ", ".join(
+                    label for _, label in self.user_rows()))
+            if ev.token == SHOW_ROOMS:
+                listed = ", ".join(f"{room} ({n})" for room, n in self.rooms)
+                return self._system(f"rooms: {listed or 'none'}")
             return self._system(f"pong {ev.token}".rstrip())
         if isinstance(ev, replies.Bye):
             return self._system("the server said goodbye")
@@ -142,6 +166,30 @@ class ChatState:
             return LogLine(clock_of(None), ERROR, "", ev.reason)
         return None
 
+    def _users(self, uids: tuple[str, ...]) -> LogLine | None:
+        old, self.users = self.users, uids
+        if self._baseline:  # a new room's list (or the handshake's): its NAMES follows
+            self._baseline, self._names_baseline = False, True
+            return None
+        self._names_baseline = False
+        before = set(old)
+        came = [u for u in uids if u not in before]
+        now = set(uids)
+        left = [u for u in old if u not in now]
+        parts = [f"{', '.join(map(self.display, came))} joined"] if came else []
+        parts += [f"{', '.join(map(self.display, left))} left"] if left else []
+        return self._system("; ".join(parts)) if parts else None
+
+    def _names(self, names: dict[str, str]) -> LogLine | None:
+        renamed = [f"{self.names[uid]} is now {name}" if uid in self.names else f"{uid} is {name}"
+                   for uid, name in names.items()
+                   if uid != self.uid and self.names.get(uid) != name]
+        if self._names_baseline:
+            self._names_baseline, renamed = False, []
+        self.names = names
+        self.known.update(names)
+        return self._system("; ".join(renamed)) if renamed else None
+
     def _system(self, text: str) -> LogLine:
         return LogLine(clock_of(None), SYSTEM, "", text)
 
@@ -150,7 +198,7 @@ class ChatState:
         if in_history:
             self.history_left -= 1
         if ev.time:
-            key = (ev.time, ev.uid, ev.text)
+            key = (ev.time, ev.uid, ev.text, ev.private, ev.to)
             if key in self._seen:
                 return None
             self._seen[key] = None

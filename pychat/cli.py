@@ -9,6 +9,8 @@ COMMANDS = {
     "serve": ("pychat.serve", "run a router and N acceptors on one port (the default setup)"),
     "router": ("router.__main__", "run the router by hand"),
     "acceptor": ("acceptor.__main__", "run one acceptor by hand"),
+    "gui": ("clients.gui", "the Tk desktop client"),
+    "console": ("clients.console", "the terminal client (reads stdin when it is not a terminal)"),
 }
 
 

@@ -1,0 +1,74 @@
+"""`pychat console` with stdin not a terminal: lines from stdin, received lines printed plainly."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+
+import pytest
+
+from .procs import ROOT, python_m
+
+pytestmark = pytest.mark.e2e
+
+STAMP = r"\[\d\d:\d\d:\d\d\] "
+
+
+def run_console(port: int, stdin: str, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
+    return subprocess.run(python_m("pychat", "console", "--port", str(port), *args),
+                          input=stdin, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def test_pipe_mode_sends_stdin_and_prints_what_comes_back(serve, connect):
+    bob = connect(serve)
+    bob.handshake()
+    for line in ("/nick bob", "/join #pipe"):
+        bob.send(line)
+    bob.expect_prefix("ROOM:#pipe")
+    done = run_console(serve, "/join #pipe\nhello bob\n/msg bob psst\n/users\n/rooms\n/nope\n",
+                       "--name", "carol")
+    assert done.returncode == 0, done.stderr
+    out = done.stdout.splitlines()
+    assert all(re.match(STAMP, line) for line in out), out
+    text = [line[11:] for line in out]  # without the time
+    assert "* you are now carol" in text
+    assert "* you are in #pipe" in text
+    assert "carol: hello bob" in text
+    assert "to bob: psst" in text
+    assert any(re.fullmatch(r"\* in #pipe: bob \(\d{6}\), carol \(\d{6}\)  \(you\)", t)
+               for t in text), text
+    assert any(t.startswith("* rooms: ") and "#pipe (2)" in t for t in text), text
+    assert "! unknown command /nope" in text
+    assert text[-1] == "* the server said goodbye"
+    assert "connected to" in done.stderr  # states go to stderr, not among the lines
+    carol = re.search(r"as (\d{6})", done.stderr).group(1)
+    bob.expect(f"{carol}: hello bob")
+    bob.expect(f"[Private] {carol}: psst")
+
+
+def test_pipe_mode_shows_history_of_the_room_on_entry(serve, connect):
+    bob = connect(serve)
+    bob.handshake()
+    bob.send("/join #hist-pipe")
+    bob.send("said before carol came")
+    bob.expect(f"{bob.uid}: said before carol came")
+    done = run_console(serve, "/join #hist-pipe\n")
+    assert done.returncode == 0, done.stderr
+    lines = [line[11:] for line in done.stdout.splitlines()]
+    assert lines.index(f"{bob.uid}: said before carol came") > lines.index("* you are in #hist-pipe")
+
+
+def test_pipe_mode_taken_name_is_a_clear_error(serve, connect):
+    dave = connect(serve)
+    dave.handshake()
+    dave.send("/nick dave")
+    dave.expect("OK nick dave")
+    done = run_console(serve, "hello\n", "--name", "Dave")
+    assert done.returncode == 1
+    assert "name Dave is taken: choose another" in done.stderr
+
+
+def test_pipe_mode_refuses_an_invalid_name_before_connecting(serve):
+    done = run_console(serve, "", "--name", "123456")
+    assert done.returncode == 2
+    assert "six digits would read as a user ID" in done.stderr
