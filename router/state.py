@@ -150,7 +150,9 @@ class RouterState:
             self._to(user, replies.format_error(f"no such user {cmd.target}"))
             return
         stamp = replies.format_time(self.clock.now())
-        self._chat_conn(target, stamp, replies.format_private_from(user.uid, cmd.text))
+        line = replies.format_private_from(user.uid, cmd.text)
+        self.history.append_private(stamp, user.uid, target.uid, line)  # kept only if enabled
+        self._chat_conn(target, stamp, line)
         self._chat_conn(user, stamp, replies.format_private_to(target.uid, cmd.text))
 
     def on_nick(self, user: User, cmd: Nick) -> None:
