@@ -25,6 +25,7 @@ import time
 
 from acceptor.__main__ import LIMIT_FLAGS, add_limit_options
 from pychat.config import add_logging, option, port, positive, setup_logging
+from router.__main__ import ROUTER_FLAGS, add_time_history_options
 
 log = logging.getLogger("pychat.serve")
 
@@ -47,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     option(p, "--heartbeat", "PYCHAT_HEARTBEAT", default=1.0, type=positive(float),
            help="seconds between bus heartbeats")
     add_limit_options(p)
+    add_time_history_options(p)
     add_logging(p)
     return p
 
@@ -106,7 +108,14 @@ class Supervisor:
             n = 1
         self.reserve_port(reuse)
         common = ["--heartbeat", str(a.heartbeat), "--log-level", a.log_level]
-        self.children.append(Child("router", ["router", "--bind", self.bus, *common]))
+        router = []
+        for key in ROUTER_FLAGS:
+            flag, value = "--" + key.replace("_", "-"), getattr(a, key)
+            if isinstance(value, bool):
+                router.append(flag if value else "--no-" + flag[2:])
+            else:
+                router += [flag, str(value)]
+        self.children.append(Child("router", ["router", "--bind", self.bus, *router, *common]))
         limits = []
         for key in LIMIT_FLAGS:
             limits += ["--" + key.replace("_", "-"), str(getattr(a, key))]
@@ -199,7 +208,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         sup.plan()
         if not sup.start_all():
-            log.error("a child did not start; see its log above")
+            failed = [f"{c.role} ({'exit code %d' % c.proc.returncode})"
+                      for c in sup.children if c.proc is not None and c.proc.poll() is not None]
+            log.error("%s did not start; see its log above",
+                      ", ".join(failed) if failed else "a child")
             return 1
         if sup._hold is not None:
             sup._hold.close()

@@ -1,20 +1,76 @@
-"""``pychat router`` / ``python -m router``: run the router by hand."""
+"""``pychat router`` / ``python -m router``: run the router by hand.
+
+Besides the bus, the router owns the clock its stamps come from (``--ntp``) and the room history
+(``--history``, ``--data-dir``). Both are set up here, before the router binds: a history file
+that cannot be used stops the start with one line and exit code 1, never a crash later.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
-from pychat.config import (add_logging, add_ready_fd, endpoint, option, positive,
+from pychat.config import (BadValue, add_logging, add_ready_fd, endpoint, option, positive,
                            setup_logging, signal_ready)
 
-from .clock import LocalClock
+from .clock import LocalClock, NtpClock, parse_servers
 from .history import MemoryHistory
 from .server import RouterServer
+from .sqlite_history import HistoryError, SqliteHistory, default_data_dir
 from .state import RouterState
 
 DEFAULT_BIND = "tcp://127.0.0.1:65431"
+DAY = 86400.0
+# test hook, not an option: seconds the history writer sleeps per batch (a slow disk)
+WRITE_DELAY_ENV = "PYCHAT_TEST_HISTORY_WRITE_DELAY"
+
+# the options `pychat serve` takes too and passes on to its router
+ROUTER_FLAGS = ("ntp", "ntp_interval", "ntp_timeout", "history", "data_dir", "history_per_room",
+                "history_max_age", "history_private")
+
+log = logging.getLogger("pychat.router")
+
+
+def ntp_servers(text: str) -> str:
+    try:
+        return " ".join(str(s) for s in parse_servers(text))
+    except ValueError as e:
+        raise BadValue(f"not a list of NTP servers: {e}") from None
+
+
+def days(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise BadValue(f"not a number of days: {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise BadValue(f"must be 0 (forever) or more days: {text!r}")
+    return value
+
+
+def add_time_history_options(p: argparse.ArgumentParser) -> None:
+    """The clock and history options; `pychat serve` takes them too and passes them on."""
+    option(p, "--ntp", "PYCHAT_NTP", default="", type=ntp_servers,
+           help="NTP servers to correct the clock with, asked in order (HOST, HOST:PORT or "
+                "[V6]:PORT, comma- or space-separated); empty: the host clock as it is")
+    option(p, "--ntp-interval", "PYCHAT_NTP_INTERVAL", default=1024.0, type=positive(float),
+           help="seconds between NTP rounds")
+    option(p, "--ntp-timeout", "PYCHAT_NTP_TIMEOUT", default=2.0, type=positive(float),
+           help="seconds to wait for each NTP server's answer")
+    option(p, "--history", "PYCHAT_HISTORY", default="sqlite", choices=["sqlite", "memory"],
+           help="where room history lives: sqlite (a file in --data-dir, kept across "
+                "restarts) or memory (the last 200 per room, lost when the router stops)")
+    option(p, "--data-dir", "PYCHAT_DATA_DIR", default=default_data_dir(),
+           help="folder of the history file (history.sqlite3)")
+    option(p, "--history-per-room", "PYCHAT_HISTORY_PER_ROOM", default=10_000,
+           type=positive(int), help="messages kept per room in the history file")
+    option(p, "--history-max-age", "PYCHAT_HISTORY_MAX_AGE", default=30.0, type=days,
+           help="days a message is kept (and shown by /history); 0 keeps them forever")
+    option(p, "--history-private", "PYCHAT_HISTORY_PRIVATE", default=False, type=bool,
+           help="also store private messages in the history file (never shown by /history; "
+                "a record for the operator)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,26 +83,63 @@ def build_parser() -> argparse.ArgumentParser:
            help="seconds between bus heartbeats; 3 missed = the acceptor is dead")
     option(p, "--bus-hwm", "PYCHAT_BUS_HWM", default=100_000, type=positive(int),
            help="ZeroMQ high-water mark (batches) per acceptor")
+    add_time_history_options(p)
     add_logging(p)
     add_ready_fd(p)
     return p
 
 
+def make_clock(args: argparse.Namespace) -> LocalClock | NtpClock:
+    servers = parse_servers(args.ntp)
+    if not servers:
+        log.info("clock: the host clock (no --ntp)")
+        return LocalClock()
+    return NtpClock(servers, interval=args.ntp_interval, timeout=args.ntp_timeout)
+
+
+def make_history(args: argparse.Namespace, clock) -> MemoryHistory | SqliteHistory:
+    """Raises HistoryError when the history file cannot be used."""
+    if args.history == "memory":
+        log.info("history: in memory only (lost when the router stops)")
+        return MemoryHistory()
+    delay = float(os.environ.get(WRITE_DELAY_ENV) or 0)
+    if delay:
+        log.warning("history: test hook %s: the writer sleeps %gs per batch",
+                    WRITE_DELAY_ENV, delay)
+    history = SqliteHistory(args.data_dir, per_room=args.history_per_room,
+                            max_age=args.history_max_age * DAY, private=args.history_private,
+                            clock=clock.now, write_delay=delay)
+    history.open()
+    return history
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
-    state = RouterState(LocalClock(), MemoryHistory())
+    clock = make_clock(args)
+    try:
+        history = make_history(args, clock)
+    except HistoryError as e:
+        log.error("%s", e)
+        return 1
+    state = RouterState(clock, history)
     server = RouterServer(state, args.bind, heartbeat=args.heartbeat, hwm=args.bus_hwm)
     try:
         server.bind()
     except Exception as e:  # zmq.ZMQError: address in use, bad path
-        logging.getLogger("pychat.router").error("cannot bind %s: %s", args.bind, e)
+        log.error("cannot bind %s: %s", args.bind, e)
         server.close()
+        history.close()
         return 1
     server.install_signal_handlers()
+    clock.start()
     signal_ready(args.ready_fd, "router")
-    server.run()
-    logging.getLogger("pychat.router").info("router stopped")
+    try:
+        server.run()
+    finally:  # SIGTERM/SIGINT end run(): save the history still queued before exiting
+        clock.stop()
+        history.close()
+    log.info("router stopped")
     return 0
 
 

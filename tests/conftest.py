@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from clients.core import Connection
 
 from .procs import Proc, start_acceptor, start_router, start_serve
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_data_dir(tmp_path_factory):
+    """Routers started by tests keep their history file in a folder of this test session, never
+    in the user's data folder (history is on by default). Tests that check persistence pass
+    their own ``--data-dir``."""
+    os.environ["PYCHAT_DATA_DIR"] = str(tmp_path_factory.mktemp("pychat-data"))
 
 
 @pytest.fixture
