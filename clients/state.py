@@ -9,8 +9,10 @@ Invariants:
   our room that have a name; ``known`` remembers every uid -> name seen in this session, so a line
   from someone who left (or a private line from another room) still shows a name where one was
   ever known
-- a chat line already shown (same server time, sender and text) is not shown again: the history
-  asked for after a reconnect only fills the gap
+- a chat line already shown (same server time, sender and text) is not shown again while we stay
+  in the room: the history asked for after a reconnect only fills the gap (entering another room
+  forgets what was seen, so coming back shows that room's history)
+- ``rooms`` (from ``ROOMS:``) has our own room's count kept up to date by ``USERS:`` pushes
 - ``history_left`` counts the chat lines still due after ``HISTORY:<k>``; they are marked history
 """
 
@@ -133,6 +135,8 @@ class ChatState:
             changed = ev.room != self.room
             self.room = ev.room
             self._baseline = True
+            if changed:  # entering a room shows its history, even lines seen there before
+                self._seen.clear()
             return self._system(f"you are in {ev.room}") if changed else None
         if isinstance(ev, replies.RoomList):
             self.rooms = ev.rooms
@@ -168,6 +172,10 @@ class ChatState:
 
     def _users(self, uids: tuple[str, ...]) -> LogLine | None:
         old, self.users = self.users, uids
+        self.rooms = tuple((room, len(uids) if room == self.room else n) for room, n in self.rooms
+                           if room != self.room or uids)
+        if uids and self.room not in dict(self.rooms):
+            self.rooms = tuple(sorted(self.rooms + ((self.room, len(uids)),)))
         if self._baseline:  # a new room's list (or the handshake's): its NAMES follows
             self._baseline, self._names_baseline = False, True
             return None

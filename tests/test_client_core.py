@@ -50,17 +50,31 @@ def test_state_names_kinds_and_mentions():
     assert (err.kind, err.text) == (ERROR, "no such user zed")
 
 
-def test_state_history_is_marked_and_not_shown_twice():
+def test_state_history_fills_the_gap_after_a_reconnect_and_shows_again_on_reentry():
     st = ChatState()
-    feed(st, "ID:111111", "USERS:111111", "@time=2026-11-26T11:00:00.000Z 222222: before")
+    feed(st, "ID:111111", "USERS:111111", "ROOM:#dev", "USERS:111111",
+         "@time=2026-11-26T11:00:00.000Z 222222: before")
     st.known["222222"] = "bob"  # a name seen earlier, bob has left the room since
-    out = feed(st, "ROOM:#dev", "HISTORY:2", "@time=2026-11-26T11:00:00.000Z 222222: before",
-               "@time=2026-11-26T11:00:01.000Z 222222: during", "333333: after")
-    room, _, dup, during, after = out
-    assert room.text == "you are in #dev"
+    # the connection dropped: new uid, room restored, history asked for
+    out = feed(st, "ID:333333", "USERS:333333", "ROOM:#dev", "USERS:333333", "HISTORY:2",
+               "@time=2026-11-26T11:00:00.000Z 222222: before",
+               "@time=2026-11-26T11:00:01.000Z 222222: during", "444444: after")
+    *_, dup, during, after = out
     assert dup is None  # already shown
     assert during.history and during.who == "bob"
     assert not after.history and st.room == "#dev"
+    room, *_, again = feed(st, "ROOM:#ops", "ROOM:#dev", "HISTORY:1",
+                           "@time=2026-11-26T11:00:01.000Z 222222: during")
+    assert room.text == "you are in #ops"
+    assert again.history and again.text == "during"  # entering a room shows its history
+
+
+def test_state_room_counts_follow_the_user_list():
+    st = ChatState()
+    feed(st, "ID:111111", "USERS:111111", "ROOMS:#a=3,#lobby=1", "USERS:111111,222222")
+    assert st.rooms == (("#a", 3), ("#lobby", 2))
+    feed(st, "ROOM:#b", "USERS:111111")
+    assert st.rooms == (("#a", 3), ("#b", 1), ("#lobby", 2))
 
 
 # ---- Session against real processes --------------------------------------------------------------

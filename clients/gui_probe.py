@@ -1,0 +1,122 @@
+"""What the Tk client exposes about itself: event-loop lag, and its widgets' contents on request.
+
+``LagProbe`` schedules itself with ``after(interval)`` and records how late each call came: that
+lateness is the time Tk's thread was busy and could not answer the user. ``StateDump`` writes
+the window's real widget contents (title, log lines, user list with each row's screen box, room
+list, input, status, lag) as JSON to a file, atomically, a few times a second; it runs only when
+``PYCHAT_GUI_STATE_FILE`` names that file. Tests read it to assert on what the widgets hold and
+to find where to click; nothing in it is computed apart from the widgets.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+STATE_FILE_ENV = "PYCHAT_GUI_STATE_FILE"
+
+
+class LagProbe:
+    def __init__(self, root, interval_ms: int = 50, keep: int = 400):
+        self.root = root
+        self.interval = interval_ms / 1000
+        self.keep = keep
+        self.samples: list[float] = []  # seconds late, most recent last
+        self.worst = 0.0
+        self._due = time.perf_counter() + self.interval
+        root.after(interval_ms, self._tick)
+
+    def _tick(self) -> None:
+        now = time.perf_counter()
+        late = max(0.0, now - self._due)
+        self.samples.append(late)
+        if len(self.samples) > self.keep:
+            del self.samples[: len(self.samples) - self.keep]
+        self.worst = max(self.worst, late)
+        self._due = now + self.interval
+        self.root.after(int(self.interval * 1000), self._tick)
+
+    def summary(self) -> dict:
+        s = sorted(self.samples)
+        if not s:
+            return {"samples": 0}
+        return {"samples": len(s), "median_ms": round(s[len(s) // 2] * 1000, 1),
+                "p99_ms": round(s[min(len(s) - 1, int(len(s) * 0.99))] * 1000, 1),
+                "max_ms": round(s[-1] * 1000, 1), "worst_ms": round(self.worst * 1000, 1),
+                "recent_ms": [round(x * 1000, 1) for x in self.samples[-100:]]}
+
+    def reset(self) -> None:
+        self.samples.clear()
+        self.worst = 0.0
+
+
+def listbox_rows(lb) -> list[dict]:
+    """Each row of a Listbox with its box on the screen (root coordinates), for clicking."""
+    x0, y0 = lb.winfo_rootx(), lb.winfo_rooty()
+    rows = []
+    for i in range(lb.size()):
+        box = lb.bbox(i)
+        row = {"text": lb.get(i)}
+        if box:
+            x, y, w, h = box
+            row["screen"] = [x0 + x, y0 + y, w, h]
+        rows.append(row)
+    return rows
+
+
+def tagged_text(text, tag: str) -> list[str]:
+    ranges = text.tag_ranges(tag)
+    return [text.get(ranges[i], ranges[i + 1]) for i in range(0, len(ranges), 2)]
+
+
+class StateDump:
+    def __init__(self, gui, path: str, interval_ms: int = 150):
+        self.gui = gui
+        self.path = path
+        self.interval_ms = interval_ms
+        self.seq = 0
+        gui.root.after(interval_ms, self._tick)
+
+    @classmethod
+    def from_env(cls, gui) -> StateDump | None:
+        path = os.environ.get(STATE_FILE_ENV)
+        return cls(gui, path) if path else None
+
+    def snapshot(self) -> dict:
+        g = self.gui
+        self.seq += 1
+        log = g.log.get("1.0", "end-1c").split("\n")
+        return {
+            "seq": self.seq,
+            "pid": os.getpid(),
+            "title": g.root.title(),
+            "status": g.status_var.get(),
+            "input_label": g.prompt_var.get(),
+            "input": g.entry.get(),
+            "focus": str(g.root.focus_get() or ""),
+            "entry_widget": str(g.entry),
+            "entry_screen": [g.entry.winfo_rootx(), g.entry.winfo_rooty(),
+                             g.entry.winfo_width(), g.entry.winfo_height()],
+            "log": log if log != [""] else [],
+            "log_lines": int(g.log.index("end-1c").split(".")[0]) - (log == [""]),
+            "log_limit": g.log_limit,
+            "mentions": tagged_text(g.log, "mention"),
+            "private": tagged_text(g.log, "private"),
+            "own": tagged_text(g.log, "ownline"),
+            "system": tagged_text(g.log, "system"),
+            "users": listbox_rows(g.users),
+            "rooms": listbox_rows(g.rooms),
+            "lines_received": g.lines_received,
+            "lag": g.lag.summary(),
+        }
+
+    def _tick(self) -> None:
+        try:
+            data = json.dumps(self.snapshot())
+            tmp = f"{self.path}.tmp"
+            with open(tmp, "w") as f:
+                f.write(data)
+            os.replace(tmp, self.path)
+        finally:
+            self.gui.root.after(self.interval_ms, self._tick)
