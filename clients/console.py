@@ -132,7 +132,7 @@ async def interactive(args) -> int:
     except (EOFError, KeyboardInterrupt):
         return 0
     session = Session(args.host, args.port, lambda ev: loop.call_soon_threadsafe(con.on_event, ev),
-                      name=name, history=args.history).start()
+                      name=name, room=args.room, history=args.history).start()
     with patch_stdout(raw=True):
         while not con.closed.is_set():
             try:
@@ -168,7 +168,8 @@ def pipe(args) -> int:
         print(f"pychat console: {name_problem(args.name)}", file=sys.stderr)
         return 2
     got: queue.Queue = queue.Queue()
-    session = Session(args.host, args.port, got.put, name=args.name, history=args.history)
+    session = Session(args.host, args.port, got.put, name=args.name, room=args.room,
+                      history=args.history)
     state = ChatState()
 
     def read_stdin() -> None:

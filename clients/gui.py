@@ -146,7 +146,7 @@ class Gui:
         self.need_name = False
         self.prompt_var.set("Say:")
         self.session = Session(self.args.host, self.args.port, self.events.put, name=name,
-                               history=self.args.history).start()
+                               room=self.args.room, history=self.args.history).start()
 
     def on_send(self, _event=None) -> str:
         text = self.entry.get().strip()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pychat.config import non_negative, option, port
+from pychat.config import BadValue, non_negative, option, port
 from wire import commands
 from wire.errors import ClientError
 
@@ -15,9 +15,19 @@ def client_parser(prog: str, description: str) -> argparse.ArgumentParser:
     option(p, "--port", "PYCHAT_PORT", default=65432, type=port, help="server port")
     option(p, "--name", "PYCHAT_NAME", default="",
            help="your display name (asked for when not given)")
+    option(p, "--room", "PYCHAT_ROOM", default=commands.LOBBY, type=room,
+           help="room to join on connecting")
     option(p, "--history", "PYCHAT_CLIENT_HISTORY", default=20, type=non_negative,
            help="lines of a room's history shown on entering it (0: none)")
     return p
+
+
+def room(text: str) -> str:
+    try:
+        cmd = commands.parse_line(f"/join {text}")
+    except ClientError as e:
+        raise BadValue(e.message) from None
+    return cmd.room
 
 
 def name_problem(name: str) -> str:
