@@ -148,6 +148,17 @@ class Supervisor:
                     ready = buf.count(b"\n")
         return ready == len(self.children)
 
+    def failed_children(self) -> list[str]:
+        """Which children exited, for the start failure's message. The ready pipe can reach
+        end-of-file a moment before a dying child can be reaped: allow it a moment."""
+        deadline = time.monotonic() + 2.0
+        while True:
+            failed = [f"{c.role} (exit code {c.proc.returncode})" for c in self.children
+                      if c.proc is not None and c.proc.poll() is not None]
+            if failed or time.monotonic() > deadline:
+                return failed
+            time.sleep(0.02)
+
     def handle_signals(self) -> None:
         def stop(signum, _frame):
             self.stopping.set()
@@ -208,8 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         sup.plan()
         if not sup.start_all():
-            failed = [f"{c.role} ({'exit code %d' % c.proc.returncode})"
-                      for c in sup.children if c.proc is not None and c.proc.poll() is not None]
+            failed = sup.failed_children()
             log.error("%s did not start; see its log above",
                       ", ".join(failed) if failed else "a child")
             return 1
