@@ -15,8 +15,9 @@ every half second for ``restore_for`` seconds before the front is told it is ref
 Invariants (all on the session thread):
 - ``name`` and ``room`` are what the server last confirmed (``OK nick``, ``ROOM:``): those are
   restored, never a name the server refused
-- right behind every ``/join`` it sends, the session asks for the room's history (``history`` lines), so a front
-  shows recent lines on entry and after a reconnect (``ChatState`` drops the ones already shown)
+- right behind every ``/join`` it sends, the session asks for the room's history (``history``
+  lines), so a front shows recent lines on entry and after a reconnect (``ChatState`` drops
+  the ones already shown)
 - lines given to ``send()`` while disconnected are sent, in order, once the connection is back
   and restored; the keepalive's own ``PONG`` is not handed on
 """

@@ -14,7 +14,8 @@ pytestmark = pytest.mark.e2e
 STAMP = r"\[\d\d:\d\d:\d\d\] "
 
 
-def run_console(port: int, stdin: str, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
+def run_console(port: int, stdin: str, *args: str,
+                timeout: float = 30) -> subprocess.CompletedProcess:
     return subprocess.run(python_m("pychat", "console", "--port", str(port), *args),
                           input=stdin, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
@@ -55,7 +56,8 @@ def test_pipe_mode_shows_history_of_the_room_on_entry(serve, connect):
     done = run_console(serve, "/join #hist-pipe\n")
     assert done.returncode == 0, done.stderr
     lines = [line[11:] for line in done.stdout.splitlines()]
-    assert lines.index(f"{bob.uid}: said before carol came") > lines.index("* you are in #hist-pipe")
+    entered = lines.index("* you are in #hist-pipe")
+    assert lines.index(f"{bob.uid}: said before carol came") > entered
 
 
 def test_pipe_mode_taken_name_is_a_clear_error(serve, connect):

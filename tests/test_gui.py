@@ -96,7 +96,8 @@ def peer(connect, port: int, name: str, room: str):
     return c
 
 
-def test_three_users_talk_click_a_user_to_message_switch_rooms(gui, serve, connect, xvfb):  # noqa: F811
+def test_three_users_talk_click_a_user_to_message_switch_rooms(gui, serve, connect,
+                                                               xvfb):  # noqa: F811
     room = f"#team-{uuid.uuid4().hex[:4]}"
     g = gui("--name", "alice")
     st = g.wait(lambda st: re.fullmatch(r"PyChat - alice - ID \d{6} - #lobby", st["title"]),

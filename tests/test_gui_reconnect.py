@@ -17,7 +17,8 @@ from .test_gui_xvfb import needs_x, xvfb  # noqa: F401 (fixture)
 pytestmark = [pytest.mark.e2e, needs_x]
 
 
-def test_gui_reconnects_with_name_and_room_and_says_so(xvfb, procs, connect, tmp_path):  # noqa: F811
+def test_gui_reconnects_with_name_and_room_and_says_so(xvfb, procs, connect,
+                                                       tmp_path):  # noqa: F811
     router, endpoint = start_router()
     procs.append(router)
     acceptor, port = start_acceptor(endpoint)
