@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_limit_options(p)
     option(p, "--heartbeat", "PYCHAT_HEARTBEAT", default=1.0, type=positive(float),
            help="seconds between bus heartbeats")
+    option(p, "--loop", "PYCHAT_LOOP", default="auto", choices=["auto", "asyncio", "uvloop"],
+           help="event loop: uvloop is faster (pip install 'pychat[speed]'); auto uses it "
+                "when installed")
     option(p, "--bus-hwm", "PYCHAT_BUS_HWM", default=100_000, type=positive(int),
            help="ZeroMQ high-water mark (batches) toward the router")
     add_logging(p)
@@ -45,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 LIMIT_FLAGS = ("max_line", "send_queue", "send_queue_hard", "stall_check", "flood_burst",
-               "flood_rate", "max_connections", "sndbuf", "lines_per_turn")
+               "flood_rate", "max_connections", "sndbuf", "lines_per_turn", "coalesce_ms",
+               "coalesce_factor")
 
 
 def add_limit_options(p: argparse.ArgumentParser) -> None:
@@ -67,6 +71,12 @@ def add_limit_options(p: argparse.ArgumentParser) -> None:
            type=positive(int), help="clients this acceptor serves at once")
     option(p, "--sndbuf", "PYCHAT_SNDBUF", default=d.sndbuf, type=non_negative,
            help="kernel send buffer per client socket in bytes (0: kernel autotuning)")
+    option(p, "--coalesce-ms", "PYCHAT_COALESCE_MS", default=d.coalesce_ms, type=float,
+           help="the longest a line waits so that lines arriving together share one write "
+                "(0: write every loop turn)")
+    option(p, "--coalesce-factor", "PYCHAT_COALESCE_FACTOR", default=d.coalesce_factor,
+           type=float, help="wait between writes, as a multiple of the time the last round of "
+                            "writes took: light load waits ~0, a busy acceptor batches more")
     option(p, "--lines-per-turn", "PYCHAT_LINES_PER_TURN", default=d.lines_per_turn,
            type=positive(int), help="lines of one client handled before the others get a turn")
 
@@ -94,11 +104,16 @@ async def serve(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     where = ", ".join(f"{h}:{p}" for h, p in acceptor.ports())
-    log.info("acceptor %s listening on %s, router %s", name, where, args.router)
+    log.info("acceptor %s listening on %s, router %s (%s)", name, where, args.router,
+             type(loop).__module__.split(".")[0])
     signal_ready(args.ready_fd, f"acceptor {where}")
     await stop.wait()
     log.info("acceptor %s shutting down (%d clients)", name, len(acceptor.sessions))
     await acceptor.shutdown()
+    st = acceptor.stats
+    log.info("acceptor %s stopped: %d clients served, %d line groups in %d writes, "
+             "%d dropped for their send queue", name, st["accepted"], st["lines_out"],
+             st["writes"], st["send_queue_drops"])
     return 0
 
 
@@ -106,7 +121,24 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
     raise_fd_limit(args.max_connections + 64)
+    if not use_loop(args.loop):
+        return 2
     return asyncio.run(serve(args))
+
+
+def use_loop(choice: str) -> bool:
+    """Install uvloop's policy when asked (or, for auto, when it is installed)."""
+    if choice == "asyncio":
+        return True
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            log.error("--loop uvloop: uvloop is not installed (pip install 'pychat[speed]')")
+            return False
+        return True
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return True
 
 
 if __name__ == "__main__":

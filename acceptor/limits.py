@@ -35,6 +35,8 @@ class Limits:
     max_connections: int = 10_000  # clients on this acceptor
     sndbuf: int = 64 * 1024  # kernel send buffer per client socket (0: the kernel's autotuning)
     lines_per_turn: int = 256  # lines of one client handled before others get a turn
+    coalesce_ms: float = 10.0  # the longest a line waits to share a write (0: every turn)
+    coalesce_factor: float = 1.0  # the wait, as a multiple of how long the last flush took
 
     def check(self) -> None:
         for name in ("max_line", "send_queue", "send_queue_hard", "stall_check", "flood_burst",
@@ -45,6 +47,10 @@ class Limits:
             raise ValueError("send_queue_hard must be at least send_queue")
         if self.sndbuf < 0:
             raise ValueError("sndbuf must not be negative")
+        if not 0 <= self.coalesce_ms <= 1000:
+            raise ValueError("coalesce_ms must be within 0..1000")
+        if not 0 <= self.coalesce_factor <= 100:
+            raise ValueError("coalesce_factor must be within 0..100")
 
 
 class TokenBucket:

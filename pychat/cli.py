@@ -11,6 +11,7 @@ COMMANDS = {
     "acceptor": ("acceptor.__main__", "run one acceptor by hand"),
     "gui": ("clients.gui", "the Tk desktop client"),
     "console": ("clients.console", "the terminal client (reads stdin when it is not a terminal)"),
+    "loadtest": ("clients.loadtest", "simulate many users and measure the server"),
 }
 
 

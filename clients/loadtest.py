@@ -1,0 +1,380 @@
+"""``pychat loadtest``: N simulated clients, S senders at an aggregate rate, and what it measured.
+
+Lean on purpose (on two cores the generator must not measure itself): one asyncio process
+(uvloop when installed), Protocol objects, no per-line Python work on most clients. Every client
+counts chat lines with ``bytes.count``; only ``--sample`` receivers parse each line for latency
+(the send time rides inside the message), duplicates and per-sender order. Senders are the first
+S clients; a 10 ms tick sends what the aggregate rate has made due, round robin.
+
+It speaks PyChat (public messages echo to the sender) or IRC (``--proto irc``: NICK/USER, JOIN,
+PRIVMSG; no echo), so the same figures can be taken from an IRC server. It reports its own CPU
+and says when it, not the server, was the bottleneck.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import sys
+import time
+
+from pychat.config import option, port, positive
+from wire.framing import LineBuffer
+
+from .loadstats import Latencies, Summary, plot, table
+
+TICK = 0.002  # the sender tick: fine enough that arrivals are not lumped together
+CONNECT_CONCURRENCY = 256
+LOADGEN_BOUND_PCT = 90.0
+
+
+class Client(asyncio.Protocol):
+    """One simulated user. ``sampled`` clients parse every line; the others only count."""
+
+    def __init__(self, run: Run, idx: int, sampled: bool):
+        self.run = run
+        self.idx = idx
+        self.sampled = sampled
+        self.transport: asyncio.Transport | None = None
+        self.lines = LineBuffer(1 << 20)
+        self.ready = asyncio.get_running_loop().create_future()
+        self.settled = False  # past the arrival pushes: counting mode
+        self.counting = False
+        self.count = 0
+        self.tail = b""
+        self.last_seq: dict[int, int] = {}
+        self.paused = False
+        self.closed = False
+
+    # ---- asyncio ---------------------------------------------------------------------------------
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        if self.run.proto == "irc":
+            nick = f"lt{self.idx}"
+            transport.write(f"NICK {nick}\r\nUSER {nick} 0 * :loadtest\r\n".encode())
+
+    def data_received(self, data: bytes) -> None:
+        if self.counting and not self.sampled:
+            chunk = self.tail + data
+            self.count += chunk.count(self.run.marker)
+            self.tail = data[-(len(self.run.marker) - 1):]
+            if self.run.proto == "irc" and b"PING" in data:
+                self._lines(data)
+            return
+        self._lines(data)
+
+    def connection_lost(self, exc) -> None:
+        self.closed = True
+        if not self.ready.done():
+            self.ready.set_exception(ConnectionError(f"client {self.idx} closed early"))
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+
+    # ---- lines -----------------------------------------------------------------------------------
+
+    def _lines(self, data: bytes) -> None:
+        for item in self.lines.feed(data):
+            if isinstance(item, bytes):
+                self._line(item)
+
+    def _line(self, line: bytes) -> None:
+        run = self.run
+        if run.proto == "irc":
+            if line.startswith(b"PING"):
+                self.transport.write(b"PONG" + line[4:] + b"\r\n")
+                return
+            if not self.ready.done():
+                if b" 001 " in line:
+                    self.transport.write(f"JOIN {run.room}\r\n".encode())
+                elif b" 366 " in line:  # end of NAMES: joined
+                    self.ready.set_result(None)
+                return
+        elif not self.ready.done():
+            if line.startswith(b"USERS:"):
+                self.ready.set_result(None)
+            return
+        if not self.counting:
+            return
+        i = line.find(run.marker)
+        if i < 0:
+            return
+        fields = line[i + len(run.marker):].split(b" ", 3)
+        sender, seq, sent_ns = int(fields[0]), int(fields[1]), int(fields[2])
+        last = self.last_seq.get(sender, -1)
+        if seq == last:
+            run.duplicated += 1
+            return
+        if seq < last:  # an older message after a newer one
+            run.order_violations += 1
+        else:
+            self.last_seq[sender] = seq
+        self.count += 1
+        now = time.monotonic_ns()
+        run.latencies.add(int(now / 1e9 - run.t0), (now - sent_ns) / 1e6)
+
+    def send(self, text: str) -> None:
+        if self.run.proto == "irc":
+            self.transport.write(f"PRIVMSG {self.run.room} :{text}\r\n".encode())
+        else:
+            self.transport.write(f"{text}\n".encode())
+
+
+class Run:
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.proto = args.proto
+        self.room = args.room
+        self.marker = b":LT " if self.proto == "irc" else b": LT "
+        self.clients: list[Client] = []
+        self.latencies = Latencies()
+        self.duplicated = 0
+        self.order_violations = 0
+        self.sent = 0
+        self.t0 = 0.0
+        self.pad = "x" * max(0, args.size - 40)
+
+    async def connect_all(self) -> float:
+        loop = asyncio.get_running_loop()
+        sem = asyncio.Semaphore(CONNECT_CONCURRENCY)
+        n_sampled = min(self.args.sample, self.args.clients)
+        began = time.monotonic()
+
+        async def one(i: int) -> None:
+            async with sem:
+                client = Client(self, i, sampled=i >= self.args.clients - n_sampled)
+                await loop.create_connection(lambda: client, self.args.host, self.args.port)
+                self.clients.append(client)
+                await asyncio.wait_for(client.ready, self.args.timeout)
+
+        results = await asyncio.gather(*(one(i) for i in range(self.args.clients)),
+                                       return_exceptions=True)
+        failures = [r for r in results if isinstance(r, BaseException)]
+        if failures:
+            print(f"loadtest: {len(failures)} clients failed to connect: {failures[0]!r}",
+                  file=sys.stderr)
+        self.clients.sort(key=lambda c: c.idx)
+        return time.monotonic() - began
+
+    async def settle(self) -> None:
+        """Let the arrival pushes (USERS/JOIN lines) of the connect storm drain: a ping round
+        trip on every client (PyChat replies keep command order), then count from zero."""
+        if self.proto == "pychat":
+            waiters = []
+            for c in self.clients:
+                c.ready = asyncio.get_running_loop().create_future()
+                c.transport.write(b"/users\n")
+                waiters.append(c.ready)
+            await asyncio.wait_for(asyncio.gather(*waiters), self.args.timeout)
+        for c in self.clients:
+            c.counting = True
+            c.count = 0
+            c.tail = b""
+
+    async def send_phase(self) -> float:
+        args = self.args
+        senders = [c for c in self.clients[:args.senders] if not c.closed]
+        if not senders:
+            raise SystemExit("loadtest: no sender connected")
+        count = args.count or 0
+        deadline = None if count else time.monotonic() + args.duration
+        self.t0 = time.monotonic()
+        seqs = [0] * len(senders)
+        k = 0
+        next_progress = self.t0 + 1
+        while True:
+            now = time.monotonic()
+            if (count and self.sent >= count) or (deadline and now >= deadline):
+                break
+            if args.rate:
+                due = int((now - self.t0) * args.rate) - self.sent
+                if count:
+                    due = min(due, count - self.sent)
+            else:
+                due = sum(1 for s in senders if not s.paused) * 8
+            for _ in range(max(0, due)):
+                s = senders[k % len(senders)]
+                k += 1
+                if s.closed or (not args.rate and s.paused):
+                    continue
+                s.send(f"LT {s.idx} {seqs[s.idx]} {time.monotonic_ns()} {self.pad}")
+                seqs[s.idx] += 1
+                self.sent += 1
+                if count and self.sent >= count:
+                    break
+            if now >= next_progress:
+                next_progress += 1
+                self.progress(now)
+            await asyncio.sleep(TICK if args.rate else 0)
+        return time.monotonic() - self.t0
+
+    def delivered(self) -> int:
+        return sum(c.count for c in self.clients)
+
+    def expected(self) -> int:
+        members = len(self.clients) - (1 if self.proto == "irc" else 0)
+        return self.sent * members
+
+    def progress(self, now: float) -> None:
+        if self.args.quiet:
+            return
+        lat = self.latencies.all
+        recent = sorted(lat[-2000:]) if lat else []
+        p99 = recent[int(len(recent) * 0.99) - 1] if recent else float("nan")
+        sys.stderr.write(f"\rt={now - self.t0:5.1f}s sent={self.sent} "
+                         f"delivered={self.delivered()} p99~{p99:.1f}ms   ")
+        sys.stderr.flush()
+
+    async def drain(self) -> None:
+        """Wait for the deliveries still on their way: until all arrived or 2 s without any."""
+        want = self.expected()
+        last, still = -1, time.monotonic()
+        while time.monotonic() - still < 2.0:
+            got = self.delivered()
+            if got >= want:
+                return
+            if got != last:
+                last, still = got, time.monotonic()
+            await asyncio.sleep(0.05)  # polling our own counters while the deliveries arrive
+
+
+def cpu_seconds_of_tree(pid: int) -> float:
+    """utime+stime of a process and its descendants (Linux /proc), in seconds."""
+    tick = os.sysconf("SC_CLK_TCK")
+    children: dict[int, list[int]] = {}
+    times: dict[int, float] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                rest = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(rest[1]), []).append(int(entry))
+        times[int(entry)] = (int(rest[11]) + int(rest[12])) / tick
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        total += times.get(p, 0.0)
+        todo.extend(children.get(p, ()))
+    return total
+
+
+async def run_load(args: argparse.Namespace) -> Summary:
+    run = Run(args)
+    summary = Summary(proto=args.proto, clients=args.clients, senders=args.senders,
+                      rate=args.rate)
+    summary.connect_s = await run.connect_all()
+    summary.connected = len([c for c in run.clients if not c.closed])
+    await run.settle()
+    server0 = sum(cpu_seconds_of_tree(p) for p in args.server_pid)
+    usage0 = resource.getrusage(resource.RUSAGE_SELF)
+    wall0 = time.monotonic()
+    summary.duration_s = await run.send_phase()
+    await run.drain()
+    wall = time.monotonic() - wall0
+    usage1 = resource.getrusage(resource.RUSAGE_SELF)
+    if not args.quiet:
+        sys.stderr.write("\n")
+    summary.sent = run.sent
+    summary.expected = run.expected()
+    summary.delivered = run.delivered()
+    summary.lost = max(0, summary.expected - summary.delivered)
+    summary.duplicated = run.duplicated
+    summary.order_violations = run.order_violations
+    summary.disconnected = sum(1 for c in run.clients if c.closed)
+    summary.deliveries_per_s = summary.delivered / max(summary.duration_s, 1e-9)
+    summary.latency_ms = run.latencies.stats()
+    cpu = (usage1.ru_utime - usage0.ru_utime) + (usage1.ru_stime - usage0.ru_stime)
+    summary.loadgen_cpu_pct = 100.0 * cpu / max(wall, 1e-9)
+    if args.server_pid:
+        summary.server_cpu_s = sum(cpu_seconds_of_tree(p) for p in args.server_pid) - server0
+        if summary.delivered:
+            summary.server_cpu_s_per_million = summary.server_cpu_s / summary.delivered * 1e6
+    if summary.loadgen_cpu_pct >= LOADGEN_BOUND_PCT:
+        summary.loadgen_bound = True
+        summary.notes.append("the load generator used a whole core: it, not the server, may "
+                             "have been the bottleneck")
+    if args.rate and summary.duration_s and run.sent < 0.95 * args.rate * summary.duration_s:
+        summary.notes.append("the asked rate was not reached")
+    if args.plot:
+        plot(run.latencies, args.plot,
+             f"{args.proto} {args.clients} clients, {args.senders} senders, "
+             f"{'flat out' if not args.rate else f'{args.rate:g} msg/s'}")
+    for c in run.clients:
+        if c.transport is not None:
+            c.transport.close()
+    return summary
+
+
+def raise_fd_limit(wanted: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, wanted), hard))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pychat loadtest",
+                                description="Simulate many chat users and measure the server.")
+    option(p, "--host", "PYCHAT_HOST", default="127.0.0.1", help="server address")
+    option(p, "--port", "PYCHAT_PORT", default=65432, type=port, help="server port")
+    option(p, "--clients", "PYCHAT_LT_CLIENTS", default=50, type=positive(int),
+           help="simulated clients (up to 10,000 and more: the open-file limit is raised)")
+    option(p, "--senders", "PYCHAT_LT_SENDERS", default=10, type=positive(int),
+           help="how many of the clients send")
+    option(p, "--rate", "PYCHAT_LT_RATE", default=100.0, type=float,
+           help="messages per second, all senders together; 0 = flat out")
+    option(p, "--count", "PYCHAT_LT_COUNT", default=0, type=int,
+           help="stop after this many messages (0: run for --duration)")
+    option(p, "--duration", "PYCHAT_LT_DURATION", default=10.0, type=positive(float),
+           help="seconds of sending when --count is 0")
+    option(p, "--size", "PYCHAT_LT_SIZE", default=64, type=positive(int),
+           help="approximate bytes per message")
+    option(p, "--sample", "PYCHAT_LT_SAMPLE", default=20, type=positive(int),
+           help="receivers that parse every line (latency, order, duplicates)")
+    option(p, "--proto", "PYCHAT_LT_PROTO", default="pychat", choices=["pychat", "irc"],
+           help="the server's protocol")
+    option(p, "--room", "PYCHAT_LT_ROOM", default="#load", help="IRC channel to join")
+    option(p, "--timeout", "PYCHAT_LT_TIMEOUT", default=60.0, type=positive(float),
+           help="seconds to wait for connections and the settle round")
+    option(p, "--loop", "PYCHAT_LT_LOOP", default="auto", choices=["auto", "asyncio", "uvloop"],
+           help="event loop (auto: uvloop when installed)")
+    p.add_argument("--server-pid", type=int, action="append", default=[],
+                   help="pid of the server (its descendants are counted too) to report server "
+                        "CPU; repeatable [env: none]")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON [env: none]")
+    p.add_argument("--plot", default="", help="write latency over time and a histogram to this "
+                                              "PNG (needs matplotlib) [env: none]")
+    p.add_argument("--quiet", action="store_true", help="no progress line [env: none]")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.senders > args.clients:
+        args.senders = args.clients
+    raise_fd_limit(args.clients + 256)
+    if args.loop in ("auto", "uvloop"):
+        try:
+            import uvloop
+            asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+        except ImportError:
+            if args.loop == "uvloop":
+                print("loadtest: uvloop is not installed (pip install 'pychat[speed]')",
+                      file=sys.stderr)
+                return 2
+    summary = asyncio.run(run_load(args))
+    print(summary.to_json() if args.json else table(summary))
+    return 0 if summary.lost == 0 and summary.disconnected == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

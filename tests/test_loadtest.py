@@ -1,0 +1,59 @@
+"""The load generator: its statistics (pure) and a real run against `pychat serve`."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import subprocess
+
+import pytest
+
+from clients.loadstats import Latencies, Summary, percentile, table
+
+from .procs import ROOT, python_m
+
+
+def test_percentile_nearest_rank():
+    values = sorted(range(1, 101))
+    assert percentile(values, 50) == 50
+    assert percentile(values, 99) == 99
+    assert percentile(values, 100) == 100
+    assert percentile([7.0], 99) == 7.0
+    assert math.isnan(percentile([], 50))
+
+
+def test_latencies_summarise_and_keep_a_series_per_second():
+    lat = Latencies()
+    for i in range(1000):
+        lat.add(i // 500, float(i % 100))
+    stats = lat.stats()
+    assert stats["count"] == 1000 and stats["max"] == 99.0 and stats["p50"] == 49.0
+    assert [sec for sec, _, _ in lat.series()] == [0, 1]
+
+
+def test_table_mentions_loss_and_the_bottleneck_note():
+    s = Summary(proto="pychat", clients=10, senders=2, rate=50.0, sent=100, expected=1000,
+                delivered=990, lost=10, latency_ms={"count": 0})
+    s.notes.append("the load generator used a whole core")
+    text = table(s)
+    assert "990/1000" in text and re.search(r"lost, duplicated +10, 0", text)
+    assert "note: the load generator used a whole core" in text
+
+
+@pytest.mark.e2e
+def test_loadtest_against_serve_counts_every_delivery(serve):
+    r = subprocess.run(
+        python_m("pychat", "loadtest", "--port", str(serve), "--clients", "30", "--senders",
+                 "5", "--rate", "200", "--count", "200", "--sample", "5", "--json", "--quiet"),
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=ROOT))
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["connected"] == 30 and out["sent"] == 200
+    assert out["expected"] == 200 * 30  # PyChat echoes to the sender: every member gets it
+    assert out["delivered"] == out["expected"] and out["lost"] == 0
+    assert out["duplicated"] == 0 and out["order_violations"] == 0
+    assert out["latency_ms"]["count"] == 5 * 200  # every sampled receiver saw every message
+    assert 0 < out["latency_ms"]["p50"] <= out["latency_ms"]["p99"]
