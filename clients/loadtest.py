@@ -98,7 +98,7 @@ class Client(asyncio.Protocol):
                     self.ready.set_result(None)
                 return
         elif not self.ready.done():
-            if line.startswith(b"USERS:"):
+            if line.startswith(b"USERS:") or line == b"PONG settle":
                 self.ready.set_result(None)
             return
         if not self.counting:
@@ -170,7 +170,7 @@ class Run:
             waiters = []
             for c in self.clients:
                 c.ready = asyncio.get_running_loop().create_future()
-                c.transport.write(b"/users\n")
+                c.transport.write(b"/ping settle\n")
                 waiters.append(c.ready)
             await asyncio.wait_for(asyncio.gather(*waiters), self.args.timeout)
         for c in self.clients:

@@ -107,7 +107,11 @@ class RouterServer:
                     self._beat(now)
                     next_beat = now + self.heartbeat
                 backlog = any(p.backlog for p in self.peers.values())
-                timeout = 10 if backlog else max(0, int((next_beat - now) * 1000)) + 1
+                wake = next_beat
+                push_at = self.state.next_push()
+                if push_at is not None:
+                    wake = min(wake, push_at)
+                timeout = 10 if backlog else max(0, int((wake - now) * 1000)) + 1
                 events = dict(poller.poll(timeout))
                 if self._wake_r.fileno() in events:
                     self._drain_wakeups()
@@ -115,6 +119,11 @@ class RouterServer:
                     self._retry_backlogs()
                 if self.sock in events:
                     self._turn()
+                elif push_at is not None and time.monotonic() >= push_at:
+                    out: dict[str, list] = {}
+                    self._deliver(self.state.end_turn(), out)  # a throttled list falls due
+                    for acceptor, msgs in out.items():
+                        self._send(acceptor, msgs)
         finally:
             self.close()
 

@@ -11,16 +11,21 @@ Invariants:
   exists while it has members; ``room_acceptors[room]`` counts members per acceptor, so a room
   message crosses the bus once per acceptor with members there, never once per client
 - every membership or name change marks its room dirty; in a room of at most ``coalesce_above``
-  members the push goes out at once (one USERS per change, as the original server did); in a
-  larger room changes are coalesced: the push goes out before any other delivery to that room's
-  members, or at the end of the turn, whichever is first. Either way a member never sees a chat
-  line that follows a change without the list that reflects it
+  members the push goes out at once (one USERS per change, as the original server did), so a
+  member never sees a chat line that follows a change without the list that reflects it
+- a larger room's list costs members x list length per push (10,000 members: 700 MB), so its
+  pushes are throttled to ``push_budget`` bytes a second: at most one per ``push_interval(size)``
+  (0.35 s at 1,000 members, 35 s at 10,000, never more than a minute), carrying every change
+  since the last. A newcomer (or joiner) of a large room still gets the current list at once,
+  right after its ID (or ROOM), and /users always answers at once
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import random
+import time
 from typing import Callable
 
 from wire import replies
@@ -33,6 +38,7 @@ from .history import HistoryStore
 log = logging.getLogger("pychat.router")
 
 Delivery = tuple[str, BusMessage]  # (acceptor id, message)
+MAX_PUSH_INTERVAL = 60.0
 
 
 class User:
@@ -48,9 +54,13 @@ class User:
 
 class RouterState:
     def __init__(self, clock: Clock, history: HistoryStore, rng: random.Random | None = None,
-                 coalesce_above: int = 500):
+                 coalesce_above: int = 500, push_budget: float = 20e6,
+                 monotonic: Callable[[], float] = time.monotonic):
         self.clock = clock
         self.coalesce_above = coalesce_above
+        self.push_budget = push_budget
+        self._mono = monotonic
+        self._pushed: dict[str, float] = {}  # large room -> when its list last went out
         self.history = history
         self._rng = rng or random.Random()
         self.users: dict[str, User] = {}
@@ -78,6 +88,8 @@ class RouterState:
         self._session(user)
         # ID before the USERS push that includes the newcomer (its handshake USERS)
         self._out.append((acceptor, ToConn(conn, replies.format_id(user.uid))))
+        if not self._due(user.room):  # its own list now; the others' when the throttle allows
+            self._out.append((acceptor, ToConn(conn, self._lists(user.room, names=False))))
         self._settle(user.room)
         return self._take()
 
@@ -128,10 +140,21 @@ class RouterState:
         return self._take()
 
     def end_turn(self) -> list[Delivery]:
-        """Send the coalesced USERS/NAMES pushes still due."""
+        """Send the USERS/NAMES pushes that are due (a large room's wait for its interval)."""
         for room in list(self._dirty):
-            self._flush_room(room)
+            self._settle(room)
         return self._take()
+
+    def next_push(self) -> float | None:
+        """Monotonic time at which a throttled push falls due; None when none waits."""
+        return min((self._pushed.get(room, -math.inf)
+                    + self.push_interval(len(self.rooms.get(room, ())))
+                    for room in self._dirty), default=None)
+
+    def push_interval(self, size: int) -> float:
+        if size <= self.coalesce_above:
+            return 0.0
+        return min(MAX_PUSH_INTERVAL, 7.0 * size * size / self.push_budget)
 
     def acceptors(self) -> set[str]:
         return {u.acceptor for u in self.users.values()}
@@ -180,12 +203,15 @@ class RouterState:
         self._enter_room(user)
         self._session(user)
         self._out.append((user.acceptor, ToConn(user.conn, replies.format_room(cmd.room))))
-        # the new room's lists now, the joiner always getting NAMES (it asked); the old room's
-        # stay due (dirty) and go out before its next delivery or at the end of the turn
-        self._dirty.pop(cmd.room, None)
-        self._push(cmd.room, users=True)
-        if not self._named.get(cmd.room):
-            self._to(user, replies.format_names(()))
+        # the new room's lists now, the joiner always getting NAMES (it asked); in a large room
+        # the joiner gets them alone and the others' push waits for its interval
+        if not self._due(cmd.room):
+            self._out.append((user.acceptor, ToConn(user.conn, self._lists(cmd.room, True))))
+        else:
+            self._dirty[cmd.room] = True
+            self._settle(cmd.room)
+            if not self._named.get(cmd.room):
+                self._out.append((user.acceptor, ToConn(user.conn, replies.format_names(()))))
         self._settle(old)
 
     def on_rooms(self, user: User, cmd: Rooms) -> None:
@@ -237,6 +263,7 @@ class RouterState:
             del self.rooms[room], self.room_acceptors[room]
             self._named.pop(room, None)
             self._dirty.pop(room, None)
+            self._pushed.pop(room, None)
 
     def _set_name(self, user: User, name: str) -> None:
         if user.name:
@@ -278,33 +305,42 @@ class RouterState:
             for acceptor in self.room_acceptors.get(room, ()):
                 self._out.append((acceptor, ToRoom(room, text)))
 
-    def _flush_room(self, room: str) -> None:
-        users = self._dirty.pop(room, None)
-        if users is not None and room in self.rooms:
-            self._push(room, users)
+    def _lists(self, room: str, names: bool) -> str:
+        """USERS, then NAMES when asked for or when someone in the room has a name."""
+        if names or self._named.get(room):
+            return self._users_line(room) + "\n" + self._names_line(room)
+        return self._users_line(room)
+
+    def _due(self, room: str) -> bool:
+        """May the room's list go out now? A small room's always; a large room's once its
+        interval since its last push has passed."""
+        size = len(self.rooms.get(room, ()))
+        return size <= self.coalesce_above or (
+            self._mono() >= self._pushed.get(room, -math.inf) + self.push_interval(size))
 
     def _settle(self, room: str) -> None:
-        """Push a small room's change now; a large room's waits to be coalesced."""
-        if room in self._dirty and len(self.rooms.get(room, ())) <= self.coalesce_above:
-            self._flush_room(room)
-
-    def _flush_pending(self, room: str) -> None:
-        if room in self._dirty:
-            self._flush_room(room)
+        """Push a room's pending change if it is due."""
+        if room not in self._dirty or not self._due(room):
+            return
+        if len(self.rooms.get(room, ())) > self.coalesce_above:
+            self._pushed[room] = self._mono()
+        users = self._dirty.pop(room)
+        if room in self.rooms:
+            self._push(room, users)
 
     def _session(self, user: User) -> None:
         self._out.append((user.acceptor, SessionSet(user.conn, user.uid, user.name, user.room)))
 
     def _to(self, user: User, text: str) -> None:
-        self._flush_pending(user.room)
+        self._settle(user.room)
         self._out.append((user.acceptor, ToConn(user.conn, text)))
 
     def _chat_conn(self, user: User, stamp: str, line: str) -> None:
-        self._flush_pending(user.room)
+        self._settle(user.room)
         self._out.append((user.acceptor, ChatConn(user.conn, stamp, line)))
 
     def _chat_room(self, room: str, stamp: str, line: str) -> None:
-        self._flush_pending(room)
+        self._settle(room)
         for acceptor in self.room_acceptors.get(room, ()):
             self._out.append((acceptor, ChatRoom(room, stamp, line)))
 

@@ -45,6 +45,8 @@ def make_state(seed: int = 1, rng: random.Random | None = None, coalesce: bool =
     kw = {}
     if coalesce and "coalesce_above" in inspect.signature(RouterState).parameters:
         kw["coalesce_above"] = 0
+        if "push_budget" in inspect.signature(RouterState).parameters:
+            kw["push_budget"] = float("inf")  # coalesce per turn, never wait for an interval
     return RouterState(clock or FakeClock(), MemoryHistory(), rng or random.Random(seed), **kw)
 
 
@@ -190,23 +192,60 @@ def test_users_push_reaches_members_before_the_next_chat_line(coalesce):
     assert net.turn() == []
 
 
-def test_coalescing_two_opens_in_one_turn_give_one_push():
-    net = Net(coalesce=True)
-    a = net.open("A", turn=False)
-    b = net.open("A", turn=False)
-    out = net.turn()
-    assert out == [("A", ToRoom("#lobby", users_line(net, a, b)))]
-    assert net.lines(a) == [f"ID:{net.uid(a)}", users_line(net, a, b)]
+class _Mono:
+    """A monotonic clock the test moves by hand (a stand-in for time.monotonic)."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
 
 
-def test_coalescing_push_goes_out_before_a_reply_to_a_member():
-    net = Net(coalesce=True)
-    a, b = net.open("A"), net.open("B")
-    net.clear()
-    c = net.open("B", turn=False)
-    out = net.cmd(a, "/rooms", turn=False)
-    assert [type(m) for _, m in out] == [ToRoom, ToRoom, ToConn]
-    assert net.lines(a) == [users_line(net, a, b, c), "ROOMS:#lobby=3"]
+def throttled_state(mono: _Mono) -> RouterState:
+    # rooms of 2+ members count as large; a budget of 28 bytes/s makes the interval for
+    # n members 7*n*n/28 s: 1 s at 2, 2.25 s at 3
+    return RouterState(FakeClock(), MemoryHistory(), random.Random(3), coalesce_above=1,
+                       push_budget=28.0, monotonic=mono)
+
+
+def test_large_room_lists_are_throttled_and_a_newcomer_still_gets_its_own():
+    mono = _Mono()
+    state = throttled_state(mono)
+    state.open("A", 1)
+    state.end_turn()
+    out = state.open("A", 2)  # the first push of a large room goes out at once
+    assert [type(m) for _, m in out] == [SessionSet, ToConn, ToRoom]
+    mono.t = 0.5
+    out = state.open("A", 3)  # within 2.25 s of that push: only the newcomer hears now
+    uids = list(state.rooms["#lobby"])
+    assert out[1:] == [("A", ToConn(3, f"ID:{uids[2]}")),
+                       ("A", ToConn(3, "USERS:" + ",".join(uids)))]
+    assert state.next_push() == pytest.approx(2.25)
+    mono.t = 2.0
+    assert state.end_turn() == []
+    mono.t = 2.3
+    assert state.end_turn() == [("A", ToRoom("#lobby", "USERS:" + ",".join(uids)))]
+    assert state.next_push() is None
+
+
+def test_chat_in_a_large_room_does_not_force_a_throttled_push():
+    mono = _Mono()
+    state = throttled_state(mono)
+    state.open("A", 1)
+    state.open("A", 2)
+    mono.t = 0.5
+    state.open("A", 3)
+    out = state.command("A", 1, Say("hi"))
+    assert [type(m) for _, m in out] == [ChatRoom]
+
+
+def test_push_interval_grows_with_the_square_of_the_room_and_is_capped():
+    state = RouterState(FakeClock(), MemoryHistory())
+    assert state.push_interval(500) == 0.0
+    assert state.push_interval(1000) == pytest.approx(0.35)
+    assert state.push_interval(10_000) == pytest.approx(35.0)
+    assert state.push_interval(100_000) == 60.0
 
 
 def test_uids_are_six_digits_and_unique_over_2000_opens():
