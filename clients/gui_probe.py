@@ -44,7 +44,7 @@ class LagProbe:
         return {"samples": len(s), "median_ms": round(s[len(s) // 2] * 1000, 1),
                 "p99_ms": round(s[min(len(s) - 1, int(len(s) * 0.99))] * 1000, 1),
                 "max_ms": round(s[-1] * 1000, 1), "worst_ms": round(self.worst * 1000, 1),
-                "recent_ms": [round(x * 1000, 1) for x in self.samples[-100:]]}
+                "recent_ms": [round(x * 1000, 1) for x in self.samples]}
 
     def reset(self) -> None:
         self.samples.clear()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import uuid
 
 import pytest
 
@@ -23,22 +24,23 @@ def run_console(port: int, stdin: str, *args: str,
 def test_pipe_mode_sends_stdin_and_prints_what_comes_back(serve, connect):
     bob = connect(serve)
     bob.handshake()
-    for line in ("/nick bob", "/join #pipe"):
+    room = f"#pipe-{uuid.uuid4().hex[:4]}"  # no history from earlier runs
+    for line in ("/nick bob", f"/join {room}"):
         bob.send(line)
-    bob.expect_prefix("ROOM:#pipe")
-    done = run_console(serve, "/join #pipe\nhello bob\n/msg bob psst\n/users\n/rooms\n/nope\n",
+    bob.expect_prefix(f"ROOM:{room}")
+    done = run_console(serve, f"/join {room}\nhello bob\n/msg bob psst\n/users\n/rooms\n/nope\n",
                        "--name", "carol")
     assert done.returncode == 0, done.stderr
     out = done.stdout.splitlines()
     assert all(re.match(STAMP, line) for line in out), out
     text = [line[11:] for line in out]  # without the time
     assert "* you are now carol" in text
-    assert "* you are in #pipe" in text
+    assert f"* you are in {room}" in text
     assert "carol: hello bob" in text
     assert "to bob: psst" in text
-    assert any(re.fullmatch(r"\* in #pipe: bob \(\d{6}\), carol \(\d{6}\)  \(you\)", t)
+    assert any(re.fullmatch(rf"\* in {room}: bob \(\d{{6}}\), carol \(\d{{6}}\)  \(you\)", t)
                for t in text), text
-    assert any(t.startswith("* rooms: ") and "#pipe (2)" in t for t in text), text
+    assert any(t.startswith("* rooms: ") and f"{room} (2)" in t for t in text), text
     assert "! unknown command /nope" in text
     assert text[-1] == "* the server said goodbye"
     assert "connected to" in done.stderr  # states go to stderr, not among the lines
@@ -50,13 +52,14 @@ def test_pipe_mode_sends_stdin_and_prints_what_comes_back(serve, connect):
 def test_pipe_mode_shows_history_of_the_room_on_entry(serve, connect):
     bob = connect(serve)
     bob.handshake()
-    bob.send("/join #hist-pipe")
+    room = f"#hist-{uuid.uuid4().hex[:4]}"
+    bob.send(f"/join {room}")
     bob.send("said before carol came")
     bob.expect(f"{bob.uid}: said before carol came")
-    done = run_console(serve, "/join #hist-pipe\n")
+    done = run_console(serve, f"/join {room}\n")
     assert done.returncode == 0, done.stderr
     lines = [line[11:] for line in done.stdout.splitlines()]
-    entered = lines.index("* you are in #hist-pipe")
+    entered = lines.index(f"* you are in {room}")
     assert lines.index(f"{bob.uid}: said before carol came") > entered
 
 

@@ -174,12 +174,13 @@ def console(port: int, *args: str) -> list[str]:
 
 def test_console_asks_a_name_again_when_taken_and_keeps_the_typed_line_whole(
         serve, connect, terminal):
+    room = f"#tmx-{uuid.uuid4().hex[:4]}"  # a room with no history from earlier runs
     erin = connect(serve)
     erin.handshake()
-    for line in ("/nick erin", "/join #tmx"):
+    for line in ("/nick erin", f"/join {room}"):
         erin.send(line)
-    erin.expect_prefix("ROOM:#tmx")
-    t = terminal(console(serve, "--room", "#tmx"))
+    erin.expect_prefix(f"ROOM:{room}")
+    t = terminal(console(serve, "--room", room))
     t.wait(r"^Your name:")
     t.type("Erin")
     t.keys("Enter")
@@ -188,8 +189,8 @@ def test_console_asks_a_name_again_when_taken_and_keeps_the_typed_line_whole(
     t.type("frank")
     t.keys("Enter")
     t.wait(r"\* you are now frank")
-    screen = t.wait(r"^\[#tmx\] frank>")
-    assert re.search(r"#tmx \| frank \| ID \d{6} \| connected to", screen)  # the bottom bar
+    screen = t.wait(rf"^\[{room}\] frank>")
+    assert re.search(rf"{room} \| frank \| ID \d{{6}} \| connected to", screen)  # bottom bar
     erin.send("/users")
     frank_uid = erin.expect(lambda l: l.startswith(f"USERS:{erin.uid},")).split(",")[-1]
 
@@ -200,8 +201,8 @@ def test_console_asks_a_name_again_when_taken_and_keeps_the_typed_line_whole(
         erin.send(line)
     screen = t.wait(r"erin: lunch in ten\?")
     rows = screen.split("\n")
-    prompt_row = next(i for i, r in enumerate(rows) if r.startswith("[#tmx] frank> "))
-    assert rows[prompt_row] == "[#tmx] frank> half a sentence, still typ"
+    prompt_row = next(i for i, r in enumerate(rows) if r.startswith(f"[{room}] frank> "))
+    assert rows[prompt_row] == f"[{room}] frank> half a sentence, still typ"
     arrived = [i for i, r in enumerate(rows) for line in chatter if r.endswith(f"erin: {line}")]
     assert len(arrived) == 5 and max(arrived) < prompt_row
     assert all(re.match(r"\[\d\d:\d\d:\d\d\] erin: ", rows[i]) for i in arrived)

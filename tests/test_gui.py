@@ -99,8 +99,8 @@ def peer(connect, port: int, name: str, room: str):
 def test_three_users_talk_click_a_user_to_message_switch_rooms(gui, serve, connect,
                                                                xvfb):  # noqa: F811
     room = f"#team-{uuid.uuid4().hex[:4]}"
-    g = gui("--name", "alice")
-    st = g.wait(lambda st: re.fullmatch(r"PyChat - alice - ID \d{6} - #lobby", st["title"]),
+    g = gui("--name", "alice", "--room", f"{room}-old")  # a fresh room: no one's history
+    st = g.wait(lambda st: re.fullmatch(rf"PyChat - alice - ID \d{{6}} - {room}-old", st["title"]),
                 "the title with name and ID")
     alice = re.search(r"ID (\d{6})", st["title"]).group(1)
     assert "connected to" in st["status"]
