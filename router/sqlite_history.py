@@ -233,6 +233,13 @@ class SqliteHistory:
     # ---- the writer thread ----------------------------------------------------------------------
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        except Exception:  # a bug: say so loudly; the router and its chat go on without a file
+            self.failing = True
+            log.exception("history: the writer stopped; messages are no longer saved")
+
+    def _loop(self) -> None:
         carry: list[tuple] = []  # rows of a failed batch, tried again
         next_purge = time.monotonic() + PURGE_EVERY
         reported_dropped = 0
