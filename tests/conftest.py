@@ -13,10 +13,16 @@ from .procs import Proc, start_acceptor, start_router, start_serve
 
 @pytest.fixture(scope="session", autouse=True)
 def private_data_dir(tmp_path_factory):
-    """Routers started by tests keep their history file in a folder of this test session, never
-    in the user's data folder (history is on by default). Tests that check persistence pass
-    their own ``--data-dir``."""
+    """Routers started by tests keep their history file in a temporary folder, never in the
+    user's data folder (history is on by default): one for the session (module-scoped servers),
+    and a fresh one for each test (``fresh_data_dir``), so no test sees another's history.
+    Tests that check persistence pass their own ``--data-dir``."""
     os.environ["PYCHAT_DATA_DIR"] = str(tmp_path_factory.mktemp("pychat-data"))
+
+
+@pytest.fixture(autouse=True)
+def fresh_data_dir(private_data_dir, tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("PYCHAT_DATA_DIR", str(tmp_path_factory.mktemp("pychat-data")))
 
 
 @pytest.fixture
