@@ -253,6 +253,12 @@ def test_a_data_folder_that_is_a_file_is_refused_at_start(tmp_path):
         SqliteHistory(str(tmp_path / "data")).open()
 
 
+def test_a_history_file_that_is_a_folder_is_refused_at_start(tmp_path):
+    (tmp_path / "data" / FILENAME).mkdir(parents=True)
+    with pytest.raises(HistoryError, match=r"cannot use history file .*: unable to open"):
+        SqliteHistory(str(tmp_path / "data")).open()
+
+
 def test_a_database_of_something_else_is_refused_at_start(tmp_path):
     (tmp_path / "data").mkdir()
     with sqlite3.connect(tmp_path / "data" / FILENAME) as db:
