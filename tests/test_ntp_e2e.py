@@ -14,6 +14,7 @@ Nothing here sends a packet to anything but 127.0.0.1.
 from __future__ import annotations
 
 import getpass
+import os
 import re
 import shutil
 import socket
@@ -162,7 +163,7 @@ def chrony(procs, tmp_path):
     """chronyd on a free loopback UDP port, serving time from the local clock (stratum 10),
     leaving the system clock alone (-x); yields its port."""
     chronyd = shutil.which("chronyd") or (
-        "/usr/sbin/chronyd" if shutil.os.path.exists("/usr/sbin/chronyd") else None)
+        "/usr/sbin/chronyd" if os.path.exists("/usr/sbin/chronyd") else None)
     if chronyd is None:
         pytest.skip("chronyd is not installed (Debian package chrony; .ci/run installs it)")
     port = free_udp_port()
