@@ -128,7 +128,8 @@ class Gui:
         self.entry = ttk.Entry(bottom)
         self.entry.grid(row=0, column=1, sticky="we", padx=4)
         self.entry.bind("<Return>", self.on_send)
-        ttk.Button(bottom, text="Send", command=self.on_send).grid(row=0, column=2)
+        self.send_button = ttk.Button(bottom, text="Send", command=self.on_send)
+        self.send_button.grid(row=0, column=2)
         self.status_var = tk.StringVar(value="starting")
         ttk.Label(root, textvariable=self.status_var, relief="sunken", anchor="w",
                   padding=(6, 1)).grid(row=2, column=0, columnspan=3, sticky="we")

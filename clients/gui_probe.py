@@ -98,6 +98,8 @@ class StateDump:
             "entry_widget": str(g.entry),
             "entry_screen": [g.entry.winfo_rootx(), g.entry.winfo_rooty(),
                              g.entry.winfo_width(), g.entry.winfo_height()],
+            "send_screen": [g.send_button.winfo_rootx(), g.send_button.winfo_rooty(),
+                            g.send_button.winfo_width(), g.send_button.winfo_height()],
             "log": log if log != [""] else [],
             "log_lines": int(g.log.index("end-1c").split(".")[0]) - (log == [""]),
             "log_limit": g.log_limit,

@@ -12,6 +12,7 @@ Invariants:
 - a chat line already shown (same server time, sender and text) is not shown again while we stay
   in the room: the history asked for after a reconnect only fills the gap (entering another room
   forgets what was seen, so coming back shows that room's history)
+- ``recent`` holds the current room's last ``RECENT_MAX`` public lines (history included)
 - ``rooms`` (from ``ROOMS:``) has our own room's count kept up to date by ``USERS:`` pushes
 - ``history_left`` counts the chat lines still due after ``HISTORY:<k>``; they are marked history
 """
@@ -21,7 +22,7 @@ from __future__ import annotations
 import calendar
 import re
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 
 from wire import replies
@@ -29,6 +30,7 @@ from wire import replies
 from . import events
 
 DEDUP_MAX = 2000  # chat lines remembered for the history de-duplication
+RECENT_MAX = 200  # chat lines of the current room kept in ``recent``
 
 # A typed /users or /rooms is followed by a /ping with one of these tokens; replies come in
 # command order, so at its PONG the state holds the answer, which is then shown (a front's own
@@ -89,6 +91,7 @@ class ChatState:
         self.rooms: tuple[tuple[str, int], ...] = ()
         self.status = "starting"
         self.history_left = 0
+        self.recent: deque[LogLine] = deque(maxlen=RECENT_MAX)  # this room's chat, oldest first
         self._baseline = True  # the next USERS is a new room's list, not arrivals
         self._names_baseline = False  # ... and the NAMES after it is not renames
         self._seen: OrderedDict[tuple, None] = OrderedDict()
@@ -137,6 +140,7 @@ class ChatState:
             self._baseline = True
             if changed:  # entering a room shows its history, even lines seen there before
                 self._seen.clear()
+                self.recent.clear()
             return self._system(f"you are in {ev.room}") if changed else None
         if isinstance(ev, replies.RoomList):
             self.rooms = ev.rooms
@@ -220,4 +224,6 @@ class ChatState:
                 who = f"from {self.display(ev.uid)}"
             return LogLine(clock_of(ev.time), PRIVATE, who, ev.text, mention, in_history)
         kind = OWN if ev.uid == self.uid else PUBLIC
-        return LogLine(clock_of(ev.time), kind, self.display(ev.uid), ev.text, mention, in_history)
+        line = LogLine(clock_of(ev.time), kind, self.display(ev.uid), ev.text, mention, in_history)
+        self.recent.append(line)
+        return line

@@ -67,6 +67,7 @@ def test_state_history_fills_the_gap_after_a_reconnect_and_shows_again_on_reentr
                            "@time=2026-11-26T11:00:01.000Z 222222: during")
     assert room.text == "you are in #ops"
     assert again.history and again.text == "during"  # entering a room shows its history
+    assert [ln.text for ln in st.recent] == ["during"]  # the room's lines, since entering it
 
 
 def test_state_room_counts_follow_the_user_list():
@@ -199,3 +200,25 @@ def test_session_keeps_trying_while_nobody_listens(procs, sessions):
     assert "reconnecting in" in ev.text
     s.close()
     got.wait(lambda ev: isinstance(ev, events.Status) and ev.state == events.CLOSED)
+
+
+def test_session_drops_a_server_that_stops_answering_and_comes_back(procs, sessions):
+    """SIGSTOP the acceptor: the TCP connection stays open but nothing answers the keepalive
+    ping, so the session drops it and retries; after SIGCONT it is back with name and room."""
+    import signal
+    router, endpoint = start_router()
+    procs.append(router)
+    acceptor, port = start_acceptor(endpoint)
+    procs.append(acceptor)
+    got = Collector()
+    s = Session("127.0.0.1", port, got, name="quiet", room="#calm", keepalive=0.5,
+                backoff_first=0.1, backoff_max=0.5)
+    sessions.append(s.start())
+    got.wait(lambda ev: isinstance(ev, replies.RoomChanged) and ev.room == "#calm")
+    acceptor.signal(signal.SIGSTOP)
+    try:
+        got.wait(is_status("no answer to keepalive"))
+    finally:
+        acceptor.signal(signal.SIGCONT)
+    got.wait(is_status("reconnected as quiet in #calm"), timeout=30)
+    assert (s.name, s.room) == ("quiet", "#calm")

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import queue
 import re
 import subprocess
+import threading
+import time
 import uuid
 
 import pytest
 
-from .procs import ROOT, python_m
+from .procs import ROOT, python_m, start_acceptor, start_router
+from .test_client_core import start_acceptor_on
 
 pytestmark = pytest.mark.e2e
 
@@ -77,3 +82,48 @@ def test_pipe_mode_refuses_an_invalid_name_before_connecting(serve):
     done = run_console(serve, "", "--name", "123456")
     assert done.returncode == 2
     assert "six digits would read as a user ID" in done.stderr
+
+
+def test_pipe_mode_reconnects_to_a_restarted_acceptor_as_the_same_name_and_room(procs, connect):
+    router, endpoint = start_router()
+    procs.append(router)
+    acceptor, port = start_acceptor(endpoint)
+    procs.append(acceptor)
+    p = subprocess.Popen(python_m("pychat", "console", "--port", str(port), "--name", "gus",
+                                  "--room", "#night", "--history", "0"),
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, cwd=ROOT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    err: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [err.put(line) for line in p.stderr], daemon=True).start()
+
+    def wait_err(text: str) -> str:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                line = err.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if text in line:
+                return line
+        raise TimeoutError(text)
+
+    try:
+        wait_err("connected to")
+        acceptor.kill()
+        wait_err("reconnecting in")
+        procs.append(start_acceptor_on(endpoint, port))
+        wait_err("reconnected as gus in #night")
+        watcher = connect(port)
+        watcher.handshake()
+        watcher.send("/join #night")
+        assert re.fullmatch(r"NAMES:\d{6}=gus", watcher.expect_prefix("NAMES:"))
+        p.stdin.write("back again\n")
+        p.stdin.close()  # end of input: the client says /quit and exits after the answers
+        out = p.stdout.read()
+        p.wait(20)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert "gus: back again" in out
+    assert p.returncode == 0

@@ -64,6 +64,10 @@ class GuiProc:
         if enter:
             self.x.xdotool("key", "Return")
 
+    def click_send(self) -> None:
+        x, y, w, h = self.state()["send_screen"]
+        self.x.xdotool("mousemove", "--sync", str(x + w // 2), str(y + h // 2), "click", "1")
+
     def click_row(self, listbox: str, pattern: str) -> None:
         st = self.wait(lambda st: any(re.search(pattern, r["text"]) and "screen" in r
                                       for r in st[listbox]), f"{listbox} row {pattern}")
@@ -158,6 +162,7 @@ def test_no_name_asks_for_one_and_a_taken_name_asks_again(gui, serve, connect):
     st = g.wait(lambda st: "taken" in st["status"], "the taken-name message")
     assert st["input_label"] == "Name:"
     assert any("name Dave is taken: choose another" in line for line in st["log"])
-    g.type_line("dave2")
+    g.type_line("dave2", enter=False)
+    g.click_send()
     g.wait(lambda st: st["title"].startswith("PyChat - dave2 - ID "), "the new name in the title")
     assert g.state()["input_label"] == "Say:"
