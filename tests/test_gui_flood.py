@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.e2e, needs_x]
 
 SECONDS = 5
 RATE = 1000
-LAG_P99_MS = 100  # Tk may be busy for at most this long, 99% of the time
+LAG_P99_MS = 250  # a guard with headroom for a busy CI machine (figures: docs/BENCHMARKS.md)
 
 
 def flood(port: int, room: str, rate: int, seconds: float, stop: threading.Event) -> int:
