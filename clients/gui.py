@@ -215,6 +215,9 @@ class Gui:
             pass
         if lines:
             self.show(*lines)
+            if any(ln.mention or (ln.kind == PRIVATE and ln.who.startswith("from ")
+                                  and not ln.history) for ln in lines):
+                self.root.bell()  # someone named you or wrote to you: a notification
         if (self.state.users, self.state.names) != users_before:
             self.refresh_users()
         if self.state.rooms != rooms_before:
