@@ -309,6 +309,11 @@ async def run_load(args: argparse.Namespace) -> Summary:
         plot(run.latencies, args.plot,
              f"{args.proto} {args.clients} clients, {args.senders} senders, "
              f"{'flat out' if not args.rate else f'{args.rate:g} msg/s'}")
+    if args.linger:
+        if not args.quiet:
+            print(f"loadtest: {summary.connected} clients idle for {args.linger:g} s",
+                  file=sys.stderr, flush=True)
+        await asyncio.sleep(args.linger)  # holding the connections open, idle, on purpose
     for c in run.clients:
         if c.transport is not None:
             c.transport.close()
@@ -354,6 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", default="", help="write latency over time and a histogram to this "
                                               "PNG (needs matplotlib) [env: none]")
     p.add_argument("--quiet", action="store_true", help="no progress line [env: none]")
+    p.add_argument("--linger", type=float, default=0.0,
+                   help="keep every client connected, idle, this many seconds after the run "
+                        "(to measure idle server memory) [env: none]")
     return p
 
 

@@ -1,0 +1,312 @@
+"""The benchmark sitting: PyChat (1 and 2 acceptors) and ngircd, measured in one run.
+
+Run on demand, never in CI:  python3 bench/run.py [--quick] [--write]
+
+For each server configuration and each scenario it starts the server, runs `pychat loadtest`
+against it (which measures latency, deliveries and the server's CPU by pid tree), samples the
+server's memory, and stops the server by its pid. ngircd comes from Debian's package
+(`apt-get install ngircd`), configured for the load: no per-IP or join limits, flood penalties
+off (MaxPenaltyTime = 0), long ping timeouts. Everything listens on 127.0.0.1 only.
+
+--write puts the table and a plot (server CPU per million deliveries against N) into
+docs/BENCHMARKS.md and docs/img/, between markers, with the date, the machine and the commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PY = sys.executable
+ENV = dict(os.environ, PYTHONPATH=ROOT)
+BEGIN, END = "<!-- bench/run.py begin -->", "<!-- bench/run.py end -->"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tree(pid: int) -> list[int]:
+    kids: dict[int, list[int]] = {}
+    for e in os.listdir("/proc"):
+        if e.isdigit():
+            try:
+                with open(f"/proc/{e}/stat") as f:
+                    kids.setdefault(int(f.read().rsplit(")", 1)[1].split()[1]), []).append(int(e))
+            except OSError:
+                pass
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(kids.get(p, ()))
+    return out
+
+
+def rss_kb(pid: int) -> int:
+    total = 0
+    for p in tree(pid):
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+class Server:
+    def __init__(self, kind: str):
+        self.kind = kind
+        self.tmp = tempfile.mkdtemp(prefix="pychat-bench-")
+        self.proc: subprocess.Popen | None = None
+        self.port = 0
+        self.proto = "irc" if kind == "ngircd" else "pychat"
+
+    def start(self) -> None:
+        if self.kind == "ngircd":
+            self.port = free_port()
+            conf = os.path.join(self.tmp, "ngircd.conf")
+            with open(conf, "w") as f:
+                f.write(NGIRCD_CONF.format(port=self.port, tmp=self.tmp))
+            self.proc = subprocess.Popen(["ngircd", "-n", "-f", conf], stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.DEVNULL)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                try:
+                    socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                    return
+                except OSError:
+                    time.sleep(0.05)  # waiting for ngircd to listen
+            raise RuntimeError("ngircd did not start")
+        acceptors = self.kind.split("-")[1]
+        self.proc = subprocess.Popen(
+            [PY, "-m", "pychat", "serve", "--port", "0", "--acceptors", acceptors,
+             "--data-dir", self.tmp, "--log-level", "warning"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=ENV, text=True)
+        line = self.proc.stdout.readline()
+        if "serving on" not in line:
+            raise RuntimeError(f"pychat serve did not start: {line!r}")
+        self.port = int(line.split("127.0.0.1:")[1].split()[0])
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+NGIRCD_CONF = """[Global]
+Name = bench.pychat.test
+Info = PyChat benchmark peer
+Listen = 127.0.0.1
+Ports = {port}
+MotdPhrase = bench
+PidFile = {tmp}/ngircd.pid
+[Limits]
+MaxConnections = 0
+MaxConnectionsIP = 0
+MaxJoins = 0
+MaxNickLength = 30
+MaxPenaltyTime = 0
+PingTimeout = 600
+PongTimeout = 600
+[Options]
+DNS = no
+Ident = no
+PAM = no
+[Channel]
+Name = #load
+Modes = +P
+"""
+
+
+def measure(kind: str, clients: int, senders: int, rate: float, duration: float,
+            linger: float = 0.0) -> dict:
+    server = Server(kind)
+    server.start()
+    peak = [0]
+    samples: list[int] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(0.2):
+            kb = rss_kb(server.proc.pid)
+            peak[0] = max(peak[0], kb)
+            samples.append(kb)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    base_kb = rss_kb(server.proc.pid)
+    sampler.start()
+    try:
+        argv = [PY, "-m", "pychat", "loadtest", "--port", str(server.port), "--proto",
+                server.proto, "--clients", str(clients), "--senders", str(senders),
+                "--rate", str(rate), "--duration", str(duration), "--json", "--quiet",
+                "--server-pid", str(server.proc.pid), "--timeout", "120"]
+        if linger:
+            argv += ["--linger", str(linger)]
+        r = subprocess.run(argv, capture_output=True, text=True, env=ENV, timeout=900)
+        result = json.loads(r.stdout) if r.stdout.strip().startswith("{") else {
+            "error": r.stderr[-500:]}
+    finally:
+        stop.set()
+        sampler.join()
+        server.stop()
+    result.update(server=kind, base_rss_kb=base_kb, peak_rss_kb=peak[0])
+    if linger and samples:
+        idle = sorted(samples[-max(1, int(linger / 0.2) - 2):])
+        result["idle_rss_kb"] = idle[len(idle) // 2]
+        result["idle_kb_per_client"] = round((result["idle_rss_kb"] - base_kb) / clients, 2)
+    return result
+
+
+def show(r: dict) -> str:
+    if "error" in r:
+        return f"{r['server']}: ERROR {r['error']}"
+    lat = r.get("latency_ms", {})
+    cost = r.get("server_cpu_s_per_million")
+    return (f"{r['server']:9} N={r['clients']:<6} rate={r['rate'] or 'flat':<6} "
+            f"p50={lat.get('p50', float('nan')):7.2f} p99={lat.get('p99', float('nan')):7.2f} "
+            f"deliv/s={r['deliveries_per_s']:>9,.0f} lost={r['lost']} "
+            f"cpu/M={cost if cost is None else round(cost, 2)} "
+            f"loadgen={r['loadgen_cpu_pct']:.0f}% peakRSS={r['peak_rss_kb'] / 1024:.0f}MB"
+            + (f" idle={r['idle_kb_per_client']}KB/client" if "idle_kb_per_client" in r else "")
+            + f" connect={r['connect_s']:.2f}s")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="a short sitting (fewer scenarios)")
+    ap.add_argument("--write", action="store_true", help="write docs/BENCHMARKS.md and the plot")
+    ap.add_argument("--duration", type=float, default=8.0)
+    ap.add_argument("--servers", default="pychat-1,pychat-2,ngircd")
+    args = ap.parse_args()
+    servers = args.servers.split(",")
+    if "ngircd" in servers and not shutil.which("ngircd"):
+        print("ngircd is not installed (apt-get install ngircd); leaving it out", file=sys.stderr)
+        servers.remove("ngircd")
+    scenarios = [(50, 5, 50.0), (1000, 10, 200.0), (1000, 10, 0.0), (5000, 10, 200.0)]
+    if not args.quick:
+        scenarios.append((10000, 10, 100.0))
+    results = []
+    for clients, senders, rate in scenarios:
+        for kind in servers:
+            linger = 3.0 if clients >= 5000 else 0.0
+            r = measure(kind, clients, senders, rate, args.duration, linger)
+            results.append(r)
+            print(show(r), flush=True)
+    # the highest rate with p99 under 100 ms at 1,000 clients
+    max_rates = {}
+    for kind in servers:
+        best = 0.0
+        for rate in (400, 800, 1200, 1600, 2400, 3200, 4800):
+            r = measure(kind, 1000, 20, float(rate), min(args.duration, 6.0))
+            results.append(r)
+            print(show(r), flush=True)
+            if "error" in r or r["lost"] or r["latency_ms"].get("p99", 1e9) > 100:
+                break
+            best = rate
+        max_rates[kind] = best
+        print(f"{kind}: highest rate with p99 < 100 ms at 1,000 clients: {best} msg/s", flush=True)
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    out = {"date": stamp, "machine": machine(), "results": results, "max_rates": max_rates}
+    os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)
+    path = os.path.join(ROOT, "bench", "results", stamp[:10] + ".json")
+    with open(path, "w") as f:
+        json.dump(out, f, indent=1)
+    print(f"wrote {path}")
+    if args.write:
+        write_docs(out)
+    return 0
+
+
+def machine() -> str:
+    cpu = "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return (f"{os.cpu_count()} cores ({cpu}), {round(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30)} GiB, "
+            f"{platform.system()} {platform.release()}, Python {platform.python_version()}")
+
+
+def write_docs(out: dict) -> None:
+    rows = ["| server | clients | rate (msg/s) | p50 ms | p99 ms | deliveries/s | lost | "
+            "server CPU s per million deliveries | peak RSS MB | idle KB/client | connect s |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in out["results"]:
+        if "error" in r:
+            rows.append(f"| {r['server']} | | | error | | | | | | | |")
+            continue
+        lat = r["latency_ms"]
+        cost = r.get("server_cpu_s_per_million")
+        rows.append(f"| {r['server']} | {r['clients']} | {r['rate'] or 'flat out'} | "
+                    f"{lat.get('p50', '')} | {lat.get('p99', '')} | "
+                    f"{r['deliveries_per_s']:,.0f} | {r['lost']} | "
+                    f"{'' if cost is None else round(cost, 2)} | {r['peak_rss_kb'] / 1024:.0f} | "
+                    f"{r.get('idle_kb_per_client', '')} | {r['connect_s']:.2f} |")
+    rates = ", ".join(f"{k}: {v} msg/s" for k, v in out["max_rates"].items())
+    plot_path = plot_cost(out)
+    text = "\n".join([
+        BEGIN, f"### Sitting of {out['date']}", "", f"Machine: {out['machine']}.", "",
+        "Command: `python3 bench/run.py --write` (ngircd from Debian's package, configured in "
+        "bench/run.py). Each row is one run of `pychat loadtest` against a fresh server; the load "
+        "generator runs on the same two cores.", "", *rows, "",
+        f"Highest rate with p99 under 100 ms at 1,000 clients (20 senders): {rates}.", "",
+        f"![server CPU per million deliveries against N]({plot_path})", "", END])
+    doc = os.path.join(ROOT, "docs", "BENCHMARKS.md")
+    current = open(doc).read() if os.path.exists(doc) else "# Benchmarks\n"
+    if BEGIN in current:
+        current = current.split(BEGIN)[0] + text + current.split(END, 1)[1]
+    else:
+        current = current.rstrip() + "\n\n## Chat core against ngircd (bench/run.py)\n\n" + text + "\n"
+    with open(doc, "w") as f:
+        f.write(current)
+    print(f"wrote {doc}")
+
+
+def plot_cost(out: dict) -> str:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for kind in sorted({r["server"] for r in out["results"]}):
+        pts = sorted((r["clients"], r["server_cpu_s_per_million"]) for r in out["results"]
+                     if r["server"] == kind and r.get("rate") in (50.0, 100.0, 200.0)
+                     and r.get("server_cpu_s_per_million") is not None)
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=kind)
+    ax.set_xscale("log")
+    ax.set_xlabel("clients in one room")
+    ax.set_ylabel("server CPU s per million deliveries")
+    ax.set_title("Cost of fan-out against N (fixed rates)")
+    ax.legend()
+    fig.tight_layout()
+    rel = "img/bench-cost.png"
+    os.makedirs(os.path.join(ROOT, "docs", "img"), exist_ok=True)
+    fig.savefig(os.path.join(ROOT, "docs", rel), dpi=90)
+    plt.close(fig)
+    return rel
+
+
+if __name__ == "__main__":
+    sys.exit(main())
