@@ -2,7 +2,9 @@
 
 The acceptors share one port with SO_REUSEPORT (one acceptor where the OS lacks it) and reach the
 router over a private ipc:// endpoint in a fresh temporary folder, so two ``pychat serve`` with
-different ports never collide. Each child reports readiness through a pipe; when all are ready we
+different ports never collide. With ``--router ENDPOINT`` no router is started: the acceptors
+connect to that one (a router run elsewhere, e.g. the compose file's ``router`` service), and
+serve is only their supervisor. Each child reports readiness through a pipe; when all are ready we
 print ``serving on HOST:PORT`` on stdout. A child that dies is restarted with backoff (and the
 acceptors resync a restarted router). SIGINT or SIGTERM stops every child (SIGTERM, then SIGKILL
 after a grace period) and removes the temporary folder.
@@ -24,7 +26,7 @@ import threading
 import time
 
 from acceptor.__main__ import LIMIT_FLAGS, add_limit_options
-from pychat.config import add_logging, option, port, positive, setup_logging
+from pychat.config import add_logging, endpoint, option, port, positive, setup_logging
 from router.__main__ import ROUTER_FLAGS, add_time_history_options
 
 log = logging.getLogger("pychat.serve")
@@ -32,6 +34,10 @@ log = logging.getLogger("pychat.serve")
 READY_TIMEOUT = 20.0
 STOP_GRACE = 5.0
 BACKOFF_MAX = 30.0
+
+
+def endpoint_or_none(text: str) -> str:
+    return endpoint(text) if text else ""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
            help="acceptor processes sharing the port")
     option(p, "--bus", "PYCHAT_BUS", default="",
            help="router endpoint (default: a private ipc:// endpoint in a temporary folder)")
+    option(p, "--router", "PYCHAT_ROUTER", default="", type=endpoint_or_none,
+           help="start no router: the acceptors connect to this running router's endpoint "
+                "(tcp://HOST:PORT or ipc://PATH); the router options are then unused")
     option(p, "--heartbeat", "PYCHAT_HEARTBEAT", default=1.0, type=positive(float),
            help="seconds between bus heartbeats")
     add_limit_options(p)
@@ -78,7 +87,7 @@ class Supervisor:
     def __init__(self, args: argparse.Namespace):
         self.args = args
         self.tmp = tempfile.mkdtemp(prefix="pychat-")
-        self.bus = args.bus or f"ipc://{self.tmp}/router.sock"
+        self.bus = args.router or args.bus or f"ipc://{self.tmp}/router.sock"
         self.stopping = threading.Event()
         self.wake = threading.Event()
         self.children: list[Child] = []
@@ -115,7 +124,9 @@ class Supervisor:
                 router.append(flag if value else "--no-" + flag[2:])
             else:
                 router += [flag, str(value)]
-        self.children.append(Child("router", ["router", "--bind", self.bus, *router, *common]))
+        if not a.router:
+            self.children.append(Child("router", ["router", "--bind", self.bus, *router,
+                                                  *common]))
         limits = []
         for key in LIMIT_FLAGS:
             limits += ["--" + key.replace("_", "-"), str(getattr(a, key))]
@@ -226,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         if sup._hold is not None:
             sup._hold.close()
             sup._hold = None
-        n = len(sup.children) - 1
+        n = sum(c.role.startswith("acceptor") for c in sup.children)
         print(f"pychat: serving on {args.host}:{sup.port} ({n} acceptor{'s' * (n > 1)}, "
               f"bus {sup.bus})", flush=True)
         sup.supervise()

@@ -1,0 +1,136 @@
+"""docker-compose.yml and the Dockerfile, checked without a Docker engine.
+
+Two validators: Debian's docker-compose v1.29 (`docker-compose config -q`, which needs no
+daemon) and check-jsonschema's copy of the current compose-spec schema (offline). Each test is
+skipped, saying so, only when its tool is not installed (.ci/run installs both). Then what the
+issue asks of the file, read from it: a named volume at the router's data folder, healthchecks,
+restart policies, the published port, every setting a PYCHAT_* variable with a default.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+
+import pytest
+import yaml
+
+from acceptor.__main__ import build_parser as acceptor_parser
+from pychat.serve import build_parser as serve_parser
+from router.__main__ import build_parser as router_parser
+
+from .compose_file import COMPOSE, DOCKERFILE, load, read_dockerfile, services
+from .procs import ROOT
+
+
+def tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.skip(f"{name} is not installed (.ci/run installs it)")
+    return path
+
+
+def clean_env() -> dict[str, str]:
+    """The shell of a fresh clone: no PYCHAT_* set (conftest sets PYCHAT_DATA_DIR)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("PYCHAT_")}
+
+
+def test_docker_compose_config_accepts_the_file():
+    r = subprocess.run([tool("docker-compose"), "-f", COMPOSE, "config", "-q"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=60, env=clean_env())
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == ""  # no warnings either (an unset variable without a default warns)
+
+
+def test_compose_spec_schema_accepts_the_file():
+    r = subprocess.run([tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec",
+                        COMPOSE], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "ok -- validation done" in r.stdout
+
+
+def test_the_validators_do_reject_a_broken_file(tmp_path):
+    """So that a pass above means something: each validator fails a file with a typo."""
+    broken = tmp_path / "docker-compose.yml"
+    with open(COMPOSE) as f:
+        broken.write_text(f.read().replace("healthcheck:", "helthcheck:", 1))
+    r = subprocess.run([tool("docker-compose"), "-f", str(broken), "config", "-q"],
+                       capture_output=True, text=True, timeout=60, env=clean_env())
+    assert r.returncode != 0 and "helthcheck" in r.stderr
+    r = subprocess.run([tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec",
+                        str(broken)], capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "helthcheck" in r.stdout + r.stderr
+
+
+def test_our_interpolation_matches_docker_compose(tmp_path):
+    """The emulation test reads the file with tests/compose_file.py; docker-compose must read
+    the same commands and environments, with nothing set and with overrides in the shell."""
+    exe = tool("docker-compose")
+    for shell in ({}, {"PYCHAT_ACCEPTORS": "4", "PYCHAT_NTP": "", "PYCHAT_PORT": "7000"}):
+        r = subprocess.run([exe, "-f", COMPOSE, "config"], cwd=ROOT, capture_output=True,
+                           text=True, timeout=60, env={**clean_env(), **shell})
+        assert r.returncode == 0, r.stderr
+        theirs = yaml.safe_load(r.stdout)["services"]
+        ours = load(shell_env=shell)["services"]
+        for name, svc in ours.items():
+            assert theirs[name]["command"] == svc["command"]
+            assert theirs[name]["environment"] == {k: str(v) for k, v in
+                                                   svc["environment"].items()}
+            assert [(p["published"], p["target"]) for p in theirs[name].get("ports", [])] == \
+                [tuple(int(x) for x in p.split(":")) for p in svc.get("ports", [])]
+
+
+def test_the_services_are_what_the_issue_asks():
+    svcs = services()
+    assert set(svcs) == {"router", "acceptor"}
+    router, acceptor = svcs["router"], svcs["acceptor"]
+    # the router keeps its history on a named volume mounted where PYCHAT_DATA_DIR points
+    assert list(router.volumes.values()) == [router.env["PYCHAT_DATA_DIR"]]
+    assert router.env["PYCHAT_ROUTER_BIND"] == "tcp://0.0.0.0:65431"
+    # the acceptor reaches the router by its service name and publishes 65432
+    assert acceptor.env["PYCHAT_ROUTER"] == "tcp://router:65431"
+    assert acceptor.env["PYCHAT_HOST"] == "0.0.0.0"
+    assert acceptor.raw["ports"] == ["65432:65432"]
+    assert acceptor.depends_on == {"router": "service_healthy"}
+    for svc in svcs.values():
+        assert svc.raw["restart"] in ("unless-stopped", "always")
+        assert svc.healthcheck[:3] == ["python", "-m", "pychat.healthcheck"]
+        assert svc.argv[0] == "pychat"
+
+
+def test_every_setting_is_a_pychat_variable_with_a_default():
+    with open(COMPOSE) as f:
+        raw = yaml.safe_load(f)
+    # the acceptor service runs `pychat serve --router`, whose acceptor children inherit its
+    # environment: options of either count
+    parsers = {"router": [router_parser()], "acceptor": [serve_parser(), acceptor_parser()]}
+    for name, svc in raw["services"].items():
+        known = {a.help.split("[env ")[1].split(";")[0]
+                 for p in parsers[name] for a in p._actions if a.help and "[env " in a.help}
+        for key, value in svc["environment"].items():
+            assert key.startswith("PYCHAT_"), key
+            assert key in known, f"{name}: {key} is not an option of that command"
+            text = str(value)
+            # either fixed by the deployment (container paths, ports inside the container)
+            # or ${PYCHAT_X:-default} / ${PYCHAT_X-default}
+            m = re.fullmatch(r"\$\{(PYCHAT_\w+):?-([^}]*)\}", text)
+            if m:
+                assert m.group(1) == key
+            else:
+                assert key in ("PYCHAT_DATA_DIR", "PYCHAT_HOST", "PYCHAT_PORT"), (key, text)
+
+
+def test_the_dockerfile_runs_as_a_user_with_a_healthcheck():
+    with open(DOCKERFILE) as f:
+        text = f.read()
+    image = read_dockerfile()
+    assert image.entrypoint == ["pychat"]
+    assert image.healthcheck == ["python", "-m", "pychat.healthcheck", "clients"]
+    final = text[text.rindex("\nFROM "):]
+    assert re.search(r"^FROM python:3\.\d+-slim$", final, re.M)
+    assert re.search(r"^USER pychat$", final, re.M)
+    assert "[speed]" in final and "[test]" not in text  # runtime extras only
+    for build_tool in ("gcc", "build-essential", "apt-get install"):
+        assert build_tool not in text

@@ -1,0 +1,206 @@
+"""`docker compose up` without Docker: each service of docker-compose.yml started as a local
+process, with the command and environment the file gives it, and two clients chatting.
+
+What a container would have, read from the files (tests/compose_file.py): the argv is the
+image's ENTRYPOINT (`pychat`, run here as `python -m pychat` from this checkout) plus the
+service's `command`; the environment is the image's ENV under the service's `environment`,
+interpolated as compose does with nothing set in the shell, and no other PYCHAT_* variable.
+Services start in `depends_on` order; one that others wait for as `service_healthy` must pass
+its own healthcheck command (run with its environment) first.
+
+What this machine needs changed, and nothing else (``rewrite``):
+- service names resolve to 127.0.0.1 (Docker's DNS): `tcp://router:` becomes
+  `tcp://127.0.0.1:`; and `0.0.0.0` (a container's own network) becomes 127.0.0.1;
+- the ports inside the containers (65431, 65432) become free ports, so parallel tests never
+  collide; clients connect to the acceptor's port directly (the published mapping is 1:1);
+- a named volume is a fresh folder, replacing its mount point in the environment;
+- PYCHAT_NTP (public pool servers in the file) becomes an unused UDP port on 127.0.0.1, so
+  nothing leaves this machine; the router then says no NTP server answered and uses the host
+  clock.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from .compose_file import Service, services, start_order
+from .procs import ROOT, Proc, free_port
+
+pytestmark = pytest.mark.e2e
+
+READY = {"router": r"router bound to", "serve": r"pychat: serving on"}
+
+
+def free_udp_port() -> int:
+    import socket
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rewrite(svcs: dict[str, Service], volumes_root) -> tuple[dict[int, int], int]:
+    """Point every service at this machine (see the module's docstring); returns the port map
+    (container port -> local port) and the UDP port NTP is sent to (nothing listens there)."""
+    ports: dict[int, int] = {}
+
+    def local_port(p: str) -> str:
+        if int(p) not in ports:
+            ports[int(p)] = free_port()
+        return str(ports[int(p)])
+
+    ntp = free_udp_port()
+    for svc in svcs.values():
+        mounts = {target: str(volumes_root / name) for name, target in svc.volumes.items()}
+        for path in mounts.values():
+            os.makedirs(path, exist_ok=True)
+        for key, value in svc.env.items():
+            value = re.sub(r"tcp://([\w.-]+):(\d+)",
+                           lambda m: "tcp://" + ("127.0.0.1" if m.group(1) in svcs or
+                                                 m.group(1) == "0.0.0.0" else m.group(1))
+                                     + ":" + local_port(m.group(2)), value)
+            if key == "PYCHAT_PORT":
+                value = local_port(value)
+            if key == "PYCHAT_HOST" and value == "0.0.0.0":
+                value = "127.0.0.1"
+            if key == "PYCHAT_NTP" and value:
+                value = f"127.0.0.1:{ntp}"
+            value = mounts.get(value, value)
+            svc.env[key] = value
+    # nothing may point past this machine any more
+    for svc in svcs.values():
+        for key, value in svc.env.items():
+            for host in re.findall(r"tcp://([\w.-]+):", value):
+                assert host == "127.0.0.1", (svc.name, key, value)
+        assert svc.env.get("PYCHAT_HOST", "127.0.0.1") == "127.0.0.1"
+        for path in svc.volumes.values():
+            assert path not in svc.env.values()
+    return ports, ntp
+
+
+def argv_here(argv: list[str]) -> list[str]:
+    """The container's programs, from this checkout: `pychat` -> python -m pychat."""
+    if argv[0] == "pychat":
+        return [sys.executable, "-m", "pychat", *argv[1:]]
+    if argv[0] == "python":
+        return [sys.executable, *argv[1:]]
+    return argv
+
+
+def container_env(svc: Service) -> dict[str, str]:
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("PYCHAT_")},
+            "PYTHONPATH": ROOT, **svc.env}
+
+
+def healthcheck(svc: Service) -> subprocess.CompletedProcess:
+    return subprocess.run(argv_here(svc.healthcheck), env=container_env(svc), cwd=ROOT,
+                          capture_output=True, text=True, timeout=30)
+
+
+@pytest.fixture
+def container_env_only(monkeypatch):
+    """Proc starts from os.environ: remove every PYCHAT_* (conftest sets PYCHAT_DATA_DIR), so a
+    service sees only what its container would."""
+    for key in list(os.environ):
+        if key.startswith("PYCHAT_"):
+            monkeypatch.delenv(key)
+
+
+def compose_up(svcs: dict[str, Service], procs: list[Proc]) -> dict[str, Proc]:
+    running: dict[str, Proc] = {}
+    for name in start_order(svcs):
+        svc = svcs[name]
+        for dep, condition in svc.depends_on.items():
+            if condition == "service_healthy":
+                r = healthcheck(svcs[dep])
+                assert r.returncode == 0, f"{dep} unhealthy: {r.stdout}{r.stderr}"
+        p = Proc(argv_here(svc.argv), env=svc.env, name=f"service {name}")
+        procs.append(p)
+        running[name] = p
+        p.wait_for(READY[svc.argv[1]])
+    return running
+
+
+def said(p: Proc, pattern: str) -> re.Match | None:
+    """A line the process has printed already (wait_for only sees lines not yet waited past)."""
+    for line in list(p.output):
+        m = re.search(pattern, line)
+        if m:
+            return m
+    return None
+
+
+def compose_down(running: dict[str, Proc]) -> None:
+    """`docker compose down`: SIGTERM, dependents first."""
+    for p in reversed(list(running.values())):
+        assert p.stop() == 0, "\n".join(p.output[-20:])
+
+
+def test_compose_up_gives_a_working_server(tmp_path, procs, connect, container_env_only):
+    svcs = services()
+    ports, ntp = rewrite(svcs, tmp_path / "volumes")
+    acceptor = svcs["acceptor"]
+    port = int(acceptor.env["PYCHAT_PORT"])
+    assert port == ports[65432]
+    for svc in svcs.values():  # nothing listens yet: every healthcheck fails
+        assert healthcheck(svc).returncode == 1
+
+    running = compose_up(svcs, procs)
+    want = int(acceptor.env["PYCHAT_ACCEPTORS"])
+    serving = said(running["acceptor"], r"serving on 127\.0\.0\.1:(\d+) \((\d+) acceptors?, "
+                                        r"bus (\S+)\)")
+    assert serving.groups() == (str(port), str(want), f"tcp://127.0.0.1:{ports[65431]}")
+    assert "started router" not in "\n".join(running["acceptor"].output)  # no second router
+    for _ in range(want):  # every acceptor process joined the router
+        running["router"].wait_for(r"acceptor \S+ joined")
+    running["router"].wait_for(rf"using local clock: no NTP server answered.*127\.0\.0\.1:{ntp}",
+                               timeout=30)
+    r = healthcheck(acceptor)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+    a, b = connect(port), connect(port)
+    a.handshake()
+    b.handshake()
+    a.send("/nick alice")
+    a.expect("OK nick alice")
+    a.send("hello from compose")
+    assert b.expect_prefix(f"{a.uid}:") == f"{a.uid}: hello from compose"
+    b.send(f"/msg {a.uid} psst")
+    assert a.expect_prefix("[Private]") == f"[Private] {b.uid}: psst"
+    alice = a.uid
+    a.close()
+    b.close()
+
+    # `docker compose down` then `up` again: the history is on the named volume
+    compose_down(running)
+    for svc in svcs.values():
+        assert healthcheck(svc).returncode == 1
+    data = svcs["router"].env["PYCHAT_DATA_DIR"]
+    assert os.path.isfile(os.path.join(data, "history.sqlite3"))
+    compose_up(svcs, procs)
+    c = connect(port)
+    c.handshake()
+    c.send("/history 5")
+    n = int(c.expect_prefix("HISTORY:")[len("HISTORY:"):])
+    assert [line for line in (c.read_line() for _ in range(n))
+            if line.endswith(f"{alice}: hello from compose")]
+
+
+def test_shell_overrides_reach_the_processes(tmp_path, procs, connect, container_env_only):
+    """PYCHAT_ACCEPTORS=3 PYCHAT_MAX_LINE=100 docker compose up: the file passes them on."""
+    svcs = services(shell_env={"PYCHAT_ACCEPTORS": "3", "PYCHAT_MAX_LINE": "100",
+                               "PYCHAT_HISTORY": "memory", "PYCHAT_NTP": ""})
+    assert svcs["router"].env["PYCHAT_NTP"] == ""  # set but empty: NTP off
+    rewrite(svcs, tmp_path / "volumes")
+    running = compose_up(svcs, procs)
+    assert said(running["acceptor"], r"\(3 acceptors,")
+    assert said(running["router"], r"clock: the host clock \(no --ntp\)")
+    assert said(running["router"], r"history: in memory only")
+    c = connect(int(svcs["acceptor"].env["PYCHAT_PORT"]))
+    c.handshake()
+    c.send("x" * 101)
+    assert c.read_line() == "ERROR: line too long (max 100 bytes)"
