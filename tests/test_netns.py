@@ -1,0 +1,235 @@
+"""Several hosts on one machine: the router and two acceptors each in a network namespace of
+its own, with its own address on a private LAN, and a client on each acceptor's host.
+
+Topology, made by the test as root and removed when it ends (processes stopped by pid, then
+``ip netns del``); names carry the pid and a random suffix so parallel runs never collide.
+The addresses exist only inside these namespaces; nothing leaves this machine.
+
+    netns ...-r   router   10.77.0.1 on bridge br0   binds tcp://10.77.0.1:65431
+    netns ...-a1  acceptor 10.77.0.2 (veth to br0)   listens 10.77.0.2:65432, client there
+    netns ...-a2  acceptor 10.77.0.3 (veth to br0)   listens 10.77.0.3:65432, client there
+
+Each namespace has its own ports, so everything runs on the default ports. Skipped, saying why,
+only where a namespace cannot be made (not root, no ``ip``, no permission).
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+import pytest
+
+from .procs import ROOT, Proc
+
+pytestmark = pytest.mark.e2e
+
+ROUTER_ADDR = "10.77.0.1"
+ACCEPTOR_ADDRS = ("10.77.0.2", "10.77.0.3")
+PREFIX = 24
+BUS_PORT = 65431
+CLIENT_PORT = 65432
+
+# A line client like `nc`, run inside a namespace: stdin lines go to the server, server lines
+# come out on stdout; it exits when the server closes or stdin ends.
+CLIENT = r"""
+import socket, sys, threading
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+s.settimeout(None)
+print("connected", flush=True)
+def pump():
+    for line in s.makefile("r", encoding="utf-8", newline="\n"):
+        print(line.rstrip("\n"), flush=True)
+    print("closed", flush=True)
+threading.Thread(target=pump, daemon=True).start()
+for line in sys.stdin:
+    s.sendall(line.encode())
+s.close()
+"""
+
+
+def ip(*args: str) -> None:
+    r = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30)
+    if r.returncode != 0:
+        raise RuntimeError(f"ip {' '.join(args)}: {r.stderr.strip()}")
+
+
+class Hosts:
+    """Three namespaces on one bridge; ``remove()`` undoes everything that was made."""
+
+    def __init__(self):
+        tag = f"pychat-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.router = f"{tag}-r"
+        self.acceptors = [f"{tag}-a1", f"{tag}-a2"]
+        self.made: list[str] = []
+
+    def add(self, ns: str) -> None:
+        ip("netns", "add", ns)
+        self.made.append(ns)
+        ip("-n", ns, "link", "set", "lo", "up")
+
+    def build(self) -> None:
+        self.add(self.router)
+        r = self.router
+        ip("-n", r, "link", "add", "br0", "type", "bridge")
+        ip("-n", r, "addr", "add", f"{ROUTER_ADDR}/{PREFIX}", "dev", "br0")
+        ip("-n", r, "link", "set", "br0", "up")
+        for i, (ns, addr) in enumerate(zip(self.acceptors, ACCEPTOR_ADDRS), 1):
+            self.add(ns)
+            # both ends made inside the namespaces: no interface ever appears on the host
+            ip("link", "add", f"port{i}", "netns", r, "type", "veth",
+               "peer", "name", "eth0", "netns", ns)
+            ip("-n", r, "link", "set", f"port{i}", "master", "br0")
+            ip("-n", r, "link", "set", f"port{i}", "up")
+            ip("-n", ns, "addr", "add", f"{addr}/{PREFIX}", "dev", "eth0")
+            ip("-n", ns, "link", "set", "eth0", "up")
+
+    def remove(self) -> None:
+        for ns in reversed(self.made):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
+        self.made.clear()
+
+
+def can_make_namespaces() -> str:
+    """'' when `ip netns add` works here, else why not."""
+    if shutil.which("ip") is None:
+        return "no `ip` command (Debian package iproute2)"
+    if os.geteuid() != 0:
+        return "network namespaces need root"
+    probe = f"pychat-probe-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    r = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True, timeout=30)
+    if r.returncode != 0:
+        return f"`ip netns add` failed: {r.stderr.strip()}"
+    subprocess.run(["ip", "netns", "del", probe], capture_output=True, timeout=30)
+    return ""
+
+
+@pytest.fixture
+def hosts():
+    why = can_make_namespaces()
+    if why:
+        pytest.skip(f"cannot make network namespaces here: {why}")
+    h = Hosts()
+    try:
+        h.build()
+        yield h
+    finally:
+        h.remove()
+
+
+class LineClient:
+    """CLIENT in a namespace, driven through its stdin and stdout; stopped by pid."""
+
+    def __init__(self, ns: str, host: str, port: int):
+        self.name = f"client in {ns}"
+        self.proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", CLIENT,
+                                      host, str(port)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True, bufsize=1)
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.seen: list[str] = []
+        threading.Thread(target=self._pump, daemon=True).start()
+        self.expect(lambda line: line == "connected")
+
+    def _pump(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.put(line.rstrip("\n"))
+        self.lines.put(None)
+
+    def send(self, line: str) -> None:
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+
+    def expect(self, match, timeout: float = 15.0) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"{self.name}: nothing matched in {timeout}s; saw "
+                                   f"{self.seen[-20:]}")
+            try:
+                line = self.lines.get(timeout=left)
+            except queue.Empty:
+                continue
+            if line is None:
+                raise RuntimeError(f"{self.name} ended; saw {self.seen[-20:]}")
+            self.seen.append(line)
+            if match(line):
+                return line
+
+    def expect_prefix(self, prefix: str) -> str:
+        return self.expect(lambda line: line.startswith(prefix))
+
+    def handshake(self) -> str:
+        self.expect(lambda line: line == "Welcome to PyChat Server!")
+        self.uid = self.expect_prefix("ID:")[3:]
+        return self.uid
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+
+def in_ns(ns: str, *argv: str) -> list[str]:
+    return ["ip", "netns", "exec", ns, sys.executable, "-m", *argv]
+
+
+def bus_peers(ns: str) -> set[str]:
+    """Addresses with an established TCP connection to the router's bus port, seen in ns."""
+    r = subprocess.run(["ip", "netns", "exec", ns, "ss", "-Htn", "state", "established",
+                        f"( sport = :{BUS_PORT} )"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    return {line.split()[-1].rsplit(":", 1)[0] for line in r.stdout.splitlines() if line}
+
+
+def test_router_and_acceptors_on_three_hosts_chat(hosts, tmp_path):
+    started: list[Proc | LineClient] = []
+    try:
+        router = Proc(in_ns(hosts.router, "router", "--bind", f"tcp://{ROUTER_ADDR}:{BUS_PORT}",
+                            "--data-dir", str(tmp_path / "data")), name="router host")
+        started.append(router)
+        router.wait_for(rf"router bound to tcp://{ROUTER_ADDR}:{BUS_PORT}")
+        acceptors = []
+        for ns, addr in zip(hosts.acceptors, ACCEPTOR_ADDRS):
+            a = Proc(in_ns(ns, "acceptor", "--host", addr, "--port", str(CLIENT_PORT),
+                           "--router", f"tcp://{ROUTER_ADDR}:{BUS_PORT}"), name=f"acceptor {addr}")
+            started.append(a)
+            a.wait_for(rf"listening on {addr}:{CLIENT_PORT}")
+            a.wait_for(r"router \w+ is alive")
+            acceptors.append(a)
+        for _ in acceptors:
+            router.wait_for(r"acceptor \S+ joined")
+
+        # the bus crosses the links: the router's host sees one connection from each acceptor's
+        # own address
+        assert bus_peers(hosts.router) == set(ACCEPTOR_ADDRS)
+
+        c1 = LineClient(hosts.acceptors[0], ACCEPTOR_ADDRS[0], CLIENT_PORT)
+        started.append(c1)
+        c2 = LineClient(hosts.acceptors[1], ACCEPTOR_ADDRS[1], CLIENT_PORT)
+        started.append(c2)
+        u1, u2 = c1.handshake(), c2.handshake()
+        c1.expect(lambda line: line.startswith("USERS:") and set(line[6:].split(",")) == {u1, u2})
+        c1.send("/nick alice")
+        c1.expect(lambda line: line == "OK nick alice")
+        c2.expect(lambda line: line == f"NAMES:{u1}=alice")
+        c1.send("hello from host a1")
+        assert c2.expect_prefix(f"{u1}:") == f"{u1}: hello from host a1"
+        c2.send("/msg alice psst from a2")
+        assert c1.expect_prefix("[Private]") == f"[Private] {u2}: psst from a2"
+        c2.send("/join #ops")
+        c2.expect(lambda line: line == "ROOM:#ops")
+        c1.send("/join #ops")
+        c1.expect(lambda line: line == "ROOM:#ops")
+        c2.send("in ops now")
+        assert c1.expect_prefix(f"{u2}:") == f"{u2}: in ops now"
+    finally:
+        for p in reversed(started):
+            p.stop()
