@@ -11,11 +11,13 @@ import signal
 import socket
 import sys
 
-from pychat.config import (add_logging, add_ready_fd, endpoint, non_negative, option, port,
-                           positive, setup_logging, signal_ready)
+from pychat.config import (BadValue, add_logging, add_ready_fd, endpoint, non_negative, option,
+                           port, positive, setup_logging, signal_ready)
+from pychat.keys import load_public, load_secret
 
-from .limits import Limits
+from .limits import Limits, exempt_addresses
 from .server import Acceptor
+from .tls import server_context
 
 log = logging.getLogger("pychat.acceptor")
 
@@ -42,6 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
                 "when installed")
     option(p, "--bus-hwm", "PYCHAT_BUS_HWM", default=100_000, type=positive(int),
            help="ZeroMQ high-water mark (batches) toward the router")
+    add_tls_options(p)
+    option(p, "--curve-secret", "PYCHAT_CURVE_SECRET", default="",
+           help="CurveZMQ: this acceptor's secret key file (acceptor-N.key_secret from "
+                "`pychat keys`); with --curve-server, the bus is encrypted and authenticated")
+    option(p, "--curve-server", "PYCHAT_CURVE_SERVER", default="",
+           help="CurveZMQ: the router's public key file (router.key)")
     add_logging(p)
     add_ready_fd(p)
     return p
@@ -49,7 +57,60 @@ def build_parser() -> argparse.ArgumentParser:
 
 LIMIT_FLAGS = ("max_line", "send_queue", "send_queue_hard", "stall_check", "flood_burst",
                "flood_rate", "max_connections", "sndbuf", "lines_per_turn", "coalesce_ms",
-               "coalesce_factor")
+               "coalesce_factor", "idle_timeout", "partial_line_timeout", "max_per_address",
+               "keepalive_idle", "keepalive_interval", "keepalive_count", "per_address_exempt")
+TLS_FLAGS = ("tls_cert", "tls_key")
+
+
+def seconds_or_off(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise BadValue(f"not a number of seconds: {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise BadValue(f"must be 0 (off) or more seconds: {text!r}")
+    return value
+
+
+def address_list(text: str) -> str:
+    try:
+        exempt_addresses(text)
+    except ValueError as e:
+        raise BadValue(f"not a list of IP addresses, 'loopback' or 'none': {e}") from None
+    return text
+
+
+def add_tls_options(p: argparse.ArgumentParser) -> None:
+    """TLS for clients; `pychat serve` takes them too and passes them on."""
+    option(p, "--tls-cert", "PYCHAT_TLS_CERT", default="",
+           help="TLS: certificate chain file (PEM); clients must then speak TLS on the port")
+    option(p, "--tls-key", "PYCHAT_TLS_KEY", default="",
+           help="TLS: private key file (PEM) of --tls-cert (empty: the key is in that file)")
+
+
+def tls_context(p: argparse.ArgumentParser, args: argparse.Namespace):
+    """The server's TLS context, or None; a usage error when the files cannot be used."""
+    if not args.tls_cert:
+        if args.tls_key:
+            p.error("--tls-key needs --tls-cert")
+        return None
+    try:
+        return server_context(args.tls_cert, args.tls_key)
+    except BadValue as e:
+        p.error(str(e))
+
+
+def curve_keys(p: argparse.ArgumentParser, args: argparse.Namespace):
+    """(public, secret, router's public) for a CurveZMQ bus, or None."""
+    if not args.curve_secret and not args.curve_server:
+        return None
+    if not (args.curve_secret and args.curve_server):
+        p.error("--curve-secret and --curve-server go together")
+    try:
+        public, secret = load_secret(args.curve_secret)
+        return public, secret, load_public(args.curve_server)
+    except BadValue as e:
+        p.error(str(e))
 
 
 def add_limit_options(p: argparse.ArgumentParser) -> None:
@@ -79,6 +140,27 @@ def add_limit_options(p: argparse.ArgumentParser) -> None:
                             "writes took: light load waits ~0, a busy acceptor batches more")
     option(p, "--lines-per-turn", "PYCHAT_LINES_PER_TURN", default=d.lines_per_turn,
            type=positive(int), help="lines of one client handled before the others get a turn")
+    option(p, "--idle-timeout", "PYCHAT_IDLE_TIMEOUT", default=d.idle_timeout,
+           type=seconds_or_off, help="seconds a client may send nothing before it gets "
+                                     "'ERROR: idle timeout' and is closed (0: never)")
+    option(p, "--partial-line-timeout", "PYCHAT_PARTIAL_LINE_TIMEOUT",
+           default=d.partial_line_timeout, type=seconds_or_off,
+           help="seconds an unfinished line (no newline yet) may stay unfinished before the "
+                "client gets ERROR: and is closed: the slowloris guard (0: never)")
+    option(p, "--max-per-address", "PYCHAT_MAX_PER_ADDRESS", default=d.max_per_address,
+           type=positive(int), help="clients from one IP address on this acceptor")
+    option(p, "--per-address-exempt", "PYCHAT_PER_ADDRESS_EXEMPT", default=d.per_address_exempt,
+           type=address_list, help="addresses --max-per-address does not apply to: "
+                                   "comma-separated IPs, 'loopback' or 'none'")
+    option(p, "--keepalive-idle", "PYCHAT_KEEPALIVE_IDLE", default=d.keepalive_idle,
+           type=positive(int), help="TCP keepalive: seconds of silence before the kernel "
+                                    "probes a client (finds half-open connections)")
+    option(p, "--keepalive-interval", "PYCHAT_KEEPALIVE_INTERVAL",
+           default=d.keepalive_interval, type=positive(int),
+           help="TCP keepalive: seconds between probes")
+    option(p, "--keepalive-count", "PYCHAT_KEEPALIVE_COUNT", default=d.keepalive_count,
+           type=positive(int), help="TCP keepalive: unanswered probes before the kernel "
+                                    "drops the connection")
 
 
 def raise_fd_limit(wanted: int) -> None:
@@ -88,14 +170,14 @@ def raise_fd_limit(wanted: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
-async def serve(args: argparse.Namespace) -> int:
+async def serve(args: argparse.Namespace, tls=None, curve=None) -> int:
     loop = asyncio.get_running_loop()
     limits = Limits(**{k: getattr(args, k) for k in LIMIT_FLAGS})
     name = args.name or f"{socket.gethostname()}-{os.getpid()}-{os.urandom(2).hex()}"
     acceptor = Acceptor(loop, name=name, router=args.router, limits=limits,
-                        heartbeat=args.heartbeat, bus_hwm=args.bus_hwm)
+                        heartbeat=args.heartbeat, bus_hwm=args.bus_hwm, curve=curve)
     try:
-        await acceptor.start(args.host, args.port, args.reuse_port)
+        await acceptor.start(args.host, args.port, args.reuse_port, ssl=tls)
     except OSError as e:
         log.error("cannot listen on %s:%d: %s", args.host, args.port, e)
         acceptor.link.close()
@@ -104,7 +186,8 @@ async def serve(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     where = ", ".join(f"{h}:{p}" for h, p in acceptor.ports())
-    log.info("acceptor %s listening on %s, router %s (%s)", name, where, args.router,
+    log.info("acceptor %s listening on %s%s, router %s%s (%s)", name, where,
+             " (TLS)" if tls else "", args.router, " (CurveZMQ)" if curve else "",
              type(loop).__module__.split(".")[0])
     signal_ready(args.ready_fd, f"acceptor {where}")
     await stop.wait()
@@ -118,12 +201,19 @@ async def serve(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        Limits(**{k: getattr(args, k) for k in LIMIT_FLAGS}).check()
+    except ValueError as e:
+        parser.error(str(e))
+    tls = tls_context(parser, args)
+    curve = curve_keys(parser, args)
     setup_logging(args.log_level)
     raise_fd_limit(args.max_connections + 64)
     if not use_loop(args.loop):
         return 2
-    return asyncio.run(serve(args))
+    return asyncio.run(serve(args, tls, curve))
 
 
 def use_loop(choice: str) -> bool:

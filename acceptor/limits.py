@@ -14,12 +14,24 @@ draining and stays; memory per client is bounded by the hard limit.
 The kernel send buffer is bounded (``sndbuf``) so that a client that stops reading fills its
 queue, and is disconnected, after a few hundred KiB rather than after the megabytes that
 loopback autotuning allows; it also bounds kernel memory per stalled client.
+
+Faults (checked by the acceptor's one sweep a second, not a timer per connection): a client that
+sent nothing for ``idle_timeout`` seconds, or that has held an unfinished line (bytes, no
+newline) for ``partial_line_timeout`` seconds (slowloris), gets one ``ERROR:`` line and is
+closed; 0 turns either off. Time a client spends paused by the flood limit does not count: then
+it is we who are not reading. ``max_per_address`` caps the clients of one IP address, like
+``max_connections`` caps them all; loopback addresses are exempt by default (a local proxy, a load
+generator on the same host), ``per_address_exempt`` says otherwise. TCP keepalive (``keepalive_*``, where the OS has the options)
+lets the kernel find a peer that vanished without a FIN (a half-open connection) even when the
+idle limit is off.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 from wire.framing import DEFAULT_MAX_LINE
 
@@ -37,10 +49,18 @@ class Limits:
     lines_per_turn: int = 256  # lines of one client handled before others get a turn
     coalesce_ms: float = 10.0  # the longest a line waits to share a write (0: every turn)
     coalesce_factor: float = 1.0  # the wait, as a multiple of how long the last flush took
+    idle_timeout: float = 300.0  # seconds without a byte from a client before it is closed (0: off)
+    partial_line_timeout: float = 30.0  # seconds an unfinished line may stay unfinished (0: off)
+    max_per_address: int = 64  # clients from one IP address on this acceptor ...
+    per_address_exempt: str = "loopback"  # ... except these: addresses, "loopback" or "none"
+    keepalive_idle: int = 60  # TCP keepalive: seconds of silence before the first probe ...
+    keepalive_interval: int = 10  # ... seconds between probes ...
+    keepalive_count: int = 6  # ... unanswered probes before the kernel drops the connection
 
     def check(self) -> None:
         for name in ("max_line", "send_queue", "send_queue_hard", "stall_check", "flood_burst",
-                     "flood_rate", "max_connections", "lines_per_turn"):
+                     "flood_rate", "max_connections", "lines_per_turn", "max_per_address",
+                     "keepalive_idle", "keepalive_interval", "keepalive_count"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
         if self.send_queue_hard < self.send_queue:
@@ -51,6 +71,35 @@ class Limits:
             raise ValueError("coalesce_ms must be within 0..1000")
         if not 0 <= self.coalesce_factor <= 100:
             raise ValueError("coalesce_factor must be within 0..100")
+        exempt_addresses(self.per_address_exempt)  # raises ValueError when malformed
+        for name in ("idle_timeout", "partial_line_timeout"):
+            if not 0 <= getattr(self, name) < float("inf"):
+                raise ValueError(f"{name} must be 0 (off) or a number of seconds")
+
+
+def exempt_addresses(text: str) -> Callable[[str], bool]:
+    """``per_address_exempt`` as a predicate on a peer's address: comma-separated IP
+    addresses, ``loopback`` (127.0.0.0/8, ::1, and IPv4-mapped loopback) or ``none``."""
+    loopback = False
+    exact: set[ipaddress.IPv4Address | ipaddress.IPv6Address] = set()
+    for item in (t.strip() for t in text.split(",")):
+        if item in ("", "none"):
+            continue
+        if item == "loopback":
+            loopback = True
+        else:
+            exact.add(ipaddress.ip_address(item))
+
+    def exempt(host: str) -> bool:
+        try:
+            addr = ipaddress.ip_address(host.split("%", 1)[0])
+        except ValueError:
+            return False
+        mapped = getattr(addr, "ipv4_mapped", None)
+        if mapped is not None:
+            addr = mapped
+        return addr in exact or (loopback and addr.is_loopback)
+    return exempt
 
 
 class TokenBucket:

@@ -33,7 +33,8 @@ class BusLink:
                  on_batch: Callable[[list[bytes]], None],
                  on_refused: Callable[[list[bus.BusMessage]], None], *,
                  hwm: int = 100_000, max_backlog: int = 1_000,
-                 ctx: zmq.Context | None = None):
+                 ctx: zmq.Context | None = None,
+                 curve: tuple[bytes, bytes, bytes] | None = None):
         self.loop = loop
         self.endpoint = endpoint
         self.on_batch = on_batch
@@ -45,6 +46,8 @@ class BusLink:
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.SNDHWM, hwm)
         self.sock.setsockopt(zmq.RCVHWM, hwm)
+        if curve is not None:  # CurveZMQ client: (our public, our secret, the router's public)
+            self.sock.curve_publickey, self.sock.curve_secretkey, self.sock.curve_serverkey = curve
         self.sock.connect(endpoint)
         self._fd = self.sock.getsockopt(zmq.FD)
         self._outbox: list[bus.BusMessage] = []

@@ -15,6 +15,11 @@ waits next to nothing; a busy acceptor batches more and spends a bounded share o
 send calls. A client
 whose unsent bytes pass ``send_queue`` is watched: if it has drained nothing by the next stall
 check it is disconnected; past ``send_queue_hard`` it is disconnected at once.
+
+Faults: one sweep a second (``_sweep``, one timer for the whole acceptor) closes clients idle past
+``idle_timeout`` and clients holding an unfinished line past ``partial_line_timeout`` (slowloris),
+each with an ``ERROR:`` line. Clients are counted per IP address (``max_per_address``) as well as
+in total (``max_connections``); one over either limit gets an ``ERROR:`` line and is closed.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import ssl as ssl_module
 import time
 import uuid
 
@@ -29,7 +35,7 @@ from wire import bus, replies
 from wire.commands import Command, describe
 from wire.errors import BusError
 
-from .limits import Limits
+from .limits import Limits, exempt_addresses
 from .link import BusLink
 from .session import Session
 
@@ -37,11 +43,14 @@ log = logging.getLogger("pychat.acceptor")
 
 SHUTDOWN_LINE = b"ERROR: server shutting down\n"
 MISSED_HEARTBEATS = 3
+SWEEP_INTERVAL = 1.0  # seconds between sweeps for idle clients and unfinished lines
+TLS_HANDSHAKE_TIMEOUT = 10.0  # seconds a TLS client has to finish its handshake
 
 
 class Acceptor:
     def __init__(self, loop: asyncio.AbstractEventLoop, *, name: str, router: str,
-                 limits: Limits, heartbeat: float = 1.0, bus_hwm: int = 100_000):
+                 limits: Limits, heartbeat: float = 1.0, bus_hwm: int = 100_000,
+                 curve: tuple[bytes, bytes, bytes] | None = None):
         limits.check()
         self.loop = loop
         self.name = name
@@ -64,15 +73,23 @@ class Acceptor:
         self.router_alive = False
         self.server: asyncio.AbstractServer | None = None
         self.stats = {"accepted": 0, "send_queue_drops": 0, "full_refusals": 0,
-                      "lines_out": 0, "writes": 0}
-        self.link = BusLink(loop, router, name, self.on_batch, self.on_refused, hwm=bus_hwm)
+                      "lines_out": 0, "writes": 0, "address_refusals": 0, "idle_closed": 0,
+                      "unfinished_line_closed": 0}
+        self.per_address: dict[str, int] = {}  # open sessions per peer IP address
+        self._exempt = exempt_addresses(limits.per_address_exempt)
+        self._sweep_handle: asyncio.TimerHandle | None = None
+        self.link = BusLink(loop, router, name, self.on_batch, self.on_refused, hwm=bus_hwm,
+                            curve=curve)
 
-    async def start(self, host: str, port: int, reuse_port: bool) -> None:
+    async def start(self, host: str, port: int, reuse_port: bool,
+                    ssl: ssl_module.SSLContext | None = None) -> None:
+        tls = {"ssl": ssl, "ssl_handshake_timeout": TLS_HANDSHAKE_TIMEOUT} if ssl else {}
         self.server = await self.loop.create_server(
             lambda: Session(self, next(self._ids)), host, port,
-            reuse_port=reuse_port or None, backlog=4096)
+            reuse_port=reuse_port or None, backlog=4096, **tls)
         self.link.send(bus.Hello(self.name, self.epoch))
         self._beat()
+        self._sweep_handle = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
 
     def ports(self) -> list[tuple[str, int]]:
         return [s.getsockname()[:2] for s in self.server.sockets] if self.server else []
@@ -86,8 +103,11 @@ class Acceptor:
                 f"ERROR: server full (max {self.limits.max_connections} connections)\n".encode())
             s.transport.close()
             return
+        if self._refuse_address(s):
+            return
         self.stats["accepted"] += 1
         s.open = True
+        self.per_address[s.host] = self.per_address.get(s.host, 0) + 1
         self.sessions[s.conn] = s
         s.send_line(replies.WELCOME)
         self.link.send(bus.Open(s.conn, s.peer))
@@ -96,11 +116,63 @@ class Acceptor:
         if not s.open:
             return
         s.open = False
+        self._forget_address(s)
         self._over.pop(s, None)
         del self.sessions[s.conn]
         self._leave_room(s)
         self.link.send(bus.Close(s.conn, s.quitting or reason))
         log.debug("conn %d (%s) closed: %s", s.conn, s.peer, reason)
+
+    def _refuse_address(self, s: Session) -> bool:
+        """Over ``max_per_address`` clients from this IP address: ERROR: line, close."""
+        limit = self.limits.max_per_address
+        if self.per_address.get(s.host, 0) < limit or self._exempt(s.host):
+            return False
+        self.stats["address_refusals"] += 1
+        log.info("refused %s: %d connections from its address", s.peer, limit)
+        s.transport.write(f"ERROR: too many connections from your address (max {limit})\n"
+                          .encode())
+        s.transport.close()
+        return True
+
+    def _forget_address(self, s: Session) -> None:
+        n = self.per_address.get(s.host, 0) - 1
+        if n > 0:
+            self.per_address[s.host] = n
+        else:
+            self.per_address.pop(s.host, None)
+
+    def _sweep(self) -> None:
+        """Once a second over every session: close the idle and the slowloris, with ERROR:.
+
+        A session paused by the flood limit is not the client's silence (we are not reading):
+        its clocks restart instead."""
+        self._sweep_handle = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
+        idle = self.limits.idle_timeout
+        unfinished = self.limits.partial_line_timeout
+        if not idle and not unfinished:
+            return
+        now = self.loop.time()
+        late: list[tuple[Session, str, str]] = []
+        for s in self.sessions.values():
+            if s.quitting:
+                continue
+            if s.paused:
+                s.seen = now
+                if s.line_since:
+                    s.line_since = now
+            elif unfinished and s.line_since and now - s.line_since > unfinished:
+                late.append((s, f"ERROR: line not finished in {unfinished:g} s",
+                             "unfinished line"))
+            elif idle and now - s.seen > idle:
+                late.append((s, f"ERROR: idle timeout (nothing received in {idle:g} s)",
+                             "idle timeout"))
+        for s, line, why in late:
+            self.stats["idle_closed" if why == "idle timeout" else "unfinished_line_closed"] += 1
+            log.info("conn %d (%s) closed: %s", s.conn, s.peer, why)
+            s.quitting = why  # read nothing more; the router hears why it left
+            s.send_line(line)
+            s.close()
 
     def to_router(self, s: Session, cmd: Command) -> None:
         self.link.send(bus.Cmd(s.conn, cmd))
@@ -310,7 +382,7 @@ class Acceptor:
         """SIGTERM: stop accepting, tell every client, close, let the router know."""
         if self.server is not None:
             self.server.close()
-        for handle in (self._beat_handle, self._stall_handle):
+        for handle in (self._beat_handle, self._stall_handle, self._sweep_handle):
             if handle is not None:
                 handle.cancel()
         sessions = list(self.sessions.values())

@@ -5,7 +5,9 @@ A ``Session`` is an asyncio ``Protocol`` with its own line buffer (no streams). 
   already read wait in ``pending`` and nothing is dropped);
 - what the router told it (uid, name, room) and the ``/cap time`` flag: enough to replay the
   session into a restarted router;
-- ``out``: lines queued for the client this turn, written by ``Acceptor.flush`` in one write.
+- ``out``: lines queued for the client this turn, written by ``Acceptor.flush`` in one write;
+- ``seen`` (loop time of the last bytes received) and ``line_since`` (when the unfinished line
+  in the buffer began, 0 when there is none) for the acceptor's idle and slowloris sweep.
 
 A client's mistake becomes one ``ERROR:`` line; any other exception is a bug, logged with the
 connection id, and only that connection is closed.
@@ -36,11 +38,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pychat.acceptor")
 
+# TCP keepalive knobs (Linux names; macOS has TCP_KEEPALIVE for the idle time); None: not here
+KEEPIDLE = getattr(socket, "TCP_KEEPIDLE", getattr(socket, "TCP_KEEPALIVE", None))
+KEEPINTVL = getattr(socket, "TCP_KEEPINTVL", None)
+KEEPCNT = getattr(socket, "TCP_KEEPCNT", None)
+
 
 class Session(asyncio.Protocol):
-    __slots__ = ("acceptor", "conn", "transport", "peer", "lines", "bucket", "pending",
+    __slots__ = ("acceptor", "conn", "transport", "peer", "host", "lines", "bucket", "pending",
                  "out", "uid", "name", "room", "cap_time", "open", "paused", "quitting",
-                 "_resume")
+                 "_resume", "seen", "line_since")
 
     def __init__(self, acceptor: Acceptor, conn: int):
         limits = acceptor.limits
@@ -48,6 +55,7 @@ class Session(asyncio.Protocol):
         self.conn = conn
         self.transport: asyncio.Transport | None = None
         self.peer = ""
+        self.host = ""  # the peer's IP address, for the per-address limit
         self.lines = LineBuffer(limits.max_line)
         self.bucket = TokenBucket(limits.flood_rate, limits.flood_burst)
         self.pending: deque[bytes | LineTooLong | Command] = deque()
@@ -60,6 +68,8 @@ class Session(asyncio.Protocol):
         self.paused = False
         self.quitting = ""  # the /quit reason once the client has asked to leave
         self._resume: asyncio.Handle | None = None
+        self.seen = acceptor.loop.time()
+        self.line_since = 0.0
 
     # ---- asyncio callbacks ------------------------------------------------------------------------
 
@@ -67,22 +77,37 @@ class Session(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        self.host = str(peer[0]) if peer else "?"
         sock = transport.get_extra_info("socket")
         if sock is not None:
+            limits = self.acceptor.limits
             try:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-                if self.acceptor.limits.sndbuf:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF,
-                                    self.acceptor.limits.sndbuf)
+                if limits.sndbuf:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, limits.sndbuf)
             except OSError:
                 pass
+            for opt, value in ((KEEPIDLE, limits.keepalive_idle),
+                               (KEEPINTVL, limits.keepalive_interval),
+                               (KEEPCNT, limits.keepalive_count)):
+                if opt is not None:
+                    try:
+                        sock.setsockopt(socket.IPPROTO_TCP, opt, value)
+                    except OSError:
+                        pass
         self.acceptor.session_opened(self)
 
     def data_received(self, data: bytes) -> None:
         if self.quitting:
             return
-        items = self.lines.feed(data)
+        lines = self.lines
+        items = lines.feed(data)
+        self.seen = now = self.acceptor.loop.time()
+        if not lines.partial:
+            self.line_since = 0.0
+        elif items or not self.line_since:  # an unfinished line began in this chunk
+            self.line_since = now
         if not items:
             return
         if self.pending:

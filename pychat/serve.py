@@ -25,7 +25,8 @@ import tempfile
 import threading
 import time
 
-from acceptor.__main__ import LIMIT_FLAGS, add_limit_options
+from acceptor.__main__ import (LIMIT_FLAGS, TLS_FLAGS, add_limit_options, add_tls_options,
+                               tls_context)
 from pychat.config import add_logging, endpoint, option, port, positive, setup_logging
 from router.__main__ import ROUTER_FLAGS, add_time_history_options
 
@@ -57,9 +58,19 @@ def build_parser() -> argparse.ArgumentParser:
     option(p, "--heartbeat", "PYCHAT_HEARTBEAT", default=1.0, type=positive(float),
            help="seconds between bus heartbeats")
     add_limit_options(p)
+    add_tls_options(p)
     add_time_history_options(p)
     add_logging(p)
     return p
+
+
+def curve_off_on_ipc(bus: str) -> None:
+    """CurveZMQ is for a bus that crosses hosts. On an ipc:// bus (the private default) keep it
+    off even when the environment names keys (meant for a router or acceptor run by hand):
+    the children inherit our environment without them."""
+    if bus.startswith("ipc://"):
+        for key in [k for k in os.environ if k.startswith("PYCHAT_CURVE_")]:
+            del os.environ[key]
 
 
 class Child:
@@ -130,6 +141,9 @@ class Supervisor:
         limits = []
         for key in LIMIT_FLAGS:
             limits += ["--" + key.replace("_", "-"), str(getattr(a, key))]
+        for key in TLS_FLAGS:
+            if getattr(a, key):
+                limits += ["--" + key.replace("_", "-"), os.path.abspath(getattr(a, key))]
         for i in range(n):
             argv = ["acceptor", "--host", a.host, "--port", str(self.port), "--router", self.bus,
                     "--name", f"{socket.gethostname()}-{os.getpid()}-a{i + 1}",
@@ -223,9 +237,12 @@ class Supervisor:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    tls_context(parser, args)  # unusable certificate files: a usage error before any child
     setup_logging(args.log_level)
     sup = Supervisor(args)
+    curve_off_on_ipc(sup.bus)
     sup.handle_signals()
     try:
         sup.plan()

@@ -12,8 +12,11 @@ import logging
 import os
 import sys
 
+import zmq
+
 from pychat.config import (BadValue, add_logging, add_ready_fd, endpoint, option, positive,
                            setup_logging, signal_ready)
+from pychat.keys import count_public_keys, load_secret, start_authenticator
 
 from .clock import LocalClock, NtpClock, parse_servers
 from .history import MemoryHistory
@@ -83,10 +86,32 @@ def build_parser() -> argparse.ArgumentParser:
            help="seconds between bus heartbeats; 3 missed = the acceptor is dead")
     option(p, "--bus-hwm", "PYCHAT_BUS_HWM", default=100_000, type=positive(int),
            help="ZeroMQ high-water mark (batches) per acceptor")
+    option(p, "--curve-secret", "PYCHAT_CURVE_SECRET", default="",
+           help="CurveZMQ: the router's secret key file (router.key_secret from `pychat keys`); "
+                "with --curve-clients, the bus is encrypted and only authorised acceptors get in")
+    option(p, "--curve-clients", "PYCHAT_CURVE_CLIENTS", default="",
+           help="CurveZMQ: folder of the authorised acceptors' public keys (*.key)")
     add_time_history_options(p)
     add_logging(p)
     add_ready_fd(p)
     return p
+
+
+def curve_keys(p: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[bytes, bytes] | None:
+    """The router's CurveZMQ key pair, or None; a usage error unless both options or neither."""
+    if not args.curve_secret and not args.curve_clients:
+        return None
+    if not (args.curve_secret and args.curve_clients):
+        p.error("--curve-secret and --curve-clients go together")
+    try:
+        keys = load_secret(args.curve_secret)
+        if not os.path.isdir(args.curve_clients):
+            raise BadValue(f"--curve-clients {args.curve_clients}: not a folder")
+        if not count_public_keys(args.curve_clients):
+            raise BadValue(f"--curve-clients {args.curve_clients}: no public keys (*.key)")
+    except BadValue as e:
+        p.error(str(e))
+    return keys
 
 
 def make_clock(args: argparse.Namespace) -> LocalClock | NtpClock:
@@ -114,7 +139,9 @@ def make_history(args: argparse.Namespace, clock) -> MemoryHistory | SqliteHisto
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    curve = curve_keys(parser, args)
     setup_logging(args.log_level)
     clock = make_clock(args)
     try:
@@ -123,13 +150,21 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", e)
         return 1
     state = RouterState(clock, history)
-    server = RouterServer(state, args.bind, heartbeat=args.heartbeat, hwm=args.bus_hwm)
+    auth = None
+    if curve is not None:  # the ZAP handler must be up before the socket binds
+        auth = start_authenticator(zmq.Context.instance(), args.curve_clients)
+        log.info("bus: CurveZMQ on; %d authorised acceptor keys in %s",
+                 count_public_keys(args.curve_clients), args.curve_clients)
+    server = RouterServer(state, args.bind, heartbeat=args.heartbeat, hwm=args.bus_hwm,
+                          curve=curve)
     try:
         server.bind()
     except Exception as e:  # zmq.ZMQError: address in use, bad path
         log.error("cannot bind %s: %s", args.bind, e)
         server.close()
         history.close()
+        if auth is not None:
+            auth.stop()
         return 1
     server.install_signal_handlers()
     clock.start()
@@ -139,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:  # SIGTERM/SIGINT end run(): save the history still queued before exiting
         clock.stop()
         history.close()
+        if auth is not None:
+            auth.stop()
     log.info("router stopped")
     return 0
 

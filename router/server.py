@@ -51,7 +51,7 @@ class RouterServer:
     def __init__(self, state: RouterState, endpoint: str, *, heartbeat: float = 1.0,
                  hwm: int = 100_000, max_batches: int = 1000, max_backlog: int = 10_000,
                  max_held: int = 10_000, hold_seconds: float = 5.0,
-                 ctx: zmq.Context | None = None):
+                 ctx: zmq.Context | None = None, curve: tuple[bytes, bytes] | None = None):
         self.state = state
         self.endpoint = endpoint
         self.heartbeat = heartbeat
@@ -69,6 +69,9 @@ class RouterServer:
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.sock.setsockopt(zmq.SNDHWM, hwm)
         self.sock.setsockopt(zmq.RCVHWM, hwm)
+        if curve is not None:  # CurveZMQ server: (public, secret); a ZAP handler vets peers
+            self.sock.curve_server = True
+            self.sock.curve_publickey, self.sock.curve_secretkey = curve
         self._stop = False
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)

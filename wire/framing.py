@@ -67,6 +67,11 @@ class LineBuffer:
         """Bytes of an unfinished line held (for slowloris checks)."""
         return len(self._buf)
 
+    @property
+    def partial(self) -> bool:
+        """Inside an unfinished line: bytes held, or an over-long line still being discarded."""
+        return bool(self._buf) or self._discarding
+
 
 def decode(line: bytes) -> str:
     try:
