@@ -204,3 +204,43 @@ def test_shell_overrides_reach_the_processes(tmp_path, procs, connect, container
     c.handshake()
     c.send("x" * 101)
     assert c.read_line() == "ERROR: line too long (max 100 bytes)"
+
+
+def test_a_restarted_router_container_gets_its_sessions_back(tmp_path, procs, connect,
+                                                              container_env_only):
+    """`restart: unless-stopped` brings a killed router back (here: started again by the test,
+    as Docker would). Each acceptor process resyncs it: users keep uid, name and room. A line
+    sent while it was down is handled once its own acceptor has resynced (its sender sees it);
+    members behind an acceptor that has not resynced yet at that moment miss it, so this test
+    asserts delivery to others only after both have."""
+    svcs = services()
+    rewrite(svcs, tmp_path / "volumes")
+    running = compose_up(svcs, procs)
+    port = int(svcs["acceptor"].env["PYCHAT_PORT"])
+    a, b = connect(port), connect(port)
+    a.handshake()
+    b.handshake()
+    a.send("/nick alice")
+    a.expect("OK nick alice")
+    for c in (a, b):
+        c.send("/join #ops")
+        c.expect("ROOM:#ops")
+
+    running["router"].kill()  # SIGKILL: nothing saved, nothing said
+    b.send("sent while the router was down")
+    router = Proc(argv_here(svcs["router"].argv), env=svcs["router"].env,
+                  name="service router (restarted)")
+    procs.append(router)
+    epoch = router.wait_for(r"router bound to .* \(epoch (\w+)\)").group(1)
+    assert b.expect_prefix(f"{b.uid}:", timeout=15) == f"{b.uid}: sent while the router was down"
+    resynced: set[str] = set()
+    while len(resynced) < int(svcs["acceptor"].env["PYCHAT_ACCEPTORS"]):
+        resynced.add(running["acceptor"].wait_for(
+            rf"pychat\.acceptor\[(\d+)\] INFO (resyncing \d+ sessions: (router restarted "
+            rf"\(epoch {epoch}\)|the router asked)|router {epoch} is alive)").group(1))
+    b.send("/msg alice still there?")
+    assert a.expect_prefix("[Private]") == f"[Private] {b.uid}: still there?"
+    a.send("/users")
+    assert set(a.expect_prefix("USERS:")[6:].split(",")) == {a.uid, b.uid}
+    a.send("back in ops")
+    assert b.expect_prefix(f"{a.uid}:") == f"{a.uid}: back in ops"
