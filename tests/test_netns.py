@@ -9,8 +9,9 @@ The addresses exist only inside these namespaces; nothing leaves this machine.
     netns ...-a1  acceptor 10.77.0.2 (veth to br0)   listens 10.77.0.2:65432, client there
     netns ...-a2  acceptor 10.77.0.3 (veth to br0)   listens 10.77.0.3:65432, client there
 
-Each namespace has its own ports, so everything runs on the default ports. Skipped, saying why,
-only where a namespace cannot be made (not root, no ``ip``, no permission).
+Each namespace has its own ports, so everything runs on the default ports. Run twice: with a
+plain bus, and with CurveZMQ on (keys from ``pychat keys``, one pair per acceptor host). Skipped,
+saying why, only where a namespace cannot be made (not root, no ``ip``, no permission).
 """
 
 from __future__ import annotations
@@ -51,6 +52,31 @@ threading.Thread(target=pump, daemon=True).start()
 for line in sys.stdin:
     s.sendall(line.encode())
 s.close()
+"""
+
+
+# A sniffer on the router host's bridge: every frame between the hosts passes br0. It reports
+# whether a marker crossed the wire in clear text once its stdin closes.
+SNIFFER = r"""
+import select, socket, sys
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))  # ETH_P_ALL
+s.bind(("br0", 0))
+marker = sys.argv[1].encode()
+seen = 0
+print("capturing", flush=True)
+while True:
+    ready = select.select([s, sys.stdin], [], [])[0]
+    if s in ready:
+        seen += marker in s.recv(65535)
+    if sys.stdin in ready and not sys.stdin.readline():
+        s.setblocking(False)
+        try:
+            while True:
+                seen += marker in s.recv(65535)
+        except BlockingIOError:
+            pass
+        break
+print(f"marker frames: {seen}", flush=True)
 """
 
 
@@ -123,19 +149,19 @@ def hosts():
         h.remove()
 
 
-class LineClient:
-    """CLIENT in a namespace, driven through its stdin and stdout; stopped by pid."""
+class Piped:
+    """A script in a namespace, driven through its stdin and stdout; stopped by pid."""
 
-    def __init__(self, ns: str, host: str, port: int):
-        self.name = f"client in {ns}"
-        self.proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", CLIENT,
-                                      host, str(port)],
+    def __init__(self, ns: str, script: str, *args: str, ready: str, name: str):
+        self.name = name
+        self.proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", script,
+                                      *args],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True, bufsize=1)
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.seen: list[str] = []
         threading.Thread(target=self._pump, daemon=True).start()
-        self.expect(lambda line: line == "connected")
+        self.expect(lambda line: line == ready)
 
     def _pump(self) -> None:
         for line in self.proc.stdout:
@@ -166,6 +192,17 @@ class LineClient:
     def expect_prefix(self, prefix: str) -> str:
         return self.expect(lambda line: line.startswith(prefix))
 
+    def finish(self, timeout: float = 15.0) -> str:
+        """Close stdin; return the last line it prints before it exits."""
+        self.proc.stdin.close()
+        last = ""
+        deadline = time.monotonic() + timeout
+        while (line := self.lines.get(timeout=max(0.0, deadline - time.monotonic()))) is not None:
+            self.seen.append(line)
+            last = line
+        self.proc.wait(timeout)
+        return last
+
     def handshake(self) -> str:
         self.expect(lambda line: line == "Welcome to PyChat Server!")
         self.uid = self.expect_prefix("ID:")[3:]
@@ -175,6 +212,13 @@ class LineClient:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait()
+
+
+class LineClient(Piped):
+    """CLIENT in a namespace."""
+
+    def __init__(self, ns: str, host: str, port: int):
+        super().__init__(ns, CLIENT, host, str(port), ready="connected", name=f"client in {ns}")
 
 
 def in_ns(ns: str, *argv: str) -> list[str]:
@@ -189,17 +233,40 @@ def bus_peers(ns: str) -> set[str]:
     return {line.split()[-1].rsplit(":", 1)[0] for line in r.stdout.splitlines() if line}
 
 
-def test_router_and_acceptors_on_three_hosts_chat(hosts, tmp_path):
+def make_keys(folder) -> str:
+    r = subprocess.run([sys.executable, "-m", "pychat", "keys", str(folder), "--acceptors",
+                        str(len(ACCEPTOR_ADDRS))], capture_output=True, text=True, timeout=30,
+                       cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT))
+    assert r.returncode == 0, r.stderr
+    return str(folder)
+
+
+@pytest.mark.parametrize("curve", [False, True], ids=["plain-bus", "curvezmq"])
+def test_router_and_acceptors_on_three_hosts_chat(hosts, tmp_path, curve):
+    router_keys: list[str] = []
+    acceptor_keys: list[list[str]] = [[] for _ in ACCEPTOR_ADDRS]
+    if curve:
+        keys = make_keys(tmp_path / "keys")
+        router_keys = ["--curve-secret", f"{keys}/router.key_secret",
+                       "--curve-clients", f"{keys}/authorized"]
+        acceptor_keys = [["--curve-secret", f"{keys}/acceptor-{i}.key_secret",
+                          "--curve-server", f"{keys}/router.key"]
+                         for i in range(1, len(ACCEPTOR_ADDRS) + 1)]
     started: list[Proc | LineClient] = []
     try:
         router = Proc(in_ns(hosts.router, "router", "--bind", f"tcp://{ROUTER_ADDR}:{BUS_PORT}",
-                            "--data-dir", str(tmp_path / "data")), name="router host")
+                            "--data-dir", str(tmp_path / "data"), *router_keys),
+                      name="router host")
         started.append(router)
         router.wait_for(rf"router bound to tcp://{ROUTER_ADDR}:{BUS_PORT}")
+        if curve:
+            assert any("bus: CurveZMQ on; 2 authorised acceptor keys" in line
+                       for line in router.output)
         acceptors = []
-        for ns, addr in zip(hosts.acceptors, ACCEPTOR_ADDRS):
+        for ns, addr, keyflags in zip(hosts.acceptors, ACCEPTOR_ADDRS, acceptor_keys):
             a = Proc(in_ns(ns, "acceptor", "--host", addr, "--port", str(CLIENT_PORT),
-                           "--router", f"tcp://{ROUTER_ADDR}:{BUS_PORT}"), name=f"acceptor {addr}")
+                           "--router", f"tcp://{ROUTER_ADDR}:{BUS_PORT}", *keyflags),
+                     name=f"acceptor {addr}")
             started.append(a)
             a.wait_for(rf"listening on {addr}:{CLIENT_PORT}")
             a.wait_for(r"router \w+ is alive")
@@ -211,6 +278,9 @@ def test_router_and_acceptors_on_three_hosts_chat(hosts, tmp_path):
         # own address
         assert bus_peers(hosts.router) == set(ACCEPTOR_ADDRS)
 
+        marker = f"marker-{uuid.uuid4().hex}"
+        sniffer = Piped(hosts.router, SNIFFER, marker, ready="capturing", name="sniffer")
+        started.append(sniffer)
         c1 = LineClient(hosts.acceptors[0], ACCEPTOR_ADDRS[0], CLIENT_PORT)
         started.append(c1)
         c2 = LineClient(hosts.acceptors[1], ACCEPTOR_ADDRS[1], CLIENT_PORT)
@@ -230,6 +300,14 @@ def test_router_and_acceptors_on_three_hosts_chat(hosts, tmp_path):
         c1.expect(lambda line: line == "ROOM:#ops")
         c2.send("in ops now")
         assert c1.expect_prefix(f"{u2}:") == f"{u2}: in ops now"
+        # what the bus carries between the hosts: the line in clear text, or not with CurveZMQ
+        c1.send(marker)
+        assert c2.expect_prefix(f"{u1}:") == f"{u1}: {marker}"
+        crossed = int(sniffer.finish().rsplit(" ", 1)[1])
+        if curve:
+            assert crossed == 0
+        else:
+            assert crossed >= 2  # a1 -> router (the command), router -> a2 (the chat line)
     finally:
         for p in reversed(started):
             p.stop()
