@@ -146,7 +146,7 @@ class Acceptor:
         """Once a second over every session: close the idle and the slowloris, with ERROR:.
 
         A session paused by the flood limit is not the client's silence (we are not reading):
-        its clocks restart instead."""
+        it is skipped, and its clocks restart when reading resumes (``Session._unpause``)."""
         self._sweep_handle = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
         idle = self.limits.idle_timeout
         unfinished = self.limits.partial_line_timeout
@@ -155,13 +155,9 @@ class Acceptor:
         now = self.loop.time()
         late: list[tuple[Session, str, str]] = []
         for s in self.sessions.values():
-            if s.quitting:
+            if s.quitting or s.paused:
                 continue
-            if s.paused:
-                s.seen = now
-                if s.line_since:
-                    s.line_since = now
-            elif unfinished and s.line_since and now - s.line_since > unfinished:
+            if unfinished and s.line_since and now - s.line_since > unfinished:
                 late.append((s, f"ERROR: line not finished in {unfinished:g} s",
                              "unfinished line"))
             elif idle and now - s.seen > idle:

@@ -179,6 +179,9 @@ class Session(asyncio.Protocol):
         self._process(items)
         if not self.pending and self.paused and self.transport is not None:
             self.paused = False
+            self.seen = now = self.acceptor.loop.time()  # paused time was ours, not the
+            if self.line_since:                           # client's: idle clocks restart
+                self.line_since = now
             if not self.transport.is_closing():
                 self.transport.resume_reading()
 
