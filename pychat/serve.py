@@ -26,7 +26,7 @@ import threading
 import time
 
 from acceptor.__main__ import (LIMIT_FLAGS, TLS_FLAGS, add_limit_options, add_tls_options,
-                               tls_context)
+                               curve_keys, tls_context)
 from pychat.config import add_logging, endpoint, option, port, positive, setup_logging
 from router.__main__ import ROUTER_FLAGS, add_time_history_options
 
@@ -59,18 +59,29 @@ def build_parser() -> argparse.ArgumentParser:
            help="seconds between bus heartbeats")
     add_limit_options(p)
     add_tls_options(p)
+    option(p, "--curve-secret", "PYCHAT_CURVE_SECRET", default="",
+           help="with --router tcp://...: the acceptors' CurveZMQ secret key file "
+                "(acceptor-N.key_secret from `pychat keys`); ignored on a private ipc:// bus")
+    option(p, "--curve-server", "PYCHAT_CURVE_SERVER", default="",
+           help="with --router tcp://...: the router's CurveZMQ public key file (router.key)")
     add_time_history_options(p)
     add_logging(p)
     return p
 
 
-def curve_off_on_ipc(bus: str) -> None:
-    """CurveZMQ is for a bus that crosses hosts. On an ipc:// bus (the private default) keep it
-    off even when the environment names keys (meant for a router or acceptor run by hand):
-    the children inherit our environment without them."""
-    if bus.startswith("ipc://"):
-        for key in [k for k in os.environ if k.startswith("PYCHAT_CURVE_")]:
-            del os.environ[key]
+def use_curve(args: argparse.Namespace, bus: str) -> bool:
+    """CurveZMQ is for a bus that crosses hosts: the acceptors use the keys only toward a router
+    run elsewhere (``--router``) that is not on ipc://. Otherwise keys (flags or environment)
+    are ignored, and kept from the children's environment too."""
+    wanted = bool(args.curve_secret or args.curve_server)
+    if wanted and args.router and not bus.startswith("ipc://"):
+        return True
+    if wanted:
+        log.warning("CurveZMQ keys ignored: they are for acceptors reaching a router elsewhere "
+                    "over tcp:// (--router); this bus is %s", bus)
+    for key in [k for k in os.environ if k.startswith("PYCHAT_CURVE_")]:
+        del os.environ[key]
+    return False
 
 
 class Child:
@@ -104,6 +115,7 @@ class Supervisor:
         self.children: list[Child] = []
         self.port = args.port
         self._hold: socket.socket | None = None
+        self.curve = False  # the acceptors get CurveZMQ keys (see use_curve)
 
     def reserve_port(self, reuse: bool) -> None:
         """For ``--port 0``: pick a free port once, so every acceptor binds the same one."""
@@ -144,6 +156,9 @@ class Supervisor:
         for key in TLS_FLAGS:
             if getattr(a, key):
                 limits += ["--" + key.replace("_", "-"), os.path.abspath(getattr(a, key))]
+        if self.curve:
+            limits += ["--curve-secret", os.path.abspath(a.curve_secret),
+                       "--curve-server", os.path.abspath(a.curve_server)]
         for i in range(n):
             argv = ["acceptor", "--host", a.host, "--port", str(self.port), "--router", self.bus,
                     "--name", f"{socket.gethostname()}-{os.getpid()}-a{i + 1}",
@@ -241,8 +256,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     tls_context(parser, args)  # unusable certificate files: a usage error before any child
     setup_logging(args.log_level)
+    curve = use_curve(args, args.router or args.bus or "ipc://")
+    if curve:
+        curve_keys(parser, args)  # unreadable key files: a usage error before any child
     sup = Supervisor(args)
-    curve_off_on_ipc(sup.bus)
+    sup.curve = curve
     sup.handle_signals()
     try:
         sup.plan()

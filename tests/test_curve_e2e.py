@@ -11,6 +11,7 @@ environment are ignored.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 
 import pytest
@@ -138,6 +139,28 @@ def test_curve_options_are_checked_before_anything_starts(keys):
         assert r.returncode == 2 and says in r.stderr, (argv, r.stderr)
 
 
+def test_serve_with_a_router_elsewhere_passes_the_keys_to_its_acceptors(procs, connect, keys,
+                                                                       tmp_path):
+    router, endpoint = curve_router(procs, keys)
+    p, port = start_serve("--router", endpoint, "--heartbeat", HEARTBEAT,
+                          "--curve-secret", f"{keys}/acceptor-1.key_secret",
+                          "--curve-server", f"{keys}/router.key", acceptors=1)
+    procs.append(p)
+    a = connect(port)
+    a.handshake()
+    a.send("through serve")
+    assert a.expect_prefix(f"{a.uid}:") == f"{a.uid}: through serve"
+    assert re.search(r"router tcp://\S+ \(CurveZMQ\)", "\n".join(p.output))
+    # the same serve with a key the router does not know: its acceptor never gets in
+    other = make_keys(tmp_path / "other")
+    q, qport = start_serve("--router", endpoint, "--heartbeat", HEARTBEAT,
+                           "--curve-secret", f"{other}/acceptor-1.key_secret",
+                           "--curve-server", f"{keys}/router.key", acceptors=1)
+    procs.append(q)
+    with pytest.raises(TimeoutError):
+        q.wait_for(r"router \w+ is alive", timeout=3)
+
+
 def test_serve_on_ipc_ignores_curve_keys_in_the_environment(procs, connect, keys):
     p, port = start_serve(env={"PYCHAT_CURVE_SECRET": f"{keys}/acceptor-1.key_secret",
                                "PYCHAT_CURVE_SERVER": f"{keys}/router.key"})
@@ -146,4 +169,5 @@ def test_serve_on_ipc_ignores_curve_keys_in_the_environment(procs, connect, keys
     a.handshake()
     a.send("plain ipc bus")
     assert a.expect_prefix(f"{a.uid}:") == f"{a.uid}: plain ipc bus"
-    assert "CurveZMQ" not in "\n".join(p.output)
+    log = "\n".join(p.output)
+    assert "CurveZMQ keys ignored" in log and "(CurveZMQ)" not in log
