@@ -1,0 +1,249 @@
+"""Hostile clients, measured: acceptor memory with stalled clients, and latency under a flood.
+
+Two figures, each from a fresh ``pychat serve --history memory`` on loopback:
+
+1. **Stalled clients and memory.** One acceptor (``--acceptors 1``, so it holds every client).
+   ``pychat loadtest`` runs 100 active clients (``--senders`` of them sending ``--rate`` messages/s
+   of ``--size`` bytes, all in ``#lobby``) with and without 100 *stalled* clients beside them:
+   sockets with a 4 KiB receive buffer that connect and never read a byte. The acceptor's RSS is
+   sampled every 50 ms (``/proc/PID/status``); the figure is its peak, and what the stalled
+   clients add to it. A stalled client is dropped once its send queue stays over ``--send-queue``
+   (default 256 KiB) for a stall check (1 s), so what it can cost is bounded.
+2. **Flood latency ratio.** The default two acceptors. ``pychat loadtest`` (100 clients) measures
+   message latency alone ("quiet"), then with one more client in the same room sending lines
+   flat out and reading what comes back ("flood"). The flood limit (burst 100, then 50 lines/s)
+   pauses reading from the flooder, so it is slowed, and the others' latency should stay within
+   2x of quiet. Quiet and flood alternate ``--rounds`` times; medians are reported.
+
+Run on demand, not in CI (about 2 minutes):
+
+    python3 bench/faults.py [--rate 500] [--size 200] [--duration 15] [--rounds 3]
+
+Only 127.0.0.1 is used. The load generator runs on the same machine as the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from tests.procs import start_serve  # noqa: E402
+
+
+def rss_kib(pid: int, field: str = "VmRSS") -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+class RssSampler(threading.Thread):
+    def __init__(self, pid: int, every: float = 0.05):
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.every = every
+        self.peak = 0
+        self.samples: list[int] = []
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            try:
+                kib = rss_kib(self.pid)
+            except OSError:
+                return
+            self.samples.append(kib)
+            self.peak = max(self.peak, kib)
+            self.done.wait(self.every)
+
+
+def child_pid(serve, role: str) -> int:
+    for line in serve.output:  # printed before "serving on", which start_serve waited for
+        if m := re.search(rf"started {role} \(pid (\d+)\)", line):
+            return int(m.group(1))
+    raise RuntimeError(f"no pid for {role}")
+
+
+def loadtest(port: int, args, pids: list[int], extra: list[str] = ()) -> dict:
+    argv = [sys.executable, "-m", "pychat", "loadtest", "--port", str(port),
+            "--clients", str(args.clients), "--senders", str(args.senders),
+            "--rate", str(args.rate), "--size", str(args.size),
+            "--duration", str(args.duration), "--json", "--quiet", *extra]
+    for pid in pids:
+        argv += ["--server-pid", str(pid)]
+    r = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT,
+                       env=dict(os.environ, PYTHONPATH=ROOT), timeout=args.duration + 120)
+    try:
+        return json.loads(r.stdout)
+    except json.JSONDecodeError:
+        raise RuntimeError(f"loadtest failed ({r.returncode}): {r.stderr[-2000:]}") from None
+
+
+# ---- 1. stalled clients ---------------------------------------------------------------------------
+
+def stalled_run(args, stalled: int) -> dict:
+    serve, port = start_serve("--history", "memory", *args.serve_arg, acceptors=1)
+    try:
+        acc = child_pid(serve, "acceptor 1")
+        base = rss_kib(acc)
+        socks = []
+        for _ in range(stalled):
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.connect(("127.0.0.1", port))  # and never read
+            socks.append(s)
+        sampler = RssSampler(acc)
+        sampler.start()
+        summary = loadtest(port, args, [acc])
+        sampler.done.set()
+        sampler.join()
+        reasons = [re.sub(r".*disconnected: ", "", line) for line in serve.output
+                   if "disconnected: send queue over" in line]
+        dropped = len(reasons)
+        for s in socks:
+            s.close()
+        return {"stalled": stalled, "active": args.clients, "rss_start_mib": base / 1024,
+                "rss_peak_mib": sampler.peak / 1024,
+                "rss_end_mib": (sampler.samples[-1] if sampler.samples else 0) / 1024,
+                "stalled_dropped": dropped, "lost": summary["lost"],
+                "drop_reasons": {r: reasons.count(r) for r in set(reasons)},
+                "delivered": summary["delivered"],
+                "p50_ms": summary["latency_ms"].get("p50"),
+                "p99_ms": summary["latency_ms"].get("p99")}
+    finally:
+        serve.stop()
+
+
+# ---- 2. flood -------------------------------------------------------------------------------------
+
+class Flooder:
+    """One client sending lines flat out, reading (and counting) its own echoes."""
+
+    def __init__(self, port: int):
+        self.sock = socket.create_connection(("127.0.0.1", port))
+        self.stop = threading.Event()
+        self.sent = 0
+        self.echoed = 0
+        self.uid = b""
+        self.began = 0.0
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.writer = threading.Thread(target=self._write, daemon=True)
+
+    def start(self) -> None:
+        self.began = time.monotonic()
+        self.reader.start()
+        self.writer.start()
+
+    def _read(self) -> None:
+        buf = b""
+        try:
+            while chunk := self.sock.recv(1 << 16):
+                buf += chunk
+                if not self.uid and (m := re.search(rb"ID:(\d{6})\n", buf)):
+                    self.uid = m.group(1)
+                if self.uid:
+                    self.echoed += buf.count(self.uid + b": flood ")
+                buf = buf[buf.rfind(b"\n") + 1:]
+        except OSError:
+            pass
+
+    def _write(self) -> None:
+        batch = b"".join(b"flood %06d %s\n" % (i, b"f" * 100) for i in range(1000))
+        try:
+            while not self.stop.is_set():
+                self.sock.sendall(batch)  # blocks while the server is not reading from us
+                self.sent += 1000
+        except OSError:
+            pass
+
+    def finish(self) -> dict:
+        took = time.monotonic() - self.began
+        self.stop.set()
+        self.sock.close()
+        return {"echoed": self.echoed, "echo_rate_per_s": self.echoed / took}
+
+
+def flood_rounds(args) -> dict:
+    serve, port = start_serve("--history", "memory", *args.serve_arg)
+    try:
+        pids = [child_pid(serve, r) for r in ("router", "acceptor 1", "acceptor 2")]
+        quiet, flood, flooders = [], [], []
+        for _ in range(args.rounds):
+            quiet.append(loadtest(port, args, pids))
+            f = Flooder(port)
+            f.start()
+            flood.append(loadtest(port, args, pids))
+            flooders.append(f.finish())
+        med = statistics.median
+        q50 = med(r["latency_ms"]["p50"] for r in quiet)
+        q99 = med(r["latency_ms"]["p99"] for r in quiet)
+        f50 = med(r["latency_ms"]["p50"] for r in flood)
+        f99 = med(r["latency_ms"]["p99"] for r in flood)
+        return {"quiet_p50_ms": q50, "quiet_p99_ms": q99, "flood_p50_ms": f50,
+                "flood_p99_ms": f99, "ratio_p50": f50 / q50, "ratio_p99": f99 / q99,
+                "flooder_echo_rate_per_s": med(f["echo_rate_per_s"] for f in flooders),
+                "lost": sum(r["lost"] for r in quiet + flood),
+                "rounds": [{"quiet": (q["latency_ms"]["p50"], q["latency_ms"]["p99"]),
+                            "flood": (f["latency_ms"]["p50"], f["latency_ms"]["p99"])}
+                           for q, f in zip(quiet, flood)]}
+    finally:
+        serve.stop()
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--clients", type=int, default=100, help="active loadtest clients")
+    p.add_argument("--senders", type=int, default=10)
+    p.add_argument("--rate", type=float, default=500.0, help="messages/s, all senders together")
+    p.add_argument("--size", type=int, default=200, help="bytes per message")
+    p.add_argument("--duration", type=float, default=15.0, help="seconds per loadtest run")
+    p.add_argument("--stalled", type=int, default=100)
+    p.add_argument("--rounds", type=int, default=3, help="quiet/flood pairs")
+    p.add_argument("--only", choices=["stalled", "flood"], default=None)
+    p.add_argument("--serve-arg", action="append", default=[],
+                   help="an extra argument for pychat serve (repeat: --serve-arg=--send-queue "
+                        "--serve-arg=65536)")
+    p.add_argument("--json-out", default="", help="also write the results to this file")
+    args = p.parse_args()
+    out: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, "
+                            f"Python {platform.python_version()}",
+                 "load": f"{args.clients} clients, {args.senders} senders, {args.rate:g} msg/s "
+                         f"of {args.size} B, {args.duration:g} s",
+                 "serve_args": args.serve_arg}
+    if args.only in (None, "stalled"):
+        out["active_only"] = stalled_run(args, 0)
+        out["with_stalled"] = stalled_run(args, args.stalled)
+        a, s = out["active_only"], out["with_stalled"]
+        print(f"acceptor RSS peak: {a['rss_peak_mib']:.1f} MiB with {args.clients} active; "
+              f"{s['rss_peak_mib']:.1f} MiB with {args.stalled} stalled as well "
+              f"({s['stalled_dropped']} of them dropped for their send queue); "
+              f"p99 {a['p99_ms']:.1f} vs {s['p99_ms']:.1f} ms; lost {a['lost']}+{s['lost']}",
+              flush=True)
+    if args.only in (None, "flood"):
+        f = out["flood"] = flood_rounds(args)
+        print(f"latency p50 {f['quiet_p50_ms']:.1f} -> {f['flood_p50_ms']:.1f} ms "
+              f"(x{f['ratio_p50']:.2f}), p99 {f['quiet_p99_ms']:.1f} -> {f['flood_p99_ms']:.1f} ms "
+              f"(x{f['ratio_p99']:.2f}); the flooder got {f['flooder_echo_rate_per_s']:.1f} "
+              f"lines/s through; lost {f['lost']}", flush=True)
+    print(json.dumps(out, indent=2))
+    if args.json_out:
+        with open(args.json_out, "w") as fh:
+            json.dump(out, fh, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
