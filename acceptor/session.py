@@ -179,8 +179,9 @@ class Session(asyncio.Protocol):
         self._process(items)
         if not self.pending and self.paused and self.transport is not None:
             self.paused = False
-            self.seen = now = self.acceptor.loop.time()  # paused time was ours, not the
-            if self.line_since:                           # client's: idle clocks restart
+            # the time spent paused was ours, not the client's: the idle clocks restart
+            self.seen = now = self.acceptor.loop.time()
+            if self.line_since:
                 self.line_since = now
             if not self.transport.is_closing():
                 self.transport.resume_reading()
