@@ -243,3 +243,29 @@ def test_a_restarted_router_container_gets_its_sessions_back(tmp_path, procs, co
     assert set(a.expect_prefix("USERS:")[6:].split(",")) == {a.uid, b.uid}
     a.send("back in ops")
     assert b.expect_prefix(f"{a.uid}:") == f"{a.uid}: back in ops"
+
+
+def test_curvezmq_keys_through_the_file(tmp_path, procs, connect, container_env_only):
+    """The recipe in docs/OPERATIONS.md (Keys): each service's key files named in the shell,
+    the secret keys by role. Here the paths are on this machine instead of a /keys mount."""
+    keys = tmp_path / "keys"
+    r = subprocess.run([sys.executable, "-m", "pychat", "keys", str(keys)], capture_output=True,
+                       text=True, timeout=30, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT))
+    assert r.returncode == 0, r.stderr
+    svcs = services(shell_env={"PYCHAT_ROUTER_CURVE_SECRET": f"{keys}/router.key_secret",
+                               "PYCHAT_CURVE_CLIENTS": f"{keys}/authorized",
+                               "PYCHAT_ACCEPTOR_CURVE_SECRET": f"{keys}/acceptor-1.key_secret",
+                               "PYCHAT_CURVE_SERVER": f"{keys}/router.key"})
+    assert svcs["router"].env["PYCHAT_CURVE_SECRET"].endswith("router.key_secret")
+    assert svcs["acceptor"].env["PYCHAT_CURVE_SECRET"].endswith("acceptor-1.key_secret")
+    rewrite(svcs, tmp_path / "volumes")
+    running = compose_up(svcs, procs)
+    assert said(running["router"], r"bus: CurveZMQ on; 1 authorised acceptor keys")
+    for _ in range(int(svcs["acceptor"].env["PYCHAT_ACCEPTORS"])):
+        running["router"].wait_for(r"acceptor \S+ joined")
+    port = int(svcs["acceptor"].env["PYCHAT_PORT"])
+    a, b = connect(port), connect(port)
+    a.handshake()
+    b.handshake()
+    a.send("over curve")
+    assert b.expect_prefix(f"{a.uid}:") == f"{a.uid}: over curve"
