@@ -121,15 +121,13 @@ def test_a_killed_router_is_restarted_and_clients_keep_uid_name_and_room(procs, 
     victim = child_pids(p)["router"]
     os.kill(victim, signal.SIGKILL)
     p.wait_for(rf"router \(pid {victim}\) died")
-    epoch = p.wait_for(r"router bound to .* \(epoch (\w+)\)").group(1)
-    # wait until both acceptors serve the new router: one that knew the old router replays its
-    # sessions; one that never reached it (killed that early) just joins. Before that, a user
-    # on the other acceptor is not known to the new router yet.
-    ready: set[str] = set()
-    while len(ready) < 2:
-        ready.add(p.wait_for(rf"pychat\.acceptor\[(\d+)\] INFO (router {epoch} is alive|"
-                             rf"resyncing \d+ sessions: router restarted \(epoch {epoch}\))"
-                             ).group(1))
+    new_pid = p.wait_for(r"pychat\.router\[(\d+)\] INFO router bound to").group(1)
+    # wait until the new router has taken both acceptors' Hello (and with it, in the same batch,
+    # their sessions): before that, a user on the other acceptor is not known to it yet
+    joined: set[str] = set()
+    while len(joined) < 2:
+        joined.add(p.wait_for(rf"pychat\.router\[{new_pid}\] INFO acceptor (\S+) joined"
+                              ).group(1))
     b.send("/msg alice back?")
     assert a.expect_prefix("[Private]", timeout=15) == f"[Private] {b.uid}: back?"
     a.send("/users")
