@@ -49,7 +49,7 @@ class Limits:
     lines_per_turn: int = 256  # lines of one client handled before others get a turn
     coalesce_ms: float = 10.0  # the longest a line waits to share a write (0: every turn)
     coalesce_factor: float = 1.0  # the wait, as a multiple of how long the last flush took
-    idle_timeout: float = 300.0  # seconds without a byte from a client before it is closed (0: off)
+    idle_timeout: float = 0.0  # seconds without a byte from a client before it is closed (0: off)
     partial_line_timeout: float = 30.0  # seconds an unfinished line may stay unfinished (0: off)
     max_per_address: int = 64  # clients from one IP address on this acceptor ...
     per_address_exempt: str = "loopback"  # ... except these: addresses, "loopback" or "none"

@@ -86,7 +86,7 @@ def test_max_per_address_leaves_loopback_alone_by_default(start, clients):
 def test_fault_limit_defaults_are_safe():
     d = Limits()
     d.check()
-    assert d.idle_timeout == 300 and d.partial_line_timeout == 30 and d.max_per_address == 64
+    assert d.idle_timeout == 0 and d.partial_line_timeout == 30 and d.max_per_address == 64
     Limits(idle_timeout=0, partial_line_timeout=0).check()  # 0: off
 
 
