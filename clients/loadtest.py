@@ -27,7 +27,7 @@ from wire.framing import LineBuffer
 from .loadstats import Latencies, Summary, plot, table
 
 TICK = 0.002  # the sender tick: fine enough that arrivals are not lumped together
-CONNECT_CONCURRENCY = 256
+FLAT_OUT_IN_FLIGHT = 20  # flat out: messages per sender not yet seen by every sampled receiver
 LOADGEN_BOUND_PCT = 90.0
 
 
@@ -94,8 +94,8 @@ class Client(asyncio.Protocol):
             if not self.ready.done():
                 if b" 001 " in line:
                     self.transport.write(f"JOIN {run.room}\r\n".encode())
-                elif b" 366 " in line:  # end of NAMES: joined
-                    self.ready.set_result(None)
+                elif b" 366 " in line or (b"PONG" in line and b"settle" in line):
+                    self.ready.set_result(None)  # joined (end of NAMES), or settled
                 return
         elif not self.ready.done():
             if line.startswith(b"USERS:") or line == b"PONG settle":
@@ -143,7 +143,7 @@ class Run:
 
     async def connect_all(self) -> float:
         loop = asyncio.get_running_loop()
-        sem = asyncio.Semaphore(CONNECT_CONCURRENCY)
+        sem = asyncio.Semaphore(self.args.connect_concurrency)
         n_sampled = min(self.args.sample, self.args.clients)
         began = time.monotonic()
 
@@ -166,13 +166,15 @@ class Run:
     async def settle(self) -> None:
         """Let the arrival pushes (USERS/JOIN lines) of the connect storm drain: a ping round
         trip on every client (PyChat replies keep command order), then count from zero."""
-        if self.proto == "pychat":
-            waiters = []
-            for c in self.clients:
-                c.ready = asyncio.get_running_loop().create_future()
-                c.transport.write(b"/ping settle\n")
-                waiters.append(c.ready)
-            await asyncio.wait_for(asyncio.gather(*waiters), self.args.timeout)
+        ping = b"/ping settle\n" if self.proto == "pychat" else b"PING :settle\r\n"
+        waiters = []
+        for c in self.clients:
+            if c.closed:
+                continue
+            c.ready = asyncio.get_running_loop().create_future()
+            c.transport.write(ping)
+            waiters.append(c.ready)
+        await asyncio.wait_for(asyncio.gather(*waiters), self.args.timeout)
         for c in self.clients:
             c.counting = True
             c.count = 0
@@ -187,6 +189,8 @@ class Run:
         deadline = None if count else time.monotonic() + args.duration
         self.t0 = time.monotonic()
         seqs = [0] * len(senders)
+        sampled = [c for c in self.clients if c.sampled and not c.closed]
+        window = FLAT_OUT_IN_FLIGHT * len(senders)
         k = 0
         next_progress = self.t0 + 1
         while True:
@@ -195,14 +199,14 @@ class Run:
                 break
             if args.rate:
                 due = int((now - self.t0) * args.rate) - self.sent
-                if count:
-                    due = min(due, count - self.sent)
-            else:
-                due = sum(1 for s in senders if not s.paused) * 8
+            else:  # flat out: as fast as the server takes them, a bounded number in flight
+                due = window - (self.sent - min((c.count for c in sampled), default=0))
+            if count:
+                due = min(due, count - self.sent)
             for _ in range(max(0, due)):
                 s = senders[k % len(senders)]
                 k += 1
-                if s.closed or (not args.rate and s.paused):
+                if s.closed:
                     continue
                 s.send(f"LT {s.idx} {seqs[s.idx]} {time.monotonic_ns()} {self.pad}")
                 seqs[s.idx] += 1
@@ -212,7 +216,7 @@ class Run:
             if now >= next_progress:
                 next_progress += 1
                 self.progress(now)
-            await asyncio.sleep(TICK if args.rate else 0)
+            await asyncio.sleep(TICK if args.rate or due <= 0 else 0)
         return time.monotonic() - self.t0
 
     def delivered(self) -> int:
@@ -350,6 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
     option(p, "--room", "PYCHAT_LT_ROOM", default="#load", help="IRC channel to join")
     option(p, "--timeout", "PYCHAT_LT_TIMEOUT", default=60.0, type=positive(float),
            help="seconds to wait for connections and the settle round")
+    option(p, "--connect-concurrency", "PYCHAT_LT_CONNECT_CONCURRENCY", default=256,
+           type=positive(int), help="connections opened at once (a server with a short listen "
+                                    "backlog needs fewer)")
     option(p, "--loop", "PYCHAT_LT_LOOP", default="auto", choices=["auto", "asyncio", "uvloop"],
            help="event loop (auto: uvloop when installed)")
     p.add_argument("--server-pid", type=int, action="append", default=[],
