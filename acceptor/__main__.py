@@ -12,7 +12,7 @@ import socket
 import sys
 
 from pychat.config import (BadValue, add_logging, add_ready_fd, endpoint, non_negative, option,
-                           port, positive, setup_logging, signal_ready)
+                           port, positive, setup_logging, signal_ready, zero_or_more)
 from pychat.keys import load_public, load_secret
 
 from .limits import Limits, exempt_addresses
@@ -62,14 +62,7 @@ LIMIT_FLAGS = ("max_line", "send_queue", "send_queue_hard", "stall_check", "floo
 TLS_FLAGS = ("tls_cert", "tls_key")
 
 
-def seconds_or_off(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise BadValue(f"not a number of seconds: {text!r}") from None
-    if not 0 <= value < float("inf"):
-        raise BadValue(f"must be 0 (off) or more seconds: {text!r}")
-    return value
+seconds_or_off = zero_or_more("seconds", "off")
 
 
 def address_list(text: str) -> str:

@@ -42,6 +42,20 @@ def positive(cast: Callable[[str], Any]) -> Callable[[str], Any]:
     return check
 
 
+def zero_or_more(unit: str, zero: str) -> Callable[[str], float]:
+    """A finite number of ``unit`` >= 0, where 0 means ``zero`` (off, forever...)."""
+    def check(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise BadValue(f"not a number of {unit}: {text!r}") from None
+        if not 0 <= value < math.inf:
+            raise BadValue(f"must be 0 ({zero}) or more {unit}: {text!r}")
+        return value
+    check.__name__ = unit
+    return check
+
+
 def non_negative(text: str) -> int:
     if not (text.isascii() and text.isdigit()):
         raise BadValue(f"not a whole number >= 0: {text!r}")

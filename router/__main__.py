@@ -15,7 +15,7 @@ import sys
 import zmq
 
 from pychat.config import (BadValue, add_logging, add_ready_fd, endpoint, option, positive,
-                           setup_logging, signal_ready)
+                           setup_logging, signal_ready, zero_or_more)
 from pychat.keys import count_public_keys, load_secret, start_authenticator
 
 from .clock import LocalClock, NtpClock, parse_servers
@@ -43,14 +43,7 @@ def ntp_servers(text: str) -> str:
         raise BadValue(f"not a list of NTP servers: {e}") from None
 
 
-def days(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise BadValue(f"not a number of days: {text!r}") from None
-    if not 0 <= value < float("inf"):
-        raise BadValue(f"must be 0 (forever) or more days: {text!r}")
-    return value
+days = zero_or_more("days", "forever")
 
 
 def add_time_history_options(p: argparse.ArgumentParser) -> None:
