@@ -175,8 +175,10 @@ class Acceptor:
 
     def reply(self, s: Session, text: str, close: bool) -> None:
         """Send a locally made reply round through the router, so it reaches the client after
-        the results of earlier commands; answer at once while no router is there."""
-        if self.router_alive:
+        the results of earlier commands (its ID and USERS too, for a client that has just
+        connected). Before we have heard any router the relay waits in the bus queue like the
+        commands do; only when the router we heard has gone silent do we answer at once."""
+        if self.router_alive or self.router_epoch is None:
             self.link.send(bus.Relay(s.conn, text, int(close)))
         else:
             s.send_line(text)

@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from acceptor.__main__ import build_parser as acceptor_parser
+from clients.core import Connection
 from pychat.serve import build_parser as serve_parser
 from router.__main__ import build_parser as router_parser
 
@@ -180,3 +181,17 @@ def test_help_exits_zero(argv):
     r = subprocess.run(python_m(*argv), capture_output=True, text=True, timeout=30, cwd=ROOT,
                        env=dict(os.environ, PYTHONPATH=ROOT))
     assert r.returncode == 0 and "usage:" in r.stdout
+
+
+def test_a_client_right_after_start_gets_its_handshake_before_any_reply(procs):
+    """The first clients may arrive before the acceptors have heard the router: a local reply
+    (PONG) must still come after the client's ID and USERS, and after the echo of its line."""
+    p, port = start_serve()
+    procs.append(p)
+    with Connection("127.0.0.1", port) as c:  # connects, reads nothing yet
+        c.send_raw(b"first words\n/ping first\n")
+        lines = [c.read_line() for _ in range(5)]
+    assert lines[0] == "Welcome to PyChat Server!"
+    assert lines[1].startswith("ID:") and lines[2].startswith("USERS:")
+    assert lines[3] == f"{lines[1][3:]}: first words"
+    assert lines[4] == "PONG first"
