@@ -12,6 +12,7 @@ COMMANDS = {
     "gui": ("clients.gui", "the Tk desktop client"),
     "console": ("clients.console", "the terminal client (reads stdin when it is not a terminal)"),
     "loadtest": ("clients.loadtest", "simulate many users and measure the server"),
+    "status": ("pychat.status", "print a running router's view (acceptors, users, rooms, rate)"),
     "keys": ("pychat.keys", "make CurveZMQ key files for a trusted router-acceptor bus"),
 }
 

@@ -16,6 +16,7 @@ cannot be held, or waited too long, is answered with ``ERROR: not sent ...``: ne
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import signal
@@ -35,6 +36,7 @@ from .state import Delivery, RouterState
 log = logging.getLogger("pychat.router")
 
 MISSED_HEARTBEATS = 3
+RATE_WINDOW = 10  # seconds over which `pychat status` reports messages per second
 
 
 class Peer:
@@ -77,6 +79,8 @@ class RouterServer:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self.received = 0
+        self.started = time.monotonic()
+        self._chat_seconds: deque[list[float]] = deque(maxlen=RATE_WINDOW + 1)  # [sec, count]
 
     def bind(self) -> None:
         self.sock.bind(self.endpoint)
@@ -165,6 +169,9 @@ class RouterServer:
         except (BusError, UnicodeDecodeError) as e:
             log.warning("dropped a bad batch from %r: %s", ident, e)
             return
+        if messages and all(isinstance(m, bus.StatusAsk) for m in messages):
+            self._send_raw(ident, [bus.Status(json.dumps(self.status()))])
+            return
         peer = self.peers.get(acceptor)
         if peer is None and not any(isinstance(m, bus.Hello) for m in messages):
             self._hold(acceptor, ident, messages, now, out)
@@ -193,6 +200,8 @@ class RouterServer:
             kind = type(msg)
             if kind is bus.Cmd:
                 deliveries = state.command(acceptor, msg.conn, msg.command)
+                if msg.command.kind in ("say", "msg"):
+                    self._count_chat(now)
             elif kind is bus.Heartbeat:
                 continue
             elif kind is bus.Relay:  # no state involved: back in order behind earlier results
@@ -243,6 +252,35 @@ class RouterServer:
                 log.warning("acceptor %s never resynced; refusing %d held messages",
                             acceptor, len(held))
                 self._refuse(acceptor.encode("utf-8"), held, "the router did not hear back")
+
+    def _count_chat(self, now: float) -> None:
+        second = float(int(now))
+        if self._chat_seconds and self._chat_seconds[-1][0] == second:
+            self._chat_seconds[-1][1] += 1
+        else:
+            self._chat_seconds.append([second, 1])
+
+    def status(self) -> dict:
+        """The router's view for operators (`pychat status`)."""
+        now = time.monotonic()
+        state = self.state
+        per_acceptor: dict[str, int] = {}
+        for user in state.users.values():
+            per_acceptor[user.acceptor] = per_acceptor.get(user.acceptor, 0) + 1
+        recent = sum(n for sec, n in self._chat_seconds if now - sec <= RATE_WINDOW)
+        part = getattr
+        return {
+            "epoch": self.epoch, "endpoint": self.endpoint,
+            "uptime_s": round(now - self.started, 1),
+            "acceptors": [{"name": name, "epoch": p.epoch, "users": per_acceptor.get(name, 0),
+                           "last_heard_s": round(now - p.last_seen, 2),
+                           "backlog": len(p.backlog)} for name, p in sorted(self.peers.items())],
+            "users": len(state.users), "named": len(state.names),
+            "rooms": {room: len(members) for room, members in sorted(state.rooms.items())},
+            "messages_per_s": round(recent / RATE_WINDOW, 2),
+            "clock": part(state.clock, "status", dict)(),
+            "history": part(state.history, "status", dict)(),
+        }
 
     @staticmethod
     def _deliver(deliveries: list[Delivery], out: dict[str, list]) -> None:

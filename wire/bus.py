@@ -146,13 +146,26 @@ class Kick(BusMessage):
 
 
 @dataclass(frozen=True, slots=True)
+class StatusAsk(BusMessage):
+    """`pychat status` (not an acceptor) asks the router for its view."""
+    kind: ClassVar[str] = "status?"
+
+
+@dataclass(frozen=True, slots=True)
+class Status(BusMessage):
+    """The router's view, as one JSON object (JSON text holds no NUL)."""
+    json: str
+    kind: ClassVar[str] = "status"
+
+
+@dataclass(frozen=True, slots=True)
 class Resync(BusMessage):
     """The router does not know this acceptor: send Hello and a Sync per session."""
     kind: ClassVar[str] = "resync"
 
 
 _CLASSES = (Hello, Heartbeat, Open, Close, Sync, Relay, SessionSet, ToConn, ToRoom, ChatRoom,
-            ChatConn, Kick, Resync)
+            ChatConn, Kick, Resync, StatusAsk, Status)
 _LAYOUT: dict[str, tuple[type, tuple[tuple[str, bool], ...]]] = {
     cls.kind: (cls, tuple((f.name, f.type in ("int", int)) for f in fields(cls)))
     for cls in _CLASSES

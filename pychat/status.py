@@ -1,0 +1,77 @@
+"""``pychat status``: the router's view (acceptors alive, users, rooms, messages/s, clock).
+
+It connects to the router's bus endpoint as a short-lived DEALER that is not an acceptor, sends
+one ``status?`` batch and prints the ``status`` answer. For ``pychat serve`` the endpoint is
+the private one it prints at start (``bus ipc://...``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import zmq
+
+from wire import bus
+from wire.errors import BusError
+
+from .config import endpoint, option, positive
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pychat status",
+                                description="Print a running router's view of the chat.")
+    option(p, "--router", "PYCHAT_ROUTER", default="tcp://127.0.0.1:65431", type=endpoint,
+           help="the router's bus endpoint (pychat serve prints its own at start)")
+    option(p, "--timeout", "PYCHAT_STATUS_TIMEOUT", default=5.0, type=positive(float),
+           help="seconds to wait for the router's answer")
+    p.add_argument("--json", action="store_true", help="print the raw JSON [env: none]")
+    return p
+
+
+def ask(router: str, timeout: float) -> dict:
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.ROUTING_ID, f"status-{os.getpid()}-{os.urandom(3).hex()}".encode())
+    try:
+        sock.connect(router)
+        sock.send_multipart(bus.encode([bus.StatusAsk()]))
+        if not sock.poll(int(timeout * 1000)):
+            raise TimeoutError(f"no answer from {router} in {timeout:g} s")
+        for msg in bus.decode(sock.recv_multipart()):
+            if isinstance(msg, bus.Status):
+                return json.loads(msg.json)
+        raise BusError("the router answered without a status")
+    finally:
+        sock.close(0)
+
+
+def render(st: dict) -> str:
+    lines = [f"router {st['epoch']} on {st['endpoint']}, up {st['uptime_s']:.0f} s",
+             f"acceptors: {len(st['acceptors'])}"]
+    for a in st["acceptors"]:
+        lines.append(f"  {a['name']}: {a['users']} users, heard {a['last_heard_s']:.1f} s ago"
+                     + (f", {a['backlog']} batches behind" if a["backlog"] else ""))
+    lines.append(f"users: {st['users']} ({st['named']} named)")
+    lines.append("rooms: " + (", ".join(f"{r}={n}" for r, n in st["rooms"].items()) or "none"))
+    lines.append(f"messages/s: {st['messages_per_s']:g} (last 10 s)")
+    clock = st.get("clock") or {}
+    lines.append(f"clock: {clock.get('source', '?')}, offset {clock.get('offset_ms', 0):+.1f} ms"
+                 + (f" from {clock['server']}" if clock.get("server") else ""))
+    hist = st.get("history") or {}
+    lines.append("history: " + ", ".join(f"{k}={v}" for k, v in hist.items()))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        st = ask(args.router, args.timeout)
+    except (TimeoutError, BusError, zmq.ZMQError) as e:
+        print(f"pychat status: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(st, indent=2) if args.json else render(st))
+    return 0

@@ -1,0 +1,64 @@
+"""`pychat status` against a running `pychat serve`: the router's view, over its bus."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+
+import pytest
+
+from wire import bus
+
+from .procs import ROOT, free_port, python_m, start_serve
+
+pytestmark = pytest.mark.e2e
+
+
+def status(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run(python_m("pychat", "status", *argv), capture_output=True, text=True,
+                          timeout=30, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT))
+
+
+def test_status_messages_round_trip():
+    msgs = [bus.StatusAsk(), bus.Status(json.dumps({"users": 3, "rooms": {"#a": 1}}))]
+    assert bus.decode(bus.encode(msgs)) == msgs
+
+
+def test_status_shows_acceptors_users_rooms_and_rate(procs, connect):
+    p, port = start_serve()
+    procs.append(p)
+    endpoint = re.search(r"bus (ipc://\S+?)\)", "\n".join(p.output)).group(1)
+    a, b, c = connect(port), connect(port), connect(port)
+    for x in (a, b, c):
+        x.handshake()
+    a.send("/nick alice")
+    a.expect("OK nick alice")
+    c.send("/join #ops")
+    c.expect("ROOM:#ops")
+    b.send("one")
+    b.send("two")
+    b.expect(f"{b.uid}: two")
+    r = status("--router", endpoint, "--json")
+    assert r.returncode == 0, r.stderr
+    st = json.loads(r.stdout)
+    assert len(st["acceptors"]) == 2
+    assert sum(acc["users"] for acc in st["acceptors"]) == 3
+    assert st["users"] == 3 and st["named"] == 1
+    assert st["rooms"] == {"#lobby": 2, "#ops": 1}
+    assert st["messages_per_s"] > 0
+    assert st["clock"]["source"] == "local" and st["history"]["backend"] == "sqlite"
+    text = status("--router", endpoint)
+    assert text.returncode == 0
+    assert "acceptors: 2" in text.stdout and "rooms: #lobby=2, #ops=1" in text.stdout
+    # asking is not joining: the router still counts two acceptors, and chat goes on
+    assert len(json.loads(status("--router", endpoint, "--json").stdout)["acceptors"]) == 2
+    a.send("still here")
+    b.expect(f"{a.uid}: still here")
+
+
+def test_status_without_a_router_fails_in_time():
+    r = status("--router", f"tcp://127.0.0.1:{free_port()}", "--timeout", "0.5")
+    assert r.returncode == 1
+    assert "no answer" in r.stderr
