@@ -11,6 +11,7 @@ import signal
 import socket
 import sys
 
+from pychat.metrics import Metrics, add_metrics_options
 from pychat.config import (BadValue, add_logging, add_ready_fd, endpoint, non_negative, option,
                            port, positive, setup_logging, signal_ready, zero_or_more)
 from pychat.keys import load_public, load_secret
@@ -50,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "`pychat keys`); with --curve-server, the bus is encrypted and authenticated")
     option(p, "--curve-server", "PYCHAT_CURVE_SERVER", default="",
            help="CurveZMQ: the router's public key file (router.key)")
+    add_metrics_options(p)
     add_logging(p)
     add_ready_fd(p)
     return p
@@ -156,6 +158,25 @@ def add_limit_options(p: argparse.ArgumentParser) -> None:
                                     "drops the connection")
 
 
+def acceptor_metrics(acceptor: Acceptor) -> Metrics:
+    m = Metrics()
+    st = acceptor.stats
+    m.gauge("pychat_acceptor_connections", "clients connected", lambda: len(acceptor.sessions))
+    m.counter("pychat_acceptor_accepted_total", "clients accepted", lambda: st["accepted"])
+    m.counter("pychat_acceptor_lines_out_total", "line groups queued to clients",
+              lambda: st["lines_out"])
+    m.counter("pychat_acceptor_writes_total", "writes to client sockets", lambda: st["writes"])
+    m.counter("pychat_acceptor_send_queue_drops_total",
+              "clients disconnected for their send queue", lambda: st["send_queue_drops"])
+    m.counter("pychat_acceptor_refused_total", "clients refused (full, or per address)",
+              lambda: st["full_refusals"] + st.get("address_refusals", 0))
+    m.gauge("pychat_acceptor_bus_backlog_batches", "batches waiting for the router",
+            lambda: acceptor.link.backlog)
+    m.gauge("pychat_acceptor_router_alive", "1 while the router's heartbeats arrive",
+            lambda: 1 if acceptor.router_alive else 0)
+    return m
+
+
 def raise_fd_limit(wanted: int) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     target = hard if hard == resource.RLIM_INFINITY else min(hard, max(soft, wanted))
@@ -175,6 +196,14 @@ async def serve(args: argparse.Namespace, tls=None, curve=None) -> int:
         log.error("cannot listen on %s:%d: %s", args.host, args.port, e)
         acceptor.link.close()
         return 1
+    if args.metrics_port:
+        try:
+            acceptor_metrics(acceptor).serve(args.metrics_host, args.metrics_port)
+        except OSError as e:
+            log.error("cannot serve metrics on %s:%d: %s", args.metrics_host,
+                      args.metrics_port, e)
+            acceptor.link.close()
+            return 1
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)

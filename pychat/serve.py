@@ -27,6 +27,7 @@ import time
 
 from acceptor.__main__ import (LIMIT_FLAGS, TLS_FLAGS, add_limit_options, add_tls_options,
                                curve_keys, tls_context)
+from pychat.metrics import add_metrics_options
 from pychat.config import add_logging, endpoint, option, port, positive, setup_logging
 from router.__main__ import ROUTER_FLAGS, add_time_history_options
 
@@ -65,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     option(p, "--curve-server", "PYCHAT_CURVE_SERVER", default="",
            help="with --router tcp://...: the router's CurveZMQ public key file (router.key)")
     add_time_history_options(p)
+    add_metrics_options(p)
     add_logging(p)
     return p
 
@@ -147,6 +149,8 @@ class Supervisor:
                 router.append(flag if value else "--no-" + flag[2:])
             else:
                 router += [flag, str(value)]
+        if a.metrics_port:
+            router += ["--metrics-port", str(a.metrics_port), "--metrics-host", a.metrics_host]
         if not a.router:
             self.children.append(Child("router", ["router", "--bind", self.bus, *router,
                                                   *common]))
@@ -163,6 +167,9 @@ class Supervisor:
             argv = ["acceptor", "--host", a.host, "--port", str(self.port), "--router", self.bus,
                     "--name", f"{socket.gethostname()}-{os.getpid()}-a{i + 1}",
                     "--reuse-port" if reuse else "--no-reuse-port", *limits, *common]
+            if a.metrics_port:
+                argv += ["--metrics-port", str(a.metrics_port + i + 1),
+                         "--metrics-host", a.metrics_host]
             self.children.append(Child(f"acceptor {i + 1}", argv))
 
     def start_all(self) -> bool:

@@ -14,6 +14,7 @@ import sys
 
 import zmq
 
+from pychat.metrics import Metrics, add_metrics_options
 from pychat.config import (BadValue, add_logging, add_ready_fd, endpoint, option, positive,
                            setup_logging, signal_ready, zero_or_more)
 from pychat.keys import count_public_keys, load_secret, start_authenticator
@@ -85,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     option(p, "--curve-clients", "PYCHAT_CURVE_CLIENTS", default="",
            help="CurveZMQ: folder of the authorised acceptors' public keys (*.key)")
     add_time_history_options(p)
+    add_metrics_options(p)
     add_logging(p)
     add_ready_fd(p)
     return p
@@ -159,6 +161,17 @@ def main(argv: list[str] | None = None) -> int:
         if auth is not None:
             auth.stop()
         return 1
+    if args.metrics_port:
+        metrics = Metrics()
+        server.register_metrics(metrics)
+        try:
+            metrics.serve(args.metrics_host, args.metrics_port)
+        except OSError as e:
+            log.error("cannot serve metrics on %s:%d: %s", args.metrics_host,
+                      args.metrics_port, e)
+            server.close()
+            history.close()
+            return 1
     server.install_signal_handlers()
     clock.start()
     signal_ready(args.ready_fd, "router")

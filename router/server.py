@@ -80,6 +80,9 @@ class RouterServer:
         self._wake_w.setblocking(False)
         self.received = 0
         self.started = time.monotonic()
+        self.chat_messages = 0
+        self.bus_messages_sent = 0
+        self.turn_seconds = None  # a metrics Histogram when --metrics-port is given
         self._chat_seconds: deque[list[float]] = deque(maxlen=RATE_WINDOW + 1)  # [sec, count]
 
     def bind(self) -> None:
@@ -149,6 +152,7 @@ class RouterServer:
     def _turn(self) -> None:
         out: dict[str, list[bus.BusMessage]] = {}
         now = time.monotonic()
+        began = time.perf_counter()
         for _ in range(self.max_batches):
             try:
                 frames = self.sock.recv_multipart(zmq.NOBLOCK)
@@ -160,6 +164,8 @@ class RouterServer:
             out.setdefault(acceptor, []).append(msg)
         for acceptor, msgs in out.items():
             self._send(acceptor, msgs)
+        if self.turn_seconds is not None:
+            self.turn_seconds.observe(time.perf_counter() - began)
 
     def _handle(self, frames: list[bytes], now: float, out: dict[str, list]) -> None:
         ident = frames[0]
@@ -254,6 +260,7 @@ class RouterServer:
                 self._refuse(acceptor.encode("utf-8"), held, "the router did not hear back")
 
     def _count_chat(self, now: float) -> None:
+        self.chat_messages += 1
         second = float(int(now))
         if self._chat_seconds and self._chat_seconds[-1][0] == second:
             self._chat_seconds[-1][1] += 1
@@ -282,6 +289,27 @@ class RouterServer:
             "history": part(state.history, "status", dict)(),
         }
 
+    def register_metrics(self, m) -> None:
+        state = self.state
+        m.gauge("pychat_router_acceptors", "acceptors alive", lambda: len(self.peers))
+        m.gauge("pychat_router_users", "users online", lambda: len(state.users))
+        m.gauge("pychat_router_rooms", "rooms with members", lambda: len(state.rooms))
+        m.counter("pychat_router_chat_messages_total", "public and private messages handled",
+                  lambda: self.chat_messages)
+        m.counter("pychat_router_bus_batches_received_total", "batches from acceptors",
+                  lambda: self.received)
+        m.counter("pychat_router_bus_messages_sent_total", "messages sent to acceptors",
+                  lambda: self.bus_messages_sent)
+        m.gauge("pychat_router_bus_backlog_batches", "batches waiting for slow acceptors",
+                lambda: sum(len(p.backlog) for p in self.peers.values()))
+        m.gauge("pychat_router_clock_offset_seconds", "NTP correction applied to stamps",
+                lambda: (getattr(state.clock, "status", dict)().get("offset_ms") or 0) / 1000)
+        m.gauge("pychat_router_history_pending", "history rows waiting for the disk",
+                lambda: getattr(state.history, "status", dict)().get("pending", 0))
+        self.turn_seconds = m.histogram(
+            "pychat_router_turn_seconds", "time to handle one turn of bus batches",
+            (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0))
+
     @staticmethod
     def _deliver(deliveries: list[Delivery], out: dict[str, list]) -> None:
         for acceptor, msg in deliveries:
@@ -291,6 +319,7 @@ class RouterServer:
         peer = self.peers.get(acceptor)
         if peer is None or not msgs:
             return
+        self.bus_messages_sent += len(msgs)
         frames = [peer.ident, *bus.encode(msgs)]
         if peer.backlog:
             peer.backlog.append(frames)
