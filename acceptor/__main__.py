@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(e))
     tls = tls_context(parser, args)
     curve = curve_keys(parser, args)
-    setup_logging(args.log_level)
+    setup_logging(args.log_level, args.log_format)
     raise_fd_limit(args.max_connections + 64)
     if not use_loop(args.loop):
         return 2

@@ -7,10 +7,12 @@ default. ``--help`` shows all three. A bad value (flag or variable) is a usage e
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import os
 import sys
+import time
 from typing import Any, Callable
 
 LOG_FORMAT = "%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s"
@@ -99,10 +101,29 @@ def option(parser: argparse.ArgumentParser, flag: str, env: str, *, default: Any
 def add_logging(parser: argparse.ArgumentParser) -> None:
     option(parser, "--log-level", "PYCHAT_LOG_LEVEL", default="info",
            choices=["debug", "info", "warning", "error"], help="log threshold")
+    option(parser, "--log-format", "PYCHAT_LOG_FORMAT", default="text", choices=["text", "json"],
+           help="log lines as text, or as one JSON object each (for log collectors)")
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(stream=sys.stderr, level=level.upper(), format=LOG_FORMAT)
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line: time (UTC, ISO 8601), level, logger, pid, message."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+                 "level": record.levelname.lower(), "logger": record.name,
+                 "pid": record.process, "message": record.getMessage()}
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+JsonFormatter.converter = time.gmtime
+
+
+def setup_logging(level: str, fmt: str = "text") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(LOG_FORMAT))
+    logging.basicConfig(level=level.upper(), handlers=[handler])
 
 
 def add_ready_fd(parser: argparse.ArgumentParser) -> None:

@@ -141,7 +141,8 @@ class Supervisor:
             log.warning("this OS has no SO_REUSEPORT: running one acceptor, not %d", n)
             n = 1
         self.reserve_port(reuse)
-        common = ["--heartbeat", str(a.heartbeat), "--log-level", a.log_level]
+        common = ["--heartbeat", str(a.heartbeat), "--log-level", a.log_level,
+                  "--log-format", a.log_format]
         router = []
         for key in ROUTER_FLAGS:
             flag, value = "--" + key.replace("_", "-"), getattr(a, key)
@@ -262,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     tls_context(parser, args)  # unusable certificate files: a usage error before any child
-    setup_logging(args.log_level)
+    setup_logging(args.log_level, args.log_format)
     curve = use_curve(args, args.router or args.bus or "ipc://")
     if curve:
         curve_keys(parser, args)  # unreadable key files: a usage error before any child

@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     curve = curve_keys(parser, args)
-    setup_logging(args.log_level)
+    setup_logging(args.log_level, args.log_format)
     clock = make_clock(args)
     try:
         history = make_history(args, clock)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -195,3 +196,19 @@ def test_a_client_right_after_start_gets_its_handshake_before_any_reply(procs):
     assert lines[1].startswith("ID:") and lines[2].startswith("USERS:")
     assert lines[3] == f"{lines[1][3:]}: first words"
     assert lines[4] == "PONG first"
+
+
+def test_log_format_json_gives_one_object_a_line_from_every_process(procs, connect):
+    p, port = start_serve("--log-format", "json")
+    procs.append(p)
+    c = connect(port)
+    c.handshake()
+    p.stop()
+    logs = [line for line in p.output if line.startswith("{")]
+    entries = [json.loads(line) for line in logs]
+    assert {"pychat.serve", "pychat.router", "pychat.acceptor"} <= {e["logger"] for e in entries}
+    assert all(set(e) >= {"time", "level", "logger", "pid", "message"} for e in entries)
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", e["time"])
+               for e in entries)
+    other = [line for line in p.output if line and not line.startswith("{")]
+    assert other == [l for l in other if l.startswith("pychat: serving on")]  # stdout's line only
