@@ -28,6 +28,8 @@ import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from clients.loadtest import process_tree  # noqa: E402  (the same /proc walk)
 PY = sys.executable
 # configured for the load, like ngircd below: every load client comes from 127.0.0.1 (no
 # per-address cap) and senders may exceed the default flood limit (burst 100, then 50/s)
@@ -42,26 +44,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def tree(pid: int) -> list[int]:
-    kids: dict[int, list[int]] = {}
-    for e in os.listdir("/proc"):
-        if e.isdigit():
-            try:
-                with open(f"/proc/{e}/stat") as f:
-                    kids.setdefault(int(f.read().rsplit(")", 1)[1].split()[1]), []).append(int(e))
-            except OSError:
-                pass
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo.extend(kids.get(p, ()))
-    return out
-
-
 def rss_kb(pid: int) -> int:
     total = 0
-    for p in tree(pid):
+    for p in process_tree(pid):
         try:
             with open(f"/proc/{p}/status") as f:
                 for line in f:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import resource
 import sys
@@ -249,8 +248,8 @@ class Run:
             await asyncio.sleep(0.05)  # polling our own counters while the deliveries arrive
 
 
-def cpu_seconds_of_tree(pid: int) -> float:
-    """utime+stime of a process and its descendants (Linux /proc), in seconds."""
+def process_tree(pid: int) -> dict[int, float]:
+    """A process and its descendants (Linux /proc): pid -> utime+stime in seconds."""
     tick = os.sysconf("SC_CLK_TCK")
     children: dict[int, list[int]] = {}
     times: dict[int, float] = {}
@@ -264,12 +263,17 @@ def cpu_seconds_of_tree(pid: int) -> float:
             continue
         children.setdefault(int(rest[1]), []).append(int(entry))
         times[int(entry)] = (int(rest[11]) + int(rest[12])) / tick
-    total, todo = 0.0, [pid]
+    tree, todo = {}, [pid]
     while todo:
         p = todo.pop()
-        total += times.get(p, 0.0)
+        tree[p] = times.get(p, 0.0)
         todo.extend(children.get(p, ()))
-    return total
+    return tree
+
+
+def cpu_seconds_of_tree(pid: int) -> float:
+    """utime+stime of a process and its descendants, in seconds."""
+    return sum(process_tree(pid).values())
 
 
 async def run_load(args: argparse.Namespace) -> Summary:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import errno
 import json
 import logging
-import os
 import signal
 import socket
 import time

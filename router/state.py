@@ -29,7 +29,7 @@ import time
 from typing import Callable
 
 from wire import replies
-from wire.bus import (BusMessage, ChatConn, ChatRoom, Kick, SessionSet, ToConn, ToRoom)
+from wire.bus import BusMessage, ChatConn, ChatRoom, SessionSet, ToConn, ToRoom
 from wire.commands import (LOBBY, Command, History, Join, Nick, Private, Rooms, Say, Users)
 
 from .clock import Clock
@@ -343,8 +343,4 @@ class RouterState:
         self._settle(room)
         for acceptor in self.room_acceptors.get(room, ()):
             self._out.append((acceptor, ChatRoom(room, stamp, line)))
-
-    def kick(self, acceptor: str, conn: int, text: str) -> list[Delivery]:
-        self._out.append((acceptor, Kick(conn, text)))
-        return self._take()
 
