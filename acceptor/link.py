@@ -10,6 +10,14 @@ and after every send, we read ``EVENTS`` and drain until it shows no POLLIN.
 When the router cannot take more (its high-water mark), batches wait in a bounded backlog;
 past ``max_backlog`` the oldest batch is refused and every client command in it is handed to
 ``on_refused`` so its sender gets an ``ERROR:`` line: nothing accepted is lost silently.
+
+Every batch but the Hello batch is numbered (``bus.Seq`` first) and kept until the router
+acknowledges it (``bus.Ack``). A router that died with batches in its socket buffers, or that
+was handling one when it was killed, has not acknowledged them: after the resync (``resync``:
+the Hello batch, then every unacknowledged batch again, with its own number) the new router
+handles them. Numbers let the router handle each at most once, and let acceptors drop results
+they have already delivered (``bus.From``). A batch that waited longer than ``expire``'s limit
+for a router is refused instead (``on_refused``), and not sent again.
 """
 
 from __future__ import annotations
@@ -26,6 +34,18 @@ from wire import bus
 log = logging.getLogger("pychat.acceptor")
 
 MAX_BATCHES_PER_CALLBACK = 256
+
+
+class Sent:
+    """A numbered batch the router has not acknowledged yet."""
+    __slots__ = ("seq", "at", "frames", "msgs", "refused")
+
+    def __init__(self, seq: int, at: float, frames: list[bytes], msgs: list[bus.BusMessage]):
+        self.seq = seq
+        self.at = at
+        self.frames = frames
+        self.msgs = msgs
+        self.refused = False
 
 
 class BusLink:
@@ -51,7 +71,9 @@ class BusLink:
         self.sock.connect(endpoint)
         self._fd = self.sock.getsockopt(zmq.FD)
         self._outbox: list[bus.BusMessage] = []
-        self._backlog: deque[tuple[list[bytes], list[bus.BusMessage]]] = deque()
+        self._seq = 0
+        self._unacked: deque[Sent] = deque()
+        self._backlog: deque[tuple[list[bytes], Sent | None]] = deque()
         self._flush_handle: asyncio.Handle | None = None
         self._drain_handle: asyncio.Handle | None = None
         self._retry_handle: asyncio.TimerHandle | None = None
@@ -70,28 +92,48 @@ class BusLink:
         if self.closed or not self._outbox:
             return
         msgs, self._outbox = self._outbox, []
-        frames = bus.encode(msgs)
+        self._seq += 1
+        sent = Sent(self._seq, self.loop.time(), bus.encode([bus.Seq(self._seq), *msgs]), msgs)
+        self._unacked.append(sent)
+        self._put(sent.frames, sent)
+
+    def send_control(self, msgs: list[bus.BusMessage]) -> None:
+        """An unnumbered batch (Hello and the session snapshots), after what is queued."""
+        self.flush()
+        if not self.closed:
+            self._put(bus.encode(msgs), None)
+
+    def _put(self, frames: list[bytes], sent: Sent | None) -> None:
         if self._backlog:
-            self._queue(frames, msgs)
+            self._queue(frames, sent)
         else:
             try:
                 self.sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
             except zmq.Again:
-                self._queue(frames, msgs)
+                self._queue(frames, sent)
         self._schedule_drain()
 
-    def _queue(self, frames: list[bytes], msgs: list[bus.BusMessage]) -> None:
-        self._backlog.append((frames, msgs))
+    def _queue(self, frames: list[bytes], sent: Sent | None) -> None:
+        self._backlog.append((frames, sent))
         while len(self._backlog) > self.max_backlog:
             _, refused = self._backlog.popleft()
-            self.on_refused(refused)
+            if refused is not None:
+                self._refuse(refused)
         if self._retry_handle is None:
             self._retry_handle = self.loop.call_later(0.01, self._retry)
+
+    def _refuse(self, sent: Sent) -> None:
+        if not sent.refused:
+            sent.refused = True
+            self.on_refused(sent.msgs)
 
     def _retry(self) -> None:
         self._retry_handle = None
         while self._backlog and not self.closed:
-            frames, msgs = self._backlog[0]
+            frames, sent = self._backlog[0]
+            if sent is not None and sent.refused:  # waited too long: its sender was told
+                self._backlog.popleft()
+                continue
             try:
                 self.sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
             except zmq.Again:
@@ -99,6 +141,46 @@ class BusLink:
                 break
             self._backlog.popleft()
         self._schedule_drain()
+
+    # ---- acknowledgements and resync --------------------------------------------------------------
+
+    def ack(self, n: int) -> None:
+        unacked = self._unacked
+        while unacked and unacked[0].seq <= n:
+            unacked.popleft()
+
+    def expire(self, older_than: float) -> int:
+        """Refuse the unacknowledged batches sent before loop time ``older_than`` (the router
+        has been gone too long): their senders are told, and they are not sent again."""
+        refused = 0
+        for sent in self._unacked:
+            if sent.at >= older_than:
+                break
+            if not sent.refused:
+                self._refuse(sent)
+                refused += 1
+        while self._unacked and self._unacked[0].refused:
+            self._unacked.popleft()
+        return refused
+
+    def resync(self, control: list[bus.BusMessage]) -> int:
+        """A router that does not know us: the Hello batch ``control``, then every batch it
+        has not acknowledged, in order, with their numbers. Returns how many were sent again."""
+        self.flush()
+        if self.closed:
+            return 0
+        self._backlog.clear()  # all of it is in _unacked (or a stale control batch)
+        self._put(bus.encode(control), None)
+        again = 0
+        for sent in self._unacked:
+            if not sent.refused:
+                self._put(sent.frames, sent)
+                again += 1
+        return again
+
+    @property
+    def unacked(self) -> int:
+        return len(self._unacked)
 
     @property
     def backlog(self) -> int:

@@ -43,6 +43,7 @@ log = logging.getLogger("pychat.acceptor")
 
 SHUTDOWN_LINE = b"ERROR: server shutting down\n"
 MISSED_HEARTBEATS = 3
+ROUTER_WAIT = 5.0  # seconds a command waits for a gone router before its sender is told
 SWEEP_INTERVAL = 1.0  # seconds between sweeps for idle clients and unfinished lines
 TLS_HANDSHAKE_TIMEOUT = 10.0  # seconds a TLS client has to finish its handshake
 
@@ -71,6 +72,8 @@ class Acceptor:
         self.router_epoch: str | None = None
         self.router_seen = 0.0
         self.router_alive = False
+        self.peers = "[]"  # the acceptors the router last named (bus.Peers), for our Hello
+        self._seen_from: dict[str, int] = {}  # origin epoch -> last batch whose results we had
         self.server: asyncio.AbstractServer | None = None
         self.stats = {"accepted": 0, "send_queue_drops": 0, "full_refusals": 0,
                       "lines_out": 0, "writes": 0, "address_refusals": 0, "idle_closed": 0,
@@ -87,7 +90,7 @@ class Acceptor:
         self.server = await self.loop.create_server(
             lambda: Session(self, next(self._ids)), host, port,
             reuse_port=reuse_port or None, backlog=4096, **tls)
-        self.link.send(bus.Hello(self.name, self.epoch))
+        self.link.send_control([bus.Hello(self.name, self.epoch, self.peers)])
         self._beat()
         self._sweep_handle = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
 
@@ -186,10 +189,16 @@ class Acceptor:
                 s.close()
 
     def on_refused(self, msgs: list[bus.BusMessage]) -> None:
-        """The bus backlog overflowed: tell each sender its command was not sent."""
+        """A batch will not reach a router (the backlog overflowed, or the router has been gone
+        for ROUTER_WAIT): tell each sender its command was not sent, and answer relayed replies
+        here. Opens, Closes and heartbeats need nothing: the resync carries the sessions."""
         for msg in msgs:
             if isinstance(msg, bus.Cmd) and (s := self.sessions.get(msg.conn)) is not None:
                 s.send_line(f"ERROR: not sent, the router is unavailable: {describe(msg.command)}")
+            elif isinstance(msg, bus.Relay) and (s := self.sessions.get(msg.conn)) is not None:
+                s.send_line(msg.text)
+                if msg.close:
+                    s.close()
         log.error("router unavailable: refused a batch of %d bus messages", len(msgs))
 
     def _leave_room(self, s: Session) -> None:
@@ -285,8 +294,19 @@ class Acceptor:
             log.warning("dropped a bad batch from the router: %s", e)
             return
         sessions = self.sessions
+        skip = False
         for msg in messages:
             kind = type(msg)
+            if kind is bus.From:  # whose batch caused what follows: results seen once only
+                if msg.origin:
+                    skip = msg.n <= self._seen_from.get(msg.origin, 0)
+                    if not skip:
+                        self._seen_from[msg.origin] = msg.n
+                else:
+                    skip = False
+                continue
+            if skip:
+                continue
             if kind is bus.ChatRoom:
                 self._fan_out_chat(msg)
             elif kind is bus.ToConn:
@@ -307,8 +327,12 @@ class Acceptor:
                     if msg.text:
                         s.send_line(msg.text)
                     s.close()
+            elif kind is bus.Ack:
+                self.link.ack(msg.n)
             elif kind is bus.Resync:
                 self._resync("the router asked")
+            elif kind is bus.Peers:
+                self.peers = msg.names
             else:
                 log.warning("router sent an acceptor-bound %s; dropped", msg.kind)
         if self._flush_handle is None and self._dirty:
@@ -358,6 +382,11 @@ class Acceptor:
             self.router_alive = False
             log.warning("router silent for %.1fs; commands wait in the bus queue",
                         now - self.router_seen)
+        if not self.router_alive and self.router_epoch is not None:
+            refused = self.link.expire(self.loop.time() - ROUTER_WAIT)
+            if refused:
+                log.warning("router gone for over %.0fs: refused %d waiting batches",
+                            ROUTER_WAIT, refused)
         self._beat_handle = self.loop.call_later(self.heartbeat, self._beat)
 
     def _router_heartbeat(self, epoch: str) -> None:
@@ -372,10 +401,13 @@ class Acceptor:
             self._resync(f"router restarted (epoch {epoch})")
 
     def _resync(self, why: str) -> None:
-        log.info("resyncing %d sessions: %s", len(self.sessions), why)
-        self.link.send(bus.Hello(self.name, self.epoch))
-        for s in self.sessions.values():
-            self.link.send(s.snapshot() if s.uid else bus.Open(s.conn, s.peer))
+        """Hello and every session, then what the router has not acknowledged, again."""
+        control: list[bus.BusMessage] = [bus.Hello(self.name, self.epoch, self.peers)]
+        control += [s.snapshot() if s.uid else bus.Open(s.conn, s.peer)
+                    for s in self.sessions.values()]
+        again = self.link.resync(control)
+        log.info("resyncing %d sessions, %d unacknowledged batches sent again: %s",
+                 len(self.sessions), again, why)
 
     # ---- shutdown ---------------------------------------------------------------------------------
 

@@ -217,7 +217,8 @@ class Supervisor:
 
     def supervise(self) -> None:
         while not self.stopping.is_set():
-            self.wake.wait(1.0)
+            due = [c.restart_at for c in self.children if c.proc is None]
+            self.wake.wait(min([1.0] + [max(0.0, t - time.monotonic()) for t in due]))
             self.wake.clear()
             now = time.monotonic()
             for child in self.children:
@@ -229,7 +230,9 @@ class Supervisor:
                     why = f"signal {-code}" if code < 0 else f"exit code {code}"
                     if now - child.started > 60:
                         child.failures = 0
-                    delay = min(BACKOFF_MAX, 0.5 * 2 ** child.failures)
+                    # at once after a good run; then 0.5 s doubling, for one that keeps dying
+                    delay = min(BACKOFF_MAX, 0.25 * 2 ** child.failures) if child.failures else 0
+
                     child.failures += 1
                     log.error("%s (pid %d) died: %s; restarting in %.1fs",
                               child.role, proc.pid, why, delay)

@@ -6,11 +6,19 @@ then send what the state returned as one batch per acceptor. Heartbeats go to ev
 acceptor each ``heartbeat`` seconds; an acceptor silent for ``3 * heartbeat`` is dead and its
 users leave.
 
-A message from an acceptor we do not know (we restarted, and its bus queue delivered what it sent
-meanwhile) is held, and the acceptor is asked to Resync. Its Hello and Syncs come in one batch;
-right after it the held messages are handled, in order, as if they had just arrived. Held
-messages are bounded in number (``max_held``) and time (``hold_seconds``); a client command that
-cannot be held, or waited too long, is answered with ``ERROR: not sent ...``: never lost silently.
+Acceptors number their batches (``bus.Seq``) and keep each until it is acknowledged: at the end
+of a turn every acceptor whose batches were handled gets ``bus.Ack`` (held back while any
+acceptor's outgoing backlog is not empty, so an acknowledged batch's results have left). A batch
+number already handled is not handled again. What a numbered batch caused is marked with
+``bus.From`` (its acceptor's epoch and number) for every acceptor it goes to, so results of a
+batch handled again, after a restart, are dropped where they were already delivered.
+
+After a restart we know nobody. A batch from an acceptor we do not know is dropped (it is still
+unacknowledged, so it comes again) and the acceptor is asked to Resync: its Hello batch (Hello,
+then a Sync per session) and then its unacknowledged batches again. The Hello names the
+acceptors the previous router had told it of (``bus.Peers``); until all of them have said Hello,
+or ``settle_seconds`` have passed since the first did, numbered batches wait, so a line is not
+fanned out to a room whose members on a late acceptor we cannot see yet.
 """
 
 from __future__ import annotations
@@ -39,19 +47,42 @@ RATE_WINDOW = 10  # seconds over which `pychat status` reports messages per seco
 
 
 class Peer:
-    __slots__ = ("ident", "epoch", "last_seen", "backlog")
+    __slots__ = ("ident", "epoch", "last_seen", "backlog", "seq", "done")
 
     def __init__(self, ident: bytes, epoch: str, now: float):
         self.ident = ident
         self.epoch = epoch
         self.last_seen = now
         self.backlog: deque[list[bytes]] = deque()
+        self.seq = 0  # the highest batch number taken from it
+        self.done = 0  # the highest batch number handled (acknowledged at the end of a turn)
+
+
+class Outbox(dict):
+    """acceptor -> the messages for it this turn. ``origin`` is (epoch, number) of the numbered
+    batch being handled, or None; ``add`` puts a ``bus.From`` in front of a run of messages
+    whenever the origin changes for that acceptor."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.origin: tuple[str, int] | None = None
+        self._marked: dict[str, tuple[str, int] | None] = {}
+
+    def add(self, acceptor: str, msg: bus.BusMessage) -> None:
+        msgs = self.get(acceptor)
+        if msgs is None:
+            msgs = self[acceptor] = []
+        origin = self.origin
+        if self._marked.get(acceptor) != origin:
+            self._marked[acceptor] = origin
+            msgs.append(bus.From(*origin) if origin else bus.From("", 0))
+        msgs.append(msg)
 
 
 class RouterServer:
     def __init__(self, state: RouterState, endpoint: str, *, heartbeat: float = 1.0,
                  hwm: int = 100_000, max_batches: int = 1000, max_backlog: int = 10_000,
-                 max_held: int = 10_000, hold_seconds: float = 5.0,
+                 max_waiting: int = 100_000, settle_seconds: float | None = None,
                  ctx: zmq.Context | None = None, curve: tuple[bytes, bytes] | None = None):
         self.state = state
         self.endpoint = endpoint
@@ -61,9 +92,16 @@ class RouterServer:
         self.epoch = uuid.uuid4().hex[:12]
         self.peers: dict[str, Peer] = {}
         self._resync_asked: dict[str, float] = {}
-        self.max_held = max_held
-        self.hold_seconds = hold_seconds
-        self._held: dict[str, tuple[float, list[bus.BusMessage]]] = {}
+        self._ack_due: set[str] = set()
+        # settling after a start: the acceptors we wait for (None: no Hello yet), the deadline,
+        # and the numbered batches waiting meanwhile: (acceptor, number, messages)
+        self.settled = False
+        self.settle_seconds = 2 * heartbeat if settle_seconds is None else settle_seconds
+        self._expected: set[str] | None = None
+        self._settle_by = 0.0
+        self.max_waiting = max_waiting
+        self._waiting: list[tuple[str, int, list[bus.BusMessage]]] = []
+        self._waiting_count = 0
         self.ctx = ctx or zmq.Context.instance()
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
@@ -129,10 +167,9 @@ class RouterServer:
                 if self.sock in events:
                     self._turn()
                 elif push_at is not None and time.monotonic() >= push_at:
-                    out: dict[str, list] = {}
+                    out = Outbox()
                     self._deliver(self.state.end_turn(), out)  # a throttled list falls due
-                    for acceptor, msgs in out.items():
-                        self._send(acceptor, msgs)
+                    self._send_all(out)
         finally:
             self.close()
 
@@ -149,7 +186,7 @@ class RouterServer:
             pass
 
     def _turn(self) -> None:
-        out: dict[str, list[bus.BusMessage]] = {}
+        out = Outbox()
         now = time.monotonic()
         began = time.perf_counter()
         for _ in range(self.max_batches):
@@ -159,14 +196,26 @@ class RouterServer:
                 break
             self.received += 1
             self._handle(frames, now, out)
-        for acceptor, msg in self.state.end_turn():
-            out.setdefault(acceptor, []).append(msg)
-        for acceptor, msgs in out.items():
-            self._send(acceptor, msgs)
+        self._check_settled(now, out)
+        self._deliver(self.state.end_turn(), out)
+        self._send_all(out)
         if self.turn_seconds is not None:
             self.turn_seconds.observe(time.perf_counter() - began)
 
-    def _handle(self, frames: list[bytes], now: float, out: dict[str, list]) -> None:
+    def _send_all(self, out: Outbox) -> None:
+        """Send a turn's messages, each acceptor's as one batch, with its Ack when every
+        result has left (no backlog anywhere: a result still waiting here would die with us)."""
+        out.origin = None
+        if self._ack_due and not any(p.backlog for p in self.peers.values()):
+            for acceptor in self._ack_due:
+                peer = self.peers.get(acceptor)
+                if peer is not None:
+                    out.add(acceptor, bus.Ack(peer.done))
+            self._ack_due.clear()
+        for acceptor, msgs in out.items():
+            self._send(acceptor, msgs)
+
+    def _handle(self, frames: list[bytes], now: float, out: Outbox) -> None:
         ident = frames[0]
         try:
             acceptor = ident.decode("utf-8")
@@ -178,15 +227,44 @@ class RouterServer:
             self._send_raw(ident, [bus.Status(json.dumps(self.status()))])
             return
         peer = self.peers.get(acceptor)
+        if messages and type(messages[0]) is bus.Seq:
+            n = messages[0].n
+            if peer is None:  # we restarted, or lost it: it sends this again after its resync
+                self._ask_resync(acceptor, ident, now)
+                return
+            peer.last_seen = now
+            if n <= peer.seq:  # handled already (sent again by a second resync)
+                self._ack_due.add(acceptor)
+                return
+            peer.seq = n
+            if self.settled:
+                self._dispatch_numbered(acceptor, peer, n, messages[1:], now, out)
+            elif self._waiting_count + len(messages) <= self.max_waiting:
+                self._waiting.append((acceptor, n, messages[1:]))
+                self._waiting_count += len(messages)
+            else:
+                self._refuse(ident, messages, "the router is restarting")
+                peer.done = n
+                self._ack_due.add(acceptor)
+            return
         if peer is None and not any(isinstance(m, bus.Hello) for m in messages):
-            self._hold(acceptor, ident, messages, now, out)
+            self._refuse(ident, messages, "the router was restarting")
+            self._ask_resync(acceptor, ident, now)
             return
         self._dispatch(acceptor, ident, peer, messages, now, out)
 
+    def _dispatch_numbered(self, acceptor: str, peer: Peer, n: int,
+                           messages: list[bus.BusMessage], now: float, out: Outbox) -> None:
+        out.origin = (peer.epoch, n)
+        self._dispatch(acceptor, peer.ident, peer, messages, now, out)
+        out.origin = None
+        peer.done = n
+        self._ack_due.add(acceptor)
+
     def _dispatch(self, acceptor: str, ident: bytes, peer: Peer | None,
-                  messages: list[bus.BusMessage], now: float, out: dict[str, list]) -> None:
+                  messages: list[bus.BusMessage], now: float, out: Outbox) -> None:
         state = self.state
-        for i, msg in enumerate(messages):
+        for msg in messages:
             if isinstance(msg, bus.Hello):
                 if peer is not None and peer.epoch != msg.epoch:
                     log.info("acceptor %s restarted (epoch %s)", acceptor, msg.epoch)
@@ -196,10 +274,11 @@ class RouterServer:
                     self._resync_asked.pop(acceptor, None)
                     peer = self.peers[acceptor] = Peer(ident, msg.epoch, now)
                     log.info("acceptor %s joined (epoch %s)", acceptor, msg.epoch)
-                    out.setdefault(acceptor, []).append(bus.Heartbeat(self.epoch))
+                    out.add(acceptor, bus.Heartbeat(self.epoch))
+                    self._joined(acceptor, msg.peers, now, out)
                 continue
             if peer is None:  # messages before its Hello in the same batch
-                self._hold(acceptor, ident, [msg], now, out)
+                self._refuse(ident, [msg], "the router was restarting")
                 continue
             peer.last_seen = now
             kind = type(msg)
@@ -210,8 +289,7 @@ class RouterServer:
             elif kind is bus.Heartbeat:
                 continue
             elif kind is bus.Relay:  # no state involved: back in order behind earlier results
-                reply = bus.Kick if msg.close else bus.ToConn
-                out.setdefault(acceptor, []).append(reply(msg.conn, msg.text))
+                out.add(acceptor, (bus.Kick if msg.close else bus.ToConn)(msg.conn, msg.text))
                 continue
             elif kind is bus.Open:
                 deliveries = state.open(acceptor, msg.conn)
@@ -223,20 +301,47 @@ class RouterServer:
                 log.warning("acceptor %s sent a router-bound %s; dropped", acceptor, msg.kind)
                 continue
             self._deliver(deliveries, out)
-        held = self._held.pop(acceptor, None) if peer is not None else None
-        if held is not None:  # its Hello and Syncs are in: what it sent meanwhile, in order
-            log.info("acceptor %s resynced; handling %d held messages", acceptor, len(held[1]))
-            self._dispatch(acceptor, ident, peer, held[1], now, out)
 
-    def _hold(self, acceptor: str, ident: bytes, messages: list[bus.BusMessage], now: float,
-              out: dict[str, list]) -> None:
-        """Keep an unknown acceptor's messages until its resync; ask it for one."""
-        since, held = self._held.setdefault(acceptor, (now, []))
-        for msg in messages:
-            if len(held) < self.max_held:
-                held.append(msg)
-            else:
-                self._refuse(ident, [msg], "the router was restarting")
+    # ---- settling after a start -------------------------------------------------------------------
+
+    def _joined(self, acceptor: str, peers_json: str, now: float, out: Outbox) -> None:
+        """An acceptor said Hello: tell everyone the new list; while settling, learn whom else
+        to wait for from the list it brings."""
+        names = sorted(self.peers)
+        for name in names:
+            out.add(name, bus.Peers(json.dumps(names)))
+        if self.settled:
+            return
+        try:
+            named = {p for p in json.loads(peers_json) if isinstance(p, str)}
+        except (ValueError, TypeError):
+            named = set()
+        if self._expected is None:
+            self._expected = set()
+            self._settle_by = now + self.settle_seconds
+        self._expected |= named
+        self._expected -= self.peers.keys()
+        # settled (if every one is in) at the end of the turn: after this Hello batch's Syncs
+
+    def _check_settled(self, now: float, out: Outbox) -> None:
+        if self.settled or self._expected is None:
+            return
+        if not self._expected:
+            self._settle(now, out, "every acceptor has resynced")
+        elif now >= self._settle_by:
+            self._settle(now, out, f"{sorted(self._expected)} did not resync in time")
+
+    def _settle(self, now: float, out: Outbox, why: str) -> None:
+        self.settled = True
+        waiting, self._waiting, self._waiting_count = self._waiting, [], 0
+        log.info("settled %.0f ms after start: %s; handling %d waiting batches",
+                 (now - self.started) * 1000, why, len(waiting))
+        for acceptor, n, messages in waiting:
+            peer = self.peers.get(acceptor)
+            if peer is not None:
+                self._dispatch_numbered(acceptor, peer, n, messages, now, out)
+
+    def _ask_resync(self, acceptor: str, ident: bytes, now: float) -> None:
         if self._resync_asked.get(acceptor, -1e9) < now - self.heartbeat:
             self._resync_asked[acceptor] = now
             log.info("unknown acceptor %s: asking it to resync", acceptor)
@@ -249,14 +354,6 @@ class RouterServer:
             for m in messages if isinstance(m, bus.Cmd)]
         if errors:
             self._send_raw(ident, errors)
-
-    def _expire_held(self, now: float) -> None:
-        for acceptor, (since, held) in list(self._held.items()):
-            if now - since > self.hold_seconds:
-                del self._held[acceptor]
-                log.warning("acceptor %s never resynced; refusing %d held messages",
-                            acceptor, len(held))
-                self._refuse(acceptor.encode("utf-8"), held, "the router did not hear back")
 
     def _count_chat(self, now: float) -> None:
         self.chat_messages += 1
@@ -277,7 +374,7 @@ class RouterServer:
         part = getattr
         return {
             "epoch": self.epoch, "endpoint": self.endpoint,
-            "uptime_s": round(now - self.started, 1),
+            "uptime_s": round(now - self.started, 1), "settled": self.settled,
             "acceptors": [{"name": name, "epoch": p.epoch, "users": per_acceptor.get(name, 0),
                            "last_heard_s": round(now - p.last_seen, 2),
                            "backlog": len(p.backlog)} for name, p in sorted(self.peers.items())],
@@ -310,9 +407,10 @@ class RouterServer:
             (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0))
 
     @staticmethod
-    def _deliver(deliveries: list[Delivery], out: dict[str, list]) -> None:
+    def _deliver(deliveries: list[Delivery], out: Outbox) -> None:
+        add = out.add
         for acceptor, msg in deliveries:
-            out.setdefault(acceptor, []).append(msg)
+            add(acceptor, msg)
 
     def _send(self, acceptor: str, msgs: list[bus.BusMessage]) -> None:
         peer = self.peers.get(acceptor)
@@ -361,9 +459,15 @@ class RouterServer:
                 except zmq.ZMQError:
                     self._lost(acceptor, "unreachable")
                     break
+        if self._ack_due and not any(p.backlog for p in self.peers.values()):
+            self._send_all(Outbox())  # the acknowledgements held back for the backlog
 
     def _beat(self, now: float) -> None:
-        self._expire_held(now)
+        if not self.settled and self._expected is not None:
+            out = Outbox()
+            self._check_settled(now, out)
+            self._deliver(self.state.end_turn(), out)
+            self._send_all(out)
         deadline = now - MISSED_HEARTBEATS * self.heartbeat
         for acceptor, peer in list(self.peers.items()):
             if peer.last_seen < deadline:
@@ -375,8 +479,11 @@ class RouterServer:
         if self.peers.pop(acceptor, None) is None:
             return
         log.warning("acceptor %s lost: %s; its users leave", acceptor, why)
-        out: dict[str, list] = {}
+        self._ack_due.discard(acceptor)
+        out = Outbox()
         self._deliver(self.state.acceptor_gone(acceptor), out)
         self._deliver(self.state.end_turn(), out)
-        for other, msgs in out.items():
-            self._send(other, msgs)
+        names = sorted(self.peers)
+        for name in names:
+            out.add(name, bus.Peers(json.dumps(names)))
+        self._send_all(out)

@@ -47,6 +47,8 @@ class FakeRouter:
         self.endpoint = f"tcp://127.0.0.1:{port}"
         self.epoch = uuid.uuid4().hex[:12]
         self.received: list[tuple[float, bytes, bus.BusMessage]] = []
+        self.numbered: list[tuple[int, list[bus.BusMessage]]] = []  # (bus.Seq n, its messages)
+        self.auto_ack = True  # acknowledge each numbered batch as it arrives, as a router does
         self.cursor = 0
         self.bounced = 0  # Relay messages already answered (see local_reply)
         self.poller = zmq.Poller()
@@ -66,6 +68,14 @@ class FakeRouter:
                 return
             now = time.monotonic()
             msgs = bus.decode(frames[1:])  # the acceptor must only ever send valid batches
+            if msgs and isinstance(msgs[0], bus.Seq):  # kept apart: framing, not content
+                self.numbered.append((msgs[0].n, msgs[1:]))
+                if self.auto_ack:
+                    try:
+                        self.send(frames[0], bus.Ack(msgs[0].n))
+                    except zmq.ZMQError:  # the acceptor has gone (a test stopped it)
+                        pass
+                msgs = msgs[1:]
             self.received.extend((now, frames[0], m) for m in msgs)
 
     def expect(self, pred: Callable[[bus.BusMessage], bool], timeout: float = WAIT
@@ -387,7 +397,7 @@ def test_resync_replays_hello_and_a_sync_per_session(start, fake, clients):
     acc.send(bus.ToConn(conn2, "fence"))
     assert c2.read_line() == "fence"
 
-    acc.send(bus.Resync())
+    acc.send(bus.Resync())  # every batch was acknowledged: nothing to send again
     hello = fake.expect(lambda m: isinstance(m, bus.Hello))
     assert hello == acc.hello  # same name, same epoch: it did not restart
     wanted = {
@@ -400,6 +410,59 @@ def test_resync_replays_hello_and_a_sync_per_session(start, fake, clients):
         fake.expect(lambda m: isinstance(m, (bus.Sync, bus.Open)))
     replay = [m for m in fake.since(mark) if isinstance(m, (bus.Sync, bus.Open))]
     assert set(replay) == wanted and len(replay) == 3
+
+
+def test_unacknowledged_batches_are_sent_again_after_the_hello_with_their_numbers(
+        start, fake, clients):
+    acc = start()
+    c, conn = connect(acc, clients)
+    admit(acc, c, conn, "111111")
+    fake.auto_ack = False
+    for i in range(3):
+        c.send(f"line {i}")
+        fake.expect(is_cmd(conn, Say(f"line {i}")))
+    first = next(n for n, msgs in fake.numbered if bus.Cmd(conn, Say("line 0")) in msgs)
+    acc.send(bus.Ack(first))  # line 0 handled; lines 1 and 2 not acknowledged
+    c.send("/ping acked")
+    assert local_reply(acc, c) == "PONG acked"  # the Ack has been read: it came before
+    before = {n: msgs for n, msgs in fake.numbered}
+
+    count = len(fake.numbered)
+    acc.send(bus.Heartbeat(uuid.uuid4().hex[:12]))  # a new router epoch: resync
+    hello = fake.expect(lambda m: isinstance(m, bus.Hello))
+    assert hello.epoch == acc.hello.epoch
+    fake.expect(is_cmd(conn, Say("line 2")))
+    again = fake.numbered[count:]
+    numbers = [n for n, _ in again]
+    assert numbers == sorted(numbers) and first not in numbers  # in order; acked not again
+    cmds = [m for _, msgs in again for m in msgs if isinstance(m, bus.Cmd)]
+    assert cmds[:2] == [bus.Cmd(conn, Say("line 1")), bus.Cmd(conn, Say("line 2"))]
+    for n, msgs in again:
+        if n in before:  # the same batch, under the same number
+            assert msgs == before[n]
+    # the Hello came before every batch sent again
+    hello_at = next(i for i, (_, _, m) in enumerate(fake.received) if m == hello)
+    line1_at = max(i for i, (_, _, m) in enumerate(fake.received)
+                   if m == bus.Cmd(conn, Say("line 1")))
+    assert hello_at < line1_at
+
+
+def test_results_of_a_batch_already_delivered_are_dropped(start, fake, clients):
+    acc = start()
+    c, conn = connect(acc, clients)
+    admit(acc, c, conn, "111111")
+    origin = uuid.uuid4().hex[:12]
+    chat = bus.ChatRoom("#lobby", "", "111111: once")
+    acc.send(bus.From(origin, 7), chat, bus.From("", 0), bus.ToConn(conn, "fence 1"))
+    assert c.read_line() == "111111: once"
+    assert c.read_line() == "fence 1"
+    # batch 7 handled again (a new router after a restart), and an older one: both dropped;
+    # what follows an empty From (no batch caused it) is delivered
+    acc.send(bus.From(origin, 7), chat, bus.From(origin, 5), chat,
+             bus.From("", 0), bus.ToConn(conn, "fence 2"))
+    assert c.read_line() == "fence 2"
+    acc.send(bus.From(origin, 8), bus.ChatRoom("#lobby", "", "111111: twice"))
+    assert c.read_line() == "111111: twice"
 
 
 def test_max_connections_refuses_the_fourth_and_keeps_the_three(start, fake, clients):

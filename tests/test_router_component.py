@@ -11,6 +11,7 @@ it through queues and waits for expected messages with deadlines, never with sle
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import re
@@ -116,9 +117,9 @@ class FakeAcceptor:
         self._out.put(frames)
         self._wake_w.send(b"x")
 
-    def hello(self) -> None:
+    def hello(self, peers: str = "[]") -> None:
         """Say Hello and start heartbeating (a Heartbeat before Hello would ask for a Resync)."""
-        self.send(bus.Hello(self.name, self.epoch))
+        self.send(bus.Hello(self.name, self.epoch, peers))
         self.beating = True
 
     def stop_beating(self) -> float:
@@ -322,19 +323,23 @@ def test_public_say_crosses_the_bus_once_per_acceptor_not_once_per_user(router, 
 
 def test_unknown_acceptor_gets_resync_and_its_sync_is_adopted(router, fakes):
     fa = fakes("stranger", hello=False)
-    fa.send(bus.Open(1, "127.0.0.1:50001"))  # never said Hello
+    fa.send(bus.Seq(1), bus.Open(1, "127.0.0.1:50001"))  # never said Hello
     fa.expect(lambda m: isinstance(m, bus.Resync))
 
     fa.hello()
     fa.send(bus.Sync(7, "424242", "carol", "#lobby"))
     hb = fa.expect(lambda m: isinstance(m, bus.Heartbeat))
     assert hb.epoch == router.epoch
-    # the Open sent before Hello was held, and is served once the acceptor said Hello
-    held = fa.expect(lambda m: isinstance(m, bus.SessionSet) and m.conn == 1)
-    assert UID.match(held.uid) and held.room == "#lobby"
-    router.proc.wait_for(r"acceptor stranger resynced; handling \d+ held messages")
     sess = fa.expect(lambda m: isinstance(m, bus.SessionSet) and m.conn == 7)
     assert sess == bus.SessionSet(7, "424242", "carol", "#lobby")  # the uid is kept
+    # the numbered batch sent before Hello was dropped: it is served when sent again after it
+    mark = fa.mark()
+    fa.send(bus.Seq(1), bus.Open(1, "127.0.0.1:50001"))
+    opened = fa.expect(lambda m: isinstance(m, bus.SessionSet) and m.conn == 1)
+    assert UID.match(opened.uid) and opened.room == "#lobby"
+    assert fa.expect(lambda m: isinstance(m, bus.Ack)) == bus.Ack(1)
+    assert sum(isinstance(m, bus.SessionSet) and m.conn == 1 for m in fa.since(0)) == 1
+    assert bus.From(fa.epoch, 1) in fa.since(mark)
 
     fa.send(bus.Cmd(7, Say("after resync")))
     chat = fa.expect(lambda m: isinstance(m, bus.ChatRoom))
@@ -345,6 +350,60 @@ def test_unknown_acceptor_gets_resync_and_its_sync_is_adopted(router, fakes):
     other.send(bus.Cmd(1, Nick("carol")))
     refused = other.expect(lambda m: isinstance(m, bus.ToConn) and m.text.startswith("ERROR"))
     assert "taken" in refused.text
+
+
+def test_numbered_batches_are_acknowledged_handled_once_and_their_results_marked(router, fakes):
+    a = fakes("numbered")
+    b = fakes("watcher")
+    b_uid = open_sessions(b, [1])[1]
+    a.send(bus.Seq(1), bus.Open(1, "127.0.0.1:50001"))
+    uid = a.expect(lambda m: isinstance(m, bus.SessionSet) and m.conn == 1).uid
+    assert a.expect(lambda m: isinstance(m, bus.Ack)) == bus.Ack(1)
+    b.expect(is_users("#lobby", lambda uids: set(uids) == {uid, b_uid}))
+    a_mark, b_mark = a.mark(), b.mark()
+    a.send(bus.Seq(2), bus.Cmd(1, Say("once")))
+    a.send(bus.Seq(2), bus.Cmd(1, Say("once")))  # the same number again: not handled again
+    a.send(bus.Seq(3), bus.Cmd(1, Say("fence")))
+    for fa, mark in ((a, a_mark), (b, b_mark)):
+        fa.expect(lambda m: isinstance(m, bus.ChatRoom) and m.text == f"{uid}: fence")
+        got = fa.since(mark)
+        assert len(chat_lines(got, "once")) == 1, (fa.name, got)
+        # each result follows the From naming the batch that caused it
+        once = next(i for i, m in enumerate(got) if m in chat_lines(got, "once"))
+        fence = next(i for i, m in enumerate(got) if m in chat_lines(got, "fence"))
+        assert got[once - 1] == bus.From(a.epoch, 2), got
+        assert got[fence - 1] == bus.From(a.epoch, 3), got
+    a.expect(lambda m: m == bus.Ack(3))
+    assert all(not isinstance(m, bus.Ack) for m in b.since(b_mark))  # b sent no numbers
+
+
+def test_a_started_router_waits_for_the_acceptors_the_hello_names(router, fakes):
+    a = fakes("first", hello=False)
+    a.hello(peers='["first", "second"]')  # the previous router knew both
+    a.expect(lambda m: isinstance(m, bus.Heartbeat))
+    a.send(bus.Seq(1), bus.Open(1, "127.0.0.1:50001"))
+    a.send(bus.Relay(1, "barrier", 0))  # not numbered: handled at once, behind the batch
+    a.expect(lambda m: isinstance(m, bus.ToConn) and m.text == "barrier")
+    assert not any(isinstance(m, bus.SessionSet) for m in a.since(0)), "served before settling"
+
+    mark = a.mark()
+    b = fakes("second", hello=False)
+    b.hello(peers='["first", "second"]')
+    a.expect(lambda m: isinstance(m, bus.SessionSet) and m.conn == 1)
+    router.proc.wait_for(r"settled \d+ ms after start: every acceptor has resynced; "
+                         r"handling 1 waiting batches")
+    peers = [m for m in a.since(mark) if isinstance(m, bus.Peers)]
+    assert json.loads(peers[-1].names) == ["first", "second"]
+
+
+def test_a_started_router_stops_waiting_for_an_acceptor_that_never_comes(router, fakes):
+    a = fakes("lonely", hello=False)
+    a.hello(peers='["lonely", "ghost"]')
+    began = time.monotonic()
+    a.send(bus.Seq(1), bus.Open(1, "127.0.0.1:50001"))
+    a.expect(lambda m: isinstance(m, bus.SessionSet) and m.conn == 1)
+    assert time.monotonic() - began >= 2 * HEARTBEAT - 0.1  # the settling time, then served
+    router.proc.wait_for(r"settled \d+ ms after start: \['ghost'\] did not resync in time")
 
 
 def test_silent_acceptor_is_declared_dead_and_its_users_leave(router, fakes):

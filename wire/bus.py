@@ -35,10 +35,23 @@ class BusMessage:
 
 @dataclass(frozen=True, slots=True)
 class Hello(BusMessage):
-    """An acceptor announces itself (at start, and again when it sees a new router epoch)."""
+    """An acceptor announces itself (at start, and again when it sees a new router epoch).
+    ``peers`` is a JSON list of the acceptors the last router told it about (``Peers``): a
+    restarted router waits for all of them to resync before it serves chat."""
     acceptor: str
     epoch: str
+    peers: str = "[]"
     kind: ClassVar[str] = "hello"
+
+
+@dataclass(frozen=True, slots=True)
+class Seq(BusMessage):
+    """First in every batch an acceptor sends (but the Hello batch): its number, counting up
+    from 1 for this acceptor's epoch. The acceptor keeps a batch until the router acknowledges
+    it (``Ack``) and sends the unacknowledged ones again after a resync; the router handles a
+    number at most once."""
+    n: int
+    kind: ClassVar[str] = "seq"
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +105,30 @@ class Cmd(BusMessage):
 
 
 # ---- router to acceptor -------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Ack(BusMessage):
+    """Every batch up to number ``n`` from this acceptor has been handled."""
+    n: int
+    kind: ClassVar[str] = "ack"
+
+
+@dataclass(frozen=True, slots=True)
+class From(BusMessage):
+    """What follows (until the next From) was caused by batch ``n`` of the acceptor whose epoch
+    is ``origin``; ``origin`` empty: by nothing an acceptor numbered (heartbeats, pushes). A
+    batch sent again after a router restart is handled again; an acceptor that has already
+    seen the results of (origin, n) drops them, so no client sees a line twice."""
+    origin: str
+    n: int
+    kind: ClassVar[str] = "from"
+
+
+@dataclass(frozen=True, slots=True)
+class Peers(BusMessage):
+    """The acceptors the router knows, as a JSON list of names (sent when it changes)."""
+    names: str
+    kind: ClassVar[str] = "peers"
 
 @dataclass(frozen=True, slots=True)
 class SessionSet(BusMessage):
@@ -164,8 +201,8 @@ class Resync(BusMessage):
     kind: ClassVar[str] = "resync"
 
 
-_CLASSES = (Hello, Heartbeat, Open, Close, Sync, Relay, SessionSet, ToConn, ToRoom, ChatRoom,
-            ChatConn, Kick, Resync, StatusAsk, Status)
+_CLASSES = (Hello, Seq, Heartbeat, Open, Close, Sync, Relay, SessionSet, ToConn, ToRoom, ChatRoom,
+            ChatConn, Kick, Resync, StatusAsk, Status, Ack, From, Peers)
 _LAYOUT: dict[str, tuple[type, tuple[tuple[str, bool], ...]]] = {
     cls.kind: (cls, tuple((f.name, f.type in ("int", int)) for f in fields(cls)))
     for cls in _CLASSES
