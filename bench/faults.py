@@ -203,6 +203,54 @@ def flood_rounds(args) -> dict:
         serve.stop()
 
 
+def restart_rounds(args) -> dict:
+    """The router SIGKILLed while a crowd chats (the same as tests/test_restart_e2e.py, bigger):
+    each round a fresh `pychat serve` (2 acceptors, heartbeat 1 s), ``--restart-clients`` plain
+    clients in #lobby, 5 senders at ``--restart-rate`` lines/s in all; the router is killed a
+    third of the way through. Counts what every client got, and times the pause."""
+    from tests.crowd import Crowd
+    rounds = []
+    senders, count = 5, int(args.restart_seconds * args.restart_rate / 5)
+    for _ in range(args.restart_rounds):
+        serve, port = start_serve("--history", "memory", *args.serve_arg)
+        crowd = None
+        try:
+            crowd = Crowd(port, args.restart_clients)
+            crowd.wait_registered()
+            victim = child_pid(serve, "router")
+            killed_at: list[float] = []
+
+            def kill(k: int) -> None:
+                if k == count // 3 and not killed_at:
+                    os.kill(victim, 9)
+                    killed_at.append(time.monotonic())
+
+            th = crowd.run_senders(senders, count, args.restart_rate, on_line=kill)
+            serve.wait_for(rf"router \(pid {victim}\) died", timeout=30)
+            serve.wait_for(r"pychat\.router\[\d+\] INFO router bound", timeout=30)
+            bound_at = time.monotonic()
+            settled = serve.wait_for(r"INFO settled (\d+) ms after start: (.*); handling (\d+)",
+                                     timeout=30)
+            settled_at = time.monotonic()
+            th.join(120)
+            crowd.wait(lambda: crowd.all_ended(senders), 120, "every end")
+            result = crowd.check(senders, count)
+            rounds.append({
+                "lost_or_duplicated": len(result["problems"]), "refused": result["refused"],
+                "delivered": result["delivered"],
+                "expected": args.restart_clients * senders * count,
+                "bound_after_kill_ms": round((bound_at - killed_at[0]) * 1000),
+                "settled_after_kill_ms": round((settled_at - killed_at[0]) * 1000),
+                "settled_how": settled.group(2), "waiting_batches": int(settled.group(3)),
+                "longest_silence_ms": round(crowd.max_gap(killed_at[0] - 1.0) * 1000),
+                "problems": result["problems"][:5]})
+        finally:
+            if crowd is not None:
+                crowd.close()
+            serve.stop()
+    return {"clients": args.restart_clients, "rate": args.restart_rate, "rounds": rounds}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--clients", type=int, default=100, help="active loadtest clients")
@@ -212,7 +260,11 @@ def main() -> int:
     p.add_argument("--duration", type=float, default=15.0, help="seconds per loadtest run")
     p.add_argument("--stalled", type=int, default=100)
     p.add_argument("--rounds", type=int, default=3, help="quiet/flood pairs")
-    p.add_argument("--only", choices=["stalled", "flood"], default=None)
+    p.add_argument("--only", choices=["stalled", "flood", "restart"], default=None)
+    p.add_argument("--restart-clients", type=int, default=200)
+    p.add_argument("--restart-rate", type=float, default=100.0, help="lines/s, 5 senders")
+    p.add_argument("--restart-seconds", type=float, default=6.0)
+    p.add_argument("--restart-rounds", type=int, default=5)
     p.add_argument("--serve-arg", action="append", default=[],
                    help="an extra argument for pychat serve (repeat: --serve-arg=--send-queue "
                         "--serve-arg=65536)")
@@ -238,6 +290,14 @@ def main() -> int:
               f"(x{f['ratio_p50']:.2f}), p99 {f['quiet_p99_ms']:.1f} -> {f['flood_p99_ms']:.1f} ms "
               f"(x{f['ratio_p99']:.2f}); the flooder got {f['flooder_echo_rate_per_s']:.1f} "
               f"lines/s through; lost {f['lost']}", flush=True)
+    if args.only in (None, "restart"):
+        r = out["restart"] = restart_rounds(args)
+        for x in r["rounds"]:
+            print(f"router restart: bound {x['bound_after_kill_ms']} ms, settled "
+                  f"{x['settled_after_kill_ms']} ms after the kill ({x['settled_how']}); longest "
+                  f"silence at a client {x['longest_silence_ms']} ms; delivered "
+                  f"{x['delivered']} of {x['expected']}, refused {x['refused']}, lost or "
+                  f"duplicated at {x['lost_or_duplicated']} client/sender pairs", flush=True)
     print(json.dumps(out, indent=2))
     if args.json_out:
         with open(args.json_out, "w") as fh:
