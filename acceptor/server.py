@@ -69,6 +69,7 @@ class Acceptor:
         self._beat_handle: asyncio.TimerHandle | None = None
         self._stall_handle: asyncio.TimerHandle | None = None
         self._over: dict[Session, int] = {}  # clients above send_queue -> bytes at last check
+        self._held: dict[Session, tuple[int, int]] = {}  # blocked -> (lines, bytes) counted
         self.router_epoch: str | None = None
         self.router_seen = 0.0
         self.router_alive = False
@@ -121,6 +122,7 @@ class Acceptor:
         s.open = False
         self._forget_address(s)
         self._over.pop(s, None)
+        self._held.pop(s, None)
         del self.sessions[s.conn]
         self._leave_room(s)
         self.link.send(bus.Close(s.conn, s.quitting or reason))
@@ -222,6 +224,20 @@ class Acceptor:
         self._flush_handle = (self.loop.call_later(wait, self.flush) if wait > 0
                               else self.loop.call_soon(self.flush))
 
+    def unblocked(self, s: Session) -> None:
+        """resume_writing: the lines that waited in ``s.out`` go in the next flush."""
+        self._dirty.append(s)
+        if self._flush_handle is None:
+            self._schedule_flush()
+
+    def watch(self, s: Session) -> None:
+        """pause_writing: a blocked client's queue (mostly ``s.out``) is checked at each stall
+        check for as long as it stays blocked."""
+        self._over.setdefault(s, 0)
+        if self._stall_handle is None:
+            self._stall_handle = self.loop.call_later(self.limits.stall_check,
+                                                      self._check_stalled)
+
     def write_now(self, s: Session) -> None:
         if s.out:
             self._write(s)
@@ -235,14 +251,36 @@ class Acceptor:
         dirty, self._dirty = self._dirty, []
         for s in dirty:
             if s.out:
-                self._write(s)
+                if s.blocked:
+                    self._hold(s)
+                else:
+                    self._write(s)
         took = time.perf_counter() - began
         self._next_flush = self.loop.time() + min(self._coalesce_max,
                                                   took * self._coalesce_factor)
 
+    def _hold(self, s: Session) -> None:
+        """``s`` is blocked: its lines wait in ``s.out`` (the same bytes objects as the other
+        members', not a copy) for resume_writing. The new ones are counted against the hard
+        limit, and ``s`` stays dirty to be counted again at the next flush."""
+        t = s.transport
+        if t is None or t.is_closing():
+            s.out.clear()
+            self._held.pop(s, None)
+            return
+        counted, size = self._held.get(s, (0, 0))
+        out = s.out
+        size += sum(map(len, out[counted:]))
+        self._held[s] = (len(out), size)
+        if size + t.get_write_buffer_size() > self.limits.send_queue_hard:
+            self._drop(s, f"send queue over {self.limits.send_queue_hard} bytes")
+        else:
+            self._dirty.append(s)
+
     def _write(self, s: Session) -> None:
         out = s.out
         t = s.transport
+        self._held.pop(s, None)
         if t is None or t.is_closing():
             out.clear()
             return
@@ -255,7 +293,7 @@ class Acceptor:
         if size > self.limits.send_queue:
             if size > self.limits.send_queue_hard:
                 self._drop(s, f"send queue over {self.limits.send_queue_hard} bytes")
-            elif s not in self._over:
+            elif not self._over.get(s):  # not watched yet, or watched only as blocked
                 self._over[s] = size
                 if self._stall_handle is None:
                     self._stall_handle = self.loop.call_later(self.limits.stall_check,
@@ -267,9 +305,14 @@ class Acceptor:
         for s, before in list(self._over.items()):
             t = s.transport
             size = t.get_write_buffer_size() if t is not None and not t.is_closing() else 0
+            if s.blocked and size:
+                size += sum(map(len, s.out))  # its lines wait there, not in the transport
             if size <= self.limits.send_queue:
-                del self._over[s]
-            elif size >= before:
+                if s.blocked and size:
+                    self._over[s] = 0  # still watched while blocked
+                else:
+                    del self._over[s]
+            elif size >= before > self.limits.send_queue:
                 self._drop(s, f"send queue over {self.limits.send_queue} bytes and not draining")
             else:
                 self._over[s] = size

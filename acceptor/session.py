@@ -47,7 +47,7 @@ KEEPCNT = getattr(socket, "TCP_KEEPCNT", None)
 class Session(asyncio.Protocol):
     __slots__ = ("acceptor", "conn", "transport", "peer", "host", "lines", "bucket", "pending",
                  "out", "uid", "name", "room", "cap_time", "open", "paused", "quitting",
-                 "_resume", "seen", "line_since")
+                 "_resume", "seen", "line_since", "blocked")
 
     def __init__(self, acceptor: Acceptor, conn: int):
         limits = acceptor.limits
@@ -70,6 +70,7 @@ class Session(asyncio.Protocol):
         self._resume: asyncio.Handle | None = None
         self.seen = acceptor.loop.time()
         self.line_since = 0.0
+        self.blocked = False  # the transport holds unsent bytes: lines wait in ``out``
 
     # ---- asyncio callbacks ------------------------------------------------------------------------
 
@@ -96,7 +97,21 @@ class Session(asyncio.Protocol):
                         sock.setsockopt(socket.IPPROTO_TCP, opt, value)
                     except OSError:
                         pass
+        # pause_writing as soon as a write leaves bytes unsent (the kernel buffer is full): the
+        # lines that follow wait in ``out`` (shared with the room's other members) and go in
+        # one write on resume_writing, not one transport write (a uvloop request) per flush.
+        # high=1, not 0: TLS transports pause at size >= high, plain ones at size > high
+        transport.set_write_buffer_limits(high=1, low=0)
         self.acceptor.session_opened(self)
+
+    def pause_writing(self) -> None:
+        self.blocked = True
+        self.acceptor.watch(self)
+
+    def resume_writing(self) -> None:
+        self.blocked = False
+        if self.out:
+            self.acceptor.unblocked(self)
 
     def data_received(self, data: bytes) -> None:
         if self.quitting:
