@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
 import ssl as ssl_module
 import time
 import uuid
@@ -226,9 +227,11 @@ class Acceptor:
 
     def unblocked(self, s: Session) -> None:
         """resume_writing: the lines that waited in ``s.out`` go in the next flush."""
-        self._dirty.append(s)
-        if self._flush_handle is None:
-            self._schedule_flush()
+        self._held.pop(s, None)
+        if s.out:
+            self._dirty.append(s)
+            if self._flush_handle is None:
+                self._schedule_flush()
 
     def watch(self, s: Session) -> None:
         """pause_writing: a blocked client's queue (mostly ``s.out``) is checked at each stall
@@ -249,12 +252,40 @@ class Acceptor:
         self._flush_handle = None
         began = time.perf_counter()
         dirty, self._dirty = self._dirty, []
-        for s in dirty:
-            if s.out:
-                if s.blocked:
-                    self._hold(s)
-                else:
-                    self._write(s)
+        writes = lines = 0
+        write = os.write
+        for s in dirty:  # the hot loop: _write inlined
+            out = s.out
+            if not out:
+                continue
+            if s.blocked:
+                self._hold(s)
+                continue
+            t = s.transport
+            if t is None or t.is_closing():
+                out.clear()
+                continue
+            n = len(out)
+            data = out[0] if n == 1 else b"".join(out)
+            out.clear()
+            if s.fd >= 0:  # nothing unsent in the transport: write to the socket ourselves
+                try:
+                    sent = write(s.fd, data)  # os.write: ~1 us less than transport.write
+                except (BlockingIOError, InterruptedError):
+                    sent = 0
+                except OSError:  # reset, broken pipe: the transport's write meets it too
+                    sent = 0
+                if sent < len(data):  # the rest (all, on an error) to the transport
+                    t.write(data[sent:] if sent else data)
+            else:
+                t.write(data)
+            writes += 1
+            lines += n
+            if s.blocked:  # pause_writing ran inside write: bytes were left unsent
+                self._check_queue(s, t)
+        stats = self.stats
+        stats["writes"] += writes
+        stats["lines_out"] += lines
         took = time.perf_counter() - began
         self._next_flush = self.loop.time() + min(self._coalesce_max,
                                                   took * self._coalesce_factor)
@@ -289,6 +320,9 @@ class Acceptor:
         stats["lines_out"] += len(out)
         t.write(out[0] if len(out) == 1 else b"".join(out))
         out.clear()
+        self._check_queue(s, t)
+
+    def _check_queue(self, s: Session, t: asyncio.Transport) -> None:
         size = t.get_write_buffer_size()
         if size > self.limits.send_queue:
             if size > self.limits.send_queue_hard:

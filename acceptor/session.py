@@ -47,7 +47,7 @@ KEEPCNT = getattr(socket, "TCP_KEEPCNT", None)
 class Session(asyncio.Protocol):
     __slots__ = ("acceptor", "conn", "transport", "peer", "host", "lines", "bucket", "pending",
                  "out", "uid", "name", "room", "cap_time", "open", "paused", "quitting",
-                 "_resume", "seen", "line_since", "blocked")
+                 "_resume", "seen", "line_since", "blocked", "fd")
 
     def __init__(self, acceptor: Acceptor, conn: int):
         limits = acceptor.limits
@@ -71,6 +71,7 @@ class Session(asyncio.Protocol):
         self.seen = acceptor.loop.time()
         self.line_since = 0.0
         self.blocked = False  # the transport holds unsent bytes: lines wait in ``out``
+        self.fd = -1  # the socket's fd, for the acceptor's direct writes (-1: TLS, or none)
 
     # ---- asyncio callbacks ------------------------------------------------------------------------
 
@@ -100,8 +101,13 @@ class Session(asyncio.Protocol):
         # pause_writing as soon as a write leaves bytes unsent (the kernel buffer is full): the
         # lines that follow wait in ``out`` (shared with the room's other members) and go in
         # one write on resume_writing, not one transport write (a uvloop request) per flush.
-        # high=1, not 0: TLS transports pause at size >= high, plain ones at size > high
-        transport.set_write_buffer_limits(high=1, low=0)
+        # Plain transports pause at size > high: high=0, so "not blocked" means "nothing
+        # unsent", and the acceptor may write to the fd itself (see Acceptor.flush). TLS ones
+        # pause at size >= high: high=1 (0 would pause at once), and never written directly.
+        tls = transport.get_extra_info("ssl_object") is not None
+        if sock is not None and not tls:
+            self.fd = sock.fileno()
+        transport.set_write_buffer_limits(high=1 if tls else 0, low=0)
         self.acceptor.session_opened(self)
 
     def pause_writing(self) -> None:
@@ -110,8 +116,7 @@ class Session(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.blocked = False
-        if self.out:
-            self.acceptor.unblocked(self)
+        self.acceptor.unblocked(self)
 
     def data_received(self, data: bytes) -> None:
         if self.quitting:
