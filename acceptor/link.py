@@ -34,6 +34,7 @@ from wire import bus
 log = logging.getLogger("pychat.acceptor")
 
 MAX_BATCHES_PER_CALLBACK = 256
+RECONNECT_MS = 25
 
 
 class Sent:
@@ -66,6 +67,8 @@ class BusLink:
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.SNDHWM, hwm)
         self.sock.setsockopt(zmq.RCVHWM, hwm)
+        # a restarted router is found within 25 ms (ZeroMQ's default is 100 ms), not backed off
+        self.sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_MS)
         if curve is not None:  # CurveZMQ client: (our public, our secret, the router's public)
             self.sock.curve_publickey, self.sock.curve_secretkey, self.sock.curve_serverkey = curve
         self.sock.connect(endpoint)

@@ -43,6 +43,7 @@ from .state import Delivery, RouterState
 log = logging.getLogger("pychat.router")
 
 MISSED_HEARTBEATS = 3
+SETTLE_ASK_INTERVAL = 0.05  # seconds between Resyncs to an acceptor a starting router awaits
 RATE_WINDOW = 10  # seconds over which `pychat status` reports messages per second
 
 
@@ -158,6 +159,9 @@ class RouterServer:
                 push_at = self.state.next_push()
                 if push_at is not None:
                     wake = min(wake, push_at)
+                settling = not self.settled and bool(self._expected)
+                if settling:  # ask the acceptors we wait for again soon
+                    wake = min(wake, now + SETTLE_ASK_INTERVAL)
                 timeout = 10 if backlog else max(0, int((wake - now) * 1000)) + 1
                 events = dict(poller.poll(timeout))
                 if self._wake_r.fileno() in events:
@@ -166,6 +170,11 @@ class RouterServer:
                     self._retry_backlogs()
                 if self.sock in events:
                     self._turn()
+                elif settling:
+                    out = Outbox()
+                    self._check_settled(time.monotonic(), out)
+                    self._deliver(self.state.end_turn(), out)
+                    self._send_all(out)
                 elif push_at is not None and time.monotonic() >= push_at:
                     out = Outbox()
                     self._deliver(self.state.end_turn(), out)  # a throttled list falls due
@@ -203,17 +212,16 @@ class RouterServer:
             self.turn_seconds.observe(time.perf_counter() - began)
 
     def _send_all(self, out: Outbox) -> None:
-        """Send a turn's messages, each acceptor's as one batch, with its Ack when every
-        result has left (no backlog anywhere: a result still waiting here would die with us)."""
-        out.origin = None
-        if self._ack_due and not any(p.backlog for p in self.peers.values()):
-            for acceptor in self._ack_due:
-                peer = self.peers.get(acceptor)
-                if peer is not None:
-                    out.add(acceptor, bus.Ack(peer.done))
-            self._ack_due.clear()
+        """Send a turn's messages, each acceptor's as one batch; then the Acks, if every result
+        has left (none waits in a backlog here, where it would die with us)."""
         for acceptor, msgs in out.items():
             self._send(acceptor, msgs)
+        if self._ack_due and not any(p.backlog for p in self.peers.values()):
+            due, self._ack_due = self._ack_due, set()
+            for acceptor in due:  # (a send can find an acceptor gone: _lost changes _ack_due)
+                peer = self.peers.get(acceptor)
+                if peer is not None:
+                    self._send(acceptor, [bus.Ack(peer.done)])
 
     def _handle(self, frames: list[bytes], now: float, out: Outbox) -> None:
         ident = frames[0]
@@ -330,6 +338,15 @@ class RouterServer:
             self._settle(now, out, "every acceptor has resynced")
         elif now >= self._settle_by:
             self._settle(now, out, f"{sorted(self._expected)} did not resync in time")
+        else:  # don't wait for their next heartbeat: their routing id is their name
+            for name in self._expected:
+                if self._resync_asked.get(name, -1e9) < now - SETTLE_ASK_INTERVAL:
+                    self._resync_asked[name] = now
+                    try:
+                        self.sock.send_multipart([name.encode(), *bus.encode([bus.Resync()])],
+                                                 zmq.NOBLOCK)
+                    except zmq.ZMQError:
+                        pass  # not connected to us yet: asked again in a moment
 
     def _settle(self, now: float, out: Outbox, why: str) -> None:
         self.settled = True

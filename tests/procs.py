@@ -90,6 +90,9 @@ class Proc:
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
+                # shown with the failure: what it was doing when it did not stop
+                print(f"{self.name} (pid {self.pid}) ignored SIGTERM for {timeout}s; killed. "
+                      "Its last output:\n" + "\n".join(self.output[-40:]), file=sys.stderr)
                 self.proc.kill()
                 self.proc.wait()
         return self.proc.returncode

@@ -396,6 +396,17 @@ def test_a_started_router_waits_for_the_acceptors_the_hello_names(router, fakes)
     assert json.loads(peers[-1].names) == ["first", "second"]
 
 
+def test_a_started_router_asks_the_acceptors_it_waits_for_to_resync(router, fakes):
+    """An acceptor with no client talking sends only heartbeats; a starting router that waits
+    for it does not wait for the next one: it sends Resync to the name it was given."""
+    quiet = fakes("quiet", hello=False)  # connected, but it has sent nothing at all
+    a = fakes("talker", hello=False)
+    a.hello(peers='["talker", "quiet"]')
+    quiet.expect(lambda m: isinstance(m, bus.Resync))
+    quiet.hello(peers='["talker", "quiet"]')
+    router.proc.wait_for(r"settled \d+ ms after start: every acceptor has resynced")
+
+
 def test_a_started_router_stops_waiting_for_an_acceptor_that_never_comes(router, fakes):
     a = fakes("lonely", hello=False)
     a.hello(peers='["lonely", "ghost"]')
