@@ -47,7 +47,7 @@ class Limits:
     max_connections: int = 10_000  # clients on this acceptor
     sndbuf: int = 64 * 1024  # kernel send buffer per client socket (0: the kernel's autotuning)
     lines_per_turn: int = 256  # lines of one client handled before others get a turn
-    coalesce_ms: float = 5.0  # the longest a line waits to share a write (0: every turn)
+    coalesce_ms: float = 4.0  # the longest a line waits to share a write (0: every turn)
     coalesce_factor: float = 1.0  # the wait, as a multiple of how long the last flush took
     idle_timeout: float = 0.0  # seconds without a byte from a client before it is closed (0: off)
     partial_line_timeout: float = 30.0  # seconds an unfinished line may stay unfinished (0: off)
