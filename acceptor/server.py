@@ -5,8 +5,12 @@ bus link. It holds no chat state beyond its own sessions; what a session is (uid
 comes from the router's ``SessionSet`` and is kept so a restarted router can be resynced.
 
 Fan-out: a room message arrives once per acceptor; its line is encoded once (twice at most: with
-and without ``@time=``) and appended to each local member's queue. Queues are written at the end
-of the loop turn, one ``transport.write`` per client; nobody ever waits for a client.
+and without ``@time=``) and appended to each local member's queue. Queues are written in rounds
+(``flush``), one write per client per round; nobody ever waits for a client. A plain client
+whose transport holds nothing unsent is written with ``os.write`` on its socket (cheaper than
+``transport.write``); a partial write leaves the rest to the transport, which pauses the session
+(``pause_writing``): a paused ("blocked") client's lines wait in its queue, as references to
+the bytes the room shares, until ``resume_writing``.
 
 Coalescing: the send syscall is most of an acceptor's cost under load, so after a round of writes
 the next round waits ``coalesce_factor`` times as long as that round took (at most
