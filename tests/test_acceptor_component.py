@@ -447,6 +447,33 @@ def test_unacknowledged_batches_are_sent_again_after_the_hello_with_their_number
     assert hello_at < line1_at
 
 
+def test_a_line_that_waited_too_long_for_a_gone_router_is_refused_and_not_sent_again(
+        start, fake, clients):
+    """The fake router heartbeats once (at start) and then falls silent, acknowledging
+    nothing: after 3 heartbeats the acceptor calls it gone, and a command still unacknowledged
+    5 s (ROUTER_WAIT) after it was sent is refused to its sender. A new router then gets the
+    resync without it."""
+    acc = start()
+    c, conn = connect(acc, clients)
+    admit(acc, c, conn, "111111")
+    fake.auto_ack = False
+    c.send("anyone there?")
+    fake.expect(is_cmd(conn, Say("anyone there?")))
+    began = time.monotonic()
+    assert c.read_line(timeout=15) == "ERROR: not sent, the router is unavailable: anyone there?"
+    assert time.monotonic() - began >= 5.0 - 0.5  # not before ROUTER_WAIT (less our latency)
+    acc.proc.wait_for(r"router gone for over 5s: refused \d+ waiting batches")
+
+    fake.auto_ack = True
+    count = len(fake.numbered)
+    acc.send(bus.Heartbeat(uuid.uuid4().hex[:12]))  # a new router: resync
+    fake.expect(lambda m: isinstance(m, bus.Hello))
+    c.send("/ping after")
+    assert local_reply(acc, c) == "PONG after"
+    again = [m for _, msgs in fake.numbered[count:] for m in msgs]
+    assert bus.Cmd(conn, Say("anyone there?")) not in again, again
+
+
 def test_results_of_a_batch_already_delivered_are_dropped(start, fake, clients):
     acc = start()
     c, conn = connect(acc, clients)
