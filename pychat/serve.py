@@ -22,7 +22,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 from acceptor.__main__ import (LIMIT_FLAGS, TLS_FLAGS, add_limit_options, add_tls_options,
@@ -112,8 +111,13 @@ class Supervisor:
         self.args = args
         self.tmp = tempfile.mkdtemp(prefix="pychat-")
         self.bus = args.router or args.bus or f"ipc://{self.tmp}/router.sock"
-        self.stopping = threading.Event()
-        self.wake = threading.Event()
+        self.stopping = False  # set by SIGTERM/SIGINT
+        # signals wake the supervisor through this socket pair (signal.set_wakeup_fd): a
+        # handler that took a lock (threading.Event.set) could deadlock against the main
+        # thread holding that same lock when the signal came
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
         self.children: list[Child] = []
         self.port = args.port
         self._hold: socket.socket | None = None
@@ -184,7 +188,7 @@ class Supervisor:
         deadline = time.monotonic() + READY_TIMEOUT
         buf = b""
         with os.fdopen(r, "rb", buffering=0) as pipe:
-            while ready < len(self.children) and not self.stopping.is_set():
+            while ready < len(self.children) and not self.stopping:
                 left = deadline - time.monotonic()
                 if left <= 0 or any(c.proc.poll() is not None for c in self.children):
                     return False
@@ -209,20 +213,28 @@ class Supervisor:
 
     def handle_signals(self) -> None:
         def stop(signum, _frame):
-            self.stopping.set()
-            self.wake.set()
+            self.stopping = True  # no locks in a handler; the wakeup fd wakes the loop
+        signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
-        signal.signal(signal.SIGCHLD, lambda *_: self.wake.set())
+        signal.signal(signal.SIGCHLD, lambda *_: None)  # a handler, so SIGCHLD wakes us too
+
+    def _sleep(self, timeout: float) -> None:
+        """Until a signal comes (or ``timeout`` seconds)."""
+        if select.select([self._wake_r], [], [], timeout)[0]:
+            try:
+                while self._wake_r.recv(512):
+                    pass
+            except (BlockingIOError, InterruptedError):
+                pass
 
     def supervise(self) -> None:
-        while not self.stopping.is_set():
+        while not self.stopping:
             due = [c.restart_at for c in self.children if c.proc is None]
-            self.wake.wait(min([1.0] + [max(0.0, t - time.monotonic()) for t in due]))
-            self.wake.clear()
+            self._sleep(min([1.0] + [max(0.0, t - time.monotonic()) for t in due]))
             now = time.monotonic()
             for child in self.children:
-                if self.stopping.is_set():
+                if self.stopping:
                     break
                 proc = child.proc
                 if proc is not None and proc.poll() is not None:
