@@ -4,15 +4,16 @@ garbage, connect/disconnect churn. These are correctness checks; figures live in
 
 from __future__ import annotations
 
-import os
+import itertools
 import random
 import re
 import socket
 import threading
+import time
 
 import pytest
 
-from clients.core import Connection, ConnectionClosed
+from clients.core import Connection
 
 from .procs import start_serve
 
@@ -165,8 +166,20 @@ def test_500_connect_disconnect_cycles_leave_no_ghosts(serve, connect):
         elif i % 3 == 1:  # abrupt: reset instead of FIN
             c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
         c.close()
-    watcher.send("/users")
-    watcher.expect(f"USERS:{watcher.uid}")
+    # every cycle's leaving reaches the router, over either acceptor: ask until the list,
+    # as of a /ping right after it, is the watcher alone (its stream also holds older pushes
+    # that once said so, so the last USERS before the PONG is the one that counts)
+    deadline = time.monotonic() + 20
+    for attempt in itertools.count():
+        watcher.send("/users")
+        watcher.send(f"/ping settled {attempt}")
+        last = None
+        while (line := watcher.read_line()) != f"PONG settled {attempt}":
+            if line.startswith("USERS:"):
+                last = line
+        if last == f"USERS:{watcher.uid}":
+            break
+        assert time.monotonic() < deadline, f"ghosts stay: {last}"
     other = connect(serve)
     other.handshake()
     assert other.users == (watcher.uid, other.uid)
