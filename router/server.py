@@ -16,9 +16,10 @@ batch handled again, after a restart, are dropped where they were already delive
 After a restart we know nobody. A batch from an acceptor we do not know is dropped (it is still
 unacknowledged, so it comes again) and the acceptor is asked to Resync: its Hello batch (Hello,
 then a Sync per session) and then its unacknowledged batches again. The Hello names the
-acceptors the previous router had told it of (``bus.Peers``); until all of them have said Hello,
-or ``settle_seconds`` have passed since the first did, numbered batches wait, so a line is not
-fanned out to a room whose members on a late acceptor we cannot see yet.
+acceptors the previous router had told it of (``bus.Peers``); until all of them have said Hello
+(we send each a Resync by name every ``SETTLE_ASK_INTERVAL``), or ``settle_seconds`` have passed
+since the first did, numbered batches wait, so a line is not fanned out to a room whose members
+on a late acceptor we cannot see yet.
 """
 
 from __future__ import annotations
@@ -480,11 +481,6 @@ class RouterServer:
             self._send_all(Outbox())  # the acknowledgements held back for the backlog
 
     def _beat(self, now: float) -> None:
-        if not self.settled and self._expected is not None:
-            out = Outbox()
-            self._check_settled(now, out)
-            self._deliver(self.state.end_turn(), out)
-            self._send_all(out)
         deadline = now - MISSED_HEARTBEATS * self.heartbeat
         for acceptor, peer in list(self.peers.items()):
             if peer.last_seen < deadline:

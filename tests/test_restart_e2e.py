@@ -12,7 +12,6 @@ machine may legitimately refuse lines that waited over 5 s, so that is counted, 
 from __future__ import annotations
 
 import os
-import re
 import signal
 import threading
 
@@ -20,6 +19,7 @@ import pytest
 
 from .crowd import Crowd
 from .procs import start_serve
+from .test_serve_e2e import child_pids
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
@@ -27,12 +27,6 @@ CLIENTS = 200
 SENDERS = 5
 COUNT = 60  # lines per sender
 RATE = 50.0  # lines/s from all senders together: 10,000 deliveries/s
-
-
-def router_pid(p) -> int:
-    pids = [int(m.group(1)) for line in p.output
-            if (m := re.search(r"started router \(pid (\d+)\)", line))]
-    return pids[-1]
 
 
 @pytest.mark.parametrize("heartbeat", ["1.0", "0.2"])
@@ -43,7 +37,7 @@ def test_router_killed_mid_conversation_loses_no_line(procs, heartbeat):
     try:
         crowd.wait_registered()
 
-        victim = router_pid(p)
+        victim = child_pids(p)["router"]
         killed = threading.Event()
 
         def kill_once(k: int) -> None:
