@@ -143,12 +143,12 @@ class Run:
     async def connect_all(self) -> float:
         loop = asyncio.get_running_loop()
         sem = asyncio.Semaphore(self.args.connect_concurrency)
-        n_sampled = min(self.args.sample, self.args.clients)
+        sampled = sampled_indices(self.args.clients, self.args.sample, self.args.sample_at)
         began = time.monotonic()
 
         async def one(i: int) -> None:
             async with sem:
-                client = Client(self, i, sampled=i >= self.args.clients - n_sampled)
+                client = Client(self, i, sampled=i in sampled)
                 await loop.create_connection(lambda: client, self.args.host, self.args.port)
                 self.clients.append(client)
                 await asyncio.wait_for(client.ready, self.args.timeout)
@@ -246,6 +246,20 @@ class Run:
             if got != last:
                 last, still = got, time.monotonic()
             await asyncio.sleep(0.05)  # polling our own counters while the deliveries arrive
+
+
+def sampled_indices(clients: int, n: int, at: str) -> set[int]:
+    """Which clients parse every line. A server writes a room's members in some order (PyChat
+    oldest member first, ngircd newest first), so the clients written last in each round see
+    the most latency: ``spread`` (the default) samples every k-th client, evenly over the join
+    order, so the figure stands for the whole room on any server; ``last`` and ``first`` sample
+    the clients that join last or first (``last`` was the only choice before)."""
+    n = min(n, clients)
+    if at == "last":
+        return set(range(clients - n, clients))
+    if at == "first":
+        return set(range(n))
+    return {(k * clients) // n + (clients // n) // 2 for k in range(n)}
 
 
 def process_tree(pid: int) -> dict[int, float]:
@@ -353,6 +367,11 @@ def build_parser() -> argparse.ArgumentParser:
            help="approximate bytes per message")
     option(p, "--sample", "PYCHAT_LT_SAMPLE", default=20, type=positive(int),
            help="receivers that parse every line (latency, order, duplicates)")
+    option(p, "--sample-at", "PYCHAT_LT_SAMPLE_AT", default="spread",
+           choices=["spread", "first", "last"],
+           help="which receivers are sampled: spread evenly over the join order, or the clients "
+                "that join first or last (servers write a room's members in join order or its "
+                "reverse, so first and last see the best and worst of each round)")
     option(p, "--proto", "PYCHAT_LT_PROTO", default="pychat", choices=["pychat", "irc"],
            help="the server's protocol")
     option(p, "--room", "PYCHAT_LT_ROOM", default="#load", help="IRC channel to join")

@@ -11,6 +11,7 @@ import subprocess
 import pytest
 
 from clients.loadstats import Latencies, Summary, percentile, table
+from clients.loadtest import sampled_indices
 
 from .procs import ROOT, python_m
 
@@ -40,6 +41,19 @@ def test_table_mentions_loss_and_the_bottleneck_note():
     text = table(s)
     assert "990/1000" in text and re.search(r"lost, duplicated +10, 0", text)
     assert "note: the load generator used a whole core" in text
+
+
+def test_sampled_receivers_spread_over_the_join_order():
+    # A server writes a room's members in join order (PyChat) or its reverse (ngircd): a sample
+    # taken from one end measures only the best or the worst place in every round.
+    spread = sorted(sampled_indices(1000, 20, "spread"))
+    assert len(spread) == 20 and spread[0] < 50 and spread[-1] >= 950
+    gaps = {b - a for a, b in zip(spread, spread[1:])}
+    assert gaps == {50}
+    assert sampled_indices(1000, 3, "last") == {997, 998, 999}
+    assert sampled_indices(1000, 3, "first") == {0, 1, 2}
+    assert sampled_indices(10, 20, "spread") == set(range(10))  # more wanted than there are
+    assert len(sampled_indices(30, 7, "spread")) == 7
 
 
 @pytest.mark.e2e
