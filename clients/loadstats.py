@@ -43,6 +43,10 @@ class Summary:
     server_cpu_s: float | None = None
     server_cpu_s_per_million: float | None = None
     loadgen_bound: bool = False
+    machine_cpu_s: float | None = None  # every core, every process, softirqs too
+    machine_cpu_s_per_million: float | None = None
+    stamp: str = "user"  # latency ends at: kernel (socket receive time) or user (our read)
+    loadgen_delay_ms: dict = field(default_factory=dict)  # kernel stamp to our read
     notes: list = field(default_factory=list)
 
     def to_json(self) -> str:
@@ -94,11 +98,20 @@ def table(s: Summary) -> str:
         rows.append(("latency ms p50/p90/p99/max",
                      f"{lat['p50']:.2f} / {lat['p90']:.2f} / {lat['p99']:.2f} / "
                      f"{lat['max']:.2f} ({lat['count']} samples)"))
+    if s.stamp == "kernel" and s.loadgen_delay_ms.get("count"):
+        d = s.loadgen_delay_ms
+        rows.append(("read delay ms p50/p99/max",
+                     f"{d['p50']:.2f} / {d['p99']:.2f} / {d['max']:.2f} (the load generator's "
+                     "own, left out of the latency)"))
     rows.append(("load generator CPU", f"{s.loadgen_cpu_pct:.0f}% of a core"))
     if s.server_cpu_s is not None:
         per_m = (f", {s.server_cpu_s_per_million:.1f} s per million deliveries"
                  if s.server_cpu_s_per_million is not None else "")
         rows.append(("server CPU", f"{s.server_cpu_s:.2f} s{per_m}"))
+    if s.machine_cpu_s_per_million is not None:
+        rows.append(("machine CPU", f"{s.machine_cpu_s:.2f} s, "
+                                    f"{s.machine_cpu_s_per_million:.1f} s per million deliveries "
+                                    "(all cores: server, load generator, kernel)"))
     width = max(len(k) for k, _ in rows)
     lines = [f"{k:<{width}}  {v}" for k, v in rows]
     lines += [f"note: {n}" for n in s.notes]

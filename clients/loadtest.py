@@ -17,6 +17,8 @@ import argparse
 import asyncio
 import os
 import resource
+import socket
+import struct
 import sys
 import time
 
@@ -28,6 +30,102 @@ from .loadstats import Latencies, Summary, plot, table
 TICK = 0.002  # the sender tick: fine enough that arrivals are not lumped together
 FLAT_OUT_IN_FLIGHT = 20  # flat out: messages per sender not yet seen by every sampled receiver
 LOADGEN_BOUND_PCT = 90.0
+# Linux's SO_TIMESTAMPNS (= SCM_TIMESTAMPNS; Python does not name it): the kernel stamps each
+# received segment with CLOCK_REALTIME, and recvmsg hands the stamp back
+SO_TIMESTAMPNS = 35
+TIMESPEC = struct.Struct("@ll")
+ANCILLARY = socket.CMSG_SPACE(TIMESPEC.size)
+
+
+class KernelStamped:
+    """A sampled receiver's socket, read with ``recvmsg`` for the kernel's receive time.
+
+    Latency is the time from the send stamp in the message to the moment the line reached this
+    client's socket (the kernel's stamp of the segment that completed it), not to the moment
+    this process got round to reading it: on two cores the load generator is busy, and its own
+    queueing would be counted as the server's. How late the reads came is reported apart
+    (``loadgen_delay_ms``). Writes are small (pings, handshakes, the senders' lines): sent at
+    once, the rest buffered until the socket is writable."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, client: Client):
+        self.loop, self.sock, self.client = loop, sock, client
+        self.fd = sock.fileno()
+        self.pending = b""
+        self.closed = False
+        loop.add_reader(self.fd, self._readable)
+
+    def _readable(self) -> None:
+        """Each complete line is read on its own (``recvmsg`` of its length, after a peek), so
+        it gets the stamp of the segment that completed it: one read of two writes would give
+        both lines the later write's stamp. A trailing partial line is read too (it completes,
+        and is stamped, in a later read)."""
+        try:
+            peek = self.sock.recv(1 << 18, socket.MSG_PEEK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            peek = b""
+        if not peek:
+            self.close()
+            self.client.connection_lost(None)
+            return
+        client = self.client
+        pos = 0
+        while pos < len(peek):
+            nl = peek.find(b"\n", pos)
+            size = (nl + 1 if nl >= 0 else len(peek)) - pos
+            try:
+                data, anc, _, _ = self.sock.recvmsg(size, ANCILLARY)
+            except OSError:  # gone meanwhile: the next readable event sees it
+                return
+            pos += len(data)
+            stamp = None
+            for level, kind, payload in anc:
+                if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+                    sec, nsec = TIMESPEC.unpack_from(payload)
+                    # to the monotonic clock the send stamps use, at this moment's offset
+                    stamp = sec * 1_000_000_000 + nsec - (time.time_ns() - time.monotonic_ns())
+            client.rx_ns = stamp if nl >= 0 else None
+            client.data_received(data)
+            if not data:
+                return
+
+    def write(self, data: bytes) -> None:
+        if self.closed:
+            return
+        if self.pending:
+            self.pending += data
+            return
+        try:
+            n = self.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            n = 0
+        except OSError:
+            return  # reset: the read side sees it
+        if n < len(data):
+            self.pending = data[n:]
+            self.loop.add_writer(self.fd, self._writable)
+
+    def _writable(self) -> None:
+        try:
+            n = self.sock.send(self.pending)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            n = len(self.pending)
+        self.pending = self.pending[n:]
+        if not self.pending:
+            self.loop.remove_writer(self.fd)
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.loop.remove_reader(self.fd)
+            self.loop.remove_writer(self.fd)
+            self.sock.close()
 
 
 class Client(asyncio.Protocol):
@@ -47,6 +145,7 @@ class Client(asyncio.Protocol):
         self.last_seq: dict[int, int] = {}
         self.paused = False
         self.closed = False
+        self.rx_ns: int | None = None  # the kernel's receive time of the line being read
 
     # ---- asyncio ---------------------------------------------------------------------------------
 
@@ -117,6 +216,9 @@ class Client(asyncio.Protocol):
             self.last_seq[sender] = seq
         self.count += 1
         now = time.monotonic_ns()
+        if self.rx_ns is not None:  # kernel-stamped: how late this process read it, apart
+            run.delays.add(0, (now - self.rx_ns) / 1e6)
+            now = self.rx_ns
         run.latencies.add(int(now / 1e9 - run.t0), (now - sent_ns) / 1e6)
 
     def send(self, text: str) -> None:
@@ -134,6 +236,7 @@ class Run:
         self.marker = b":LT " if self.proto == "irc" else b": LT "
         self.clients: list[Client] = []
         self.latencies = Latencies()
+        self.delays = Latencies()  # kernel receive time to this process reading the line
         self.duplicated = 0
         self.order_violations = 0
         self.sent = 0
@@ -149,7 +252,11 @@ class Run:
         async def one(i: int) -> None:
             async with sem:
                 client = Client(self, i, sampled=i in sampled)
-                await loop.create_connection(lambda: client, self.args.host, self.args.port)
+                if client.sampled and self.args.stamp == "kernel":
+                    await self.connect_stamped(client)
+                else:
+                    await loop.create_connection(lambda: client, self.args.host,
+                                                 self.args.port)
                 self.clients.append(client)
                 await asyncio.wait_for(client.ready, self.args.timeout)
 
@@ -161,6 +268,22 @@ class Run:
                   file=sys.stderr)
         self.clients.sort(key=lambda c: c.idx)
         return time.monotonic() - began
+
+    async def connect_stamped(self, client: Client) -> None:
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+            except OSError:  # not Linux: no stamps come, and the latency is read time
+                pass
+            await loop.sock_connect(sock, (self.args.host, self.args.port))
+        except BaseException:
+            sock.close()
+            raise
+        client.connection_made(KernelStamped(loop, sock, client))
 
     async def settle(self) -> None:
         """Let the arrival pushes (USERS/JOIN lines) of the connect storm drain: a ping round
@@ -290,6 +413,22 @@ def cpu_seconds_of_tree(pid: int) -> float:
     return sum(process_tree(pid).values())
 
 
+def machine_busy_seconds() -> float | None:
+    """CPU seconds every core of the machine spent not idle (``/proc/stat``), or None.
+
+    The fair cost on loopback: the kernel sends a socket's queued data in whatever process
+    handles the acknowledgement, so with Nagle's algorithm on much of a server's sending is
+    counted to the load generator's reads, not to the server's pid."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    busy = sum(fields[:8]) - idle  # user nice system idle iowait irq softirq steal
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
 async def run_load(args: argparse.Namespace) -> Summary:
     run = Run(args)
     summary = Summary(proto=args.proto, clients=args.clients, senders=args.senders,
@@ -299,11 +438,13 @@ async def run_load(args: argparse.Namespace) -> Summary:
     await run.settle()
     server0 = sum(cpu_seconds_of_tree(p) for p in args.server_pid)
     usage0 = resource.getrusage(resource.RUSAGE_SELF)
+    machine0 = machine_busy_seconds()
     wall0 = time.monotonic()
     summary.duration_s = await run.send_phase()
     await run.drain()
     wall = time.monotonic() - wall0
     usage1 = resource.getrusage(resource.RUSAGE_SELF)
+    machine1 = machine_busy_seconds()
     if not args.quiet:
         sys.stderr.write("\n")
     summary.sent = run.sent
@@ -315,12 +456,18 @@ async def run_load(args: argparse.Namespace) -> Summary:
     summary.disconnected = sum(1 for c in run.clients if c.closed)
     summary.deliveries_per_s = summary.delivered / max(summary.duration_s, 1e-9)
     summary.latency_ms = run.latencies.stats()
+    if args.stamp == "kernel" and len(run.delays.all):  # (no stamps: the kernel gave none)
+        summary.stamp = "kernel"
+        summary.loadgen_delay_ms = run.delays.stats()
     cpu = (usage1.ru_utime - usage0.ru_utime) + (usage1.ru_stime - usage0.ru_stime)
     summary.loadgen_cpu_pct = 100.0 * cpu / max(wall, 1e-9)
     if args.server_pid:
         summary.server_cpu_s = sum(cpu_seconds_of_tree(p) for p in args.server_pid) - server0
         if summary.delivered:
             summary.server_cpu_s_per_million = summary.server_cpu_s / summary.delivered * 1e6
+    if machine0 is not None and machine1 is not None and summary.delivered:
+        summary.machine_cpu_s = machine1 - machine0
+        summary.machine_cpu_s_per_million = summary.machine_cpu_s / summary.delivered * 1e6
     if summary.loadgen_cpu_pct >= LOADGEN_BOUND_PCT:
         summary.loadgen_bound = True
         summary.notes.append("the load generator used a whole core: it, not the server, may "
@@ -372,6 +519,10 @@ def build_parser() -> argparse.ArgumentParser:
            help="which receivers are sampled: spread evenly over the join order, or the clients "
                 "that join first or last (servers write a room's members in join order or its "
                 "reverse, so first and last see the best and worst of each round)")
+    option(p, "--stamp", "PYCHAT_LT_STAMP", default="kernel", choices=["kernel", "user"],
+           help="when a sampled line counts as received: the kernel's receive time on the "
+                "client's socket (SO_TIMESTAMPNS; the load generator's own delay is left out "
+                "and reported apart), or when this process read it")
     option(p, "--proto", "PYCHAT_LT_PROTO", default="pychat", choices=["pychat", "irc"],
            help="the server's protocol")
     option(p, "--room", "PYCHAT_LT_ROOM", default="#load", help="IRC channel to join")

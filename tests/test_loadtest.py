@@ -57,14 +57,21 @@ def test_sampled_receivers_spread_over_the_join_order():
 
 
 @pytest.mark.e2e
-def test_loadtest_against_serve_counts_every_delivery(serve):
+@pytest.mark.parametrize("stamp,sample_at", [("kernel", "spread"), ("user", "last")])
+def test_loadtest_against_serve_counts_every_delivery(serve, stamp, sample_at):
     r = subprocess.run(
         python_m("pychat", "loadtest", "--port", str(serve), "--clients", "30", "--senders",
-                 "5", "--rate", "200", "--count", "200", "--sample", "5", "--json", "--quiet"),
+                 "5", "--rate", "200", "--count", "200", "--sample", "5", "--json", "--quiet",
+                 "--stamp", stamp, "--sample-at", sample_at),
         capture_output=True, text=True, timeout=120, cwd=ROOT,
         env=dict(os.environ, PYTHONPATH=ROOT))
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
+    assert out["stamp"] == stamp
+    if stamp == "kernel":  # every sampled line had the kernel's receive time
+        assert out["loadgen_delay_ms"]["count"] == out["latency_ms"]["count"]
+        assert 0 <= out["loadgen_delay_ms"]["p50"] < 1000  # stamps on the send stamps' clock
+    assert out["machine_cpu_s"] > 0 and out["machine_cpu_s_per_million"] > 0
     assert out["connected"] == 30 and out["sent"] == 200
     assert out["expected"] == 200 * 30  # PyChat echoes to the sender: every member gets it
     assert out["delivered"] == out["expected"] and out["lost"] == 0
