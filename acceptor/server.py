@@ -6,11 +6,13 @@ comes from the router's ``SessionSet`` and is kept so a restarted router can be 
 
 Fan-out: a room message arrives once per acceptor; its line is encoded once (twice at most: with
 and without ``@time=``) and appended to each local member's queue. Queues are written in rounds
-(``flush``), one write per client per round; nobody ever waits for a client. A plain client
-whose transport holds nothing unsent is written with ``os.write`` on its socket (cheaper than
-``transport.write``); a partial write leaves the rest to the transport, which pauses the session
-(``pause_writing``): a paused ("blocked") client's lines wait in its queue, as references to
-the bytes the room shares, until ``resume_writing``.
+(``flush``), one write per client per round, ``FLUSH_SLICE`` clients at a time with the loop
+running between slices (reads and router batches are not held up by a long round, and lines
+that arrive meanwhile reach the clients not written yet in the same round); nobody ever waits
+for a client. A plain client whose transport holds nothing unsent is written with ``os.write``
+on its socket (cheaper than ``transport.write``); a partial write leaves the rest to the
+transport, which pauses the session (``pause_writing``): a paused ("blocked") client's lines
+wait in its queue, as references to the bytes the room shares, until ``resume_writing``.
 
 Coalescing: the send syscall is most of an acceptor's cost under load, so after a round of writes
 the next round waits ``coalesce_factor`` times as long as that round took (at most
@@ -51,6 +53,7 @@ MISSED_HEARTBEATS = 3
 ROUTER_WAIT = 5.0  # seconds a command waits for a gone router before its sender is told
 SWEEP_INTERVAL = 1.0  # seconds between sweeps for idle clients and unfinished lines
 TLS_HANDSHAKE_TIMEOUT = 10.0  # seconds a TLS client has to finish its handshake
+FLUSH_SLICE = 128  # clients a round writes before the loop gets a turn (reads, router batches)
 
 
 class Acceptor:
@@ -71,6 +74,9 @@ class Acceptor:
         self._coalesce_max = limits.coalesce_ms / 1000.0
         self._coalesce_factor = limits.coalesce_factor
         self._next_flush = 0.0  # loop time before which a round of writes waits
+        self._round: list[Session] = []  # the round being written, FLUSH_SLICE at a time
+        self._round_at = 0  # its next client
+        self._round_cost = 0.0  # seconds its slices took so far
         self._beat_handle: asyncio.TimerHandle | None = None
         self._stall_handle: asyncio.TimerHandle | None = None
         self._over: dict[Session, int] = {}  # clients above send_queue -> bytes at last check
@@ -250,15 +256,26 @@ class Acceptor:
             self._write(s)
 
     def flush(self) -> None:
-        """Write every queued line: one write per client."""
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()
+        """Start a round of writes: one write per client with lines queued."""
+        self._round, self._dirty = self._dirty, []
+        self._round_at = 0
+        self._round_cost = 0.0
+        self._write_slice()
+
+    def _write_slice(self) -> None:
+        """Write ``FLUSH_SLICE`` clients of the round, then let the loop run before the next
+        slice: the lines of senders on this acceptor are read meanwhile, and what the router
+        sends back joins the queues of the clients the round has not reached yet (one write
+        for both), instead of waiting behind a round of thousands of writes."""
         self._flush_handle = None
         began = time.perf_counter()
-        dirty, self._dirty = self._dirty, []
+        dirty = self._round
+        i = self._round_at
+        end = min(i + FLUSH_SLICE, len(dirty))
         writes = lines = 0
         write = os.write
-        for s in dirty:  # the hot loop: _write inlined
+        for k in range(i, end):  # the hot loop: _write inlined
+            s = dirty[k]
             out = s.out
             if not out:
                 continue
@@ -290,9 +307,18 @@ class Acceptor:
         stats = self.stats
         stats["writes"] += writes
         stats["lines_out"] += lines
-        took = time.perf_counter() - began
+        self._round_cost += time.perf_counter() - began
+        if end < len(dirty):
+            self._round_at = end
+            self._flush_handle = self.loop.call_soon(self._write_slice)
+            return
+        self._round = []
         self._next_flush = self.loop.time() + min(self._coalesce_max,
-                                                  took * self._coalesce_factor)
+                                                  self._round_cost * self._coalesce_factor)
+        # lines queued during the round for clients it had passed; blocked clients alone
+        # (re-queued by _hold to be counted again) wait for new lines, as before
+        if any(not s.blocked for s in self._dirty):
+            self._schedule_flush()
 
     def _hold(self, s: Session) -> None:
         """``s`` is blocked: its lines wait in ``s.out`` (the same bytes objects as the other

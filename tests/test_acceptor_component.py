@@ -307,6 +307,29 @@ def test_one_batch_of_chat_lines_reaches_the_client_in_order(start, clients):
     assert recvs <= 5, recvs
 
 
+def test_300_members_get_every_line_of_50_batches_once_and_in_order(start, clients):
+    # A round of writes goes FLUSH_SLICE (128) clients at a time, and batches that arrive
+    # between slices join the queues of the clients it has not reached yet: nobody may miss a
+    # line, get one twice or out of order, whichever slice the batch met.
+    acc = start()
+    members = []
+    for i in range(300):
+        c, conn = connect(acc, clients)
+        admit(acc, c, conn, f"{100000 + i}", room="#big")
+        members.append(c)
+    texts = [f"222222: line {i:03d}" for i in range(50)]
+    for t in texts:  # 50 batches, back to back: several land while a round is being written
+        acc.send(bus.ChatRoom("#big", "2026-11-26T11:34:42.123Z", t))
+    for i, c in enumerate(members):
+        got = [c.read_line() for _ in texts]
+        assert got == texts, (i, [g for g in got if g not in texts][:3])
+    fence, fconn = connect(acc, clients)
+    admit(acc, fence, fconn, "999999", room="#big")
+    acc.send(bus.ChatRoom("#big", "2026-11-26T11:34:42.123Z", "222222: after"))
+    for c in members:  # and nothing more than the 50 came before this one
+        assert c.read_line() == "222222: after"
+
+
 def test_kick_sends_its_text_then_closes_that_client_only(start, fake, clients):
     acc = start()
     c1, conn1 = connect(acc, clients)
