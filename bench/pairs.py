@@ -53,14 +53,16 @@ def main() -> int:
             r = pair[kind]
             if "error" not in r:
                 out.append(r["latency_ms"]["p99"] if key == "p99"
-                           else r["server_cpu_s_per_million"])
+                           else r.get("machine_cpu_s_per_million") or float("nan")
+                           if key == "machine" else r["server_cpu_s_per_million"])
         return out
 
     for kind in (args.server, "ngircd"):
-        p99, cpu = col(kind, "p99"), col(kind, "cpu")
+        p99, cpu, machine = col(kind, "p99"), col(kind, "cpu"), col(kind, "machine")
         if p99:
             print(f"{kind}: median p99 {statistics.median(p99):.1f} ms, median CPU "
-                  f"{statistics.median(cpu):.2f} s per million deliveries ({len(p99)} runs)")
+                  f"{statistics.median(cpu):.2f} s per million deliveries (server), "
+                  f"{statistics.median(machine):.2f} (machine) ({len(p99)} runs)")
     both = sum(1 for p in rows if "error" not in p[args.server] and "error" not in p["ngircd"]
                and p[args.server]["latency_ms"]["p99"] <= p["ngircd"]["latency_ms"]["p99"]
                and p[args.server]["server_cpu_s_per_million"]

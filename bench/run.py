@@ -1,4 +1,4 @@
-"""The benchmark sitting: PyChat (1 and 2 acceptors) and ngircd, measured in one run.
+"""The benchmark sitting: PyChat (1 and 2 acceptors), ngircd and a one-process baseline, in one run.
 
 Run on demand, never in CI:  python3 bench/run.py [--quick] [--write]
 
@@ -6,7 +6,8 @@ For each server configuration and each scenario it starts the server, runs `pych
 against it (which measures latency, deliveries and the server's CPU by pid tree), samples the
 server's memory, and stops the server by its pid. ngircd comes from Debian's package
 (`apt-get install ngircd`), configured for the load: no per-IP or join limits, flood penalties
-off (MaxPenaltyTime = 0), long ping timeouts. Everything listens on 127.0.0.1 only.
+off (MaxPenaltyTime = 0), long ping timeouts. `oneproc` is bench/oneproc.py, the plain
+one-process asyncio server the issue measured PyChat against. Everything listens on 127.0.0.1.
 
 --write puts the table and a plot (server CPU per million deliveries against N) into
 docs/BENCHMARKS.md and docs/img/, between markers, with the date, the machine and the commands.
@@ -81,6 +82,14 @@ class Server:
                 except OSError:
                     time.sleep(0.05)  # waiting for ngircd to listen
             raise RuntimeError("ngircd did not start")
+        if self.kind == "oneproc":  # the one-process baseline (bench/oneproc.py)
+            self.proc = subprocess.Popen([PY, os.path.join(ROOT, "bench", "oneproc.py")],
+                                         stdout=subprocess.PIPE, env=ENV, text=True)
+            line = self.proc.stdout.readline()
+            if "serving on" not in line:
+                raise RuntimeError(f"bench/oneproc.py did not start: {line!r}")
+            self.port = int(line.rsplit(":", 1)[1])
+            return
         acceptors = self.kind.split("-")[1]
         self.log = open(os.path.join(self.tmp, "serve.log"), "w+")
         self.proc = subprocess.Popen(
@@ -108,6 +117,11 @@ class Server:
 # every JOIN is announced to the whole channel: 5,000 clients took 215 s to register here, and
 # 10,000 did not finish within the 900 s a run may take. It is measured up to this many.
 NGIRCD_MAX_CLIENTS = 5000
+# The one-process baseline is saturated at 1,000 clients and 200 msg/s already; at 5,000 a run
+# would be minutes of backlog, not a measurement.
+MAX_CLIENTS = {"ngircd": NGIRCD_MAX_CLIENTS, "oneproc": 1000}
+RATES = (400, 800, 1600, 2400, 3200, 4800, 6400, 8000, 9600, 12800)
+LOW_RATES = {"oneproc": (50, 100, 150, 200, 300)}  # where its search must begin
 
 NGIRCD_CONF = """[Global]
 Name = bench.pychat.test
@@ -188,6 +202,7 @@ def show(r: dict) -> str:
             f"p50={lat.get('p50', float('nan')):7.2f} p99={lat.get('p99', float('nan')):7.2f} "
             f"deliv/s={r['deliveries_per_s']:>9,.0f} lost={r['lost']} "
             f"cpu/M={cost if cost is None else round(cost, 2)} "
+            f"machine/M={r.get('machine_cpu_s_per_million') or float('nan'):.2f} "
             f"loadgen={r['loadgen_cpu_pct']:.0f}% peakRSS={r['peak_rss_kb'] / 1024:.0f}MB"
             + (f" idle={r['idle_kb_per_client']}KB/client" if "idle_kb_per_client" in r else "")
             + f" connect={r['connect_s']:.2f}s")
@@ -198,7 +213,8 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="a short sitting (fewer scenarios)")
     ap.add_argument("--write", action="store_true", help="write docs/BENCHMARKS.md and the plot")
     ap.add_argument("--duration", type=float, default=8.0)
-    ap.add_argument("--servers", default="pychat-1,pychat-2,ngircd")
+    ap.add_argument("--servers", default="pychat-1,pychat-2,ngircd,oneproc",
+                    help="pychat-N (N acceptors), ngircd, oneproc (bench/oneproc.py)")
     args = ap.parse_args()
     servers = args.servers.split(",")
     if "ngircd" in servers and not shutil.which("ngircd"):
@@ -210,8 +226,8 @@ def main() -> int:
     results = []
     for clients, senders, rate in scenarios:
         for kind in servers:
-            if kind == "ngircd" and clients > NGIRCD_MAX_CLIENTS:
-                print(f"ngircd N={clients}: left out (see NGIRCD_MAX_CLIENTS)", flush=True)
+            if clients > MAX_CLIENTS.get(kind, clients):
+                print(f"{kind} N={clients}: left out (see MAX_CLIENTS)", flush=True)
                 continue
             linger = 3.0 if clients >= 5000 else 0.0
             r = measure(kind, clients, senders, rate, args.duration, linger)
@@ -221,7 +237,7 @@ def main() -> int:
     max_rates, stopped_by = {}, {}
     for kind in servers:
         best, why = 0.0, "the search's ceiling"
-        for rate in (400, 800, 1600, 2400, 3200, 4800, 6400, 8000, 9600, 12800):
+        for rate in LOW_RATES.get(kind, ()) + RATES:
             r = measure(kind, 1000, 20, float(rate), min(args.duration, 6.0))
             results.append(r)
             print(show(r), flush=True)
@@ -268,28 +284,39 @@ def machine() -> str:
 
 def write_docs(out: dict) -> None:
     rows = ["| server | clients | rate (msg/s) | p50 ms | p99 ms | deliveries/s | lost | "
-            "server CPU s per million deliveries | peak RSS MB | idle KB/client | connect s |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+            "server CPU s per million deliveries | machine CPU s per million | load generator "
+            "CPU | peak RSS MB | idle KB/client | connect s |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in out["results"]:
         if "error" in r:
             rows.append(f"| {r['server']} | {r['clients']} | {r['rate'] or 'flat out'} | "
-                        f"error: {r['error'][:60]} | | | | | | | |")
+                        f"error: {r['error'][:60]} | | | | | | | | | |")
             continue
         lat = r["latency_ms"]
         cost = r.get("server_cpu_s_per_million")
         rows.append(f"| {r['server']} | {r['clients']} | {r['rate'] or 'flat out'} | "
                     f"{lat.get('p50', '')} | {lat.get('p99', '')} | "
                     f"{r['deliveries_per_s']:,.0f} | {r['lost']} | "
-                    f"{'' if cost is None else round(cost, 2)} | {r['peak_rss_kb'] / 1024:.0f} | "
+                    f"{'' if cost is None else round(cost, 2)} | "
+                    f"{round(r.get('machine_cpu_s_per_million') or 0, 2) or ''} | "
+                    f"{r['loadgen_cpu_pct']:.0f}% | {r['peak_rss_kb'] / 1024:.0f} | "
                     f"{r.get('idle_kb_per_client', '')} | {r['connect_s']:.2f} |")
     rates = ", ".join(f"{k}: {v} msg/s (then {out.get('stopped_by', {}).get(k, '?')})"
                       for k, v in out["max_rates"].items())
+    best = out["max_rates"]
+    ratios = [f"{k} / oneproc = {best[k] / best['oneproc']:.0f}x" for k in best
+              if k.startswith("pychat") and best.get("oneproc")]
+    if ratios:
+        rates += ". Against the one-process baseline: " + ", ".join(ratios)
     plot_path = plot_cost(out)
     text = "\n".join([
         BEGIN, f"### Sitting of {out['date']}", "", f"Machine: {out['machine']}.", "",
         "Command: `python3 bench/run.py --write` (ngircd from Debian's package, configured in "
-        "bench/run.py). Each row is one run of `pychat loadtest` against a fresh server; the load "
-        "generator runs on the same two cores.", "", *rows, "",
+        "bench/run.py; oneproc is bench/oneproc.py). Each row is one run of `pychat loadtest` "
+        "against a fresh server; the load generator runs on the same two cores. Latency ends at "
+        "the kernel's receive stamp on 20 receivers spread over the room. Server CPU is the "
+        "server's processes; machine CPU is every core's busy time during the run (the server, "
+        "the load generator and the kernel's work for both).", "", *rows, "",
         f"Highest rate with p99 under 100 ms at 1,000 clients (20 senders): {rates}.", "",
         f"![server CPU per million deliveries against N]({plot_path})", "", END])
     doc = os.path.join(ROOT, "docs", "BENCHMARKS.md")
