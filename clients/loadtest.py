@@ -41,11 +41,14 @@ class KernelStamped:
     """A sampled receiver's socket, read with ``recvmsg`` for the kernel's receive time.
 
     Latency is the time from the send stamp in the message to the moment the line reached this
-    client's socket (the kernel's stamp of the segment that completed it), not to the moment
-    this process got round to reading it: on two cores the load generator is busy, and its own
-    queueing would be counted as the server's. How late the reads came is reported apart
-    (``loadgen_delay_ms``). Writes are small (pings, handshakes, the senders' lines): sent at
-    once, the rest buffered until the socket is writable."""
+    client's socket, not to the moment this process got round to reading it: on two cores the
+    load generator is busy, and its own queueing would be counted as the server's. The stamp is
+    the kernel's, of the newest data a read takes in: segments that wait unread are merged in
+    the receive queue and keep the newest one's time, so a line is never stamped early, and is
+    stamped late only when this process was late to read and more data came meanwhile (reading
+    line by line does not help: the merge has happened). How late the reads came is reported
+    apart (``loadgen_delay_ms``). Writes are small (pings, handshakes, the senders' lines): sent
+    at once, the rest buffered until the socket is writable."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, client: Client):
         self.loop, self.sock, self.client = loop, sock, client
@@ -55,40 +58,24 @@ class KernelStamped:
         loop.add_reader(self.fd, self._readable)
 
     def _readable(self) -> None:
-        """Each complete line is read on its own (``recvmsg`` of its length, after a peek), so
-        it gets the stamp of the segment that completed it: one read of two writes would give
-        both lines the later write's stamp. A trailing partial line is read too (it completes,
-        and is stamped, in a later read)."""
         try:
-            peek = self.sock.recv(1 << 18, socket.MSG_PEEK)
+            data, anc, _, _ = self.sock.recvmsg(1 << 18, ANCILLARY)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
-            peek = b""
-        if not peek:
+            data, anc = b"", []
+        if not data:
             self.close()
             self.client.connection_lost(None)
             return
-        client = self.client
-        pos = 0
-        while pos < len(peek):
-            nl = peek.find(b"\n", pos)
-            size = (nl + 1 if nl >= 0 else len(peek)) - pos
-            try:
-                data, anc, _, _ = self.sock.recvmsg(size, ANCILLARY)
-            except OSError:  # gone meanwhile: the next readable event sees it
-                return
-            pos += len(data)
-            stamp = None
-            for level, kind, payload in anc:
-                if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
-                    sec, nsec = TIMESPEC.unpack_from(payload)
-                    # to the monotonic clock the send stamps use, at this moment's offset
-                    stamp = sec * 1_000_000_000 + nsec - (time.time_ns() - time.monotonic_ns())
-            client.rx_ns = stamp if nl >= 0 else None
-            client.data_received(data)
-            if not data:
-                return
+        stamp = None
+        for level, kind, payload in anc:
+            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+                sec, nsec = TIMESPEC.unpack_from(payload)
+                # to the monotonic clock the send stamps use, at this moment's offset
+                stamp = sec * 1_000_000_000 + nsec - (time.time_ns() - time.monotonic_ns())
+        self.client.rx_ns = stamp
+        self.client.data_received(data)
 
     def write(self, data: bytes) -> None:
         if self.closed:
