@@ -52,9 +52,9 @@ def main() -> int:
         for pair in rows:
             r = pair[kind]
             if "error" not in r:
-                out.append(r["latency_ms"]["p99"] if key == "p99"
-                           else r.get("machine_cpu_s_per_million") or float("nan")
-                           if key == "machine" else r["server_cpu_s_per_million"])
+                out.append({"p99": r["latency_ms"]["p99"],
+                            "cpu": r["server_cpu_s_per_million"],
+                            "machine": r.get("machine_cpu_s_per_million") or float("nan")}[key])
         return out
 
     for kind in (args.server, "ngircd"):

@@ -1,4 +1,4 @@
-"""The benchmark sitting: PyChat (1 and 2 acceptors), ngircd and a one-process baseline, in one run.
+"""The benchmark sitting: PyChat (1 and 2 acceptors), ngircd and a one-process baseline.
 
 Run on demand, never in CI:  python3 bench/run.py [--quick] [--write]
 
