@@ -268,6 +268,7 @@ class Acceptor:
         sends back joins the queues of the clients the round has not reached yet (one write
         for both), instead of waiting behind a round of thousands of writes."""
         self._flush_handle = None
+        self.link.flush()  # lines read since the last slice go to the router before this one
         began = time.perf_counter()
         dirty = self._round
         i = self._round_at
