@@ -257,7 +257,11 @@ class Acceptor:
 
     def flush(self) -> None:
         """Start a round of writes: one write per client with lines queued."""
-        self._round, self._dirty = self._dirty, []
+        if self._flush_handle is not None:  # (its own call: a no-op; any other: the one left)
+            self._flush_handle.cancel()
+        rest = self._round[self._round_at:]  # a round cut short keeps its clients, first
+        self._round = rest + self._dirty if rest else self._dirty
+        self._dirty = []
         self._round_at = 0
         self._round_cost = 0.0
         self._write_slice()
