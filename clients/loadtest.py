@@ -3,12 +3,15 @@
 Lean on purpose (on two cores the generator must not measure itself): one asyncio process
 (uvloop when installed), Protocol objects, no per-line Python work on most clients. Every client
 counts chat lines with ``bytes.count``; only ``--sample`` receivers parse each line for latency
-(the send time rides inside the message), duplicates and per-sender order. Senders are the first
-S clients; a 10 ms tick sends what the aggregate rate has made due, round robin.
+(the send time rides inside the message), duplicates and per-sender order. They are spread over
+the join order (``--sample-at``), and a line counts as received when the kernel queued it on
+their socket (``--stamp kernel``, ``SO_TIMESTAMPNS``), not when this busy process read it.
+Senders are the first S clients; a 2 ms tick sends what the aggregate rate has made due, round
+robin.
 
 It speaks PyChat (public messages echo to the sender) or IRC (``--proto irc``: NICK/USER, JOIN,
-PRIVMSG; no echo), so the same figures can be taken from an IRC server. It reports its own CPU
-and says when it, not the server, was the bottleneck.
+PRIVMSG; no echo), so the same figures can be taken from an IRC server. It reports its own CPU,
+the whole machine's (``/proc/stat``), and says when it, not the server, was the bottleneck.
 """
 
 from __future__ import annotations
