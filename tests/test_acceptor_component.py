@@ -175,6 +175,16 @@ def admit(acc: Acceptor, c: Connection, conn: int, uid: str, room: str = "#lobby
     assert c.read_line() == f"ID:{uid}"
 
 
+def members_of(acc: Acceptor, clients: list, n: int, room: str) -> list[Connection]:
+    """``n`` admitted clients in ``room``, uids 100000 and up, in the order they joined."""
+    members = []
+    for i in range(n):
+        c, conn = connect(acc, clients)
+        admit(acc, c, conn, f"{100000 + i}", room=room)
+        members.append(c)
+    return members
+
+
 def local_reply(acc: Acceptor, c: Connection, timeout: float = WAIT) -> str:
     """The next line for a command the acceptor answers itself (PONG, OK cap, ERROR:).
 
@@ -266,11 +276,7 @@ def test_text_is_forwarded_as_say_and_local_commands_stay_local(start, fake, cli
 
 def test_chat_room_reaches_all_30_local_members_tagged_only_for_cap_time(start, clients):
     acc = start()
-    members = []
-    for i in range(30):
-        c, conn = connect(acc, clients)
-        admit(acc, c, conn, f"{100000 + i}", room="#r")
-        members.append(c)
+    members = members_of(acc, clients, 30, "#r")
     capped = set(range(0, 30, 3))
     for i in sorted(capped):
         members[i].send("/cap time")
@@ -312,11 +318,7 @@ def test_300_members_get_every_line_of_50_batches_once_and_in_order(start, clien
     # between slices join the queues of the clients it has not reached yet: nobody may miss a
     # line, get one twice or out of order, whichever slice the batch met.
     acc = start()
-    members = []
-    for i in range(300):
-        c, conn = connect(acc, clients)
-        admit(acc, c, conn, f"{100000 + i}", room="#big")
-        members.append(c)
+    members = members_of(acc, clients, 300, "#big")
     texts = [f"222222: line {i:03d}" for i in range(50)]
     for t in texts:  # 50 batches, back to back: several land while a round is being written
         acc.send(bus.ChatRoom("#big", "2026-11-26T11:34:42.123Z", t))
