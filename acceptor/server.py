@@ -15,7 +15,7 @@ transport, which pauses the session (``pause_writing``): a paused ("blocked") cl
 wait in its queue, as references to the bytes the room shares, until ``resume_writing``.
 
 Coalescing: the send syscall is most of an acceptor's cost under load, so after a round of writes
-the next round waits ``coalesce_factor`` times as long as that round took (at most
+the next round waits ``coalesce_factor`` times as long as that round's writes took (at most
 ``coalesce_ms``), and lines that arrive meanwhile share one write. A light load (a quick round)
 waits next to nothing; a busy acceptor batches more and spends a bounded share of its time in
 send calls. A client

@@ -5,7 +5,7 @@ A ``Session`` is an asyncio ``Protocol`` with its own line buffer (no streams). 
   already read wait in ``pending`` and nothing is dropped);
 - what the router told it (uid, name, room) and the ``/cap time`` flag: enough to replay the
   session into a restarted router;
-- ``out``: lines queued for the client this turn, written by ``Acceptor.flush`` in one write;
+- ``out``: lines queued for the client, written in one write by the acceptor's next round;
 - ``seen`` (loop time of the last bytes received) and ``line_since`` (when the unfinished line
   in the buffer began, 0 when there is none) for the acceptor's idle and slowloris sweep.
 
@@ -102,7 +102,7 @@ class Session(asyncio.Protocol):
         # lines that follow wait in ``out`` (shared with the room's other members) and go in
         # one write on resume_writing, not one transport write (a uvloop request) per flush.
         # Plain transports pause at size > high: high=0, so "not blocked" means "nothing
-        # unsent", and the acceptor may write to the fd itself (see Acceptor.flush). TLS ones
+        # unsent", and the acceptor may write to the fd itself (Acceptor._write_slice). TLS ones
         # pause at size >= high: high=1 (0 would pause at once), and never written directly.
         tls = transport.get_extra_info("ssl_object") is not None
         if sock is not None and not tls:

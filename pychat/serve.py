@@ -244,7 +244,6 @@ class Supervisor:
                         child.failures = 0
                     # at once after a good run; then 0.5 s doubling, for one that keeps dying
                     delay = min(BACKOFF_MAX, 0.25 * 2 ** child.failures) if child.failures else 0
-
                     child.failures += 1
                     log.error("%s (pid %d) died: %s; restarting in %.1fs",
                               child.role, proc.pid, why, delay)

@@ -48,6 +48,11 @@ SETTLE_ASK_INTERVAL = 0.05  # seconds between Resyncs to an acceptor a starting 
 RATE_WINDOW = 10  # seconds over which `pychat status` reports messages per second
 
 
+def status_of(part) -> dict:
+    """A clock's or a history's own status, or {} for one that has none."""
+    return getattr(part, "status", dict)()
+
+
 class Peer:
     __slots__ = ("ident", "epoch", "last_seen", "backlog", "seq", "done")
 
@@ -171,14 +176,10 @@ class RouterServer:
                     self._retry_backlogs()
                 if self.sock in events:
                     self._turn()
-                elif settling:
-                    out = Outbox()
+                elif settling or (push_at is not None and time.monotonic() >= push_at):
+                    out = Outbox()  # settling: ask again, or settle; else a throttled list
                     self._check_settled(time.monotonic(), out)
                     self._deliver(self.state.end_turn(), out)
-                    self._send_all(out)
-                elif push_at is not None and time.monotonic() >= push_at:
-                    out = Outbox()
-                    self._deliver(self.state.end_turn(), out)  # a throttled list falls due
                     self._send_all(out)
         finally:
             self.close()
@@ -316,9 +317,7 @@ class RouterServer:
     def _joined(self, acceptor: str, peers_json: str, now: float, out: Outbox) -> None:
         """An acceptor said Hello: tell everyone the new list; while settling, learn whom else
         to wait for from the list it brings."""
-        names = sorted(self.peers)
-        for name in names:
-            out.add(name, bus.Peers(json.dumps(names)))
+        self._announce_peers(out)
         if self.settled:
             return
         try:
@@ -331,6 +330,12 @@ class RouterServer:
         self._expected |= named
         self._expected -= self.peers.keys()
         # settled (if every one is in) at the end of the turn: after this Hello batch's Syncs
+
+    def _announce_peers(self, out: Outbox) -> None:
+        """Tell every acceptor the current list of acceptors (one message, built once)."""
+        peers = bus.Peers(json.dumps(sorted(self.peers)))
+        for name in self.peers:
+            out.add(name, peers)
 
     def _check_settled(self, now: float, out: Outbox) -> None:
         if self.settled or self._expected is None:
@@ -389,7 +394,6 @@ class RouterServer:
         for user in state.users.values():
             per_acceptor[user.acceptor] = per_acceptor.get(user.acceptor, 0) + 1
         recent = sum(n for sec, n in self._chat_seconds if now - sec <= RATE_WINDOW)
-        part = getattr
         return {
             "epoch": self.epoch, "endpoint": self.endpoint,
             "uptime_s": round(now - self.started, 1), "settled": self.settled,
@@ -399,8 +403,8 @@ class RouterServer:
             "users": len(state.users), "named": len(state.names),
             "rooms": {room: len(members) for room, members in sorted(state.rooms.items())},
             "messages_per_s": round(recent / RATE_WINDOW, 2),
-            "clock": part(state.clock, "status", dict)(),
-            "history": part(state.history, "status", dict)(),
+            "clock": status_of(state.clock),
+            "history": status_of(state.history),
         }
 
     def register_metrics(self, m) -> None:
@@ -417,9 +421,9 @@ class RouterServer:
         m.gauge("pychat_router_bus_backlog_batches", "batches waiting for slow acceptors",
                 lambda: sum(len(p.backlog) for p in self.peers.values()))
         m.gauge("pychat_router_clock_offset_seconds", "NTP correction applied to stamps",
-                lambda: (getattr(state.clock, "status", dict)().get("offset_ms") or 0) / 1000)
+                lambda: (status_of(state.clock).get("offset_ms") or 0) / 1000)
         m.gauge("pychat_router_history_pending", "history rows waiting for the disk",
-                lambda: getattr(state.history, "status", dict)().get("pending", 0))
+                lambda: status_of(state.history).get("pending", 0))
         self.turn_seconds = m.histogram(
             "pychat_router_turn_seconds", "time to handle one turn of bus batches",
             (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0))
@@ -496,7 +500,5 @@ class RouterServer:
         out = Outbox()
         self._deliver(self.state.acceptor_gone(acceptor), out)
         self._deliver(self.state.end_turn(), out)
-        names = sorted(self.peers)
-        for name in names:
-            out.add(name, bus.Peers(json.dumps(names)))
+        self._announce_peers(out)
         self._send_all(out)

@@ -136,9 +136,8 @@ class Crowd:
     def check(self, senders: int, count: int) -> dict:
         """Per-client accounting; ``problems`` lists every loss, duplicate or reordering."""
         with self._lock:
-            refused: dict[int, set[int]] = {i: set() for i in range(senders)}
-            for i in range(senders):
-                refused[i] = {k for s, k in self.clients[i].refused if s == i}
+            refused = {i: {k for s, k in self.clients[i].refused if s == i}
+                       for i in range(senders)}
             problems: list[str] = []
             delivered = 0
             for ci, c in enumerate(self.clients):

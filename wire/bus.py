@@ -130,6 +130,7 @@ class Peers(BusMessage):
     names: str
     kind: ClassVar[str] = "peers"
 
+
 @dataclass(frozen=True, slots=True)
 class SessionSet(BusMessage):
     """The router's view of a session; the acceptor keeps it (room membership, resync)."""
