@@ -1,4 +1,4 @@
-"""``pychat acceptor`` / ``python -m acceptor``: run one acceptor by hand."""
+"""``pychat acceptor`` / ``python -m pychat.acceptor``: run one acceptor by hand."""
 
 from __future__ import annotations
 

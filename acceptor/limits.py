@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from wire.framing import DEFAULT_MAX_LINE
+from pychat.wire.framing import DEFAULT_MAX_LINE
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from typing import Callable
 
 import zmq
 
-from wire import bus
+from pychat.wire import bus
 
 log = logging.getLogger("pychat.acceptor")
 

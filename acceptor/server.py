@@ -38,9 +38,9 @@ import ssl as ssl_module
 import time
 import uuid
 
-from wire import bus, replies
-from wire.commands import Command, describe
-from wire.errors import BusError
+from pychat.wire import bus, replies
+from pychat.wire.commands import Command, describe
+from pychat.wire.errors import BusError
 
 from .limits import Limits, exempt_addresses
 from .link import BusLink

@@ -26,10 +26,10 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING
 
-from wire import bus, replies
-from wire.commands import ROUTED, Cap, Command, Help, Ping, Quit, help_lines, parse_line
-from wire.errors import ClientError, LineTooLong
-from wire.framing import LineBuffer, decode, sanitize
+from pychat.wire import bus, replies
+from pychat.wire.commands import ROUTED, Cap, Command, Help, Ping, Quit, help_lines, parse_line
+from pychat.wire.errors import ClientError, LineTooLong
+from pychat.wire.framing import LineBuffer, decode, sanitize
 
 from .limits import TokenBucket
 

@@ -17,7 +17,7 @@ Two figures, each from a fresh ``pychat serve --history memory`` on loopback:
 
 Run on demand, not in CI (about 2 minutes):
 
-    python3 bench/faults.py [--rate 500] [--size 200] [--duration 15] [--rounds 3]
+    python3 -m bench.faults [--rate 500] [--size 200] [--duration 15] [--rounds 3]
 
 Only 127.0.0.1 is used. The load generator runs on the same machine as the server.
 """
@@ -37,9 +37,8 @@ import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
-from tests.procs import start_serve  # noqa: E402
+from support.procs import start_serve
 
 
 def rss_kib(pid: int, field: str = "VmRSS") -> int:
@@ -85,7 +84,7 @@ def loadtest(port: int, args, pids: list[int], extra: list[str] = ()) -> dict:
     for pid in pids:
         argv += ["--server-pid", str(pid)]
     r = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT,
-                       env=dict(os.environ, PYTHONPATH=ROOT), timeout=args.duration + 120)
+                       env=dict(os.environ), timeout=args.duration + 120)
     try:
         return json.loads(r.stdout)
     except json.JSONDecodeError:
@@ -208,7 +207,7 @@ def restart_rounds(args) -> dict:
     each round a fresh `pychat serve` (2 acceptors, heartbeat 1 s), ``--restart-clients`` plain
     clients in #lobby, 5 senders at ``--restart-rate`` lines/s in all; the router is killed a
     third of the way through. Counts what every client got, and times the pause."""
-    from tests.crowd import Crowd
+    from support.crowd import Crowd
     rounds = []
     senders, count = 5, int(args.restart_seconds * args.restart_rate / 5)
     for _ in range(args.restart_rounds):

@@ -1,6 +1,6 @@
 """How responsive the Tk client stays while its room is flooded (on demand, not in CI).
 
-    python3 bench/gui_flood.py [--seconds 10] [--rates 1000,2000,5000]
+    python3 -m bench.gui_flood [--seconds 10] [--rates 1000,2000,5000]
 
 For each rate: a fresh ``pychat serve`` (flood limit raised), a private Xvfb, ``pychat gui`` in
 the flooded room, and a sender at that many lines a second. The GUI's own ``after()`` probe says
@@ -19,12 +19,10 @@ import time
 from pathlib import Path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
-from tests.procs import start_serve  # noqa: E402
-from tests.test_gui import GuiProc  # noqa: E402
-from tests.test_gui_flood import flood  # noqa: E402
-from tests.test_gui_xvfb import Xvfb  # noqa: E402
+from support.procs import start_serve
+from support.gui import GuiProc, flood
+from support.xvfb import Xvfb
 
 SAMPLE_MS = 50  # the GUI's probe interval
 

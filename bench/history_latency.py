@@ -12,7 +12,7 @@ In each run ``--clients`` clients join one room; each sends its share of ``--mes
 messages one at a time and times the round trip to its own echo (which comes after the router
 has stored the message in history and fanned it out). Run on demand, not in CI:
 
-    python3 bench/history_latency.py [--messages 2000] [--clients 4]
+    python3 -m bench.history_latency [--messages 2000] [--clients 4]
 
 Only 127.0.0.1 is used.
 """
@@ -31,10 +31,9 @@ import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
-from clients.core import Connection  # noqa: E402
-from tests.procs import start_serve  # noqa: E402
+from support.client import Connection
+from support.procs import start_serve
 
 MODES = ("memory", "sqlite", "sqlite-slow")
 

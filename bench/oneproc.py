@@ -13,7 +13,7 @@ What it does, in one process and one event loop (uvloop when installed, as PyCha
 - USERS pushes to the others are sent at most once a second per change (a room of 1,000 that
   pushed its list at every arrival would move gigabytes while the load generator connects).
 
-    python3 bench/oneproc.py --port 0      # prints "serving on 127.0.0.1:<port>"
+    python3 -m bench.oneproc --port 0      # prints "serving on 127.0.0.1:<port>"
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ One sitting's single run per server is at the mercy of the machine's noise (ngir
 moved between 11.6 and 29.6 ms in one afternoon here). Alternating the two servers run by run,
 and comparing medians and pair by pair, is fairer. Run on demand, never in CI:
 
-    python3 bench/pairs.py --pairs 7 [--env PYCHAT_COALESCE_MS=4] [--server pychat-1]
+    python3 -m bench.pairs --pairs 7 [--env PYCHAT_COALESCE_MS=4] [--server pychat-1]
                            [--clients 1000] [--senders 10] [--rate 200] [--duration 8]
 
 ``--env`` sets a PYCHAT_* variable for PyChat's processes (repeat it). Uses bench/run.py's
@@ -19,8 +19,7 @@ import os
 import statistics
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench import run  # noqa: E402
+from bench import run
 
 
 def main() -> int:

@@ -1,6 +1,6 @@
 """The benchmark sitting: PyChat (1 and 2 acceptors), ngircd and a one-process baseline.
 
-Run on demand, never in CI:  python3 bench/run.py [--quick] [--write]
+Run on demand, never in CI:  python3 -m bench.run [--quick] [--write]
 
 For each server configuration and each scenario it starts the server, runs `pychat loadtest`
 against it (which measures latency, deliveries and the server's CPU by pid tree), samples the
@@ -29,12 +29,11 @@ import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-from clients.loadtest import process_tree  # noqa: E402  (the same /proc walk)
+from pychat.clients.loadtest import process_tree  # the same /proc walk
 PY = sys.executable
 # configured for the load, like ngircd below: every load client comes from 127.0.0.1 (no
 # per-address cap) and senders may exceed the default flood limit (burst 100, then 50/s)
-ENV = dict(os.environ, PYTHONPATH=ROOT, PYCHAT_MAX_PER_ADDRESS="1000000",
+ENV = dict(os.environ, PYCHAT_MAX_PER_ADDRESS="1000000",
            PYCHAT_FLOOD_BURST="100000", PYCHAT_FLOOD_RATE="100000")
 BEGIN, END = "<!-- bench/run.py begin -->", "<!-- bench/run.py end -->"
 
@@ -311,7 +310,7 @@ def write_docs(out: dict) -> None:
     plot_path = plot_cost(out)
     text = "\n".join([
         BEGIN, f"### Sitting of {out['date']}", "", f"Machine: {out['machine']}.", "",
-        "Command: `python3 bench/run.py --write` (ngircd from Debian's package, configured in "
+        "Command: `python3 -m bench.run --write` (ngircd from Debian's package, configured in "
         "bench/run.py; oneproc is bench/oneproc.py). Each row is one run of `pychat loadtest` "
         "against a fresh server; the load generator runs on the same two cores. Latency ends at "
         "the kernel's receive stamp on 20 receivers spread over the room. Server CPU is the "

@@ -20,8 +20,8 @@ import sys
 import tkinter as tk
 from tkinter import ttk
 
-from wire import replies
-from wire.commands import LOBBY
+from pychat.wire import replies
+from pychat.wire.commands import LOBBY
 
 from . import events
 from .gui_probe import LagProbe, StateDump

@@ -26,7 +26,7 @@ import sys
 import time
 
 from pychat.config import option, port, positive
-from wire.framing import LineBuffer
+from pychat.wire.framing import LineBuffer
 
 from .loadstats import Latencies, Summary, plot, table
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 
 from pychat.config import BadValue, non_negative, option, port
-from wire import commands
-from wire.errors import ClientError
+from pychat.wire import commands
+from pychat.wire.errors import ClientError
 
 
 def client_parser(prog: str, description: str) -> argparse.ArgumentParser:

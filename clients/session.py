@@ -33,9 +33,9 @@ import time
 from collections import deque
 from typing import Callable
 
-from wire import commands, replies
-from wire.errors import ClientError
-from wire.framing import LineBuffer
+from pychat.wire import commands, replies
+from pychat.wire.errors import ClientError
+from pychat.wire.framing import LineBuffer
 
 from . import events
 

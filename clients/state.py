@@ -25,7 +25,7 @@ import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 
-from wire import replies
+from pychat.wire import replies
 
 from . import events
 

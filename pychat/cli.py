@@ -7,11 +7,11 @@ import sys
 
 COMMANDS = {
     "serve": ("pychat.serve", "run a router and N acceptors on one port (the default setup)"),
-    "router": ("router.__main__", "run the router by hand"),
-    "acceptor": ("acceptor.__main__", "run one acceptor by hand"),
-    "gui": ("clients.gui", "the Tk desktop client"),
-    "console": ("clients.console", "the terminal client (reads stdin when it is not a terminal)"),
-    "loadtest": ("clients.loadtest", "simulate many users and measure the server"),
+    "router": ("pychat.router.__main__", "run the router by hand"),
+    "acceptor": ("pychat.acceptor.__main__", "run one acceptor by hand"),
+    "gui": ("pychat.clients.gui", "the Tk desktop client"),
+    "console": ("pychat.clients.console", "the terminal client (reads stdin when it is not a terminal)"),
+    "loadtest": ("pychat.clients.loadtest", "simulate many users and measure the server"),
     "status": ("pychat.status", "print a running router's view (acceptors, users, rooms, rate)"),
     "keys": ("pychat.keys", "make CurveZMQ key files for a trusted router-acceptor bus"),
 }

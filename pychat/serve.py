@@ -24,11 +24,11 @@ import sys
 import tempfile
 import time
 
-from acceptor.__main__ import (LIMIT_FLAGS, TLS_FLAGS, add_limit_options, add_tls_options,
+from pychat.acceptor.__main__ import (LIMIT_FLAGS, TLS_FLAGS, add_limit_options, add_tls_options,
                                curve_keys, tls_context)
 from pychat.metrics import add_metrics_options
 from pychat.config import add_logging, endpoint, option, port, positive, setup_logging
-from router.__main__ import ROUTER_FLAGS, add_time_history_options
+from pychat.router.__main__ import ROUTER_FLAGS, add_time_history_options
 
 log = logging.getLogger("pychat.serve")
 
@@ -157,7 +157,7 @@ class Supervisor:
         if a.metrics_port:
             router += ["--metrics-port", str(a.metrics_port), "--metrics-host", a.metrics_host]
         if not a.router:
-            self.children.append(Child("router", ["router", "--bind", self.bus, *router,
+            self.children.append(Child("router", ["pychat.router", "--bind", self.bus, *router,
                                                   *common]))
         limits = []
         for key in LIMIT_FLAGS:
@@ -169,7 +169,7 @@ class Supervisor:
             limits += ["--curve-secret", os.path.abspath(a.curve_secret),
                        "--curve-server", os.path.abspath(a.curve_server)]
         for i in range(n):
-            argv = ["acceptor", "--host", a.host, "--port", str(self.port), "--router", self.bus,
+            argv = ["pychat.acceptor", "--host", a.host, "--port", str(self.port), "--router", self.bus,
                     "--name", f"{socket.gethostname()}-{os.getpid()}-a{i + 1}",
                     "--reuse-port" if reuse else "--no-reuse-port", *limits, *common]
             if a.metrics_port:

@@ -14,8 +14,8 @@ import sys
 
 import zmq
 
-from wire import bus
-from wire.errors import BusError
+from pychat.wire import bus
+from pychat.wire.errors import BusError
 
 from .config import endpoint, option, positive
 

@@ -1,4 +1,4 @@
-"""``pychat router`` / ``python -m router``: run the router by hand.
+"""``pychat router`` / ``python -m pychat.router``: run the router by hand.
 
 Besides the bus, the router owns the clock its stamps come from (``--ntp``) and the room history
 (``--history``, ``--data-dir``). Both are set up here, before the router binds: a history file

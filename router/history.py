@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Protocol
 
-from wire.commands import HISTORY_MAX
+from pychat.wire.commands import HISTORY_MAX
 
 
 class HistoryStore(Protocol):

@@ -35,9 +35,9 @@ from collections import deque
 
 import zmq
 
-from wire import bus
-from wire.commands import describe
-from wire.errors import BusError
+from pychat.wire import bus
+from pychat.wire.commands import describe
+from pychat.wire.errors import BusError
 
 from .state import Delivery, RouterState
 

@@ -32,8 +32,8 @@ import threading
 import time
 from typing import Callable
 
-from wire.commands import HISTORY_MAX
-from wire.replies import format_time
+from pychat.wire.commands import HISTORY_MAX
+from pychat.wire.replies import format_time
 
 from .history import MemoryHistory
 

@@ -28,9 +28,9 @@ import random
 import time
 from typing import Callable
 
-from wire import replies
-from wire.bus import BusMessage, ChatConn, ChatRoom, SessionSet, ToConn, ToRoom
-from wire.commands import (LOBBY, Command, History, Join, Nick, Private, Rooms, Say, Users)
+from pychat.wire import replies
+from pychat.wire.bus import BusMessage, ChatConn, ChatRoom, SessionSet, ToConn, ToRoom
+from pychat.wire.commands import (LOBBY, Command, History, Join, Nick, Private, Rooms, Say, Users)
 
 from .clock import Clock
 from .history import HistoryStore

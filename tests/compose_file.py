@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from .procs import ROOT
+from support.procs import ROOT
 
 COMPOSE = os.path.join(ROOT, "docker-compose.yml")
 DOCKERFILE = os.path.join(ROOT, "Dockerfile")

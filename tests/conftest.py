@@ -6,9 +6,10 @@ import os
 
 import pytest
 
-from clients.core import Connection
+from support.client import Connection
 
-from .procs import Proc, start_acceptor, start_router, start_serve
+from support.procs import Proc, start_acceptor, start_router, start_serve
+from support.xvfb import Xvfb
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -77,3 +78,11 @@ def hand_cluster(procs):
         procs.append(a)
         ports.append(port)
     return ports
+
+
+@pytest.fixture
+def xvfb():
+    """A private X server on a free display (``support/xvfb.py``), killed by pid at the end."""
+    x = Xvfb()
+    yield x
+    x.stop()

@@ -3,7 +3,7 @@
 Each test binds a ``FakeRouter`` (a real pyzmq ROUTER socket, ROUTER_MANDATORY, LINGER 0, on a
 port the OS picks), starts ``python -m acceptor --port 0 --router <it> --heartbeat 0.2`` (the
 acceptor logs the TCP port it got, so parallel workers cannot collide) and drives it with real
-TCP clients (``clients.core.Connection`` or raw sockets). The fake router answers what a real
+TCP clients (``support.client.Connection`` or raw sockets). The fake router answers what a real
 router would (SessionSet, ToConn, ChatRoom, Kick, Resync) and records every bus message the
 acceptor sends. Waiting is for an expected line or message with a deadline, never a sleep.
 """
@@ -20,11 +20,11 @@ from typing import Callable
 import pytest
 import zmq
 
-from clients.core import Connection, Timeout, ConnectionClosed
-from wire import bus, replies
-from wire.commands import Say
+from support.client import Connection, Timeout, ConnectionClosed
+from pychat.wire import bus, replies
+from pychat.wire.commands import Say
 
-from .procs import Proc, python_m
+from support.procs import Proc, python_m
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -134,7 +134,7 @@ def start(procs, fake):
     """``start(*flags)``: an acceptor process connected to the fake router, which it greeted."""
     def run(*extra: str) -> Acceptor:
         name = f"acc-{uuid.uuid4().hex[:8]}"
-        p = Proc(python_m("acceptor", "--port", "0", "--router", fake.endpoint,
+        p = Proc(python_m("pychat.acceptor", "--port", "0", "--router", fake.endpoint,
                           "--heartbeat", str(HEARTBEAT), "--name", name, *extra),
                  name=f"acceptor {name}")
         procs.append(p)

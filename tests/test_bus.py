@@ -9,11 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wire import bus
-from wire.bus import (HEADER, ChatConn, ChatRoom, Close, Cmd, Heartbeat, Hello, Kick, Open,
+from pychat.wire import bus
+from pychat.wire.bus import (HEADER, ChatConn, ChatRoom, Close, Cmd, Heartbeat, Hello, Kick, Open,
                       Resync, SessionSet, Sync, ToConn, ToRoom, decode, encode, encode_message)
-from wire.commands import ROUTED, History, Join, Nick, Private, Rooms, Say, Users
-from wire.errors import BusError
+from pychat.wire.commands import ROUTED, History, Join, Nick, Private, Rooms, Say, Users
+from pychat.wire.errors import BusError
 
 ALL_CLASSES = (Hello, Heartbeat, Open, Close, Sync, Cmd, SessionSet, ToConn, ToRoom, ChatRoom,
                ChatConn, Kick, Resync)

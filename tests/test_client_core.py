@@ -12,12 +12,12 @@ import time
 
 import pytest
 
-from clients import events
-from clients.session import Session
-from clients.state import ERROR, OWN, PRIVATE, PUBLIC, ChatState
-from wire import replies
+from pychat.clients import events
+from pychat.clients.session import Session
+from pychat.clients.state import ERROR, OWN, PRIVATE, PUBLIC, ChatState
+from pychat.wire import replies
 
-from .procs import Proc, python_m, start_acceptor, start_router
+from support.procs import Proc, python_m, start_acceptor, start_router
 
 
 def feed(state: ChatState, *lines: str):
@@ -152,7 +152,7 @@ def test_session_taken_name_is_refused_then_another_is_taken(serve, connect, ses
 
 
 def start_acceptor_on(endpoint: str, port: int) -> Proc:
-    p = Proc(python_m("acceptor", "--port", str(port), "--router", endpoint),
+    p = Proc(python_m("pychat.acceptor", "--port", str(port), "--router", endpoint),
              name=f"acceptor :{port}")
     p.wait_for(r"router \w+ is alive")
     return p
@@ -190,7 +190,7 @@ def test_session_reconnects_to_a_restarted_acceptor_with_name_and_room(procs, co
 
 
 def test_session_keeps_trying_while_nobody_listens(procs, sessions):
-    from .procs import free_port
+    from support.procs import free_port
     port = free_port()
     got = Collector()
     s = Session("127.0.0.1", port, got, backoff_first=0.05, backoff_max=0.2)

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from router.clock import LocalClock, NtpClock, NtpServer, parse_servers
+from pychat.router.clock import LocalClock, NtpClock, NtpServer, parse_servers
 
 
 @pytest.mark.parametrize("text, want", [

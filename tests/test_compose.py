@@ -20,12 +20,12 @@ import sys
 import pytest
 import yaml
 
-from acceptor.__main__ import build_parser as acceptor_parser
+from pychat.acceptor.__main__ import build_parser as acceptor_parser
 from pychat.serve import build_parser as serve_parser
-from router.__main__ import build_parser as router_parser
+from pychat.router.__main__ import build_parser as router_parser
 
 from .compose_file import COMPOSE, DOCKERFILE, load, read_dockerfile, services
-from .procs import ROOT
+from support.procs import ROOT
 
 
 def absent(name: str) -> None:

@@ -29,7 +29,7 @@ import sys
 import pytest
 
 from .compose_file import Service, services, start_order
-from .procs import ROOT, Proc, free_port
+from support.procs import ROOT, Proc, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -93,7 +93,7 @@ def argv_here(argv: list[str]) -> list[str]:
 
 def container_env(svc: Service) -> dict[str, str]:
     return {**{k: v for k, v in os.environ.items() if not k.startswith("PYCHAT_")},
-            "PYTHONPATH": ROOT, **svc.env}
+            **svc.env}
 
 
 def healthcheck(svc: Service) -> subprocess.CompletedProcess:
@@ -250,7 +250,7 @@ def test_curvezmq_keys_through_the_file(tmp_path, procs, connect, container_env_
     the secret keys by role. Here the paths are on this machine instead of a /keys mount."""
     keys = tmp_path / "keys"
     r = subprocess.run([sys.executable, "-m", "pychat", "keys", str(keys)], capture_output=True,
-                       text=True, timeout=30, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT))
+                       text=True, timeout=30, cwd=ROOT)
     assert r.returncode == 0, r.stderr
     svcs = services(shell_env={"PYCHAT_ROUTER_CURVE_SECRET": f"{keys}/router.key_secret",
                                "PYCHAT_CURVE_CLIENTS": f"{keys}/authorized",

@@ -18,7 +18,7 @@ import uuid
 
 import pytest
 
-from .procs import ROOT
+from support.procs import ROOT
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(
     shutil.which("tmux") is None, reason="missing tmux (Debian: tmux; .ci/run installs it)")]
@@ -31,7 +31,7 @@ class Tmux:
         self.sock = f"pychat-test-{uuid.uuid4().hex[:8]}"
         line = " ".join(f"'{a}'" for a in command)
         self.tmux("-f", "/dev/null", "new-session", "-d", "-s", "main", "-x", str(width),
-                  "-y", str(height), "-c", ROOT, "-e", f"PYTHONPATH={ROOT}",
+                  "-y", str(height), "-c", ROOT,
                   "-e", "PYTHONUNBUFFERED=1", f"exec {line}")
 
     def tmux(self, *args: str, check: bool = True) -> str:

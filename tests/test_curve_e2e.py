@@ -16,7 +16,7 @@ import subprocess
 
 import pytest
 
-from .procs import ROOT, Proc, free_port, python_m, start_acceptor, start_router, start_serve
+from support.procs import ROOT, Proc, free_port, python_m, start_acceptor, start_router, start_serve
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 
@@ -26,7 +26,7 @@ HEARTBEAT = "0.2"
 def make_keys(folder, acceptors: int = 1) -> str:
     r = subprocess.run(python_m("pychat", "keys", str(folder), "--acceptors", str(acceptors)),
                        capture_output=True, text=True, timeout=30, cwd=ROOT,
-                       env=dict(os.environ, PYTHONPATH=ROOT))
+                       env=dict(os.environ))
     assert r.returncode == 0, r.stderr
     return str(folder)
 
@@ -47,7 +47,7 @@ def curve_router(procs, keys: str) -> tuple[Proc, str]:
 def outsider(procs, endpoint: str, name: str, *flags: str) -> tuple[Proc, int]:
     """An acceptor that should never get in: wait only until it listens."""
     port = free_port()
-    p = Proc(python_m("acceptor", "--port", str(port), "--router", endpoint, "--name", name,
+    p = Proc(python_m("pychat.acceptor", "--port", str(port), "--router", endpoint, "--name", name,
                       "--heartbeat", HEARTBEAT, *flags), name=name)
     procs.append(p)
     p.wait_for(r"listening on")
@@ -62,7 +62,7 @@ def test_keys_makes_a_router_pair_and_one_pair_per_acceptor(keys):
                      "router.key", "router.key_secret"]
     assert os.stat(f"{keys}/router.key_secret").st_mode & 0o077 == 0
     r = subprocess.run(python_m("pychat", "keys", keys), capture_output=True, text=True,
-                       timeout=30, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT))
+                       timeout=30, cwd=ROOT)
     assert r.returncode == 1 and "would overwrite" in r.stderr
 
 
@@ -124,18 +124,18 @@ def test_right_keys_chat_and_wrong_keys_get_nothing_in(procs, connect, keys, tmp
 
 def test_curve_options_are_checked_before_anything_starts(keys):
     cases = [
-        (["router", "--curve-secret", f"{keys}/router.key_secret"], "go together"),
-        (["router", "--curve-secret", f"{keys}/router.key", "--curve-clients",
+        (["pychat.router", "--curve-secret", f"{keys}/router.key_secret"], "go together"),
+        (["pychat.router", "--curve-secret", f"{keys}/router.key", "--curve-clients",
           f"{keys}/authorized"], "no secret key"),
-        (["router", "--curve-secret", f"{keys}/router.key_secret", "--curve-clients", keys + "/x"],
+        (["pychat.router", "--curve-secret", f"{keys}/router.key_secret", "--curve-clients", keys + "/x"],
          "not a folder"),
-        (["acceptor", "--curve-server", f"{keys}/router.key"], "go together"),
-        (["acceptor", "--curve-secret", "/nonexistent", "--curve-server", f"{keys}/router.key"],
+        (["pychat.acceptor", "--curve-server", f"{keys}/router.key"], "go together"),
+        (["pychat.acceptor", "--curve-secret", "/nonexistent", "--curve-server", f"{keys}/router.key"],
          "cannot read CurveZMQ secret key"),
     ]
     for argv, says in cases:
         r = subprocess.run(python_m(*argv), capture_output=True, text=True, timeout=30, cwd=ROOT,
-                           env=dict(os.environ, PYTHONPATH=ROOT))
+                           env=dict(os.environ))
         assert r.returncode == 2 and says in r.stderr, (argv, r.stderr)
 
 

@@ -17,11 +17,11 @@ import time
 
 import pytest
 
-from acceptor.limits import Limits, exempt_addresses
-from clients.core import Connection
-from wire import bus
-from wire.commands import Say
-from wire.framing import LineBuffer
+from pychat.acceptor.limits import Limits, exempt_addresses
+from support.client import Connection
+from pychat.wire import bus
+from pychat.wire.commands import Say
+from pychat.wire.framing import LineBuffer
 
 from .test_acceptor_component import (WAIT, admit, clients, connect, fake, is_close,  # noqa: F401
                                       local_reply, start)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from clients.core import Connection
+from support.client import Connection
 
-from .procs import start_serve
+from support.procs import start_serve
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
 

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wire.errors import ClientError, InvalidUTF8, LineTooLong
-from wire.framing import DEFAULT_MAX_LINE, LineBuffer, decode, sanitize
+from pychat.wire.errors import ClientError, InvalidUTF8, LineTooLong
+from pychat.wire.framing import DEFAULT_MAX_LINE, LineBuffer, decode, sanitize
 
 
 def feed_all(buf: LineBuffer, chunks) -> list:

@@ -25,7 +25,7 @@ import time
 
 import pytest
 
-from .procs import start_serve
+from support.procs import start_serve
 from .test_serve_e2e import child_pids, gone
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]

@@ -17,68 +17,15 @@ import uuid
 
 import pytest
 
-from .procs import Proc, python_m
-from .test_gui_xvfb import ARTIFACTS, needs_x, xvfb  # noqa: F401 (fixture)
+from support.gui import GuiProc
+from support.xvfb import ARTIFACTS, needs_x
+
 
 pytestmark = [pytest.mark.e2e, needs_x]
 
 
-class GuiProc:
-    """A `pychat gui` process on an Xvfb display, and what its widgets hold."""
-
-    def __init__(self, x, port: int, tmp_path, *args: str):
-        self.x = x
-        self.state_file = str(tmp_path / f"gui-{uuid.uuid4().hex[:6]}.json")
-        self.proc = Proc(python_m("pychat", "gui", "--port", str(port),
-                                  "--geometry", "1024x768+0+0", *args),
-                         env={"DISPLAY": x.display, "PYCHAT_GUI_STATE_FILE": self.state_file},
-                         name="pychat gui")
-        self.wid = x.find_window("PyChat")
-
-    def state(self) -> dict:
-        try:
-            with open(self.state_file) as f:
-                return json.load(f)
-        except (FileNotFoundError, json.JSONDecodeError):
-            return {}
-
-    def wait(self, pred, what: str, timeout: float = 20.0) -> dict:
-        deadline = time.monotonic() + timeout
-        st: dict = {}
-        while time.monotonic() < deadline:
-            if not self.proc.alive():
-                raise RuntimeError("gui exited:\n" + "\n".join(self.proc.output[-30:]))
-            st = self.state()
-            if st and pred(st):
-                return st
-            time.sleep(0.05)  # the state file is rewritten every 150 ms: poll it
-        raise TimeoutError(f"gui never showed {what}; last state: "
-                           f"{ {k: v for k, v in st.items() if k != 'lag'} }")
-
-    def log_has(self, text: str, timeout: float = 20.0) -> dict:
-        return self.wait(lambda st: any(text in line for line in st["log"]), repr(text), timeout)
-
-    def type_line(self, text: str, enter: bool = True) -> None:
-        self.x.xdotool("windowfocus", "--sync", self.wid)
-        self.x.xdotool("type", "--delay", "10", text)
-        if enter:
-            self.x.xdotool("key", "Return")
-
-    def click_send(self) -> None:
-        x, y, w, h = self.state()["send_screen"]
-        self.x.xdotool("mousemove", "--sync", str(x + w // 2), str(y + h // 2), "click", "1")
-
-    def click_row(self, listbox: str, pattern: str) -> None:
-        st = self.wait(lambda st: any(re.search(pattern, r["text"]) and "screen" in r
-                                      for r in st[listbox]), f"{listbox} row {pattern}")
-        row = next(r for r in st[listbox] if re.search(pattern, r["text"]))
-        x, y, w, h = row["screen"]
-        self.x.xdotool("mousemove", "--sync", str(x + min(w, 40) // 2), str(y + h // 2),
-                       "click", "1")
-
-
 @pytest.fixture
-def gui(xvfb, serve, tmp_path, procs):  # noqa: F811
+def gui(xvfb, serve, tmp_path, procs):
     made = []
 
     def start(*args: str) -> GuiProc:
@@ -101,7 +48,7 @@ def peer(connect, port: int, name: str, room: str):
 
 
 def test_three_users_talk_click_a_user_to_message_switch_rooms(gui, serve, connect,
-                                                               xvfb):  # noqa: F811
+                                                               xvfb):
     room = f"#team-{uuid.uuid4().hex[:4]}"
     g = gui("--name", "alice", "--room", f"{room}-old")  # a fresh room: no one's history
     st = g.wait(lambda st: re.fullmatch(rf"PyChat - alice - ID \d{{6}} - {room}-old", st["title"]),

@@ -15,9 +15,10 @@ import time
 
 import pytest
 
-from .procs import start_serve
-from .test_gui import GuiProc
-from .test_gui_xvfb import needs_x, xvfb  # noqa: F401 (fixture)
+from support.xvfb import needs_x
+from support.gui import GuiProc, flood
+from support.procs import start_serve
+
 
 pytestmark = [pytest.mark.e2e, needs_x]
 
@@ -26,33 +27,7 @@ RATE = 1000
 LAG_P99_MS = 250  # a guard with headroom for a busy CI machine (figures: docs/BENCHMARKS.md)
 
 
-def flood(port: int, room: str, rate: int, seconds: float, stop: threading.Event) -> int:
-    """Send ``rate`` lines/s into ``room`` for ``seconds``; read (and drop) what comes back."""
-    sock = socket.create_connection(("127.0.0.1", port))
-    sock.sendall(f"/join {room}\n".encode())
-
-    def drain():
-        try:
-            while sock.recv(1 << 16):
-                pass
-        except OSError:
-            pass
-
-    threading.Thread(target=drain, daemon=True).start()
-    sent, start = 0, time.perf_counter()
-    step = 0.01
-    while not stop.is_set() and sent < rate * seconds:
-        due = int((time.perf_counter() - start) / step + 1) * rate * step
-        batch = "".join(f"flood {sent + i} {'x' * 40}\n" for i in range(int(due) - sent))
-        if batch:
-            sock.sendall(batch.encode())
-            sent = int(due)
-        time.sleep(step)  # pacing the sender, not synchronising with anyone
-    sock.sendall(b"/ping flood-done\n")
-    return sent
-
-
-def test_gui_stays_responsive_under_1000_lines_a_second(xvfb, procs, tmp_path):  # noqa: F811
+def test_gui_stays_responsive_under_1000_lines_a_second(xvfb, procs, tmp_path):
     serve, port = start_serve("--flood-burst", "100000", "--flood-rate", "100000")
     procs.append(serve)
     g = GuiProc(xvfb, port, tmp_path, "--name", "watcher", "--room", "#flood")

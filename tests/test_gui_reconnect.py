@@ -9,16 +9,16 @@ import time
 
 import pytest
 
-from .procs import start_acceptor, start_router
+from support.procs import start_acceptor, start_router
 from .test_client_core import start_acceptor_on
-from .test_gui import GuiProc
-from .test_gui_xvfb import needs_x, xvfb  # noqa: F401 (fixture)
+from support.xvfb import needs_x
+from support.gui import GuiProc
 
 pytestmark = [pytest.mark.e2e, needs_x]
 
 
 def test_gui_reconnects_with_name_and_room_and_says_so(xvfb, procs, connect,
-                                                       tmp_path):  # noqa: F811
+                                                       tmp_path):
     router, endpoint = start_router()
     procs.append(router)
     acceptor, port = start_acceptor(endpoint)

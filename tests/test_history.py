@@ -14,9 +14,9 @@ import time
 
 import pytest
 
-from router.history import MemoryHistory
-from router.sqlite_history import FILENAME, HistoryError, SqliteHistory
-from wire.replies import format_time
+from pychat.router.history import MemoryHistory
+from pychat.router.sqlite_history import FILENAME, HistoryError, SqliteHistory
+from pychat.wire.replies import format_time
 
 T0 = 1795692882.123  # 2026-11-26T11:34:42.123Z
 DAY = 86400.0

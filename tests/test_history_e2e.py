@@ -19,9 +19,9 @@ import uuid
 
 import pytest
 
-from router.sqlite_history import FILENAME
+from pychat.router.sqlite_history import FILENAME
 
-from .procs import ROOT, python_m, start_serve
+from support.procs import ROOT, python_m, start_serve
 from .test_serve_e2e import child_pids
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
@@ -269,7 +269,7 @@ def test_a_locked_file_mid_conversation_is_logged_and_chat_goes_on(procs, connec
 
 def run_to_exit(argv: list[str], timeout: float = 30) -> subprocess.CompletedProcess:
     return subprocess.run(python_m(*argv), capture_output=True, text=True, timeout=timeout,
-                          cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT))
+                          cwd=ROOT)
 
 
 @pytest.mark.parametrize("damage", ["not a database", "folder is a file"])
@@ -282,7 +282,7 @@ def test_an_unusable_history_file_stops_the_start_with_one_clear_line(tmp_path, 
         data.mkdir()
         (data / FILENAME).write_bytes(b"garbage, not SQLite\n" * 100)
         says = f"cannot use history file {data / FILENAME}: file is not a database"
-    r = run_to_exit(["router", "--bind", "tcp://127.0.0.1:0", "--data-dir", str(data)])
+    r = run_to_exit(["pychat.router", "--bind", "tcp://127.0.0.1:0", "--data-dir", str(data)])
     assert r.returncode == 1
     errors = [l for l in r.stderr.splitlines() if " ERROR " in l]
     assert len(errors) == 1 and says in errors[0], r.stderr

@@ -6,8 +6,8 @@ import dataclasses
 
 import pytest
 
-from acceptor.limits import Limits, TokenBucket
-from wire.framing import DEFAULT_MAX_LINE
+from pychat.acceptor.limits import Limits, TokenBucket
+from pychat.wire.framing import DEFAULT_MAX_LINE
 
 
 def test_burst_then_nothing_at_the_same_instant():

@@ -13,9 +13,9 @@ import time
 
 import pytest
 
-from clients.core import Connection
+from support.client import Connection
 
-from .procs import start_serve
+from support.procs import start_serve
 
 pytestmark = pytest.mark.e2e
 

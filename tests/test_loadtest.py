@@ -10,10 +10,10 @@ import subprocess
 
 import pytest
 
-from clients.loadstats import Latencies, Summary, percentile, table
-from clients.loadtest import sampled_indices
+from pychat.clients.loadstats import Latencies, Summary, percentile, table
+from pychat.clients.loadtest import sampled_indices
 
-from .procs import ROOT, python_m
+from support.procs import ROOT, python_m
 
 
 def test_percentile_nearest_rank():
@@ -64,7 +64,7 @@ def test_loadtest_against_serve_counts_every_delivery(serve, stamp, sample_at):
                  "5", "--rate", "200", "--count", "200", "--sample", "5", "--json", "--quiet",
                  "--stamp", stamp, "--sample-at", sample_at),
         capture_output=True, text=True, timeout=120, cwd=ROOT,
-        env=dict(os.environ, PYTHONPATH=ROOT))
+        env=dict(os.environ))
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["stamp"] == stamp

@@ -10,7 +10,7 @@ import pytest
 
 from pychat.metrics import Metrics
 
-from .procs import Proc, free_port, python_m, start_serve
+from support.procs import Proc, free_port, python_m, start_serve
 
 
 def scrape(port: int) -> dict[str, float]:
@@ -44,12 +44,12 @@ def test_text_format_with_counters_gauges_and_a_cumulative_histogram():
 def test_router_and_acceptor_metrics_follow_the_chat(procs, connect):
     rport, aport = free_port(), free_port()
     endpoint = f"tcp://127.0.0.1:{free_port()}"
-    router = Proc(python_m("router", "--bind", endpoint, "--metrics-port", str(rport)),
+    router = Proc(python_m("pychat.router", "--bind", endpoint, "--metrics-port", str(rport)),
                   name="router")
     procs.append(router)
     router.wait_for(r"router bound to")
     port = free_port()
-    acc = Proc(python_m("acceptor", "--port", str(port), "--router", endpoint,
+    acc = Proc(python_m("pychat.acceptor", "--port", str(port), "--router", endpoint,
                         "--metrics-port", str(aport)), name="acceptor")
     procs.append(acc)
     acc.wait_for(r"router \w+ is alive")

@@ -27,7 +27,7 @@ import uuid
 
 import pytest
 
-from .procs import ROOT, Proc
+from support.procs import ROOT, Proc
 
 pytestmark = pytest.mark.e2e
 
@@ -236,7 +236,7 @@ def bus_peers(ns: str) -> set[str]:
 def make_keys(folder) -> str:
     r = subprocess.run([sys.executable, "-m", "pychat", "keys", str(folder), "--acceptors",
                         str(len(ACCEPTOR_ADDRS))], capture_output=True, text=True, timeout=30,
-                       cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT))
+                       cwd=ROOT)
     assert r.returncode == 0, r.stderr
     return str(folder)
 
@@ -254,7 +254,7 @@ def test_router_and_acceptors_on_three_hosts_chat(hosts, tmp_path, curve):
                          for i in range(1, len(ACCEPTOR_ADDRS) + 1)]
     started: list[Proc | LineClient] = []
     try:
-        router = Proc(in_ns(hosts.router, "router", "--bind", f"tcp://{ROUTER_ADDR}:{BUS_PORT}",
+        router = Proc(in_ns(hosts.router, "pychat.router", "--bind", f"tcp://{ROUTER_ADDR}:{BUS_PORT}",
                             "--data-dir", str(tmp_path / "data"), *router_keys),
                       name="router host")
         started.append(router)
@@ -264,7 +264,7 @@ def test_router_and_acceptors_on_three_hosts_chat(hosts, tmp_path, curve):
                        for line in router.output)
         acceptors = []
         for ns, addr, keyflags in zip(hosts.acceptors, ACCEPTOR_ADDRS, acceptor_keys):
-            a = Proc(in_ns(ns, "acceptor", "--host", addr, "--port", str(CLIENT_PORT),
+            a = Proc(in_ns(ns, "pychat.acceptor", "--host", addr, "--port", str(CLIENT_PORT),
                            "--router", f"tcp://{ROUTER_ADDR}:{BUS_PORT}", *keyflags),
                      name=f"acceptor {addr}")
             started.append(a)

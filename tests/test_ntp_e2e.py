@@ -25,7 +25,7 @@ from datetime import datetime, timezone
 import ntplib
 import pytest
 
-from .procs import Proc, start_serve
+from support.procs import Proc, start_serve
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 

@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from .procs import start_serve
+from support.procs import start_serve
 
 pytestmark = pytest.mark.e2e
 

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from wire import replies as r
-from wire.replies import (Bye, Chat, Error, HistoryStart, IdAssigned, Info, NameList, Ok, Pong,
+from pychat.wire import replies as r
+from pychat.wire.replies import (Bye, Chat, Error, HistoryStart, IdAssigned, Info, NameList, Ok, Pong,
                           RoomChanged, RoomList, UserList, Welcome, parse_server_line)
 
 STAMP = "2026-11-26T11:34:42.123Z"

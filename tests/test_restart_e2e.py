@@ -17,8 +17,8 @@ import threading
 
 import pytest
 
-from .crowd import Crowd
-from .procs import start_serve
+from support.crowd import Crowd
+from support.procs import start_serve
 from .test_serve_e2e import child_pids
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]

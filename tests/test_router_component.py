@@ -24,10 +24,10 @@ from typing import Callable
 import pytest
 import zmq
 
-from wire import bus
-from wire.commands import Nick, Say, Users
+from pychat.wire import bus
+from pychat.wire.commands import Nick, Say, Users
 
-from .procs import Proc, python_m
+from support.procs import Proc, python_m
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -48,7 +48,7 @@ class Router:
 
 @pytest.fixture
 def router(procs) -> Router:
-    p = Proc(python_m("router", "--bind", "tcp://127.0.0.1:0", "--heartbeat", str(HEARTBEAT)),
+    p = Proc(python_m("pychat.router", "--bind", "tcp://127.0.0.1:0", "--heartbeat", str(HEARTBEAT)),
              name="router")
     procs.append(p)
     m = p.wait_for(r"router bound to (tcp://\S+) \(epoch (\w+)\)")

@@ -17,10 +17,10 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from router.history import MemoryHistory
-from router.state import RouterState
-from wire.bus import ChatConn, ChatRoom, Kick, SessionSet, ToConn, ToRoom
-from wire.commands import History, Join, Nick, Private, Say, parse_line
+from pychat.router.history import MemoryHistory
+from pychat.router.state import RouterState
+from pychat.wire.bus import ChatConn, ChatRoom, Kick, SessionSet, ToConn, ToRoom
+from pychat.wire.commands import History, Join, Nick, Private, Say, parse_line
 
 T0 = 1795692882.123  # 2026-11-26T11:34:42.123Z
 STAMP0 = "2026-11-26T11:34:42.123Z"

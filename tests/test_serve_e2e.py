@@ -11,12 +11,12 @@ import sys
 
 import pytest
 
-from acceptor.__main__ import build_parser as acceptor_parser
-from clients.core import Connection
+from pychat.acceptor.__main__ import build_parser as acceptor_parser
+from support.client import Connection
 from pychat.serve import build_parser as serve_parser
-from router.__main__ import build_parser as router_parser
+from pychat.router.__main__ import build_parser as router_parser
 
-from .procs import ROOT, Proc, python_m, start_serve
+from support.procs import ROOT, Proc, python_m, start_serve
 
 pytestmark = pytest.mark.e2e
 
@@ -160,7 +160,7 @@ def test_limits_come_from_the_environment(procs, connect):
     (["pychat", "nosuch"], {}, "unknown command"),
 ])
 def test_bad_configuration_is_refused_before_anything_starts(argv, env, says):
-    full_env = dict(os.environ, PYTHONPATH=ROOT, **env)
+    full_env = dict(os.environ, **env)
     r = subprocess.run(python_m(*argv), capture_output=True, text=True, env=full_env,
                        timeout=30, cwd=ROOT)
     assert r.returncode == 2
@@ -177,10 +177,10 @@ def test_every_option_has_an_environment_variable_in_its_help(build):
 
 
 @pytest.mark.parametrize("argv", [["pychat", "--help"], ["pychat", "serve", "--help"],
-                                  ["router", "--help"], ["acceptor", "--help"]])
+                                  ["pychat.router", "--help"], ["pychat.acceptor", "--help"]])
 def test_help_exits_zero(argv):
     r = subprocess.run(python_m(*argv), capture_output=True, text=True, timeout=30, cwd=ROOT,
-                       env=dict(os.environ, PYTHONPATH=ROOT))
+                       env=dict(os.environ))
     assert r.returncode == 0 and "usage:" in r.stdout
 
 

@@ -9,16 +9,16 @@ import subprocess
 
 import pytest
 
-from wire import bus
+from pychat.wire import bus
 
-from .procs import ROOT, free_port, python_m, start_serve
+from support.procs import ROOT, free_port, python_m, start_serve
 
 pytestmark = pytest.mark.e2e
 
 
 def status(*argv: str) -> subprocess.CompletedProcess:
     return subprocess.run(python_m("pychat", "status", *argv), capture_output=True, text=True,
-                          timeout=30, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT))
+                          timeout=30, cwd=ROOT)
 
 
 def test_status_messages_round_trip():

@@ -16,9 +16,9 @@ import subprocess
 
 import pytest
 
-from wire.framing import LineBuffer
+from pychat.wire.framing import LineBuffer
 
-from .procs import ROOT, python_m, start_serve
+from support.procs import ROOT, python_m, start_serve
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 
@@ -167,7 +167,7 @@ def test_a_client_that_does_not_trust_the_certificate_is_refused(procs, certs):
 def test_unusable_tls_files_are_refused_before_anything_starts(args, says):
     for prog in (["pychat", "serve"], ["acceptor"]):
         r = subprocess.run(python_m(*prog, *args), capture_output=True, text=True, timeout=30,
-                           cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT))
+                           cwd=ROOT)
         assert r.returncode == 2 and says in r.stderr, r.stderr
 
 
@@ -176,5 +176,5 @@ def test_a_key_that_does_not_match_the_certificate_is_refused(certs, tmp_path):
     _, _, other_key = make_certificates(tmp_path)
     r = subprocess.run(python_m("pychat", "serve", "--tls-cert", cert, "--tls-key", other_key),
                        capture_output=True, text=True, timeout=30, cwd=ROOT,
-                       env=dict(os.environ, PYTHONPATH=ROOT))
+                       env=dict(os.environ))
     assert r.returncode == 2 and "cannot use TLS certificate" in r.stderr, r.stderr

@@ -32,7 +32,6 @@ class Proc:
         self.name = name or " ".join(argv[:3])
         full_env = dict(os.environ)
         full_env["PYTHONUNBUFFERED"] = "1"
-        full_env["PYTHONPATH"] = ROOT + os.pathsep + full_env.get("PYTHONPATH", "")
         if env:
             full_env.update(env)
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -117,14 +116,14 @@ def start_serve(*extra: str, acceptors: int = 2, env: dict | None = None) -> tup
 
 def start_router(*extra: str, env: dict | None = None) -> tuple[Proc, str]:
     endpoint = f"tcp://127.0.0.1:{free_port()}"
-    p = Proc(python_m("router", "--bind", endpoint, *extra), env=env, name="router")
+    p = Proc(python_m("pychat.router", "--bind", endpoint, *extra), env=env, name="router")
     p.wait_for(r"router bound to")
     return p, endpoint
 
 
 def start_acceptor(endpoint: str, *extra: str, env: dict | None = None) -> tuple[Proc, int]:
     port = free_port()
-    p = Proc(python_m("acceptor", "--port", str(port), "--router", endpoint, *extra), env=env,
+    p = Proc(python_m("pychat.acceptor", "--port", str(port), "--router", endpoint, *extra), env=env,
              name=f"acceptor :{port}")
     p.wait_for(r"router \w+ is alive")
     return p, port

@@ -15,8 +15,8 @@ import time
 from collections import deque
 from typing import Callable
 
-from wire import replies
-from wire.framing import LineBuffer
+from pychat.wire import replies
+from pychat.wire.framing import LineBuffer
 
 DEFAULT_TIMEOUT = 10.0
 
