@@ -11,10 +11,21 @@ import signal
 import socket
 import sys
 
-from pychat.metrics import Metrics, add_metrics_options
-from pychat.config import (BadValue, add_logging, add_ready_fd, endpoint, non_negative, option,
-                           port, positive, setup_logging, signal_ready, zero_or_more)
+from pychat.config import (
+    BadValue,
+    add_logging,
+    add_ready_fd,
+    endpoint,
+    non_negative,
+    option,
+    port,
+    positive,
+    setup_logging,
+    signal_ready,
+    zero_or_more,
+)
 from pychat.keys import load_public, load_secret
+from pychat.metrics import Metrics, add_metrics_options
 
 from .limits import Limits, exempt_addresses
 from .server import Acceptor

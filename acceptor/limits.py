@@ -16,22 +16,22 @@ queue, and is disconnected, after a few hundred KiB rather than after the megaby
 loopback autotuning allows; it also bounds kernel memory per stalled client.
 
 Faults (checked by the acceptor's one sweep a second, not a timer per connection): a client that
-sent nothing for ``idle_timeout`` seconds, or that has held an unfinished line (bytes, no
-newline) for ``partial_line_timeout`` seconds (slowloris), gets one ``ERROR:`` line and is
-closed; 0 turns either off. Time a client spends paused by the flood limit does not count: then
-it is we who are not reading. ``max_per_address`` caps the clients of one IP address, like
-``max_connections`` caps them all; loopback addresses are exempt by default (a local proxy, a load
-generator on the same host), ``per_address_exempt`` says otherwise. TCP keepalive (``keepalive_*``, where the OS has the options)
-lets the kernel find a peer that vanished without a FIN (a half-open connection) even when the
-idle limit is off.
+sent nothing for ``idle_timeout`` seconds, or that has held an unfinished line (bytes, no newline)
+for ``partial_line_timeout`` seconds (slowloris), gets one ``ERROR:`` line and is closed; 0 turns
+either off. Time a client spends paused by the flood limit does not count: then it is we who are
+not reading. ``max_per_address`` caps the clients of one IP address, like ``max_connections`` caps
+them all; loopback addresses are exempt by default (a local proxy, a load generator on the same
+host), ``per_address_exempt`` says otherwise. TCP keepalive (``keepalive_*``, where the OS has the
+options) lets the kernel find a peer that vanished without a FIN (a half-open connection) even when
+the idle limit is off.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from pychat.wire.framing import DEFAULT_MAX_LINE
 
@@ -103,7 +103,7 @@ def exempt_addresses(text: str) -> Callable[[str], bool]:
 
 
 class TokenBucket:
-    __slots__ = ("rate", "burst", "tokens", "stamp")
+    __slots__ = ("burst", "rate", "stamp", "tokens")
 
     def __init__(self, rate: float, burst: int, now: float | None = None):
         self.rate = rate

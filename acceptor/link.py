@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import Callable
+from collections.abc import Callable
 
 import zmq
 
@@ -39,7 +39,7 @@ RECONNECT_MS = 25
 
 class Sent:
     """A numbered batch the router has not acknowledged yet."""
-    __slots__ = ("seq", "at", "frames", "msgs", "refused")
+    __slots__ = ("at", "frames", "msgs", "refused", "seq")
 
     def __init__(self, seq: int, at: float, frames: list[bytes], msgs: list[bus.BusMessage]):
         self.seq = seq
@@ -145,7 +145,7 @@ class BusLink:
             self._backlog.popleft()
         self._schedule_drain()
 
-    # ---- acknowledgements and resync --------------------------------------------------------------
+    # ---- acknowledgements and resync -------------------------------------------------------------
 
     def ack(self, n: int) -> None:
         unacked = self._unacked

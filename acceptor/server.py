@@ -109,7 +109,7 @@ class Acceptor:
     def ports(self) -> list[tuple[str, int]]:
         return [s.getsockname()[:2] for s in self.server.sockets] if self.server else []
 
-    # ---- sessions ---------------------------------------------------------------------------------
+    # ---- sessions --------------------------------------------------------------------------------
 
     def session_opened(self, s: Session) -> None:
         if len(self.sessions) >= self.limits.max_connections:
@@ -221,7 +221,7 @@ class Acceptor:
             if not members:
                 del self.rooms[s.room]
 
-    # ---- output -----------------------------------------------------------------------------------
+    # ---- output ----------------------------------------------------------------------------------
 
     def queue(self, s: Session, data: bytes) -> None:
         if not s.out:
@@ -521,7 +521,7 @@ class Acceptor:
         log.info("resyncing %d sessions, %d unacknowledged batches sent again: %s",
                  len(self.sessions), again, why)
 
-    # ---- shutdown ---------------------------------------------------------------------------------
+    # ---- shutdown --------------------------------------------------------------------------------
 
     async def shutdown(self, grace: float = 2.0) -> None:
         """SIGTERM: stop accepting, tell every client, close, let the router know."""

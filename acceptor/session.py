@@ -45,9 +45,29 @@ KEEPCNT = getattr(socket, "TCP_KEEPCNT", None)
 
 
 class Session(asyncio.Protocol):
-    __slots__ = ("acceptor", "conn", "transport", "peer", "host", "lines", "bucket", "pending",
-                 "out", "uid", "name", "room", "cap_time", "open", "paused", "quitting",
-                 "_resume", "seen", "line_since", "blocked", "fd")
+    __slots__ = (
+        "_resume",
+        "acceptor",
+        "blocked",
+        "bucket",
+        "cap_time",
+        "conn",
+        "fd",
+        "host",
+        "line_since",
+        "lines",
+        "name",
+        "open",
+        "out",
+        "paused",
+        "peer",
+        "pending",
+        "quitting",
+        "room",
+        "seen",
+        "transport",
+        "uid",
+    )
 
     def __init__(self, acceptor: Acceptor, conn: int):
         limits = acceptor.limits
@@ -73,7 +93,7 @@ class Session(asyncio.Protocol):
         self.blocked = False  # the transport holds unsent bytes: lines wait in ``out``
         self.fd = -1  # the socket's fd, for the acceptor's direct writes (-1: TLS, or none)
 
-    # ---- asyncio callbacks ------------------------------------------------------------------------
+    # ---- asyncio callbacks -----------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -144,7 +164,7 @@ class Session(asyncio.Protocol):
         self.acceptor.session_closed(self, "connection lost" if exc is None else str(exc))
         self.transport = None
 
-    # ---- input ------------------------------------------------------------------------------------
+    # ---- input -----------------------------------------------------------------------------------
 
     def _process(self, items: deque) -> None:
         """Handle lines in order; the rest wait, with reading paused, when either
@@ -239,7 +259,7 @@ class Session(asyncio.Protocol):
             self.paused = True
         self.reply("BYE", close=True)
 
-    # ---- output -----------------------------------------------------------------------------------
+    # ---- output ----------------------------------------------------------------------------------
 
     def send_line(self, text: str) -> None:
         """Queue a line (or several joined by newlines) for this client's next write."""

@@ -36,9 +36,7 @@ import sys
 import threading
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-from support.procs import start_serve
+from support.procs import ROOT, start_serve
 
 
 def rss_kib(pid: int, field: str = "VmRSS") -> int:
@@ -91,7 +89,7 @@ def loadtest(port: int, args, pids: list[int], extra: list[str] = ()) -> dict:
         raise RuntimeError(f"loadtest failed ({r.returncode}): {r.stderr[-2000:]}") from None
 
 
-# ---- 1. stalled clients ---------------------------------------------------------------------------
+# ---- 1. stalled clients --------------------------------------------------------------------------
 
 def stalled_run(args, stalled: int) -> dict:
     serve, port = start_serve("--history", "memory", *args.serve_arg, acceptors=1)
@@ -126,7 +124,7 @@ def stalled_run(args, stalled: int) -> dict:
         serve.stop()
 
 
-# ---- 2. flood -------------------------------------------------------------------------------------
+# ---- 2. flood ------------------------------------------------------------------------------------
 
 class Flooder:
     """One client sending lines flat out, reading (and counting) its own echoes."""
@@ -197,7 +195,7 @@ def flood_rounds(args) -> dict:
                 "lost": sum(r["lost"] for r in quiet + flood),
                 "rounds": [{"quiet": (q["latency_ms"]["p50"], q["latency_ms"]["p99"]),
                             "flood": (f["latency_ms"]["p50"], f["latency_ms"]["p99"])}
-                           for q, f in zip(quiet, flood)]}
+                           for q, f in zip(quiet, flood, strict=True)]}
     finally:
         serve.stop()
 
@@ -219,7 +217,7 @@ def restart_rounds(args) -> dict:
             victim = child_pid(serve, "router")
             killed_at: list[float] = []
 
-            def kill(k: int) -> None:
+            def kill(k: int, victim: int = victim, killed_at: list[float] = killed_at) -> None:
                 if k == count // 3 and not killed_at:
                     os.kill(victim, 9)
                     killed_at.append(time.monotonic())
@@ -232,7 +230,7 @@ def restart_rounds(args) -> dict:
                                      timeout=30)
             settled_at = time.monotonic()
             th.join(120)
-            crowd.wait(lambda: crowd.all_ended(senders), 120, "every end")
+            crowd.wait(lambda crowd=crowd: crowd.all_ended(senders), 120, "every end")
             result = crowd.check(senders, count)
             rounds.append({
                 "lost_or_duplicated": len(result["problems"]), "refused": result["refused"],

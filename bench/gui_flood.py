@@ -11,17 +11,14 @@ lines it showed and how many the log kept. Prints one Markdown table row per rat
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-from support.procs import start_serve
 from support.gui import GuiProc, flood
+from support.procs import start_serve
 from support.xvfb import Xvfb
 
 SAMPLE_MS = 50  # the GUI's probe interval

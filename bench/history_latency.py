@@ -30,8 +30,6 @@ import tempfile
 import threading
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 from support.client import Connection
 from support.procs import start_serve
 
@@ -76,7 +74,7 @@ def run(mode: str, messages: int, clients: int, slow_delay: float) -> dict:
                 text = f"bench {i} {j} " + "x" * 60
                 t = time.perf_counter()
                 c.send(text)
-                c.expect(lambda l: l.startswith(mine) and l.endswith(text))
+                c.expect(lambda ln, text=text: ln.startswith(mine) and ln.endswith(text))
                 latencies[i].append(time.perf_counter() - t)
 
         threads = [threading.Thread(target=client, args=(i, c)) for i, c in enumerate(conns)]
@@ -92,11 +90,12 @@ def run(mode: str, messages: int, clients: int, slow_delay: float) -> dict:
     finally:
         p.stop(timeout=60)
     saved = count_rows(data)
-    behind = [l for l in p.output if re.search(r"history: (closed|writer still busy)", l)]
+    behind = [ln for ln in p.output if re.search(r"history: (closed|writer still busy)", ln)]
     all_lat = sorted(x for xs in latencies for x in xs)
     q = statistics.quantiles(all_lat, n=100)
     return {"mode": mode, "n": len(all_lat), "p50": q[49] * 1000, "p99": q[98] * 1000,
-            "max": all_lat[-1] * 1000, "rate": len(all_lat) / wall, "saved": saved, "at_end": at_end,
+            "max": all_lat[-1] * 1000, "rate": len(all_lat) / wall, "saved": saved,
+            "at_end": at_end,
             "log": behind}
 
 

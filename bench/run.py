@@ -28,8 +28,9 @@ import tempfile
 import threading
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 from pychat.clients.loadtest import process_tree  # the same /proc walk
+from support.procs import ROOT
+
 PY = sys.executable
 # configured for the load, like ngircd below: every load client comes from 127.0.0.1 (no
 # per-address cap) and senders may exceed the default flood limit (burst 100, then 50/s)
@@ -90,7 +91,7 @@ class Server:
             self.port = int(line.rsplit(":", 1)[1])
             return
         acceptors = self.kind.split("-")[1]
-        self.log = open(os.path.join(self.tmp, "serve.log"), "w+")
+        self.log = open(os.path.join(self.tmp, "serve.log"), "w+")  # noqa: SIM115 (kept open for the server's life)
         self.proc = subprocess.Popen(
             [PY, "-m", "pychat", "serve", "--port", "0", "--acceptors", acceptors,
              "--data-dir", self.tmp, "--log-level", "warning"],
@@ -274,10 +275,11 @@ def machine() -> str:
     cpu = "?"
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+            cpu = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return (f"{os.cpu_count()} cores ({cpu}), {round(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30)} GiB, "
+    gib = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30)
+    return (f"{os.cpu_count()} cores ({cpu}), {gib} GiB, "
             f"{platform.system()} {platform.release()}, Python {platform.python_version()}")
 
 
@@ -319,11 +321,15 @@ def write_docs(out: dict) -> None:
         f"Highest rate with p99 under 100 ms at 1,000 clients (20 senders): {rates}.", "",
         f"![server and machine CPU per million deliveries against N]({plot_path})", "", END])
     doc = os.path.join(ROOT, "docs", "BENCHMARKS.md")
-    current = open(doc).read() if os.path.exists(doc) else "# Benchmarks\n"
+    current = "# Benchmarks\n"
+    if os.path.exists(doc):
+        with open(doc) as f:
+            current = f.read()
     if BEGIN in current:
         current = current.split(BEGIN)[0] + text + current.split(END, 1)[1]
     else:
-        current = current.rstrip() + "\n\n## Chat core against ngircd (bench/run.py)\n\n" + text + "\n"
+        current = (current.rstrip() + "\n\n## Chat core against ngircd (bench/run.py)\n\n"
+                   + text + "\n")
     with open(doc, "w") as f:
         f.write(current)
     print(f"wrote {doc}")

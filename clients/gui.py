@@ -182,9 +182,9 @@ class Gui:
 
     def on_room_click(self, event) -> None:
         i = self.rooms.nearest(event.y)
-        if 0 <= i < len(self.room_names) and self.session:
-            if self.room_names[i] != self.state.room:
-                self.session.send(f"/join {self.room_names[i]}")
+        if (0 <= i < len(self.room_names) and self.session
+                and self.room_names[i] != self.state.room):
+            self.session.send(f"/join {self.room_names[i]}")
 
     def on_join_typed(self, _event=None) -> None:
         room = self.new_room.get().strip()

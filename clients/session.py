@@ -31,7 +31,7 @@ import socket
 import threading
 import time
 from collections import deque
-from typing import Callable
+from collections.abc import Callable
 
 from pychat.wire import commands, replies
 from pychat.wire.errors import ClientError
@@ -234,9 +234,8 @@ class _Connection:
                 self.last_rx = time.monotonic()
                 self.ping_sent = 0.0
                 for item in self.buffer.feed(data):
-                    if isinstance(item, bytes):
-                        if self._line(item.decode("utf-8", "replace")):
-                            return None
+                    if isinstance(item, bytes) and self._line(item.decode("utf-8", "replace")):
+                        return None
 
     def _keepalive(self, now: float) -> float | None:
         """Seconds the select may wait; None when the server stopped answering."""

@@ -1,4 +1,5 @@
-from pychat.cli import main
 import sys
+
+from pychat.cli import main
 
 sys.exit(main())

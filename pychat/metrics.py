@@ -12,8 +12,8 @@ from __future__ import annotations
 import bisect
 import logging
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
 
 log = logging.getLogger("pychat.metrics")
 
@@ -57,7 +57,7 @@ class Metrics:
         for name, help, h in self._histograms:
             out += [f"# HELP {name} {help}", f"# TYPE {name} histogram"]
             cumulative = 0
-            for bound, n in zip(h.buckets, h.counts):
+            for bound, n in zip(h.buckets, h.counts, strict=True):
                 cumulative += n
                 out.append(f'{name}_bucket{{le="{bound:g}"}} {cumulative}')
             cumulative += h.counts[-1]
@@ -69,7 +69,7 @@ class Metrics:
         metrics = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            def do_GET(self) -> None:
                 if self.path.split("?")[0] != "/metrics":
                     self.send_error(404)
                     return

@@ -24,10 +24,16 @@ import sys
 import tempfile
 import time
 
-from pychat.acceptor.__main__ import (LIMIT_FLAGS, TLS_FLAGS, add_limit_options, add_tls_options,
-                               curve_keys, tls_context)
-from pychat.metrics import add_metrics_options
+from pychat.acceptor.__main__ import (
+    LIMIT_FLAGS,
+    TLS_FLAGS,
+    add_limit_options,
+    add_tls_options,
+    curve_keys,
+    tls_context,
+)
 from pychat.config import add_logging, endpoint, option, port, positive, setup_logging
+from pychat.metrics import add_metrics_options
 from pychat.router.__main__ import ROUTER_FLAGS, add_time_history_options
 
 log = logging.getLogger("pychat.serve")
@@ -169,7 +175,8 @@ class Supervisor:
             limits += ["--curve-secret", os.path.abspath(a.curve_secret),
                        "--curve-server", os.path.abspath(a.curve_server)]
         for i in range(n):
-            argv = ["pychat.acceptor", "--host", a.host, "--port", str(self.port), "--router", self.bus,
+            argv = ["pychat.acceptor", "--host", a.host, "--port", str(self.port),
+                    "--router", self.bus,
                     "--name", f"{socket.gethostname()}-{os.getpid()}-a{i + 1}",
                     "--reuse-port" if reuse else "--no-reuse-port", *limits, *common]
             if a.metrics_port:

@@ -14,10 +14,19 @@ import sys
 
 import zmq
 
-from pychat.metrics import Metrics, add_metrics_options
-from pychat.config import (BadValue, add_logging, add_ready_fd, endpoint, option, positive,
-                           setup_logging, signal_ready, zero_or_more)
+from pychat.config import (
+    BadValue,
+    add_logging,
+    add_ready_fd,
+    endpoint,
+    option,
+    positive,
+    setup_logging,
+    signal_ready,
+    zero_or_more,
+)
 from pychat.keys import count_public_keys, load_secret, start_authenticator
+from pychat.metrics import Metrics, add_metrics_options
 
 from .clock import LocalClock, NtpClock, parse_servers
 from .history import MemoryHistory

@@ -54,7 +54,7 @@ def status_of(part) -> dict:
 
 
 class Peer:
-    __slots__ = ("ident", "epoch", "last_seen", "backlog", "seq", "done")
+    __slots__ = ("backlog", "done", "epoch", "ident", "last_seen", "seq")
 
     def __init__(self, ident: bytes, epoch: str, now: float):
         self.ident = ident
@@ -312,7 +312,7 @@ class RouterServer:
                 continue
             self._deliver(deliveries, out)
 
-    # ---- settling after a start -------------------------------------------------------------------
+    # ---- settling after a start ------------------------------------------------------------------
 
     def _joined(self, acceptor: str, peers_json: str, now: float, out: Outbox) -> None:
         """An acceptor said Hello: tell everyone the new list; while settling, learn whom else

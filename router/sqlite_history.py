@@ -30,7 +30,7 @@ import queue
 import sqlite3
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from pychat.wire.commands import HISTORY_MAX
 from pychat.wire.replies import format_time

@@ -26,11 +26,11 @@ import logging
 import math
 import random
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from pychat.wire import replies
 from pychat.wire.bus import BusMessage, ChatConn, ChatRoom, SessionSet, ToConn, ToRoom
-from pychat.wire.commands import (LOBBY, Command, History, Join, Nick, Private, Rooms, Say, Users)
+from pychat.wire.commands import LOBBY, Command, History, Join, Nick, Private, Rooms, Say, Users
 
 from .clock import Clock
 from .history import HistoryStore
@@ -42,7 +42,7 @@ MAX_PUSH_INTERVAL = 60.0
 
 
 class User:
-    __slots__ = ("uid", "acceptor", "conn", "name", "room")
+    __slots__ = ("acceptor", "conn", "name", "room", "uid")
 
     def __init__(self, uid: str, acceptor: str, conn: int, room: str):
         self.uid = uid

@@ -1,1 +1,2 @@
-"""Test and benchmark support, shared by tests/ and bench/ (not installed): real processes, test clients, Xvfb."""
+"""Test and benchmark support, shared by tests/ and bench/ (not installed): real processes, a
+test client, a fake router, Xvfb and the GUI driver."""

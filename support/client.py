@@ -13,7 +13,7 @@ from __future__ import annotations
 import socket
 import time
 from collections import deque
-from typing import Callable
+from collections.abc import Callable
 
 from pychat.wire import replies
 from pychat.wire.framing import LineBuffer
@@ -61,7 +61,7 @@ class Connection:
         self.sock.settimeout(left)
         try:
             data = self.sock.recv(65536)
-        except socket.timeout:
+        except TimeoutError:
             raise Timeout("no line in time") from None
         except (ConnectionResetError, BrokenPipeError) as e:
             self.closed = True

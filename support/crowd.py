@@ -16,6 +16,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 CHAT = re.compile(r"^(?:@time=\S+ )?\d{6}: s(\d+) (\d+|end)$")
 REFUSED = re.compile(r"^ERROR: not sent, .*: s(\d+) (\d+)$")
@@ -166,7 +167,7 @@ class Crowd:
             worst = 0.0
             for c in self.clients:
                 times = [t for t in c.arrivals if t >= after]
-                worst = max([worst] + [b - a for a, b in zip(times, times[1:])])
+                worst = max([worst] + [b - a for a, b in pairwise(times)])
             return worst
 
     def close(self) -> None:

@@ -123,7 +123,8 @@ def start_router(*extra: str, env: dict | None = None) -> tuple[Proc, str]:
 
 def start_acceptor(endpoint: str, *extra: str, env: dict | None = None) -> tuple[Proc, int]:
     port = free_port()
-    p = Proc(python_m("pychat.acceptor", "--port", str(port), "--router", endpoint, *extra), env=env,
+    p = Proc(python_m("pychat.acceptor", "--port", str(port), "--router", endpoint, *extra),
+             env=env,
              name=f"acceptor :{port}")
     p.wait_for(r"router \w+ is alive")
     return p, port

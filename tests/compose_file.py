@@ -162,7 +162,7 @@ def services(path: str = COMPOSE, shell_env: dict[str, str] | None = None,
                 vols[source] = target
         deps = svc.get("depends_on") or {}
         if isinstance(deps, list):
-            deps = {d: "service_started" for d in deps}
+            deps = dict.fromkeys(deps, "service_started")
         else:
             deps = {d: (c or {}).get("condition", "service_started") for d, c in deps.items()}
         out[name] = Service(name, entry + cmd, env, check, vols, deps, svc)

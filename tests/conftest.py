@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import uuid
 
 import pytest
+import zmq
 
+from pychat.wire import bus
 from support.client import Connection
-
-from support.procs import Proc, start_acceptor, start_router, start_serve
+from support.fake_router import HEARTBEAT, Acceptor, FakeRouter
+from support.procs import Proc, python_m, start_acceptor, start_router, start_serve
 from support.xvfb import Xvfb
 
 
@@ -86,3 +89,40 @@ def xvfb():
     x = Xvfb()
     yield x
     x.stop()
+
+
+# ---- the acceptor with a fake router (support/fake_router.py) ----------------------------------
+
+@pytest.fixture
+def fake():
+    ctx = zmq.Context()
+    fr = FakeRouter(ctx)
+    yield fr
+    fr.close()
+    ctx.term()
+
+
+@pytest.fixture
+def start(procs, fake):
+    """``start(*flags)``: an acceptor process connected to the fake router, which it greeted."""
+    def run(*extra: str) -> Acceptor:
+        name = f"acc-{uuid.uuid4().hex[:8]}"
+        p = Proc(python_m("pychat.acceptor", "--port", "0", "--router", fake.endpoint,
+                          "--heartbeat", str(HEARTBEAT), "--name", name, *extra),
+                 name=f"acceptor {name}")
+        procs.append(p)
+        port = int(p.wait_for(r"listening on 127\.0\.0\.1:(\d+)").group(1))
+        hello = fake.expect(lambda m: isinstance(m, bus.Hello))
+        acc = Acceptor(p, port, name, hello, fake)
+        acc.send(bus.Heartbeat(fake.epoch))
+        p.wait_for(rf"router {fake.epoch} is alive")
+        return acc
+    return run
+
+
+@pytest.fixture
+def clients():
+    opened: list = []
+    yield opened
+    for c in opened:
+        c.close()

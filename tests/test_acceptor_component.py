@@ -1,12 +1,5 @@
-"""Acceptor component tests: the real acceptor process, with the test playing the router.
-
-Each test binds a ``FakeRouter`` (a real pyzmq ROUTER socket, ROUTER_MANDATORY, LINGER 0, on a
-port the OS picks), starts ``python -m acceptor --port 0 --router <it> --heartbeat 0.2`` (the
-acceptor logs the TCP port it got, so parallel workers cannot collide) and drives it with real
-TCP clients (``support.client.Connection`` or raw sockets). The fake router answers what a real
-router would (SessionSet, ToConn, ChatRoom, Kick, Resync) and records every bus message the
-acceptor sends. Waiting is for an expected line or message with a deadline, never a sleep.
-"""
+"""Acceptor component tests: the real acceptor process, with the test playing the router
+(``support/fake_router.py``; its fixtures ``fake``, ``start`` and ``clients`` are in conftest)."""
 
 from __future__ import annotations
 
@@ -15,219 +8,29 @@ import signal
 import socket
 import time
 import uuid
-from typing import Callable
+from itertools import pairwise
 
 import pytest
-import zmq
 
-from support.client import Connection, Timeout, ConnectionClosed
-from pychat.wire import bus, replies
+from pychat.wire import bus
 from pychat.wire.commands import Say
-
-from support.procs import Proc, python_m
+from support.client import Connection, ConnectionClosed
+from support.fake_router import (
+    WAIT,
+    admit,
+    connect,
+    expect_open,
+    is_close,
+    is_cmd,
+    local_reply,
+    members_of,
+    read_to_eof,
+)
 
 pytestmark = pytest.mark.timeout(90)
 
-HEARTBEAT = 0.2
-WAIT = 10.0
 
-
-# ---- the fake router ------------------------------------------------------------------------------
-
-class FakeRouter:
-    """A ROUTER socket the acceptor connects to; records ``(ident, message)`` as they arrive."""
-
-    def __init__(self, ctx: zmq.Context):
-        self.sock = ctx.socket(zmq.ROUTER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        self.sock.setsockopt(zmq.SNDHWM, 100_000)
-        self.sock.setsockopt(zmq.RCVHWM, 100_000)
-        port = self.sock.bind_to_random_port("tcp://127.0.0.1")
-        self.endpoint = f"tcp://127.0.0.1:{port}"
-        self.epoch = uuid.uuid4().hex[:12]
-        self.received: list[tuple[float, bytes, bus.BusMessage]] = []
-        self.numbered: list[tuple[int, list[bus.BusMessage]]] = []  # (bus.Seq n, its messages)
-        self.auto_ack = True  # acknowledge each numbered batch as it arrives, as a router does
-        self.cursor = 0
-        self.bounced = 0  # Relay messages already answered (see local_reply)
-        self.poller = zmq.Poller()
-        self.poller.register(self.sock, zmq.POLLIN)
-
-    def send(self, ident: bytes, *msgs: bus.BusMessage) -> None:
-        self.sock.send_multipart([ident, *bus.encode(list(msgs))])
-
-    def pump(self, timeout: float) -> None:
-        """Receive every batch that arrives within ``timeout`` seconds (at least one poll)."""
-        if not self.poller.poll(max(0, int(timeout * 1000))):
-            return
-        while True:
-            try:
-                frames = self.sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            now = time.monotonic()
-            msgs = bus.decode(frames[1:])  # the acceptor must only ever send valid batches
-            if msgs and isinstance(msgs[0], bus.Seq):  # kept apart: framing, not content
-                self.numbered.append((msgs[0].n, msgs[1:]))
-                if self.auto_ack:
-                    try:
-                        self.send(frames[0], bus.Ack(msgs[0].n))
-                    except zmq.ZMQError:  # the acceptor has gone (a test stopped it)
-                        pass
-                msgs = msgs[1:]
-            self.received.extend((now, frames[0], m) for m in msgs)
-
-    def expect(self, pred: Callable[[bus.BusMessage], bool], timeout: float = WAIT
-               ) -> bus.BusMessage:
-        """The first message after the cursor that matches; the cursor moves past it."""
-        deadline = time.monotonic() + timeout
-        while True:
-            for i in range(self.cursor, len(self.received)):
-                msg = self.received[i][2]
-                if pred(msg):
-                    self.cursor = i + 1
-                    return msg
-            left = deadline - time.monotonic()
-            if left <= 0:
-                tail = [m for _, _, m in self.received[self.cursor:]
-                        if not isinstance(m, bus.Heartbeat)]
-                raise AssertionError(f"fake router: no expected message in {timeout}s; "
-                                     f"got since the cursor: {tail[-20:]!r}")
-            self.pump(left)
-
-    def mark(self) -> int:
-        return len(self.received)
-
-    def since(self, start: int, heartbeats: bool = False) -> list[bus.BusMessage]:
-        return [m for _, _, m in self.received[start:]
-                if heartbeats or not isinstance(m, bus.Heartbeat)]
-
-    def close(self) -> None:
-        self.sock.close(0)
-
-
-class Acceptor:
-    def __init__(self, proc: Proc, port: int, name: str, hello: bus.Hello, fake: FakeRouter):
-        self.proc = proc
-        self.port = port
-        self.name = name
-        self.ident = name.encode()
-        self.hello = hello
-        self.fake = fake
-
-    def send(self, *msgs: bus.BusMessage) -> None:
-        self.fake.send(self.ident, *msgs)
-
-
-@pytest.fixture
-def fake():
-    ctx = zmq.Context()
-    fr = FakeRouter(ctx)
-    yield fr
-    fr.close()
-    ctx.term()
-
-
-@pytest.fixture
-def start(procs, fake):
-    """``start(*flags)``: an acceptor process connected to the fake router, which it greeted."""
-    def run(*extra: str) -> Acceptor:
-        name = f"acc-{uuid.uuid4().hex[:8]}"
-        p = Proc(python_m("pychat.acceptor", "--port", "0", "--router", fake.endpoint,
-                          "--heartbeat", str(HEARTBEAT), "--name", name, *extra),
-                 name=f"acceptor {name}")
-        procs.append(p)
-        port = int(p.wait_for(r"listening on 127\.0\.0\.1:(\d+)").group(1))
-        hello = fake.expect(lambda m: isinstance(m, bus.Hello))
-        acc = Acceptor(p, port, name, hello, fake)
-        acc.send(bus.Heartbeat(fake.epoch))
-        p.wait_for(rf"router {fake.epoch} is alive")
-        return acc
-    return run
-
-
-@pytest.fixture
-def clients():
-    opened: list = []
-    yield opened
-    for c in opened:
-        c.close()
-
-
-def connect(acc: Acceptor, clients: list) -> tuple[Connection, int]:
-    """A client that read its Welcome; returns it and its conn id (from the Open it caused)."""
-    c = Connection("127.0.0.1", acc.port, timeout=WAIT)
-    clients.append(c)
-    assert c.read_line() == replies.WELCOME  # at once: before the router said anything
-    return c, expect_open(acc, c.sock)
-
-
-def expect_open(acc: Acceptor, sock: socket.socket) -> int:
-    peer = "127.0.0.1:%d" % sock.getsockname()[1]
-    return acc.fake.expect(lambda m: isinstance(m, bus.Open) and m.peer == peer).conn
-
-
-def admit(acc: Acceptor, c: Connection, conn: int, uid: str, room: str = "#lobby",
-          name: str = "") -> None:
-    """What the router does for a new session: SessionSet, then its ID; wait for the ID."""
-    acc.send(bus.SessionSet(conn, uid, name, room), bus.ToConn(conn, f"ID:{uid}"))
-    assert c.read_line() == f"ID:{uid}"
-
-
-def members_of(acc: Acceptor, clients: list, n: int, room: str) -> list[Connection]:
-    """``n`` admitted clients in ``room``, uids 100000 and up, in the order they joined."""
-    members = []
-    for i in range(n):
-        c, conn = connect(acc, clients)
-        admit(acc, c, conn, f"{100000 + i}", room=room)
-        members.append(c)
-    return members
-
-
-def local_reply(acc: Acceptor, c: Connection, timeout: float = WAIT) -> str:
-    """The next line for a command the acceptor answers itself (PONG, OK cap, ERROR:).
-
-    While it hears the router's heartbeats the acceptor sends such a reply round through the
-    router as a Relay (so it stays behind earlier commands' results); otherwise straight to the
-    client. Play the router's part (bounce the Relay back as ToConn) for whichever happens."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            return c.read_line(timeout=0.05)
-        except Timeout:
-            pass
-        acc.fake.pump(0.05)
-        relays = [m for m in acc.fake.since(0) if isinstance(m, bus.Relay)]
-        for m in relays[acc.fake.bounced:]:  # each Relay once, as the router does
-            acc.send(bus.Kick(m.conn, m.text) if m.close else bus.ToConn(m.conn, m.text))
-        acc.fake.bounced = len(relays)
-    raise AssertionError("no local reply in time")
-
-
-def is_cmd(conn: int, cmd) -> Callable[[bus.BusMessage], bool]:
-    return lambda m: isinstance(m, bus.Cmd) and m.conn == conn and m.command == cmd
-
-
-def is_close(conn: int) -> Callable[[bus.BusMessage], bool]:
-    return lambda m: isinstance(m, bus.Close) and m.conn == conn
-
-
-def read_to_eof(sock: socket.socket, timeout: float = WAIT) -> bytes:
-    """Everything until the peer closes (EOF or reset); fails on timeout."""
-    sock.settimeout(timeout)
-    data = bytearray()
-    while True:
-        try:
-            chunk = sock.recv(1 << 20)
-        except ConnectionResetError:
-            return bytes(data)
-        if not chunk:
-            return bytes(data)
-        data += chunk
-
-
-# ---- tests ----------------------------------------------------------------------------------------
+# ---- tests ---------------------------------------------------------------------------------------
 
 def test_hello_names_the_acceptor_and_it_heartbeats(start, fake):
     acc = start()
@@ -241,7 +44,7 @@ def test_hello_names_the_acceptor_and_it_heartbeats(start, fake):
         assert hb.epoch == acc.hello.epoch
     beats = [t for t, ident, m in fake.received[mark:] if isinstance(m, bus.Heartbeat)]
     assert {ident for _, ident, _ in fake.received} == {acc.ident}
-    gaps = [b - a for a, b in zip(beats, beats[1:])]
+    gaps = [b - a for a, b in pairwise(beats)]
     assert 0.1 <= sum(gaps) / len(gaps) <= 0.5, gaps  # about every 0.2 s, loosely
 
 
@@ -450,7 +253,7 @@ def test_unacknowledged_batches_are_sent_again_after_the_hello_with_their_number
     acc.send(bus.Ack(first))  # line 0 handled; lines 1 and 2 not acknowledged
     c.send("/ping acked")
     assert local_reply(acc, c) == "PONG acked"  # the Ack has been read: it came before
-    before = {n: msgs for n, msgs in fake.numbered}
+    before = dict(fake.numbered)
 
     count = len(fake.numbered)
     acc.send(bus.Heartbeat(uuid.uuid4().hex[:12]))  # a new router epoch: resync

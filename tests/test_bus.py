@@ -10,8 +10,25 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pychat.wire import bus
-from pychat.wire.bus import (HEADER, ChatConn, ChatRoom, Close, Cmd, Heartbeat, Hello, Kick, Open,
-                      Resync, SessionSet, Sync, ToConn, ToRoom, decode, encode, encode_message)
+from pychat.wire.bus import (
+    HEADER,
+    ChatConn,
+    ChatRoom,
+    Close,
+    Cmd,
+    Heartbeat,
+    Hello,
+    Kick,
+    Open,
+    Resync,
+    SessionSet,
+    Sync,
+    ToConn,
+    ToRoom,
+    decode,
+    encode,
+    encode_message,
+)
 from pychat.wire.commands import ROUTED, History, Join, Nick, Private, Rooms, Say, Users
 from pychat.wire.errors import BusError
 

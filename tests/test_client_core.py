@@ -16,7 +16,6 @@ from pychat.clients import events
 from pychat.clients.session import Session
 from pychat.clients.state import ERROR, OWN, PRIVATE, PUBLIC, ChatState
 from pychat.wire import replies
-
 from support.procs import Proc, python_m, start_acceptor, start_router
 
 

@@ -13,9 +13,28 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pychat.wire.commands import (BY_KIND, HISTORY_DEFAULT, HISTORY_MAX, LOBBY, ROUTED, TABLE, Cap,
-                           Command, Help, History, Join, Nick, Ping, Private, Quit, Rooms, Say,
-                           Users, help_lines, parse_line)
+from pychat.wire.commands import (
+    BY_KIND,
+    HISTORY_DEFAULT,
+    HISTORY_MAX,
+    LOBBY,
+    ROUTED,
+    TABLE,
+    Cap,
+    Command,
+    Help,
+    History,
+    Join,
+    Nick,
+    Ping,
+    Private,
+    Quit,
+    Rooms,
+    Say,
+    Users,
+    help_lines,
+    parse_line,
+)
 from pychat.wire.errors import ClientError, InvalidUTF8, LineTooLong
 from pychat.wire.framing import LineBuffer, decode, sanitize
 

@@ -21,11 +21,11 @@ import pytest
 import yaml
 
 from pychat.acceptor.__main__ import build_parser as acceptor_parser
-from pychat.serve import build_parser as serve_parser
 from pychat.router.__main__ import build_parser as router_parser
+from pychat.serve import build_parser as serve_parser
+from support.procs import ROOT
 
 from .compose_file import COMPOSE, DOCKERFILE, load, read_dockerfile, services
-from support.procs import ROOT
 
 
 def absent(name: str) -> None:

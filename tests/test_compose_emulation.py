@@ -28,8 +28,9 @@ import sys
 
 import pytest
 
-from .compose_file import Service, services, start_order
 from support.procs import ROOT, Proc, free_port
+
+from .compose_file import Service, services, start_order
 
 pytestmark = pytest.mark.e2e
 

@@ -13,6 +13,7 @@ import uuid
 import pytest
 
 from support.procs import ROOT, python_m, start_acceptor, start_router
+
 from .test_client_core import start_acceptor_on
 
 pytestmark = pytest.mark.e2e

@@ -192,7 +192,7 @@ def test_console_asks_a_name_again_when_taken_and_keeps_the_typed_line_whole(
     screen = t.wait(rf"^\[{room}\] frank>")
     assert re.search(rf"{room} \| frank \| ID \d{{6}} \| connected to", screen)  # bottom bar
     erin.send("/users")
-    frank_uid = erin.expect(lambda l: l.startswith(f"USERS:{erin.uid},")).split(",")[-1]
+    frank_uid = erin.expect(lambda ln: ln.startswith(f"USERS:{erin.uid},")).split(",")[-1]
 
     t.type("half a sentence, still typ")
     chatter = ["did the deploy finish?", "frank, the logs look clean to me",

@@ -127,10 +127,12 @@ def test_curve_options_are_checked_before_anything_starts(keys):
         (["pychat.router", "--curve-secret", f"{keys}/router.key_secret"], "go together"),
         (["pychat.router", "--curve-secret", f"{keys}/router.key", "--curve-clients",
           f"{keys}/authorized"], "no secret key"),
-        (["pychat.router", "--curve-secret", f"{keys}/router.key_secret", "--curve-clients", keys + "/x"],
+        (["pychat.router", "--curve-secret", f"{keys}/router.key_secret",
+          "--curve-clients", keys + "/x"],
          "not a folder"),
         (["pychat.acceptor", "--curve-server", f"{keys}/router.key"], "go together"),
-        (["pychat.acceptor", "--curve-secret", "/nonexistent", "--curve-server", f"{keys}/router.key"],
+        (["pychat.acceptor", "--curve-secret", "/nonexistent",
+          "--curve-server", f"{keys}/router.key"],
          "cannot read CurveZMQ secret key"),
     ]
     for argv, says in cases:
@@ -141,7 +143,7 @@ def test_curve_options_are_checked_before_anything_starts(keys):
 
 def test_serve_with_a_router_elsewhere_passes_the_keys_to_its_acceptors(procs, connect, keys,
                                                                        tmp_path):
-    router, endpoint = curve_router(procs, keys)
+    _router, endpoint = curve_router(procs, keys)
     p, port = start_serve("--router", endpoint, "--heartbeat", HEARTBEAT,
                           "--curve-secret", f"{keys}/acceptor-1.key_secret",
                           "--curve-server", f"{keys}/router.key", acceptors=1)
@@ -153,7 +155,7 @@ def test_serve_with_a_router_elsewhere_passes_the_keys_to_its_acceptors(procs, c
     assert re.search(r"router tcp://\S+ \(CurveZMQ\)", "\n".join(p.output))
     # the same serve with a key the router does not know: its acceptor never gets in
     other = make_keys(tmp_path / "other")
-    q, qport = start_serve("--router", endpoint, "--heartbeat", HEARTBEAT,
+    q, _qport = start_serve("--router", endpoint, "--heartbeat", HEARTBEAT,
                            "--curve-secret", f"{other}/acceptor-1.key_secret",
                            "--curve-server", f"{keys}/router.key", acceptors=1)
     procs.append(q)

@@ -18,13 +18,11 @@ import time
 import pytest
 
 from pychat.acceptor.limits import Limits, exempt_addresses
-from support.client import Connection
 from pychat.wire import bus
 from pychat.wire.commands import Say
 from pychat.wire.framing import LineBuffer
-
-from .test_acceptor_component import (WAIT, admit, clients, connect, fake, is_close,  # noqa: F401
-                                      local_reply, start)
+from support.client import Connection
+from support.fake_router import WAIT, admit, connect, is_close, local_reply
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -201,7 +199,7 @@ def test_max_per_address_refuses_the_fourth_with_error_and_frees_a_place(start, 
     clients.append(fourth)
     assert fourth.read_until_closed() == [
         "ERROR: too many connections from your address (max 3)"]
-    for i, (c, conn) in enumerate(three):
+    for i, (c, _conn) in enumerate(three):
         c.send(f"/ping {i}")
         assert local_reply(acc, c) == f"PONG {i}"
     assert len([m for m in fake.since(0) if isinstance(m, bus.Open)]) == 3  # never announced

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from support.client import Connection
-
 from support.procs import start_serve
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]

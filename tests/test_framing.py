@@ -7,6 +7,8 @@ invalid UTF-8 is an error; control characters (tab kept) and whole ANSI escapes 
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -311,7 +313,7 @@ def _stream_and_cuts(draw):
 def test_any_split_gives_the_same_lines_as_one_feed(data_cuts, max_line):
     data, cuts = data_cuts
     bounds = [0, *cuts, len(data)]
-    chunks = [data[a:b] for a, b in zip(bounds, bounds[1:])]
+    chunks = [data[a:b] for a, b in pairwise(bounds)]
     whole = LineBuffer(max_line)
     pieces = LineBuffer(max_line)
     assert shape(feed_all(pieces, chunks)) == shape(whole.feed(data))
@@ -325,7 +327,7 @@ def test_every_item_is_a_short_line_or_line_too_long_and_memory_is_bounded(data_
     bounds = [0, *cuts, len(data)]
     buf = LineBuffer(max_line)
     items = []
-    for a, b in zip(bounds, bounds[1:]):
+    for a, b in pairwise(bounds):
         items.extend(buf.feed(data[a:b]))
         assert buf.pending <= max_line + 1
     for item in items:

@@ -26,6 +26,7 @@ import time
 import pytest
 
 from support.procs import start_serve
+
 from .test_serve_e2e import child_pids, gone
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
@@ -141,7 +142,7 @@ def fuzzer(seed: int, port: int, deadline: float, stats: dict, errors: list) -> 
     try:
         while time.monotonic() < deadline:
             fuzz_session(rng, port, stats)
-    except Exception as e:  # noqa: BLE001 - reported by the test
+    except Exception as e:
         errors.append(f"fuzzer {seed}: {e!r}")
 
 
@@ -156,7 +157,7 @@ class Watcher:
         self.closed = False
         self.sent = 0
         threading.Thread(target=self._read, daemon=True).start()
-        self.uid = self.wait(lambda l: l.startswith("ID:"))[3:]
+        self.uid = self.wait(lambda ln: ln.startswith("ID:"))[3:]
 
     def _read(self) -> None:
         buf = b""
@@ -178,9 +179,9 @@ class Watcher:
         with self.cond:
             i = start
             while True:
-                for i in range(i, len(self.lines)):
-                    if pred(self.lines[i]):
-                        return self.lines[i]
+                for k in range(i, len(self.lines)):
+                    if pred(self.lines[k]):
+                        return self.lines[k]
                 i = len(self.lines)
                 left = deadline - time.monotonic()
                 if left <= 0 or self.closed:
@@ -195,15 +196,15 @@ class Watcher:
                 mark = len(self.lines)
                 text = f"{self.tag}-{self.sent}"
                 self.sock.sendall(text.encode() + b"\n")
-                self.wait(lambda l, want=f"{self.uid}: {text}": l == want, start=mark)
+                self.wait(lambda ln, want=f"{self.uid}: {text}": ln == want, start=mark)
                 self.sent += 1
-        except Exception as e:  # noqa: BLE001 - reported by the test
+        except Exception as e:
             errors.append(f"watcher {self.tag}: {e!r}")
 
     def numbers_from(self, other: Watcher) -> list[int]:
         rx = re.compile(rf"{other.uid}: {other.tag}-(\d+)\Z")
         with self.cond:
-            return [int(m.group(1)) for l in self.lines if (m := rx.match(l))]
+            return [int(m.group(1)) for ln in self.lines if (m := rx.match(ln))]
 
 
 def test_fuzzing_clients_crash_nothing_and_the_watchers_lose_nothing(procs):
@@ -234,8 +235,8 @@ def test_fuzzing_clients_crash_nothing_and_the_watchers_lose_nothing(procs):
     assert not errors, f"seed {SEED}: {errors}"
 
     # each watcher's last line reached the other; then every one of them, in order
-    a.wait(lambda l: l == f"{b.uid}: b-{b.sent - 1}")
-    b.wait(lambda l: l == f"{a.uid}: a-{a.sent - 1}")
+    a.wait(lambda ln: ln == f"{b.uid}: b-{b.sent - 1}")
+    b.wait(lambda ln: ln == f"{a.uid}: a-{a.sent - 1}")
     assert b.numbers_from(a) == list(range(a.sent)), f"seed {SEED}"
     assert a.numbers_from(b) == list(range(b.sent)), f"seed {SEED}"
 
@@ -247,7 +248,7 @@ def test_fuzzing_clients_crash_nothing_and_the_watchers_lose_nothing(procs):
     # and the server still serves newcomers
     c = Watcher(port, "c")
     c.sock.sendall(b"/ping after\n")
-    c.wait(lambda l: l == "PONG after")
+    c.wait(lambda ln: ln == "PONG after")
     for w in (a, b, c):
         w.sock.close()
 

@@ -9,17 +9,14 @@ receives, with a timeout. Screenshots go to ``artifacts/``.
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import time
 import uuid
 
 import pytest
 
 from support.gui import GuiProc
 from support.xvfb import ARTIFACTS, needs_x
-
 
 pytestmark = [pytest.mark.e2e, needs_x]
 
@@ -92,7 +89,7 @@ def test_three_users_talk_click_a_user_to_message_switch_rooms(gui, serve, conne
     g.click_row("rooms", rf"^{room} ")
     st = g.wait(lambda st: st["title"].endswith(room) and st["log"]
                 and "morning all" in "\n".join(st["log"][st["log"].index(
-                    next(l for l in reversed(st["log"]) if l.endswith(f"you are in {room}"))):]),
+                    next(ln for ln in reversed(st["log"]) if ln.endswith(f"you are in {room}"))):]),
                 "the room's history after entering it again")
     assert len(st["users"]) == 3
 

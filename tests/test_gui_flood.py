@@ -9,16 +9,13 @@ test types into the input with xdotool and waits for the text to show up in the 
 
 from __future__ import annotations
 
-import socket
 import threading
-import time
 
 import pytest
 
-from support.xvfb import needs_x
 from support.gui import GuiProc, flood
 from support.procs import start_serve
-
+from support.xvfb import needs_x
 
 pytestmark = [pytest.mark.e2e, needs_x]
 

@@ -9,10 +9,11 @@ import time
 
 import pytest
 
-from support.procs import start_acceptor, start_router
-from .test_client_core import start_acceptor_on
-from support.xvfb import needs_x
 from support.gui import GuiProc
+from support.procs import start_acceptor, start_router
+from support.xvfb import needs_x
+
+from .test_client_core import start_acceptor_on
 
 pytestmark = [pytest.mark.e2e, needs_x]
 

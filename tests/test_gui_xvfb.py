@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
 from support.xvfb import Xvfb, needs_x
 
 

@@ -98,7 +98,7 @@ def test_messages_survive_close_and_open_with_their_stamps_in_order(opened, tmp_
     h.append("#b", stamp(7), "222222: elsewhere")
     assert h.recent("#a", 20) == sent  # served from memory at once
     h.close()
-    assert rows(tmp_path / "data") == [("#a", s, l) for s, l in sent] + [
+    assert rows(tmp_path / "data") == [("#a", s, ln) for s, ln in sent] + [
         ("#b", stamp(7), "222222: elsewhere")]
     again = opened(max_age=0)
     assert again.recent("#a", 20) == sent

@@ -20,8 +20,8 @@ import uuid
 import pytest
 
 from pychat.router.sqlite_history import FILENAME
-
 from support.procs import ROOT, python_m, start_serve
+
 from .test_serve_e2e import child_pids
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
@@ -71,7 +71,7 @@ def say_all(c, texts: list[str]) -> list[str]:
     live = []
     for text in texts:
         c.send(text)
-        live.append(c.expect(lambda l: l.endswith(f"{c.uid}: {text}")))
+        live.append(c.expect(lambda ln, text=text: ln.endswith(f"{c.uid}: {text}")))
     return live
 
 
@@ -181,20 +181,20 @@ def test_history_then_live_lines_neither_lost_nor_repeated(procs, connect, tmp_p
     try:
         live_before = []
         while len(live_before) < 30:
-            live_before.append(watcher.expect(lambda l: l.startswith("@time=")))
+            live_before.append(watcher.expect(lambda ln: ln.startswith("@time=")))
         watcher.send("/history 200")
-        line = watcher.expect(lambda l: l.startswith(("@time=", "HISTORY:")))
+        line = watcher.expect(lambda ln: ln.startswith(("@time=", "HISTORY:")))
         while not line.startswith("HISTORY:"):
             live_before.append(line)
-            line = watcher.expect(lambda l: l.startswith(("@time=", "HISTORY:")))
+            line = watcher.expect(lambda ln: ln.startswith(("@time=", "HISTORY:")))
         got = [watcher.read_line() for _ in range(int(line[len("HISTORY:"):]))]
-        live_after = [watcher.expect(lambda l: l.startswith("@time="))
+        live_after = [watcher.expect(lambda ln: ln.startswith("@time="))
                       for _ in range(10)]
     finally:
         stop.set()
         for t in threads:
             t.join(30)
-    bodies = [TAG_RE.match(l).group(2) for l in got]
+    bodies = [TAG_RE.match(ln).group(2) for ln in got]
     # the history ends with exactly what the watcher saw live before the reply
     assert got[-len(live_before):] == live_before
     assert not set(live_after) & set(got)
@@ -203,8 +203,8 @@ def test_history_then_live_lines_neither_lost_nor_repeated(procs, connect, tmp_p
         assert bodies[:len(early)] == early
     # per talker, numbers grow without gaps across history then live lines
     for k in range(3):
-        seq = [int(b.rsplit("n", 1)[1]) for b in bodies + [TAG_RE.match(l).group(2)
-               for l in live_after] if b.split(": ", 1)[1].startswith(f"t{k} ")]
+        seq = [int(b.rsplit("n", 1)[1]) for b in bodies + [TAG_RE.match(ln).group(2)
+               for ln in live_after] if b.split(": ", 1)[1].startswith(f"t{k} ")]
         assert seq == list(range(seq[0], seq[0] + len(seq))), (k, seq)
 
 
@@ -218,9 +218,9 @@ def test_private_messages_are_stored_only_with_history_private(procs, connect, t
         a = member(connect, port, room)
         b = member(connect, port, room)
         a.send(f"/msg {b.uid} psst")
-        b.expect(lambda l: l.endswith(f"[Private] {a.uid}: psst"))
+        b.expect(lambda ln, a=a: ln.endswith(f"[Private] {a.uid}: psst"))
         say_all(a, ["public"])
-        assert [TAG_RE.match(l).group(2) for l in history(b)] == [f"{a.uid}: public"]
+        assert [TAG_RE.match(ln).group(2) for ln in history(b)] == [f"{a.uid}: public"]
         assert p.stop() == 0
         with sqlite3.connect(os.path.join(data, FILENAME)) as db:
             stored = db.execute("SELECT sender, target, line FROM private_messages").fetchall()
@@ -284,7 +284,7 @@ def test_an_unusable_history_file_stops_the_start_with_one_clear_line(tmp_path, 
         says = f"cannot use history file {data / FILENAME}: file is not a database"
     r = run_to_exit(["pychat.router", "--bind", "tcp://127.0.0.1:0", "--data-dir", str(data)])
     assert r.returncode == 1
-    errors = [l for l in r.stderr.splitlines() if " ERROR " in l]
+    errors = [ln for ln in r.stderr.splitlines() if " ERROR " in ln]
     assert len(errors) == 1 and says in errors[0], r.stderr
     assert "Traceback" not in r.stderr
     r = run_to_exit(["pychat", "serve", "--port", "0", "--data-dir", str(data)])

@@ -8,13 +8,13 @@ import itertools
 import random
 import re
 import socket
+import struct
 import threading
 import time
 
 import pytest
 
 from support.client import Connection
-
 from support.procs import start_serve
 
 pytestmark = pytest.mark.e2e
@@ -41,7 +41,7 @@ def test_300_simultaneous_clients_get_unique_ids_and_see_each_other(serve, conne
     assert len(set(uids + [watcher.uid])) == 301
     # the watcher is told of every arrival; its last list holds all 301
     everyone = set(uids) | {watcher.uid}
-    watcher.expect(lambda l: l.startswith("USERS:") and set(l[6:].split(",")) == everyone,
+    watcher.expect(lambda ln: ln.startswith("USERS:") and set(ln[6:].split(",")) == everyone,
                    timeout=30)
     # and a line from the last one reaches the first one
     clients[-1].send("last to first")
@@ -52,7 +52,7 @@ def test_per_sender_order_across_50_concurrent_senders(serve, connect):
     clients = [connect(serve, timeout=60) for _ in range(50)]
     for c in clients:
         c.handshake()
-    clients[0].expect(lambda l: l.startswith("USERS:") and l.count(",") == 49)
+    clients[0].expect(lambda ln: ln.startswith("USERS:") and ln.count(",") == 49)
     per_sender = 150  # past the flood burst (100): the rest are slowed, not dropped
 
     def send_all(c: Connection) -> None:
@@ -144,9 +144,9 @@ def test_2mb_of_garbage_gets_errors_and_the_connection_and_others_go_on(serve, c
     finally:
         done.set()
         t.join()
-    errors = [l for l in lines if l.startswith("ERROR: ")]
+    errors = [ln for ln in lines if ln.startswith("ERROR: ")]
     assert len(errors) > 1000  # thousands of bad lines, each answered
-    assert {e for e in errors} <= {"ERROR: invalid UTF-8", "ERROR: line too long (max 4096 bytes)"} | {
+    assert set(errors) <= {"ERROR: invalid UTF-8", "ERROR: line too long (max 4096 bytes)"} | {
         e for e in errors if e.startswith(("ERROR: unknown command", "ERROR: usage",
                                            "ERROR: invalid", "ERROR: no such user",
                                            "ERROR: unknown capability", "ERROR: name"))}
@@ -164,7 +164,7 @@ def test_500_connect_disconnect_cycles_leave_no_ghosts(serve, connect):
             c.send("/quit")
             assert c.read_until_closed()[-1] == "BYE"  # after any USERS pushes due to it
         elif i % 3 == 1:  # abrupt: reset instead of FIN
-            c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         c.close()
     # every cycle's leaving reaches the router, over either acceptor: ask until the list,
     # as of a /ping right after it, is the watcher alone (its stream also holds older pushes

@@ -7,12 +7,12 @@ import math
 import os
 import re
 import subprocess
+from itertools import pairwise
 
 import pytest
 
 from pychat.clients.loadstats import Latencies, Summary, percentile, table
 from pychat.clients.loadtest import sampled_indices
-
 from support.procs import ROOT, python_m
 
 
@@ -48,7 +48,7 @@ def test_sampled_receivers_spread_over_the_join_order():
     # taken from one end measures only the best or the worst place in every round.
     spread = sorted(sampled_indices(1000, 20, "spread"))
     assert len(spread) == 20 and spread[0] < 50 and spread[-1] >= 950
-    gaps = {b - a for a, b in zip(spread, spread[1:])}
+    gaps = {b - a for a, b in pairwise(spread)}
     assert gaps == {50}
     assert sampled_indices(1000, 3, "last") == {997, 998, 999}
     assert sampled_indices(1000, 3, "first") == {0, 1, 2}

@@ -106,7 +106,7 @@ class Hosts:
         ip("-n", r, "link", "add", "br0", "type", "bridge")
         ip("-n", r, "addr", "add", f"{ROUTER_ADDR}/{PREFIX}", "dev", "br0")
         ip("-n", r, "link", "set", "br0", "up")
-        for i, (ns, addr) in enumerate(zip(self.acceptors, ACCEPTOR_ADDRS), 1):
+        for i, (ns, addr) in enumerate(zip(self.acceptors, ACCEPTOR_ADDRS, strict=True), 1):
             self.add(ns)
             # both ends made inside the namespaces: no interface ever appears on the host
             ip("link", "add", f"port{i}", "netns", r, "type", "veth",
@@ -263,7 +263,7 @@ def test_router_and_acceptors_on_three_hosts_chat(hosts, tmp_path, curve):
             assert any("bus: CurveZMQ on; 2 authorised acceptor keys" in line
                        for line in router.output)
         acceptors = []
-        for ns, addr, keyflags in zip(hosts.acceptors, ACCEPTOR_ADDRS, acceptor_keys):
+        for ns, addr, keyflags in zip(hosts.acceptors, ACCEPTOR_ADDRS, acceptor_keys, strict=True):
             a = Proc(in_ns(ns, "pychat.acceptor", "--host", addr, "--port", str(CLIENT_PORT),
                            "--router", f"tcp://{ROUTER_ADDR}:{BUS_PORT}", *keyflags),
                      name=f"acceptor {addr}")

@@ -53,7 +53,7 @@ def stamp_skew(c, text: str) -> float:
     """Send text, read its tagged echo: the stamp minus the local time (seconds)."""
     before = time.time()
     c.send(text)
-    line = c.expect(lambda l: l.endswith(f"{c.uid}: {text}"))
+    line = c.expect(lambda ln: ln.endswith(f"{c.uid}: {text}"))
     after = time.time()
     stamp = datetime.strptime(TAG_RE.match(line).group(1), "%Y-%m-%dT%H:%M:%S.%fZ")
     t = stamp.replace(tzinfo=timezone.utc).timestamp()
@@ -87,7 +87,7 @@ class OffsetNtp:
         while not self._stop.is_set():
             try:
                 data, addr = self.sock.recvfrom(512)
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 return
@@ -148,7 +148,7 @@ def test_ntp_down_uses_the_local_clock_says_so_once_and_a_later_answer_corrects(
     procs.append(p)
     seen(p, r"using local clock: no NTP server answered")
     p.wait_for(r"clock: NTP round 3: no answer")  # two more silent rounds
-    said = [l for l in p.output if "using local clock" in l]
+    said = [ln for ln in p.output if "using local clock" in ln]
     assert len(said) == 1, said
     c = client(connect, port)
     assert abs(stamp_skew(c, "local time")) < 0.25
@@ -190,7 +190,7 @@ def test_a_real_ntp_server_on_loopback_corrects_nothing_it_need_not(procs, conne
     procs.append(p)
     m = seen(p, rf"clock offset ([+-]\d+\.\d) ms from 127\.0\.0\.1:{chrony}")
     assert abs(float(m.group(1))) < 50  # chrony serves this host's own clock
-    assert not [l for l in p.output if "using local clock" in l]
+    assert not [ln for ln in p.output if "using local clock" in ln]
     c = client(connect, port)
     assert abs(stamp_skew(c, "chrony time")) < 0.25
 
@@ -199,6 +199,6 @@ def test_without_ntp_the_router_says_it_uses_the_host_clock(procs, connect):
     p, port = start_serve("--history", "memory")
     procs.append(p)
     seen(p, r"clock: the host clock \(no --ntp\)")
-    assert not [l for l in p.output if "NTP" in l and "clock: the host clock" not in l]
+    assert not [ln for ln in p.output if "NTP" in ln and "clock: the host clock" not in ln]
     c = client(connect, port)
     assert abs(stamp_skew(c, "host time")) < 0.25

@@ -165,7 +165,7 @@ def raw():
         r.close()
 
 
-# ---- Part 1: the original PyChat ------------------------------------------------------------------
+# ---- Part 1: the original PyChat -----------------------------------------------------------------
 
 def test_handshake_welcome_id_users_in_order_of_arrival(serve, connect):
     a = connect(serve)
@@ -293,7 +293,7 @@ def test_names_follow_users_pushes_while_someone_in_the_room_has_a_name(serve, c
     assert c.read_line() == f"OK nick {name.lower()}"
 
 
-# ---- Part 2: one test per row ---------------------------------------------------------------------
+# ---- Part 2: one test per row --------------------------------------------------------------------
 
 def test_double_slash_sends_text_starting_with_slash(shared_serve, connect):
     _, (a, b) = make_room(connect, shared_serve, 2)
@@ -437,17 +437,17 @@ def test_join_moves_lists_and_messages(shared_serve, connect):
 
 
 def test_join_with_names_pushes_names_only_where_someone_has_one(shared_serve, connect):
-    r1, (a, b, c) = make_room(connect, shared_serve, 3)
+    _r1, (a, b, c) = make_room(connect, shared_serve, 3)
     r2, (d,) = make_room(connect, shared_serve, 1)
     na, nb = unique("a"), unique("b")
     a.send(f"/nick {na}")
     a.expect(f"OK nick {na}")
     for o in (a, b, c):
-        o.expect(lambda l: l.startswith("NAMES:") and names_of(l) == {a.uid: na})
+        o.expect(lambda ln: ln.startswith("NAMES:") and names_of(ln) == {a.uid: na})
     b.send(f"/nick {nb}")
     b.expect(f"OK nick {nb}")
     for o in (a, b, c):
-        o.expect(lambda l: l.startswith("NAMES:") and len(names_of(l)) == 2)
+        o.expect(lambda ln: ln.startswith("NAMES:") and len(names_of(ln)) == 2)
     # a, named, moves to r2: r2 gets USERS then NAMES; r1 (b still named) gets USERS then NAMES
     a.send(f"/join {r2}")
     assert a.read_line() == f"ROOM:{r2}"
@@ -467,7 +467,7 @@ def test_join_with_names_pushes_names_only_where_someone_has_one(shared_serve, c
 
 @pytest.mark.parametrize("room", ["lobby", "#", "#bad!", "#" + "x" * 33, "#a #b", "##x"])
 def test_join_invalid_room_is_an_error_and_keeps_the_room(shared_serve, connect, room):
-    r, (a, b) = make_room(connect, shared_serve, 2)
+    _r, (a, b) = make_room(connect, shared_serve, 2)
     a.send(f"/join {room}")
     assert a.read_line().startswith("ERROR: ")
     line = marker(a)  # still in r: b hears it
@@ -501,7 +501,7 @@ def test_rooms_lists_rooms_with_members_and_counts(shared_serve, connect):
 
 def test_history_per_room_tagged_as_sent(shared_serve, connect):
     r1, (a, b) = make_room(connect, shared_serve, 2)
-    r2, (c,) = make_room(connect, shared_serve, 1)
+    _r2, (c,) = make_room(connect, shared_serve, 1)
     b.send("/cap time")
     assert b.read_line() == "OK cap time"
     live = []
@@ -509,7 +509,7 @@ def test_history_per_room_tagged_as_sent(shared_serve, connect):
         a.send(f"m{i}")
         live.append(b.read_line())  # b sees each with its @time= tag
     a.send(f"/msg {b.uid} not for the history")
-    b.expect(lambda l: l.endswith(f"[Private] {a.uid}: not for the history"))
+    b.expect(lambda ln: ln.endswith(f"[Private] {a.uid}: not for the history"))
     a.expect(f"[Private] To {b.uid}: not for the history")
     say(c, "only in r2")
     # a newcomer to r1 gets r1's history, exactly as it was sent
@@ -660,7 +660,7 @@ def test_unknown_command(shared_serve, connect, word):
     assert a.read_line() == line
 
 
-# ---- every error keeps the connection -------------------------------------------------------------
+# ---- every error keeps the connection ------------------------------------------------------------
 
 ERROR_CASES = [
     # (bytes sent, the exact ERROR line or None for any "ERROR: <what>" line)
@@ -710,11 +710,11 @@ def test_taken_name_error_keeps_the_connection(shared_serve, connect):
     assert a.read_line() == line
 
 
-# ---- framing, over raw bytes ----------------------------------------------------------------------
+# ---- framing, over raw bytes ---------------------------------------------------------------------
 
 def test_line_sent_one_byte_per_send(shared_serve, connect):
     _, (a, b) = make_room(connect, shared_serve, 2)
-    for byte in "slow héllo wörld\n".encode("utf-8"):
+    for byte in "slow héllo wörld\n".encode():
         a.send_raw(bytes([byte]))
     for o in (a, b):
         assert o.read_line() == f"{a.uid}: slow héllo wörld"
@@ -870,7 +870,7 @@ def test_blank_and_control_only_lines_are_ignored(shared_serve, connect):
     assert b.read_line() == line
 
 
-# ---- across acceptors -----------------------------------------------------------------------------
+# ---- across acceptors ----------------------------------------------------------------------------
 
 def test_hand_cluster_public_private_rooms_and_names_across_acceptors(hand_cluster, connect):
     p1, p2 = hand_cluster

@@ -11,8 +11,22 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from pychat.wire import replies as r
-from pychat.wire.replies import (Bye, Chat, Error, HistoryStart, IdAssigned, Info, NameList, Ok, Pong,
-                          RoomChanged, RoomList, UserList, Welcome, parse_server_line)
+from pychat.wire.replies import (
+    Bye,
+    Chat,
+    Error,
+    HistoryStart,
+    IdAssigned,
+    Info,
+    NameList,
+    Ok,
+    Pong,
+    RoomChanged,
+    RoomList,
+    UserList,
+    Welcome,
+    parse_server_line,
+)
 
 STAMP = "2026-11-26T11:34:42.123Z"
 ISO_MS_Z = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z\Z")

@@ -19,6 +19,7 @@ import pytest
 
 from support.crowd import Crowd
 from support.procs import start_serve
+
 from .test_serve_e2e import child_pids
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]

@@ -19,14 +19,14 @@ import socket
 import threading
 import time
 import uuid
-from typing import Callable
+from collections.abc import Callable
+from itertools import pairwise
 
 import pytest
 import zmq
 
 from pychat.wire import bus
 from pychat.wire.commands import Nick, Say, Users
-
 from support.procs import Proc, python_m
 
 pytestmark = pytest.mark.timeout(60)
@@ -37,7 +37,7 @@ WAIT = 5.0  # default deadline for an expected message
 UID = re.compile(r"\d{6}\Z")
 
 
-# ---- the router process ---------------------------------------------------------------------------
+# ---- the router process --------------------------------------------------------------------------
 
 class Router:
     def __init__(self, proc: Proc, endpoint: str, epoch: str):
@@ -48,7 +48,8 @@ class Router:
 
 @pytest.fixture
 def router(procs) -> Router:
-    p = Proc(python_m("pychat.router", "--bind", "tcp://127.0.0.1:0", "--heartbeat", str(HEARTBEAT)),
+    p = Proc(python_m("pychat.router", "--bind", "tcp://127.0.0.1:0",
+                      "--heartbeat", str(HEARTBEAT)),
              name="router")
     procs.append(p)
     m = p.wait_for(r"router bound to (tcp://\S+) \(epoch (\w+)\)")
@@ -75,7 +76,7 @@ def fakes(router):
     ctx.term()
 
 
-# ---- a fake acceptor ------------------------------------------------------------------------------
+# ---- a fake acceptor -----------------------------------------------------------------------------
 
 class FakeAcceptor:
     """A DEALER with a fixed routing id, owned by one thread (zmq sockets are not thread safe).
@@ -225,7 +226,7 @@ class FakeAcceptor:
                 self._cond.notify_all()
 
 
-# ---- helpers --------------------------------------------------------------------------------------
+# ---- helpers -------------------------------------------------------------------------------------
 
 def is_users(room: str, pred: Callable[[list[str]], bool] = lambda uids: True):
     def check(m: bus.BusMessage) -> bool:
@@ -255,7 +256,7 @@ def chat_lines(msgs: list[bus.BusMessage], text: str) -> list[bus.BusMessage]:
     return [m for m in msgs if text in getattr(m, "text", "")]
 
 
-# ---- tests ----------------------------------------------------------------------------------------
+# ---- tests ---------------------------------------------------------------------------------------
 
 def test_hello_is_answered_with_a_heartbeat_carrying_the_router_epoch(router, fakes):
     fa = fakes(hello=False)
@@ -275,7 +276,7 @@ def test_heartbeats_keep_coming_about_every_heartbeat(router, fakes):
         beats = [(t, m) for t, m in fa.received[start:] if isinstance(m, bus.Heartbeat)]
     assert {m.epoch for _, m in beats} == {router.epoch}
     times = [t for t, _ in beats[1:]]  # the first may follow the Hello answer closely
-    gaps = [b - a for a, b in zip(times, times[1:])]
+    gaps = [b - a for a, b in pairwise(times)]
     mean = sum(gaps) / len(gaps)
     # about 0.2 s apart: loose bounds, only to catch "never" or "flooding"
     assert 0.1 <= mean <= 0.5, gaps

@@ -939,7 +939,7 @@ class RouterMachine(RuleBasedStateMachine):
     @rule()
     def end_turn(self):
         out = self._watch(self.state.end_turn())
-        for acc, msg in out:
+        for _acc, msg in out:
             assert isinstance(msg, ToRoom)
             members = self.state.rooms[msg.room].values()
             # NAMES only where a member has a name: a Part 1 room stays Part 1
@@ -971,7 +971,7 @@ def test_long_random_walk_keeps_the_invariants():
     rng = random.Random(2024)
     net = Net(seed=11)
     keys: list[tuple[str, int]] = []
-    for step in range(3000):
+    for _step in range(3000):
         op = rng.random()
         if op < 0.25 or not keys:
             keys.append(net.open(rng.choice("ABCD")))

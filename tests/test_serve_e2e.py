@@ -7,15 +7,13 @@ import os
 import re
 import signal
 import subprocess
-import sys
 
 import pytest
 
 from pychat.acceptor.__main__ import build_parser as acceptor_parser
-from support.client import Connection
-from pychat.serve import build_parser as serve_parser
 from pychat.router.__main__ import build_parser as router_parser
-
+from pychat.serve import build_parser as serve_parser
+from support.client import Connection
 from support.procs import ROOT, Proc, python_m, start_serve
 
 pytestmark = pytest.mark.e2e
@@ -56,7 +54,7 @@ def test_two_serves_on_different_ports_do_not_collide(procs, connect):
     a.expect(f"{a.uid}: only on one")
     b.send("/ping fence")
     assert b.expect_prefix("PONG") == "PONG fence"
-    assert not [l for l in b.seen if "only on one" in l]
+    assert not [ln for ln in b.seen if "only on one" in ln]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
@@ -101,7 +99,7 @@ def test_a_killed_acceptor_is_restarted_and_its_users_leave(procs, connect):
     newcomer = connect(port)
     newcomer.handshake()
     want = alive | {newcomer.uid}
-    survivors[0].expect(lambda l: l.startswith("USERS:") and set(l[6:].split(",")) == want,
+    survivors[0].expect(lambda ln: ln.startswith("USERS:") and set(ln[6:].split(",")) == want,
                         timeout=10)
     newcomer.send("hello after the crash")
     survivors[0].expect(f"{newcomer.uid}: hello after the crash")
@@ -211,4 +209,5 @@ def test_log_format_json_gives_one_object_a_line_from_every_process(procs, conne
     assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", e["time"])
                for e in entries)
     other = [line for line in p.output if line and not line.startswith("{")]
-    assert other == [l for l in other if l.startswith("pychat: serving on")]  # stdout's line only
+    # stdout's line only
+    assert other == [ln for ln in other if ln.startswith("pychat: serving on")]

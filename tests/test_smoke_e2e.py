@@ -10,7 +10,7 @@ def test_serve_public_message_reaches_everyone_sender_included(serve, connect):
     ua = a.handshake()
     b = connect(serve)
     ub = b.handshake()
-    a.expect(lambda l: l.startswith("USERS:") and ub in l)
+    a.expect(lambda ln: ln.startswith("USERS:") and ub in ln)
     a.send("hello")
     assert a.expect_prefix(f"{ua}: ") == f"{ua}: hello"
     assert b.expect_prefix(f"{ua}: ") == f"{ua}: hello"
@@ -22,7 +22,7 @@ def test_hand_cluster_clients_on_two_acceptors_talk(hand_cluster, connect):
     ua = a.handshake()
     b = connect(p2)
     ub = b.handshake()
-    a.expect(lambda l: l.startswith("USERS:") and ub in l)
+    a.expect(lambda ln: ln.startswith("USERS:") and ub in ln)
     b.send("from b")
     assert a.expect_prefix(f"{ub}:") == f"{ub}: from b"
     a.send(f"/msg {ub} secret")

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 
 import pytest
 
 from pychat.wire import bus
-
 from support.procs import ROOT, free_port, python_m, start_serve
 
 pytestmark = pytest.mark.e2e

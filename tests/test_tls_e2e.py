@@ -17,7 +17,6 @@ import subprocess
 import pytest
 
 from pychat.wire.framing import LineBuffer
-
 from support.procs import ROOT, python_m, start_serve
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]

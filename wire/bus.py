@@ -234,7 +234,8 @@ def decode_message(frame: bytes) -> BusMessage:
         cls, layout = _LAYOUT[kind]
         if len(parts) - 1 != len(layout):
             raise BusError(f"{kind}: {len(parts) - 1} fields, expected {len(layout)}")
-        return cls(*(int(v) if is_int else v for v, (_, is_int) in zip(parts[1:], layout)))
+        values = zip(parts[1:], layout, strict=True)
+        return cls(*(int(v) if is_int else v for v, (_, is_int) in values))
     except BusError:
         raise
     except (UnicodeDecodeError, KeyError, IndexError, ValueError, TypeError) as e:

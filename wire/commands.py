@@ -16,8 +16,9 @@ Invariants:
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 from .errors import ClientError
 
@@ -172,7 +173,8 @@ TABLE: tuple[Spec, ...] = (
     Spec(("users",), "", _no_args(Users), "router", "members of your room"),
     Spec(("join",), "<#room>", _join, "router", "move to a room (everyone starts in #lobby)"),
     Spec(("rooms",), "", _no_args(Rooms), "router", "rooms with members"),
-    Spec(("history",), "[n]", _history, "router", f"last n messages of your room (max {HISTORY_MAX})"),
+    Spec(("history",), "[n]", _history, "router",
+         f"last n messages of your room (max {HISTORY_MAX})"),
     Spec(("cap",), "time", _cap, "local", "tag chat lines with @time="),
     Spec(("ping",), "[token]", _whole_rest(Ping, required=False), "local", "PONG [token]"),
     Spec(("help",), "", _no_args(Help), "local", "this list"),
@@ -180,7 +182,8 @@ TABLE: tuple[Spec, ...] = (
 )
 BY_WORD: dict[str, Spec] = {w: spec for spec in TABLE for w in spec.words}
 BY_KIND: dict[str, type[Command]] = {
-    cls.kind: cls for cls in (Say, Private, Nick, Users, Join, Rooms, History, Cap, Ping, Help, Quit)
+    cls.kind: cls
+    for cls in (Say, Private, Nick, Users, Join, Rooms, History, Cap, Ping, Help, Quit)
 }
 ROUTED: frozenset[type[Command]] = frozenset(
     {Say, Private, Nick, Users, Join, Rooms, History}
@@ -241,5 +244,6 @@ def command_from_fields(kind: str, args: list[str]) -> Command:
     names = [f.name for f in fields(cls)]
     if len(args) != len(names):
         raise ValueError(f"{kind} takes {len(names)} fields, got {len(args)}")
-    values = [int(a) if f.type in ("int", int) else a for f, a in zip(fields(cls), args)]
+    values = [int(a) if f.type in ("int", int) else a
+              for f, a in zip(fields(cls), args, strict=True)]
     return cls(*values)

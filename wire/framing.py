@@ -21,7 +21,7 @@ DEFAULT_MAX_LINE = 4096
 class LineBuffer:
     """Split a byte stream into lines; one ``recv()`` may hold half a line or twenty."""
 
-    __slots__ = ("max_line", "_buf", "_discarding")
+    __slots__ = ("_buf", "_discarding", "max_line")
 
     def __init__(self, max_line: int = DEFAULT_MAX_LINE):
         if max_line < 1:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 WELCOME = "Welcome to PyChat Server!"
 TIME_TAG = "@time="
