@@ -57,7 +57,7 @@ class Metrics:
         for name, help, h in self._histograms:
             out += [f"# HELP {name} {help}", f"# TYPE {name} histogram"]
             cumulative = 0
-            for bound, n in zip(h.buckets, h.counts, strict=True):
+            for bound, n in zip(h.buckets, h.counts, strict=False):  # counts end with +Inf
                 cumulative += n
                 out.append(f'{name}_bucket{{le="{bound:g}"}} {cumulative}')
             cumulative += h.counts[-1]
