@@ -121,7 +121,7 @@ async def interactive(args) -> int:
 
     loop = asyncio.get_running_loop()
     con = Console(loop)
-    ps = PromptSession(completer=WordCompleter(COMMAND_WORDS, sentence=True))
+    ps: PromptSession[str] = PromptSession(completer=WordCompleter(COMMAND_WORDS, sentence=True))
     name = args.name
     if name and name_problem(name):
         print(f"! {name_problem(name)}")

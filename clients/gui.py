@@ -19,6 +19,7 @@ import queue
 import sys
 import tkinter as tk
 from tkinter import ttk
+from typing import TypedDict
 
 from pychat.wire import replies
 from pychat.wire.commands import LOBBY
@@ -34,6 +35,13 @@ MAX_EVENTS_PER_POLL = 5000
 LOG_LIMIT = 1000        # lines kept in the log
 TRIM_SLACK = 100        # delete in chunks of at least this many lines
 ROOMS_POLL_MS = 3000    # the room list is asked for again this often
+
+
+class _TagStyle(TypedDict, total=False):
+    """The options of ``Text.tag_configure`` the log's tags use."""
+    foreground: str
+    background: str
+    font: tuple[str, int] | tuple[str, int, str]
 
 
 class Gui:
@@ -97,7 +105,7 @@ class Gui:
         bar = ttk.Scrollbar(mid, command=self.log.yview)
         bar.grid(row=0, column=1, sticky="ns")
         self.log.configure(yscrollcommand=bar.set)
-        for tag, opts in {
+        tag_styles: dict[str, _TagStyle] = {
             "time": {"foreground": "#808080"},
             "who": {"foreground": "#1f5fa8", "font": ("DejaVu Sans Mono", 10, "bold")},
             "ownwho": {"foreground": "#2e7d32", "font": ("DejaVu Sans Mono", 10, "bold")},
@@ -107,7 +115,8 @@ class Gui:
             "error": {"foreground": "#c62828"},
             "history": {"foreground": "#8d8d8d"},
             "mention": {"background": "#fff59d"},
-        }.items():
+        }
+        for tag, opts in tag_styles.items():
             self.log.tag_configure(tag, **opts)
         self.log.tag_raise("mention")
 
@@ -168,8 +177,12 @@ class Gui:
         if text.split()[0].lower() in ("/quit", "/exit"):
             self.quit()
             return "break"
+        # need_name is cleared only by connect() (which starts a session) or once a session is
+        # running, so past the name prompt there is always one
+        session = self.session
+        assert session is not None, "no session once the name is given"
         for line in typed(text):
-            self.session.send(line)
+            session.send(line)
         return "break"
 
     def on_user_click(self, event) -> None:
@@ -261,8 +274,8 @@ class Gui:
             if ln.kind in (SYSTEM, ERROR):
                 parts += [f"* {ln.text}", (ln.kind, "system")]
                 continue
-            line_tags = ("private",) if ln.kind == PRIVATE else ("ownline",) if ln.kind == OWN \
-                else ()
+            line_tags: tuple[str, ...] = ("private",) if ln.kind == PRIVATE \
+                else ("ownline",) if ln.kind == OWN else ()
             if ln.history:
                 line_tags += ("history",)
             who_tag = "ownwho" if ln.kind == OWN else "who"

@@ -45,8 +45,13 @@ KEEPALIVE_TOKEN = "pychat-keepalive"
 RETRY_NAME_EVERY = 0.5
 
 
+# The front's event callback. Whatever it returns is ignored (an asyncio front passes
+# ``call_soon_threadsafe``, which returns a Handle), hence ``object`` rather than ``None``.
+OnEvent = Callable[[object], object]
+
+
 class Session:
-    def __init__(self, host: str, port: int, on_event: Callable[[object], None], *,
+    def __init__(self, host: str, port: int, on_event: OnEvent, *,
                  name: str = "", room: str = commands.LOBBY, history: int = 20,
                  backoff_first: float = 0.2, backoff_max: float = 5.0,
                  connect_timeout: float = 5.0, keepalive: float = 20.0,
@@ -139,6 +144,7 @@ class Session:
     def _run(self) -> None:
         delay = self.backoff_first
         where = f"{self.host}:{self.port}"
+        why: str | None  # None only when _serve says we said goodbye (then we stop)
         while not self._closing:
             self._status(events.CONNECTING, f"connecting to {where}"
                          + (f" (attempt {self.attempt})" if self.attempt else ""), False)

@@ -124,9 +124,10 @@ class SqliteHistory:
                 self._db.close()
                 self._db = None
             raise HistoryError(f"cannot use history file {self.path}: {e}") from None
-        except HistoryError:
-            self._db.close()
-            self._db = None
+        except HistoryError:  # raised by the checks, after connect() set self._db
+            if self._db is not None:
+                self._db.close()
+                self._db = None
             raise
         self._thread = threading.Thread(target=self._run, name="history-writer", daemon=True)
         self._thread.start()
@@ -135,8 +136,15 @@ class SqliteHistory:
                  f"{self.max_age / 86400:g} days" if self.max_age else "no age limit",
                  "stored" if self.private else "not stored")
 
-    def _check_and_prepare(self) -> None:
+    def _conn(self) -> sqlite3.Connection:
+        """The open connection: only called from open() after connect(), and from the writer
+        thread, which open() starts only once the file is open (close() does not reset it)."""
         db = self._db
+        assert db is not None, "history file not open"
+        return db
+
+    def _check_and_prepare(self) -> None:
+        db = self._conn()
         db.execute("PRAGMA busy_timeout = 2000")
         version = db.execute("PRAGMA user_version").fetchone()[0]  # reads the header
         if version > SCHEMA_VERSION:
@@ -171,15 +179,16 @@ class SqliteHistory:
 
     def _rooms(self) -> list[str]:
         """Every room in the file, by walking the (room, id) index: one lookup per room."""
-        rows = self._db.execute(
+        rows = self._conn().execute(
             "WITH RECURSIVE r(room) AS (SELECT MIN(room) FROM messages UNION ALL "
             "SELECT (SELECT MIN(room) FROM messages WHERE room > r.room) FROM r "
             "WHERE r.room IS NOT NULL) SELECT room FROM r WHERE room IS NOT NULL")
         return [row[0] for row in rows]
 
     def _load(self, rooms: list[str]) -> None:
+        db = self._conn()
         for room in rooms:
-            rows = self._db.execute(
+            rows = db.execute(
                 "SELECT stamp, line FROM messages WHERE room = ? ORDER BY id DESC LIMIT ?",
                 (room, self.cache.per_room)).fetchall()
             for stamp, line in reversed(rows):
@@ -266,7 +275,7 @@ class SqliteHistory:
             self.lost += len(carry)
             log.error("history: %d messages not saved at exit", len(carry))
         try:
-            self._db.close()
+            self._conn().close()
         except sqlite3.Error:
             pass
 
@@ -303,7 +312,7 @@ class SqliteHistory:
         return ok
 
     def _insert(self, rows: list[tuple]) -> None:
-        db = self._db
+        db = self._conn()
         messages = [r[1:] for r in rows if r[0] == "m"]
         private = [r[1:] for r in rows if r[0] == "p"]
         db.execute("BEGIN IMMEDIATE")
@@ -336,16 +345,16 @@ class SqliteHistory:
         if added and count <= self.per_room * (1 + TRIM_SLACK):
             self._counts[room] = count
             return
-        self._db.execute("DELETE FROM messages WHERE room = ? AND id <= (SELECT id FROM messages "
-                         "WHERE room = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
-                         (room, room, self.per_room))
+        self._conn().execute("DELETE FROM messages WHERE room = ? AND id <= (SELECT id FROM "
+                             "messages WHERE room = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                             (room, room, self.per_room))
         self._counts[room] = min(count, self.per_room)
 
     def _purge_old(self) -> None:
         if not self.max_age:
             return
         cutoff = self._cutoff()
-        db = self._db
+        db = self._conn()
         db.execute("BEGIN IMMEDIATE")
         try:
             n = db.execute("DELETE FROM messages WHERE stamp < ?", (cutoff,)).rowcount
