@@ -15,6 +15,10 @@ The kernel send buffer is bounded (``sndbuf``) so that a client that stops readi
 queue, and is disconnected, after a few hundred KiB rather than after the megabytes that
 loopback autotuning allows; it also bounds kernel memory per stalled client.
 
+Clients that end no message with a newline (the original PyChat client sends one message per
+``send()``): until a connection has sent its first ``\n``, a piece that has sat unfinished for
+``piece_idle`` seconds is taken as a line; after it, lines are strict. 0 turns this off.
+
 Faults (checked by the acceptor's one sweep a second, not a timer per connection): a client that
 sent nothing for ``idle_timeout`` seconds, or that has held an unfinished line (bytes, no newline)
 for ``partial_line_timeout`` seconds (slowloris), gets one ``ERROR:`` line and is closed; 0 turns
@@ -51,6 +55,7 @@ class Limits:
     coalesce_factor: float = 1.0  # the wait, as a multiple of how long the last flush took
     idle_timeout: float = 0.0  # seconds without a byte from a client before it is closed (0: off)
     partial_line_timeout: float = 30.0  # seconds an unfinished line may stay unfinished (0: off)
+    piece_idle: float = 0.5  # before a client's first newline: an idle piece is a line (0: off)
     max_per_address: int = 64  # clients from one IP address on this acceptor ...
     per_address_exempt: str = "loopback"  # ... except these: addresses, "loopback" or "none"
     keepalive_idle: int = 60  # TCP keepalive: seconds of silence before the first probe ...
@@ -72,7 +77,7 @@ class Limits:
         if not 0 <= self.coalesce_factor <= 100:
             raise ValueError("coalesce_factor must be within 0..100")
         exempt_addresses(self.per_address_exempt)  # raises ValueError when malformed
-        for name in ("idle_timeout", "partial_line_timeout"):
+        for name in ("idle_timeout", "partial_line_timeout", "piece_idle"):
             if not 0 <= getattr(self, name) < float("inf"):
                 raise ValueError(f"{name} must be 0 (off) or a number of seconds")
 

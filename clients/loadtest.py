@@ -25,7 +25,7 @@ import struct
 import sys
 import time
 
-from pychat.config import option, port, positive
+from pychat.options import LOADTEST, add_options
 from pychat.wire.framing import LineBuffer
 
 from .loadstats import Latencies, Summary, plot, table
@@ -176,12 +176,14 @@ class Client(asyncio.Protocol):
     def _line(self, line: bytes) -> None:
         run = self.run
         if run.proto == "irc":
+            transport = self.transport
+            assert transport is not None  # lines come only once connection_made has run
             if line.startswith(b"PING"):
-                self.transport.write(b"PONG" + line[4:] + b"\r\n")
+                transport.write(b"PONG" + line[4:] + b"\r\n")
                 return
             if not self.ready.done():
                 if b" 001 " in line:
-                    self.transport.write(f"JOIN {run.room}\r\n".encode())
+                    transport.write(f"JOIN {run.room}\r\n".encode())
                 elif b" 366 " in line or (b"PONG" in line and b"settle" in line):
                     self.ready.set_result(None)  # joined (end of NAMES), or settled
                 return
@@ -212,10 +214,12 @@ class Client(asyncio.Protocol):
         run.latencies.add(int(now / 1e9 - run.t0), (now - sent_ns) / 1e6)
 
     def send(self, text: str) -> None:
+        transport = self.transport
+        assert transport is not None  # only connected clients are in Run.clients
         if self.run.proto == "irc":
-            self.transport.write(f"PRIVMSG {self.run.room} :{text}\r\n".encode())
+            transport.write(f"PRIVMSG {self.run.room} :{text}\r\n".encode())
         else:
-            self.transport.write(f"{text}\n".encode())
+            transport.write(f"{text}\n".encode())
 
 
 class Run:
@@ -281,7 +285,7 @@ class Run:
         ping = b"/ping settle\n" if self.proto == "pychat" else b"PING :settle\r\n"
         waiters = []
         for c in self.clients:
-            if c.closed:
+            if c.closed or c.transport is None:
                 continue
             c.ready = asyncio.get_running_loop().create_future()
             c.transport.write(ping)
@@ -488,51 +492,7 @@ def raise_fd_limit(wanted: int) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pychat loadtest",
                                 description="Simulate many chat users and measure the server.")
-    option(p, "--host", "PYCHAT_HOST", default="127.0.0.1", help="server address")
-    option(p, "--port", "PYCHAT_PORT", default=65432, type=port, help="server port")
-    option(p, "--clients", "PYCHAT_LT_CLIENTS", default=50, type=positive(int),
-           help="simulated clients (up to 10,000 and more: the open-file limit is raised)")
-    option(p, "--senders", "PYCHAT_LT_SENDERS", default=10, type=positive(int),
-           help="how many of the clients send")
-    option(p, "--rate", "PYCHAT_LT_RATE", default=100.0, type=float,
-           help="messages per second, all senders together; 0 = flat out")
-    option(p, "--count", "PYCHAT_LT_COUNT", default=0, type=int,
-           help="stop after this many messages (0: run for --duration)")
-    option(p, "--duration", "PYCHAT_LT_DURATION", default=10.0, type=positive(float),
-           help="seconds of sending when --count is 0")
-    option(p, "--size", "PYCHAT_LT_SIZE", default=64, type=positive(int),
-           help="approximate bytes per message")
-    option(p, "--sample", "PYCHAT_LT_SAMPLE", default=20, type=positive(int),
-           help="receivers that parse every line (latency, order, duplicates)")
-    option(p, "--sample-at", "PYCHAT_LT_SAMPLE_AT", default="spread",
-           choices=["spread", "first", "last"],
-           help="which receivers are sampled: spread evenly over the join order, or the clients "
-                "that join first or last (servers write a room's members in join order or its "
-                "reverse, so first and last see the best and worst of each round)")
-    option(p, "--stamp", "PYCHAT_LT_STAMP", default="kernel", choices=["kernel", "user"],
-           help="when a sampled line counts as received: the kernel's receive time on the "
-                "client's socket (SO_TIMESTAMPNS; the load generator's own delay is left out "
-                "and reported apart), or when this process read it")
-    option(p, "--proto", "PYCHAT_LT_PROTO", default="pychat", choices=["pychat", "irc"],
-           help="the server's protocol")
-    option(p, "--room", "PYCHAT_LT_ROOM", default="#load", help="IRC channel to join")
-    option(p, "--timeout", "PYCHAT_LT_TIMEOUT", default=60.0, type=positive(float),
-           help="seconds to wait for connections and the settle round")
-    option(p, "--connect-concurrency", "PYCHAT_LT_CONNECT_CONCURRENCY", default=256,
-           type=positive(int), help="connections opened at once (a server with a short listen "
-                                    "backlog needs fewer)")
-    option(p, "--loop", "PYCHAT_LT_LOOP", default="auto", choices=["auto", "asyncio", "uvloop"],
-           help="event loop (auto: uvloop when installed)")
-    p.add_argument("--server-pid", type=int, action="append", default=[],
-                   help="pid of the server (its descendants are counted too) to report server "
-                        "CPU; repeatable [env: none]")
-    p.add_argument("--json", action="store_true", help="print the summary as JSON [env: none]")
-    p.add_argument("--plot", default="", help="write latency over time and a histogram to this "
-                                              "PNG (needs matplotlib) [env: none]")
-    p.add_argument("--quiet", action="store_true", help="no progress line [env: none]")
-    p.add_argument("--linger", type=float, default=0.0,
-                   help="keep every client connected, idle, this many seconds after the run "
-                        "(to measure idle server memory) [env: none]")
+    add_options(p, LOADTEST)  # pychat/options.py declares them
     return p
 
 

@@ -4,30 +4,20 @@ from __future__ import annotations
 
 import argparse
 
-from pychat.config import BadValue, non_negative, option, port
+from pychat.options import CLIENTS, add_options
 from pychat.wire import commands
 from pychat.wire.errors import ClientError
 
 
 def client_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """The parser of ``pychat gui`` or ``pychat console`` (``prog`` names which); its options
+    are declared in pychat/options.py."""
+    program = prog.rsplit(" ", 1)[-1]
+    if program not in CLIENTS:
+        raise ValueError(f"not a client program: {prog!r}")
     p = argparse.ArgumentParser(prog=prog, description=description)
-    option(p, "--host", "PYCHAT_HOST", default="127.0.0.1", help="server address")
-    option(p, "--port", "PYCHAT_PORT", default=65432, type=port, help="server port")
-    option(p, "--name", "PYCHAT_NAME", default="",
-           help="your display name (asked for when not given)")
-    option(p, "--room", "PYCHAT_ROOM", default=commands.LOBBY, type=room,
-           help="room to join on connecting")
-    option(p, "--history", "PYCHAT_CLIENT_HISTORY", default=20, type=non_negative,
-           help="lines of a room's history shown on entering it (0: none)")
+    add_options(p, program)
     return p
-
-
-def room(text: str) -> str:
-    try:
-        cmd = commands.parse_line(f"/join {text}")
-    except ClientError as e:
-        raise BadValue(e.message) from None
-    return cmd.room
 
 
 def name_problem(name: str) -> str:

@@ -1,7 +1,9 @@
-"""Flags with ``PYCHAT_*`` environment fallbacks, validated before anything binds.
+"""Flags with ``PYCHAT_*`` environment fallbacks, validated before anything binds; logging.
 
-Every option has a flag and an environment variable; the flag wins, then the variable, then the
-default. ``--help`` shows all three. A bad value (flag or variable) is a usage error at start.
+``option`` adds one flag with its variable: the flag wins, then the variable, then the default.
+``--help`` shows all three. A bad value (flag or variable) is a usage error at start. Which
+options exist is declared once, in the table of pychat/options.py, which adds them through
+``option`` and takes its value checkers (``positive``, ``port``...) from here.
 """
 
 from __future__ import annotations
@@ -97,13 +99,6 @@ def option(parser: argparse.ArgumentParser, flag: str, env: str, *, default: Any
     else:
         parser.add_argument(flag, dest=dest, type=type, default=value, choices=choices,
                             help=text, metavar=dest.upper())
-
-
-def add_logging(parser: argparse.ArgumentParser) -> None:
-    option(parser, "--log-level", "PYCHAT_LOG_LEVEL", default="info",
-           choices=["debug", "info", "warning", "error"], help="log threshold")
-    option(parser, "--log-format", "PYCHAT_LOG_FORMAT", default="text", choices=["text", "json"],
-           help="log lines as text, or as one JSON object each (for log collectors)")
 
 
 class JsonFormatter(logging.Formatter):

@@ -9,13 +9,16 @@ It reads ``/proc/net/tcp`` and ``/proc/net/tcp6`` (Linux, which is what containe
 of connecting, on purpose: a client connection would be a chat session, so every check would
 add a user to #lobby and remove it again, and everyone there would get two USERS lines each
 time. A TCP connection to the router's ZeroMQ port would be harmless but says no more than the
-listening socket does. Needs nothing beyond the Python standard library.
+listening socket does. Needs nothing beyond the Python standard library (the defaults come from
+pychat/options.py, which imports no more).
 """
 
 from __future__ import annotations
 
 import os
 import sys
+
+from pychat.options import by_variable
 
 LISTEN = "0A"  # TCP_LISTEN in /proc/net/tcp's "st" column
 TABLES = ("/proc/net/tcp", "/proc/net/tcp6")
@@ -39,8 +42,8 @@ def listening_ports(tables: tuple[str, ...] = TABLES) -> set[int]:
 
 def wanted_port(role: str, env: dict[str, str]) -> int:
     if role == "clients":
-        return int(env.get("PYCHAT_PORT") or 65432)
-    bind = env.get("PYCHAT_ROUTER_BIND") or "tcp://127.0.0.1:65431"
+        return int(env.get("PYCHAT_PORT") or by_variable("PYCHAT_PORT").default)
+    bind = env.get("PYCHAT_ROUTER_BIND") or by_variable("PYCHAT_ROUTER_BIND").default
     if not bind.startswith("tcp://"):
         raise ValueError(f"PYCHAT_ROUTER_BIND={bind!r}: only a tcp:// endpoint can be checked")
     return int(bind.rsplit(":", 1)[1])

@@ -32,7 +32,8 @@ import time
 import zmq
 import zmq.auth
 
-from pychat.config import BadValue, option, positive
+from pychat.config import BadValue
+from pychat.options import KEYS, add_options
 
 log = logging.getLogger("pychat.keys")
 
@@ -43,8 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Make CurveZMQ key files for a trusted router-acceptor bus over tcp://: a "
                     "router pair and one pair per acceptor.")
     p.add_argument("dir", help="folder for the key files (created if missing)")
-    option(p, "--acceptors", "PYCHAT_KEYS_ACCEPTORS", default=1, type=positive(int),
-           help="acceptor key pairs to make (acceptor-1 ... acceptor-N)")
+    add_options(p, KEYS)  # pychat/options.py declares them
     return p
 
 

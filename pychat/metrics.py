@@ -89,11 +89,3 @@ class Metrics:
         log.info("metrics on http://%s:%d/metrics", host, server.server_address[1])
         return server
 
-
-def add_metrics_options(parser) -> None:
-    from .config import non_negative, option
-    option(parser, "--metrics-port", "PYCHAT_METRICS_PORT", default=0, type=non_negative,
-           help="serve Prometheus metrics at http://HOST:PORT/metrics (0: off; under pychat "
-                "serve the router takes PORT and acceptor i PORT+i)")
-    option(parser, "--metrics-host", "PYCHAT_METRICS_HOST", default="127.0.0.1",
-           help="address the metrics listen on")

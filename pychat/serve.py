@@ -24,55 +24,24 @@ import sys
 import tempfile
 import time
 
-from pychat.acceptor.__main__ import (
-    LIMIT_FLAGS,
-    TLS_FLAGS,
-    add_limit_options,
-    add_tls_options,
-    curve_keys,
-    tls_context,
-)
-from pychat.config import add_logging, endpoint, option, port, positive, setup_logging
-from pychat.metrics import add_metrics_options
-from pychat.router.__main__ import ROUTER_FLAGS, add_time_history_options
+from pychat.acceptor.__main__ import curve_keys, tls_context
+from pychat.config import setup_logging
+from pychat.options import ACCEPTOR, ROUTER, SERVE, add_options, forward_argv
 
 log = logging.getLogger("pychat.serve")
 
 READY_TIMEOUT = 20.0
 STOP_GRACE = 5.0
 BACKOFF_MAX = 30.0
-
-
-def endpoint_or_none(text: str) -> str:
-    return endpoint(text) if text else ""
+# the acceptors' key options, passed on only when use_curve() says the bus needs them
+CURVE_KEYS = ("curve_secret", "curve_server")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pychat serve",
                                 description="Run a PyChat server: one router and N acceptors "
                                             "sharing one port, as child processes.")
-    option(p, "--host", "PYCHAT_HOST", default="127.0.0.1", help="address to listen on")
-    option(p, "--port", "PYCHAT_PORT", default=65432, type=port,
-           help="TCP port for clients (0: any free port, printed when ready)")
-    option(p, "--acceptors", "PYCHAT_ACCEPTORS", default=2, type=positive(int),
-           help="acceptor processes sharing the port")
-    option(p, "--bus", "PYCHAT_BUS", default="",
-           help="router endpoint (default: a private ipc:// endpoint in a temporary folder)")
-    option(p, "--router", "PYCHAT_ROUTER", default="", type=endpoint_or_none,
-           help="start no router: the acceptors connect to this running router's endpoint "
-                "(tcp://HOST:PORT or ipc://PATH); the router options are then unused")
-    option(p, "--heartbeat", "PYCHAT_HEARTBEAT", default=1.0, type=positive(float),
-           help="seconds between bus heartbeats")
-    add_limit_options(p)
-    add_tls_options(p)
-    option(p, "--curve-secret", "PYCHAT_CURVE_SECRET", default="",
-           help="with --router tcp://...: the acceptors' CurveZMQ secret key file "
-                "(acceptor-N.key_secret from `pychat keys`); ignored on a private ipc:// bus")
-    option(p, "--curve-server", "PYCHAT_CURVE_SERVER", default="",
-           help="with --router tcp://...: the router's CurveZMQ public key file (router.key)")
-    add_time_history_options(p)
-    add_metrics_options(p)
-    add_logging(p)
+    add_options(p, SERVE)  # pychat/options.py declares them, and which child each goes to
     return p
 
 
@@ -151,37 +120,19 @@ class Supervisor:
             log.warning("this OS has no SO_REUSEPORT: running one acceptor, not %d", n)
             n = 1
         self.reserve_port(reuse)
-        common = ["--heartbeat", str(a.heartbeat), "--log-level", a.log_level,
-                  "--log-format", a.log_format]
-        router = []
-        for key in ROUTER_FLAGS:
-            flag, value = "--" + key.replace("_", "-"), getattr(a, key)
-            if isinstance(value, bool):
-                router.append(flag if value else "--no-" + flag[2:])
-            else:
-                router += [flag, str(value)]
-        if a.metrics_port:
-            router += ["--metrics-port", str(a.metrics_port), "--metrics-host", a.metrics_host]
+        # the children's options come from serve's as the table forwards them
+        # (pychat/options.py); serve sets the rest: the bus, the port, names, metrics ports
+        unused = () if self.curve else CURVE_KEYS
         if not a.router:
-            self.children.append(Child("router", ["pychat.router", "--bind", self.bus, *router,
-                                                  *common]))
-        limits = []
-        for key in LIMIT_FLAGS:
-            limits += ["--" + key.replace("_", "-"), str(getattr(a, key))]
-        for key in TLS_FLAGS:
-            if getattr(a, key):
-                limits += ["--" + key.replace("_", "-"), os.path.abspath(getattr(a, key))]
-        if self.curve:
-            limits += ["--curve-secret", os.path.abspath(a.curve_secret),
-                       "--curve-server", os.path.abspath(a.curve_server)]
+            router = ["pychat.router", "--bind", self.bus, *forward_argv(a, ROUTER, unused),
+                      "--metrics-port", str(a.metrics_port)]
+            self.children.append(Child("router", router))
+        shared = forward_argv(a, ACCEPTOR, unused)
         for i in range(n):
-            argv = ["pychat.acceptor", "--host", a.host, "--port", str(self.port),
-                    "--router", self.bus,
+            argv = ["pychat.acceptor", "--port", str(self.port), "--router", self.bus,
                     "--name", f"{socket.gethostname()}-{os.getpid()}-a{i + 1}",
-                    "--reuse-port" if reuse else "--no-reuse-port", *limits, *common]
-            if a.metrics_port:
-                argv += ["--metrics-port", str(a.metrics_port + i + 1),
-                         "--metrics-host", a.metrics_host]
+                    "--reuse-port" if reuse else "--no-reuse-port", *shared,
+                    "--metrics-port", str(a.metrics_port + i + 1 if a.metrics_port else 0)]
             self.children.append(Child(f"acceptor {i + 1}", argv))
 
     def start_all(self) -> bool:
@@ -197,7 +148,8 @@ class Supervisor:
         with os.fdopen(r, "rb", buffering=0) as pipe:
             while ready < len(self.children) and not self.stopping:
                 left = deadline - time.monotonic()
-                if left <= 0 or any(c.proc.poll() is not None for c in self.children):
+                if left <= 0 or any(c.proc is not None and c.proc.poll() is not None
+                                    for c in self.children):
                     return False
                 if select.select([pipe], [], [], min(left, 0.2))[0]:
                     chunk = pipe.read(4096)

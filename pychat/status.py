@@ -17,22 +17,18 @@ import zmq
 from pychat.wire import bus
 from pychat.wire.errors import BusError
 
-from .config import endpoint, option, positive
+from .options import STATUS, add_options
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pychat status",
                                 description="Print a running router's view of the chat.")
-    option(p, "--router", "PYCHAT_ROUTER", default="tcp://127.0.0.1:65431", type=endpoint,
-           help="the router's bus endpoint (pychat serve prints its own at start)")
-    option(p, "--timeout", "PYCHAT_STATUS_TIMEOUT", default=5.0, type=positive(float),
-           help="seconds to wait for the router's answer")
-    p.add_argument("--json", action="store_true", help="print the raw JSON [env: none]")
+    add_options(p, STATUS)  # pychat/options.py declares them
     return p
 
 
 def ask(router: str, timeout: float) -> dict:
-    ctx = zmq.Context.instance()
+    ctx: zmq.Context = zmq.Context.instance()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.ROUTING_ID, f"status-{os.getpid()}-{os.urandom(3).hex()}".encode())

@@ -14,89 +14,29 @@ import sys
 
 import zmq
 
-from pychat.config import (
-    BadValue,
-    add_logging,
-    add_ready_fd,
-    endpoint,
-    option,
-    positive,
-    setup_logging,
-    signal_ready,
-    zero_or_more,
-)
+from pychat.config import BadValue, add_ready_fd, setup_logging, signal_ready
 from pychat.keys import count_public_keys, load_secret, start_authenticator
-from pychat.metrics import Metrics, add_metrics_options
+from pychat.metrics import Metrics
+from pychat.options import ROUTER, add_options
 
 from .clock import LocalClock, NtpClock, parse_servers
 from .history import MemoryHistory
 from .server import RouterServer
-from .sqlite_history import HistoryError, SqliteHistory, default_data_dir
+from .sqlite_history import HistoryError, SqliteHistory
 from .state import RouterState
 
-DEFAULT_BIND = "tcp://127.0.0.1:65431"
 DAY = 86400.0
 # test hook, not an option: seconds the history writer sleeps per batch (a slow disk)
 WRITE_DELAY_ENV = "PYCHAT_TEST_HISTORY_WRITE_DELAY"
 
-# the options `pychat serve` takes too and passes on to its router
-ROUTER_FLAGS = ("ntp", "ntp_interval", "ntp_timeout", "history", "data_dir", "history_per_room",
-                "history_max_age", "history_private")
-
 log = logging.getLogger("pychat.router")
-
-
-def ntp_servers(text: str) -> str:
-    try:
-        return " ".join(str(s) for s in parse_servers(text))
-    except ValueError as e:
-        raise BadValue(f"not a list of NTP servers: {e}") from None
-
-
-days = zero_or_more("days", "forever")
-
-
-def add_time_history_options(p: argparse.ArgumentParser) -> None:
-    """The clock and history options; `pychat serve` takes them too and passes them on."""
-    option(p, "--ntp", "PYCHAT_NTP", default="", type=ntp_servers,
-           help="NTP servers to correct the clock with, asked in order (HOST, HOST:PORT or "
-                "[V6]:PORT, comma- or space-separated); empty: the host clock as it is")
-    option(p, "--ntp-interval", "PYCHAT_NTP_INTERVAL", default=1024.0, type=positive(float),
-           help="seconds between NTP rounds")
-    option(p, "--ntp-timeout", "PYCHAT_NTP_TIMEOUT", default=2.0, type=positive(float),
-           help="seconds to wait for each NTP server's answer")
-    option(p, "--history", "PYCHAT_HISTORY", default="sqlite", choices=["sqlite", "memory"],
-           help="where room history lives: sqlite (a file in --data-dir, kept across "
-                "restarts) or memory (the last 200 per room, lost when the router stops)")
-    option(p, "--data-dir", "PYCHAT_DATA_DIR", default=default_data_dir(),
-           help="folder of the history file (history.sqlite3)")
-    option(p, "--history-per-room", "PYCHAT_HISTORY_PER_ROOM", default=10_000,
-           type=positive(int), help="messages kept per room in the history file")
-    option(p, "--history-max-age", "PYCHAT_HISTORY_MAX_AGE", default=30.0, type=days,
-           help="days a message is kept (and shown by /history); 0 keeps them forever")
-    option(p, "--history-private", "PYCHAT_HISTORY_PRIVATE", default=False, type=bool,
-           help="also store private messages in the history file (never shown by /history; "
-                "a record for the operator)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pychat router",
                                 description="The PyChat router: owns users, names, rooms and "
                                             "fan-out; acceptors connect to it over ZeroMQ.")
-    option(p, "--bind", "PYCHAT_ROUTER_BIND", default=DEFAULT_BIND, type=endpoint,
-           help="ZeroMQ endpoint the acceptors connect to (tcp://HOST:PORT or ipc://PATH)")
-    option(p, "--heartbeat", "PYCHAT_HEARTBEAT", default=1.0, type=positive(float),
-           help="seconds between bus heartbeats; 3 missed = the acceptor is dead")
-    option(p, "--bus-hwm", "PYCHAT_BUS_HWM", default=100_000, type=positive(int),
-           help="ZeroMQ high-water mark (batches) per acceptor")
-    option(p, "--curve-secret", "PYCHAT_CURVE_SECRET", default="",
-           help="CurveZMQ: the router's secret key file (router.key_secret from `pychat keys`); "
-                "with --curve-clients, the bus is encrypted and only authorised acceptors get in")
-    option(p, "--curve-clients", "PYCHAT_CURVE_CLIENTS", default="",
-           help="CurveZMQ: folder of the authorised acceptors' public keys (*.key)")
-    add_time_history_options(p)
-    add_metrics_options(p)
-    add_logging(p)
+    add_options(p, ROUTER)  # pychat/options.py declares them
     add_ready_fd(p)
     return p
 

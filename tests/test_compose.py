@@ -20,9 +20,7 @@ import sys
 import pytest
 import yaml
 
-from pychat.acceptor.__main__ import build_parser as acceptor_parser
-from pychat.router.__main__ import build_parser as router_parser
-from pychat.serve import build_parser as serve_parser
+from pychat.options import ACCEPTOR, ROUTER, SERVE, variables
 from support.procs import ROOT
 
 from .compose_file import COMPOSE, DOCKERFILE, load, read_dockerfile, services
@@ -119,11 +117,6 @@ def test_the_services_are_what_the_issue_asks():
         assert svc.argv[0] == "pychat"
 
 
-def env_options(*parsers) -> set[str]:
-    return {a.help.split("[env ")[1].split(";")[0]
-            for p in parsers for a in p._actions if a.help and "[env " in a.help}
-
-
 # Options a service's command has that the file leaves out on purpose, and why.
 NOT_IN_THE_FILE = {
     "acceptor": {
@@ -150,8 +143,7 @@ def test_every_setting_is_a_pychat_variable_with_a_default():
         raw = yaml.safe_load(f)
     # the acceptor service runs `pychat serve --router`, whose acceptor children inherit its
     # environment: options of either count
-    known = {"router": env_options(router_parser()),
-             "acceptor": env_options(serve_parser(), acceptor_parser())}
+    known = {"router": variables(ROUTER), "acceptor": variables(SERVE) | variables(ACCEPTOR)}
     for name, svc in raw["services"].items():
         env = svc["environment"]
         missing = known[name] - NOT_IN_THE_FILE[name] - set(env)
