@@ -1,69 +1,48 @@
-"""The acceptor's end of the bus: one DEALER socket driven by the asyncio loop.
+"""The acceptor's ZeroMQ pump: one DEALER socket driven by the asyncio loop, around the link.
 
-Outgoing messages are collected during a loop turn and sent as one batch (``send`` schedules
-one flush per turn). Incoming batches are drained until the socket has no more, a bounded number
-per callback, and handed to ``on_batch``.
+The bus protocol is ``wire.link.AcceptorLink``; this file moves its batches to and from the
+socket. Messages sent during a loop turn share one batch (``send`` schedules one ``flush`` per
+turn). Incoming batches are drained until the socket has no more, a bounded number per
+callback, and handed to ``on_batch``. ``on_change`` runs after every flush, since handing
+batches to the socket can refuse the oldest (the link's bounded backlog).
 
 ZeroMQ's FD is edge-triggered: it signals that *something may have changed*, so after it fires,
-and after every send, we read ``EVENTS`` and drain until it shows no POLLIN.
-
-When the router cannot take more (its high-water mark), batches wait in a bounded backlog;
-past ``max_backlog`` the oldest batch is refused and every client command in it is handed to
-``on_refused`` so its sender gets an ``ERROR:`` line: nothing accepted is lost silently.
-
-Every batch but the Hello batch is numbered (``bus.Seq`` first) and kept until the router
-acknowledges it (``bus.Ack``). A router that died with batches in its socket buffers, or that
-was handling one when it was killed, has not acknowledged them: after the resync (``resync``:
-the Hello batch, then every unacknowledged batch again, with its own number) the new router
-handles them. Numbers let the router handle each at most once, and let acceptors drop results
-they have already delivered (``bus.From``). A batch that waited longer than ``expire``'s limit
-for a router is refused instead (``on_refused``), and not sent again.
+and after every send, we read ``EVENTS`` and drain until it shows no POLLIN. A send the socket
+pushes back (the router's high-water mark) stays at the head of the link's queue and is tried
+again every 10 ms.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from collections.abc import Callable
 
 import zmq
 
 from pychat.wire import bus
+from pychat.wire.link import AcceptorLink
 
 log = logging.getLogger("pychat.acceptor")
 
 MAX_BATCHES_PER_CALLBACK = 256
 RECONNECT_MS = 25
+RETRY_S = 0.01
 
 
-class Sent:
-    """A numbered batch the router has not acknowledged yet."""
-    __slots__ = ("at", "frames", "msgs", "refused", "seq")
-
-    def __init__(self, seq: int, at: float, frames: list[bytes], msgs: list[bus.BusMessage]):
-        self.seq = seq
-        self.at = at
-        self.frames = frames
-        self.msgs = msgs
-        self.refused = False
-
-
-class BusLink:
-    def __init__(self, loop: asyncio.AbstractEventLoop, endpoint: str, ident: str,
-                 on_batch: Callable[[list[bytes]], None],
-                 on_refused: Callable[[list[bus.BusMessage]], None], *,
-                 hwm: int = 100_000, max_backlog: int = 1_000,
-                 ctx: zmq.Context | None = None,
+class BusPump:
+    def __init__(self, loop: asyncio.AbstractEventLoop, endpoint: str, link: AcceptorLink,
+                 on_batch: Callable[[list[bytes]], None], on_change: Callable[[], None], *,
+                 hwm: int = 100_000, ctx: zmq.Context | None = None,
                  curve: tuple[bytes, bytes, bytes] | None = None):
         self.loop = loop
         self.endpoint = endpoint
+        self.link = link
         self.on_batch = on_batch
-        self.on_refused = on_refused
-        self.max_backlog = max_backlog
+        self.on_change = on_change
         self.ctx = ctx or zmq.Context.instance()
         self.sock = self.ctx.socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.ROUTING_ID, ident.encode("utf-8"))
+        self.sock.setsockopt(zmq.ROUTING_ID, link.name.encode("utf-8"))
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.SNDHWM, hwm)
         self.sock.setsockopt(zmq.RCVHWM, hwm)
@@ -73,10 +52,6 @@ class BusLink:
             self.sock.curve_publickey, self.sock.curve_secretkey, self.sock.curve_serverkey = curve
         self.sock.connect(endpoint)
         self._fd = self.sock.getsockopt(zmq.FD)
-        self._outbox: list[bus.BusMessage] = []
-        self._seq = 0
-        self._unacked: deque[Sent] = deque()
-        self._backlog: deque[tuple[list[bytes], Sent | None]] = deque()
         self._flush_handle: asyncio.Handle | None = None
         self._drain_handle: asyncio.Handle | None = None
         self._retry_handle: asyncio.TimerHandle | None = None
@@ -85,109 +60,48 @@ class BusLink:
 
     # ---- sending ---------------------------------------------------------------------------------
 
-    def send(self, msg: bus.BusMessage) -> None:
-        self._outbox.append(msg)
+    def send(self, msg: bus.BusMessage) -> int:
+        """Queue ``msg`` in the batch of this loop turn; returns the batch's number."""
+        if self._flush_handle is None:
+            self._flush_handle = self.loop.call_soon(self.flush)
+        return self.link.send(msg)
+
+    def cut(self) -> None:
+        """Close the batch being collected now; later messages go in the next one (handed to
+        the socket at the end of the turn, as usual)."""
+        self.link.flush(self.loop.time())
         if self._flush_handle is None:
             self._flush_handle = self.loop.call_soon(self.flush)
 
     def flush(self) -> None:
-        self._flush_handle = None
-        if self.closed or not self._outbox:
+        """Close this turn's batch and hand what is queued to the socket."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        if self.closed:
             return
-        msgs, self._outbox = self._outbox, []
-        self._seq += 1
-        sent = Sent(self._seq, self.loop.time(), bus.encode([bus.Seq(self._seq), *msgs]), msgs)
-        self._unacked.append(sent)
-        self._put(sent.frames, sent)
+        self.link.flush(self.loop.time())
+        self._push()
+        self.on_change()
 
-    def send_control(self, msgs: list[bus.BusMessage]) -> None:
-        """An unnumbered batch (Hello and the session snapshots), after what is queued."""
-        self.flush()
-        if not self.closed:
-            self._put(bus.encode(msgs), None)
-
-    def _put(self, frames: list[bytes], sent: Sent | None) -> None:
-        if self._backlog:
-            self._queue(frames, sent)
-        else:
+    def _push(self) -> None:
+        link = self.link
+        out = link.out
+        sock = self.sock
+        while out:
             try:
-                self.sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
+                sock.send_multipart(out[0][0], zmq.NOBLOCK, copy=False)
             except zmq.Again:
-                self._queue(frames, sent)
+                if self._retry_handle is None:
+                    self._retry_handle = self.loop.call_later(RETRY_S, self._retry)
+                break
+            link.sent_one()
         self._schedule_drain()
-
-    def _queue(self, frames: list[bytes], sent: Sent | None) -> None:
-        self._backlog.append((frames, sent))
-        while len(self._backlog) > self.max_backlog:
-            _, refused = self._backlog.popleft()
-            if refused is not None:
-                self._refuse(refused)
-        if self._retry_handle is None:
-            self._retry_handle = self.loop.call_later(0.01, self._retry)
-
-    def _refuse(self, sent: Sent) -> None:
-        if not sent.refused:
-            sent.refused = True
-            self.on_refused(sent.msgs)
 
     def _retry(self) -> None:
         self._retry_handle = None
-        while self._backlog and not self.closed:
-            frames, sent = self._backlog[0]
-            if sent is not None and sent.refused:  # waited too long: its sender was told
-                self._backlog.popleft()
-                continue
-            try:
-                self.sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                self._retry_handle = self.loop.call_later(0.01, self._retry)
-                break
-            self._backlog.popleft()
-        self._schedule_drain()
-
-    # ---- acknowledgements and resync -------------------------------------------------------------
-
-    def ack(self, n: int) -> None:
-        unacked = self._unacked
-        while unacked and unacked[0].seq <= n:
-            unacked.popleft()
-
-    def expire(self, older_than: float) -> int:
-        """Refuse the unacknowledged batches sent before loop time ``older_than`` (the router
-        has been gone too long): their senders are told, and they are not sent again."""
-        refused = 0
-        for sent in self._unacked:
-            if sent.at >= older_than:
-                break
-            if not sent.refused:
-                self._refuse(sent)
-                refused += 1
-        while self._unacked and self._unacked[0].refused:
-            self._unacked.popleft()
-        return refused
-
-    def resync(self, control: list[bus.BusMessage]) -> int:
-        """A router that does not know us: the Hello batch ``control``, then every batch it
-        has not acknowledged, in order, with their numbers. Returns how many were sent again."""
-        self.flush()
-        if self.closed:
-            return 0
-        self._backlog.clear()  # all of it is in _unacked (or a stale control batch)
-        self._put(bus.encode(control), None)
-        again = 0
-        for sent in self._unacked:
-            if not sent.refused:
-                self._put(sent.frames, sent)
-                again += 1
-        return again
-
-    @property
-    def unacked(self) -> int:
-        return len(self._unacked)
-
-    @property
-    def backlog(self) -> int:
-        return len(self._backlog)
+        if not self.closed:
+            self._push()
 
     # ---- receiving -------------------------------------------------------------------------------
 
@@ -212,7 +126,8 @@ class BusLink:
         """Stop; ``linger_ms`` gives what was just flushed that long to reach the router."""
         if self.closed:
             return
-        self.flush()
+        self.link.flush(self.loop.time())
+        self._push()
         self.closed = True
         self.loop.remove_reader(self._fd)
         for handle in (self._flush_handle, self._drain_handle, self._retry_handle):

@@ -29,7 +29,19 @@ import time
 from collections.abc import Callable
 
 from pychat.wire import replies
-from pychat.wire.bus import BusMessage, ChatConn, ChatRoom, SessionSet, ToConn, ToRoom
+from pychat.wire.bus import (
+    BusMessage,
+    ChatConn,
+    ChatRoom,
+    Close,
+    Cmd,
+    Delivery,
+    Open,
+    SessionSet,
+    Sync,
+    ToConn,
+    ToRoom,
+)
 from pychat.wire.commands import LOBBY, Command, History, Join, Nick, Private, Rooms, Say, Users
 
 from .clock import Clock
@@ -37,7 +49,6 @@ from .history import HistoryStore
 
 log = logging.getLogger("pychat.router")
 
-Delivery = tuple[str, BusMessage]  # (acceptor id, message)
 MAX_PUSH_INTERVAL = 60.0
 
 
@@ -71,12 +82,31 @@ class RouterState:
         self._named: dict[str, int] = {}  # room -> members with a name
         self._dirty: dict[str, bool] = {}  # room -> True: USERS (+NAMES) due; False: NAMES only
         self._out: list[Delivery] = []
+        self.chat_messages = 0  # public and private messages handled (for status and metrics)
         self._handlers: dict[type[Command], Callable[[User, Command], None]] = {
             Say: self.on_say, Private: self.on_msg, Nick: self.on_nick, Users: self.on_users,
             Join: self.on_join, Rooms: self.on_rooms, History: self.on_history,
         }
 
     # ---- entry points: each returns the deliveries it caused ------------------------------------
+
+    def handle(self, acceptor: str, msg: BusMessage) -> list[Delivery]:
+        """A message from an acceptor's batch (the bus link's ``LinkApp.handle``)."""
+        kind = type(msg)
+        if kind is Cmd:
+            assert isinstance(msg, Cmd)
+            return self.command(acceptor, msg.conn, msg.command)
+        if kind is Open:
+            assert isinstance(msg, Open)
+            return self.open(acceptor, msg.conn)
+        if kind is Close:
+            assert isinstance(msg, Close)
+            return self.close(acceptor, msg.conn)
+        if kind is Sync:
+            assert isinstance(msg, Sync)
+            return self.sync(acceptor, msg.conn, msg.uid, msg.name, msg.room)
+        log.warning("acceptor %s sent a router-bound %s; dropped", acceptor, msg.kind)
+        return []
 
     def open(self, acceptor: str, conn: int) -> list[Delivery]:
         """A new connection: give it a uid, put it in the lobby, send ID (USERS follows)."""
@@ -162,12 +192,14 @@ class RouterState:
     # ---- command handlers, named after the command ----------------------------------------------
 
     def on_say(self, user: User, cmd: Say) -> None:
+        self.chat_messages += 1
         stamp = replies.format_time(self.clock.now())
         line = replies.format_public(user.uid, cmd.text)
         self.history.append(user.room, stamp, line)
         self._chat_room(user.room, stamp, line)
 
     def on_msg(self, user: User, cmd: Private) -> None:
+        self.chat_messages += 1
         target = self._resolve(cmd.target)
         if target is None:
             self._to(user, replies.format_error(f"no such user {cmd.target}"))

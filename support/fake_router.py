@@ -44,7 +44,6 @@ class FakeRouter:
         self.numbered: list[tuple[int, list[bus.BusMessage]]] = []  # (bus.Seq n, its messages)
         self.auto_ack = True  # acknowledge each numbered batch as it arrives, as a router does
         self.cursor = 0
-        self.bounced = 0  # Relay messages already answered (see local_reply)
         self.poller = zmq.Poller()
         self.poller.register(self.sock, zmq.POLLIN)
 
@@ -147,9 +146,9 @@ def members_of(acc: Acceptor, clients: list, n: int, room: str) -> list[Connecti
 def local_reply(acc: Acceptor, c: Connection, timeout: float = WAIT) -> str:
     """The next line for a command the acceptor answers itself (PONG, OK cap, ERROR:).
 
-    While it hears the router's heartbeats the acceptor sends such a reply round through the
-    router as a Relay (so it stays behind earlier commands' results); otherwise straight to the
-    client. Play the router's part (bounce the Relay back as ToConn) for whichever happens."""
+    Such a reply waits until the router has answered every command the client sent before it
+    (the acceptor holds it until the router acknowledges their batch); the fake router
+    acknowledges each numbered batch as it takes it in, so take in while waiting."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -157,10 +156,6 @@ def local_reply(acc: Acceptor, c: Connection, timeout: float = WAIT) -> str:
         except Timeout:
             pass
         acc.fake.pump(0.05)
-        relays = [m for m in acc.fake.since(0) if isinstance(m, bus.Relay)]
-        for m in relays[acc.fake.bounced:]:  # each Relay once, as the router does
-            acc.send(bus.Kick(m.conn, m.text) if m.close else bus.ToConn(m.conn, m.text))
-        acc.fake.bounced = len(relays)
     raise AssertionError("no local reply in time")
 
 

@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import tempfile
+
 import tomllib
 
 from .procs import ROOT

@@ -12,16 +12,22 @@ from hypothesis import strategies as st
 from pychat.wire import bus
 from pychat.wire.bus import (
     HEADER,
+    Ack,
     ChatConn,
     ChatRoom,
     Close,
     Cmd,
+    From,
     Heartbeat,
     Hello,
     Kick,
     Open,
+    Peers,
     Resync,
+    Seq,
     SessionSet,
+    Status,
+    StatusAsk,
     Sync,
     ToConn,
     ToRoom,
@@ -33,11 +39,20 @@ from pychat.wire.commands import ROUTED, History, Join, Nick, Private, Rooms, Sa
 from pychat.wire.errors import BusError
 
 ALL_CLASSES = (Hello, Heartbeat, Open, Close, Sync, Cmd, SessionSet, ToConn, ToRoom, ChatRoom,
-               ChatConn, Kick, Resync)
+               ChatConn, Kick, Resync, Seq, Ack, From, Peers, StatusAsk, Status)
 
 EXAMPLES = [
     Hello("acc-1", "e1f2"),
+    Hello("acc-2", "e1f3", '["acc-1"]', 250),
     Heartbeat("epoch-9"),
+    Heartbeat("epoch-9", 200),
+    Seq(12),
+    Ack(12),
+    From("e1f2", 12),
+    From("", 0),
+    Peers('["acc-1", "acc-2"]'),
+    StatusAsk(),
+    Status('{"users": 3}'),
     Open(7, "127.0.0.1:5555"),
     Close(7, "peer closed"),
     Sync(7, "123456", "alice", "#lobby"),
@@ -70,8 +85,8 @@ def test_the_examples_cover_every_message_class_and_every_routed_command():
 
 
 def test_header_is_versioned():
-    assert HEADER == b"pychat-bus/1"
-    assert bus.VERSION == 1
+    assert HEADER == b"pychat-bus/2"  # 2: no relay; Hello and Heartbeat carry the interval
+    assert bus.VERSION == 2
 
 
 @pytest.mark.parametrize("msg", EXAMPLES, ids=repr)

@@ -19,7 +19,9 @@ def test_serve_passes_idle_unfinished_line_and_per_address_limits_on(procs, conn
     idle.handshake()
     loris = connect(port)
     loris.handshake()
-    loris.send_raw(b"never ends")
+    # a line client (it has ended a line: before that, an idle piece is the original client's
+    # message, PROTOCOL.md Transport) that then holds a line open
+    loris.send_raw(b"hi\nnever ends")
     third = connect(port)
     third.handshake()
     fourth = Connection("127.0.0.1", port)

@@ -2,7 +2,7 @@
 
 Layout (documented in docs/ARCHITECTURE.md): one ZeroMQ multipart message is a *batch*:
 
-    frame 0      HEADER = b"pychat-bus/1"           (the version; anything else is dropped)
+    frame 0      HEADER = b"pychat-bus/2"           (the version; anything else is dropped)
     frame 1..n   one bus message each: UTF-8 fields joined by NUL, the first field its kind
 
 A field never contains NUL: text reaching the bus is sanitized (controls removed) and encode
@@ -21,7 +21,7 @@ from typing import ClassVar
 from .commands import Command, command_fields, command_from_fields
 from .errors import BusError
 
-VERSION = 1
+VERSION = 2  # 2: relay gone (local replies wait for acks), heartbeat intervals announced
 HEADER = b"pychat-bus/%d" % VERSION
 SEP = "\x00"
 
@@ -37,10 +37,12 @@ class BusMessage:
 class Hello(BusMessage):
     """An acceptor announces itself (at start, and again when it sees a new router epoch).
     ``peers`` is a JSON list of the acceptors the last router told it about (``Peers``): a
-    restarted router waits for all of them to resync before it serves chat."""
+    restarted router waits for all of them to resync before it serves chat. ``heartbeat_ms``
+    is the acceptor's heartbeat interval: the router judges its silence by it."""
     acceptor: str
     epoch: str
     peers: str = "[]"
+    heartbeat_ms: int = 1000
     kind: ClassVar[str] = "hello"
 
 
@@ -56,8 +58,11 @@ class Seq(BusMessage):
 
 @dataclass(frozen=True, slots=True)
 class Heartbeat(BusMessage):
-    """Both ways, about once a second; ``epoch`` is the sender's start id."""
+    """Both ways, every ``interval_ms``; ``epoch`` is the sender's start id. Each end judges the
+    other dead after three of the other's intervals without a word, and logs a warning when the
+    two intervals differ (the option must agree where the processes meet)."""
     epoch: str
+    interval_ms: int = 1000
     kind: ClassVar[str] = "hb"
 
 
@@ -83,17 +88,6 @@ class Sync(BusMessage):
     name: str
     room: str
     kind: ClassVar[str] = "sync"
-
-
-@dataclass(frozen=True, slots=True)
-class Relay(BusMessage):
-    """A reply the acceptor made itself (PONG, OK, ERROR, BYE...), sent round through the router
-    so that it reaches the client after the results of the commands the client sent before it.
-    The router answers with ToConn(conn, text), or Kick(conn, text) when ``close`` is 1."""
-    conn: int
-    text: str
-    close: int
-    kind: ClassVar[str] = "relay"
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,7 +196,9 @@ class Resync(BusMessage):
     kind: ClassVar[str] = "resync"
 
 
-_CLASSES = (Hello, Seq, Heartbeat, Open, Close, Sync, Relay, SessionSet, ToConn, ToRoom, ChatRoom,
+Delivery = tuple[str, BusMessage]  # (acceptor, message): what the router's state returns
+
+_CLASSES = (Hello, Seq, Heartbeat, Open, Close, Sync, SessionSet, ToConn, ToRoom, ChatRoom,
             ChatConn, Kick, Resync, StatusAsk, Status, Ack, From, Peers)
 _LAYOUT: dict[str, tuple[type, tuple[tuple[str, bool], ...]]] = {
     cls.kind: (cls, tuple((f.name, f.type in ("int", int)) for f in fields(cls)))

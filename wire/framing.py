@@ -62,6 +62,16 @@ class LineBuffer:
         self._buf = rest
         return out
 
+    def take_partial(self) -> bytes | None:
+        """The unfinished line held, as a line (without a trailing ``\r``), or None when there is
+        none; the buffer is then empty and out of any over-long line. For a client that ends
+        no message with a newline (its piece sat idle), and for a client's last piece at EOF."""
+        rest, self._buf = self._buf, b""
+        self._discarding = False
+        if rest.endswith(b"\r"):
+            rest = rest[:-1]
+        return rest or None
+
     @property
     def pending(self) -> int:
         """Bytes of an unfinished line held (for slowloris checks)."""

@@ -1,0 +1,337 @@
+"""One client connection as a state machine: bytes (or lines) in, actions out. No I/O, no clock.
+
+``Connection`` is the part of a client that every door shares (in the manner of h11's
+``Connection`` and websockets' ``Protocol``): the TCP door feeds it bytes, a WebSocket door would
+feed it text frames as lines, an IRC door would wrap it with a translator. It knows nothing of
+asyncio, sockets or the bus. Each call takes ``now`` (the caller's monotonic clock), the
+``ticket`` of the bus batch that commands routed during the call will travel in, and
+``answered`` (every batch up to it is answered: see below), and returns actions for the caller
+to carry out, in order:
+
+- ``Write(text)``: a line (or lines joined by ``\\n``) for the client, without the final newline
+- ``Route(command)``: a command for the router; the caller sends it in batch ``ticket``
+- ``Close(reason)``: close after writing everything queued; the router hears ``reason``
+- ``PAUSE`` / ``RESUME``: stop or restart reading from the client
+- ``CUT``: close the bus batch being collected; later commands go in the next one (``ticket``
+  + 1). It comes before a command routed after a held reply whose command shares the batch:
+  the reply must go out before this command's results, and answers are per batch.
+
+It owns:
+- framing (``LineBuffer``): lines, over-long lines, and the pieces of a client that never ends a
+  line (until its first ``\\n``, a piece idle for ``piece_idle`` seconds is a line; at EOF the
+  last piece is a line);
+- the flood bucket: a command for the router waits for its token with reading paused, and a
+  turn handles at most ``lines_per_turn`` lines (fairness); nothing read is dropped;
+- order: a reply made here (``PONG``, ``OK cap``, ``HELP:``, usage ``ERROR:`` lines, ``BYE``)
+  waits until the router has answered every command routed before it, so it reaches the client
+  behind their results. The caller says what is answered, with every call and, for a
+  connection that holds replies, as soon as it grows (``answered_up_to``): every batch up to n
+  has been answered (its results came first) or refused (its senders were told);
+- leaving: after ``/quit``, ``BYE`` and the close wait like any reply and nothing more is read;
+  after EOF (a half-close) the lines already read are served and every reply due is sent
+  before the close;
+- capabilities (``/cap time``) and the idle and unfinished-line deadlines (``tick``).
+
+Invariants: actions come out in the order their causes came in; a ``Close`` is the last action
+ever returned; a command is routed at most once; ``wake_at`` is when ``tick`` must next run for
+a precise deadline (a flood token, the next turn, an idle piece), None when nothing waits on it.
+The caller also runs ``tick`` about once a second for the coarse ones (idle, slowloris).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from pychat.wire import replies
+from pychat.wire.commands import ROUTED, Cap, Command, Help, Ping, Quit, help_lines, parse_line
+from pychat.wire.errors import ClientError, LineTooLong
+from pychat.wire.framing import LineBuffer, decode, sanitize
+
+from .limits import Limits, TokenBucket
+
+CAPABILITIES = ("time",)
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    command: Command
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    reason: str
+
+
+class _Reading:
+    __slots__ = ("on",)
+
+    def __init__(self, on: bool):
+        self.on = on
+
+    def __repr__(self) -> str:
+        return "RESUME" if self.on else "PAUSE"
+
+
+PAUSE = _Reading(False)
+RESUME = _Reading(True)
+
+
+class _Cut:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "CUT"
+
+
+CUT = _Cut()
+
+Action = Write | Route | Close | _Reading | _Cut
+Item = bytes | LineTooLong | Command
+
+
+class Connection:
+    __slots__ = ("_resume_at", "answered", "bucket", "cap_time", "closed", "eof", "held",
+                 "limits", "line_since", "lines", "newline_seen", "paused", "pending",
+                 "quitting", "seen", "ticket", "wake_at")
+
+    def __init__(self, limits: Limits, now: float, ticket: int):
+        """``ticket``: the batch that announced the connection to the router (its Open); what
+        the client asks before that is answered comes after its ID."""
+        self.limits = limits
+        self.lines = LineBuffer(limits.max_line)
+        self.bucket = TokenBucket(limits.flood_rate, limits.flood_burst, now)
+        self.pending: deque[Item] = deque()  # read, not handled yet (flood, turn budget)
+        self.cap_time = False
+        self.quitting = ""  # why the client is leaving, once it asked (or ended its input)
+        self.eof = False
+        self.closed = False
+        self.paused = False  # we stopped reading (flood, turn budget, leaving)
+        self.seen = now  # when the client last sent bytes (idle limit)
+        self.line_since = 0.0  # when the unfinished line began (slowloris), 0: none
+        self.newline_seen = False  # strict lines once the client has ended one
+        self.ticket = ticket  # the batch carrying the latest command routed for us
+        self.answered = ticket - 1  # every batch up to this one is answered
+        self.held: deque[tuple[int, Action]] = deque()  # replies waiting for their ticket
+        self._resume_at: float | None = None
+        self.wake_at: float | None = None
+
+    # ---- input -------------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes, now: float, ticket: int, answered: int) -> list[Action]:
+        """Bytes from a stream transport (TCP, TLS)."""
+        out = self.answered_up_to(answered)
+        if self.quitting or self.closed or not data:
+            return out
+        lines = self.lines
+        items = lines.feed(data)
+        self.seen = now
+        if not self.newline_seen and b"\n" in data:
+            self.newline_seen = True
+        if not lines.partial:
+            self.line_since = 0.0
+        elif items or not self.line_since:  # an unfinished line began in this chunk
+            self.line_since = now
+        if items:
+            self.pending.extend(items)
+            if not self.paused:
+                self._run(now, ticket, out)
+        self._rearm()
+        return out
+
+    def receive_line(self, line: bytes, now: float, ticket: int, answered: int) -> list[Action]:
+        """One whole line from a message transport (a WebSocket text frame), without newline."""
+        out = self.answered_up_to(answered)
+        if self.quitting or self.closed:
+            return out
+        self.seen = now
+        self.newline_seen = True
+        self.pending.append(line if len(line) <= self.limits.max_line
+                            else LineTooLong(self.limits.max_line))
+        if not self.paused:
+            self._run(now, ticket, out)
+        self._rearm()
+        return out
+
+    def receive_eof(self, now: float, ticket: int, answered: int) -> list[Action]:
+        """The client ended its input (a half-close): its last piece is a line; everything read
+        is still served, then every reply due is sent, then the connection closes."""
+        out = self.answered_up_to(answered)
+        if self.quitting or self.closed or self.eof:
+            return out
+        self.eof = True
+        piece = self.lines.take_partial()
+        self.line_since = 0.0
+        if piece is not None:
+            self.pending.append(piece)
+        if not self.paused:
+            self._run(now, ticket, out)
+        self._rearm()
+        return out
+
+    def tick(self, now: float, ticket: int, answered: int) -> list[Action]:
+        """Time passed: a flood token or the next turn is due, a piece sat idle, or the client
+        was silent (idle) or slow (an unfinished line) for too long."""
+        out = self.answered_up_to(answered)
+        if self.closed:
+            return out
+        if self._resume_at is not None and now >= self._resume_at:
+            self._resume_at = None
+            self._run(now, ticket, out)
+        limits = self.limits
+        if (not self.newline_seen and limits.piece_idle and self.lines.partial
+                and not self.quitting and not self.eof and now - self.seen >= limits.piece_idle):
+            piece = self.lines.take_partial()
+            self.line_since = 0.0
+            if piece is not None:
+                self.pending.append(piece)
+                if not self.paused:
+                    self._run(now, ticket, out)
+        if not self.quitting and not self.paused and not self.eof:
+            unfinished = limits.partial_line_timeout
+            idle = limits.idle_timeout
+            if unfinished and self.line_since and now - self.line_since > unfinished:
+                self._leave(out, f"ERROR: line not finished in {unfinished:g} s",
+                            "unfinished line")
+            elif idle and now - self.seen > idle:
+                self._leave(out, f"ERROR: idle timeout (nothing received in {idle:g} s)",
+                            "idle timeout")
+        self._rearm()
+        return out
+
+    def answered_up_to(self, n: int) -> list[Action]:
+        """Every batch up to ``n`` is answered: the replies held behind them go out."""
+        out: list[Action] = []
+        if n <= self.answered:
+            return out
+        self.answered = n
+        held = self.held
+        while held and held[0][0] <= n:
+            action = held.popleft()[1]
+            out.append(action)
+            if type(action) is Close:
+                self.closed = True
+        return out
+
+    # ---- handling ----------------------------------------------------------------------------
+
+    def _run(self, now: float, ticket: int, out: list[Action]) -> None:
+        """Handle read lines in order; the rest wait, with reading paused, when a command for
+        the router finds the flood bucket empty (it waits for its token), or when this turn's
+        line budget is spent (the others get a turn). Lines that only cost the sender (errors,
+        local commands) take no token."""
+        pending = self.pending
+        bucket = self.bucket
+        budget = self.limits.lines_per_turn
+        while pending:
+            if self.quitting:
+                pending.clear()
+                break
+            item = pending.popleft()
+            try:
+                if not isinstance(item, Command):
+                    if isinstance(item, LineTooLong):
+                        raise item
+                    parsed = parse_line(sanitize(decode(item)))
+                    if parsed is None:
+                        continue
+                    item = parsed
+                if type(item) in ROUTED:
+                    if not bucket.take(now):
+                        pending.appendleft(item)  # parsed once; waits for its token
+                        self._pause(now + bucket.wait(), out)
+                        return
+                    if self.held and self.held[-1][0] >= ticket:  # a reply waits in between
+                        out.append(CUT)
+                        ticket += 1
+                    out.append(Route(item))
+                    self.ticket = ticket
+                else:
+                    self._local(item, out)
+            except ClientError as e:
+                self._reply(e.line(), out)
+            budget -= 1
+            if budget <= 0 and pending:
+                self._pause(now, out)  # the next turn
+                return
+        if self.paused and not self.quitting and not self.eof:
+            self.paused = False
+            out.append(RESUME)
+            self.seen = now  # the time spent paused was ours, not the client's
+            if self.line_since:
+                self.line_since = now
+        if self.eof and not self.quitting:
+            self.quitting = "end of input"
+            self._emit(Close(self.quitting), out)
+
+    def _pause(self, until: float, out: list[Action]) -> None:
+        self._resume_at = until
+        if not self.paused:
+            self.paused = True
+            if not self.eof:
+                out.append(PAUSE)
+
+    def _rearm(self) -> None:
+        wake = self._resume_at
+        if not self.newline_seen and self.limits.piece_idle and self.lines.partial \
+                and not self.eof and not self.quitting:
+            piece = self.seen + self.limits.piece_idle
+            wake = piece if wake is None else min(wake, piece)
+        self.wake_at = wake
+
+    # local commands, named after the command -------------------------------------------------
+
+    def _local(self, cmd: Command, out: list[Action]) -> None:
+        if isinstance(cmd, Ping):
+            self._reply(replies.format_pong(cmd.token), out)
+        elif isinstance(cmd, Cap):
+            self.on_cap(cmd, out)
+        elif isinstance(cmd, Help):
+            self._reply("\n".join(help_lines()), out)
+        elif isinstance(cmd, Quit):
+            self.on_quit(cmd, out)
+
+    def on_cap(self, cmd: Cap, out: list[Action]) -> None:
+        if cmd.name not in CAPABILITIES:
+            raise ClientError(f"unknown capability {cmd.name} (known: {', '.join(CAPABILITIES)})")
+        self.cap_time = True
+        self._reply(f"OK cap {cmd.name}", out)
+
+    def on_quit(self, cmd: Quit, out: list[Action]) -> None:
+        """BYE after the results of what came before, then close; read nothing more."""
+        self.quitting = f"quit: {cmd.reason}" if cmd.reason else "quit"
+        self.pending.clear()
+        self._resume_at = None
+        if not self.paused:
+            self.paused = True
+            out.append(PAUSE)
+        self._reply("BYE", out)
+        self._emit(Close(self.quitting), out)
+
+    def _leave(self, out: list[Action], line: str, why: str) -> None:
+        """The server ends it (idle, slowloris): the line and the close go out at once."""
+        self.quitting = why
+        self.pending.clear()
+        self._resume_at = None
+        self.closed = True
+        out.append(Write(line))
+        out.append(Close(why))
+
+    # ---- output ------------------------------------------------------------------------------
+
+    def _reply(self, text: str, out: list[Action]) -> None:
+        self._emit(Write(text), out)
+
+    def _emit(self, action: Action, out: list[Action]) -> None:
+        """Now, or behind the commands routed before it that the router has not answered."""
+        if self.held or self.ticket > self.answered:
+            self.held.append((self.ticket, action))
+        else:
+            out.append(action)
+            if type(action) is Close:
+                self.closed = True

@@ -1,0 +1,298 @@
+"""Lines to clients: each room's local members, the queues, rounds of writes, send-queue limits.
+
+Owns ``rooms`` (room -> its local sessions, in order of arrival) and every session's position in
+the write rounds; a session's ``out`` list is its queue. Nobody ever waits for a client.
+
+Fan-out: a room message arrives once per acceptor; its line is encoded once (twice at most: with
+and without ``@time=``) and appended to each local member's queue. Queues are written in rounds
+(``flush``), one write per client per round, ``FLUSH_SLICE`` clients at a time with the loop
+running between slices (reads and router batches are not held up by a long round, and lines
+that arrive meanwhile reach the clients not written yet in the same round). A plain client
+whose transport holds nothing unsent is written with ``os.write`` on its socket (cheaper than
+``transport.write``); a partial write leaves the rest to the transport, which pauses the session
+(``pause_writing``): a paused ("blocked") client's lines wait in its queue, as references to the
+bytes the room shares, until ``resume_writing``.
+
+Coalescing: the send syscall is most of an acceptor's cost under load, so after a round of writes
+the next round waits ``coalesce_factor`` times as long as that round's writes took (at most
+``coalesce_ms``), and lines that arrive meanwhile share one write. A light load (a quick round)
+waits next to nothing; a busy acceptor batches more and spends a bounded share of its time in
+send calls.
+
+Send queues: a client whose unsent bytes pass ``send_queue`` is watched: if it has drained nothing
+by the next stall check it is dropped (``on_drop``); past ``send_queue_hard`` it is dropped at
+once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from pychat.wire import replies
+
+from .limits import Limits
+
+if TYPE_CHECKING:
+    from .session import Session
+
+log = logging.getLogger("pychat.acceptor")
+
+FLUSH_SLICE = 128  # clients a round writes before the loop gets a turn (reads, router batches)
+
+
+class Output:
+    def __init__(self, loop: asyncio.AbstractEventLoop, limits: Limits, stats: dict[str, int],
+                 on_drop: Callable[[Session, str], None], before_slice: Callable[[], None]):
+        self.loop = loop
+        self.limits = limits
+        self.stats = stats
+        self.on_drop = on_drop  # a client over its send queue: the acceptor closes it
+        self.before_slice = before_slice  # what was read goes to the router before each slice
+        self.rooms: dict[str, dict[Session, None]] = {}
+        self._dirty: list[Session] = []
+        self._flush_handle: asyncio.Handle | None = None
+        self._coalesce_max = limits.coalesce_ms / 1000.0
+        self._coalesce_factor = limits.coalesce_factor
+        self._next_flush = 0.0  # loop time before which a round of writes waits
+        self._round: list[Session] = []  # the round being written, FLUSH_SLICE at a time
+        self._round_at = 0  # its next client
+        self._round_cost = 0.0  # seconds its slices took so far
+        self._stall_handle: asyncio.TimerHandle | None = None
+        self._over: dict[Session, int] = {}  # clients above send_queue -> bytes at last check
+        self._held: dict[Session, tuple[int, int]] = {}  # blocked -> (lines, bytes) counted
+
+    # ---- membership ------------------------------------------------------------------------------
+
+    def move(self, s: Session, room: str) -> None:
+        """``s`` is now a member of ``room`` (the router said so)."""
+        if s.room != room:
+            self.leave(s)
+            self.rooms.setdefault(room, {})[s] = None
+
+    def leave(self, s: Session) -> None:
+        members = self.rooms.get(s.room)
+        if members is not None:
+            members.pop(s, None)
+            if not members:
+                del self.rooms[s.room]
+
+    def forget(self, s: Session) -> None:
+        """``s`` is closed: out of its room and of the send-queue watch."""
+        self._over.pop(s, None)
+        self._held.pop(s, None)
+        self.leave(s)
+
+    # ---- queueing --------------------------------------------------------------------------------
+
+    def queue(self, s: Session, data: bytes) -> None:
+        if not s.out:
+            self._dirty.append(s)
+            if self._flush_handle is None:
+                self._schedule_flush()
+        s.out.append(data)
+
+    def fan_out(self, room: str, data: bytes, tagged: tuple[str, str] | None = None) -> None:
+        """Queue ``data`` for every local member of ``room``: the hot path, so the queueing of
+        ``queue`` is inlined (one flush scheduled per message, not a call per member). With
+        ``tagged`` = (stamp, text), members with ``/cap time`` get the tagged line instead,
+        encoded once, when the first of them is met."""
+        members = self.rooms.get(room)
+        if not members:
+            return
+        dirty = self._dirty
+        tagged_data = None
+        for s in members:
+            out = s.out
+            if not out:
+                dirty.append(s)
+            if tagged is not None and s.conn.cap_time:
+                if tagged_data is None:
+                    tagged_data = (replies.tagged(*tagged) + "\n").encode("utf-8")
+                out.append(tagged_data)
+            else:
+                out.append(data)
+        if self._flush_handle is None:
+            self._schedule_flush()
+
+    def kick(self) -> None:
+        """Lines were queued directly (``fan_out`` batches): make sure a round is coming."""
+        if self._flush_handle is None and self._dirty:
+            self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        wait = self._next_flush - self.loop.time()
+        self._flush_handle = (self.loop.call_later(wait, self.flush) if wait > 0
+                              else self.loop.call_soon(self.flush))
+
+    def unblocked(self, s: Session) -> None:
+        """resume_writing: the lines that waited in ``s.out`` go in the next flush."""
+        self._held.pop(s, None)
+        if s.out:
+            self._dirty.append(s)
+            if self._flush_handle is None:
+                self._schedule_flush()
+
+    def watch(self, s: Session) -> None:
+        """pause_writing: a blocked client's queue (mostly ``s.out``) is checked at each stall
+        check for as long as it stays blocked."""
+        self._over.setdefault(s, 0)
+        if self._stall_handle is None:
+            self._stall_handle = self.loop.call_later(self.limits.stall_check,
+                                                      self._check_stalled)
+
+    def write_now(self, s: Session) -> None:
+        if s.out:
+            self._write(s)
+
+    # ---- rounds of writes ------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Start a round of writes: one write per client with lines queued."""
+        if self._flush_handle is not None:  # (its own call: a no-op; any other: the one left)
+            self._flush_handle.cancel()
+        rest = self._round[self._round_at:]  # a round cut short keeps its clients, first
+        self._round = rest + self._dirty if rest else self._dirty
+        self._dirty = []
+        self._round_at = 0
+        self._round_cost = 0.0
+        self._write_slice()
+
+    def _write_slice(self) -> None:
+        """Write ``FLUSH_SLICE`` clients of the round, then let the loop run before the next
+        slice: the lines of senders on this acceptor are read meanwhile, and what the router
+        sends back joins the queues of the clients the round has not reached yet (one write
+        for both), instead of waiting behind a round of thousands of writes."""
+        self._flush_handle = None
+        self.before_slice()  # lines read since the last slice go to the router before this one
+        began = time.perf_counter()
+        dirty = self._round
+        i = self._round_at
+        end = min(i + FLUSH_SLICE, len(dirty))
+        writes = lines = 0
+        write = os.write
+        for k in range(i, end):  # the hot loop: _write inlined
+            s = dirty[k]
+            out = s.out
+            if not out:
+                continue
+            if s.blocked:
+                self._hold(s)
+                continue
+            t = s.transport
+            if t is None or t.is_closing():
+                out.clear()
+                continue
+            n = len(out)
+            data = out[0] if n == 1 else b"".join(out)
+            out.clear()
+            if s.fd >= 0:  # nothing unsent in the transport: write to the socket ourselves
+                try:
+                    sent = write(s.fd, data)  # os.write: ~1 us less than transport.write
+                except (BlockingIOError, InterruptedError):
+                    sent = 0
+                except OSError:  # reset, broken pipe: the transport's write meets it too
+                    sent = 0
+                if sent < len(data):  # the rest (all, on an error) to the transport
+                    t.write(data[sent:] if sent else data)
+            else:
+                t.write(data)
+            writes += 1
+            lines += n
+            if s.blocked:  # pause_writing ran inside write: bytes were left unsent
+                self._check_queue(s, t)
+        stats = self.stats
+        stats["writes"] += writes
+        stats["lines_out"] += lines
+        self._round_cost += time.perf_counter() - began
+        if end < len(dirty):
+            self._round_at = end
+            self._flush_handle = self.loop.call_soon(self._write_slice)
+            return
+        self._round = []
+        self._next_flush = self.loop.time() + min(self._coalesce_max,
+                                                  self._round_cost * self._coalesce_factor)
+        # lines queued during the round for clients it had passed; blocked clients alone
+        # (re-queued by _hold to be counted again) wait for new lines, as before
+        if any(not s.blocked for s in self._dirty):
+            self._schedule_flush()
+
+    def _hold(self, s: Session) -> None:
+        """``s`` is blocked: its lines wait in ``s.out`` (the same bytes objects as the other
+        members', not a copy) for resume_writing. The new ones are counted against the hard
+        limit, and ``s`` stays dirty to be counted again at the next flush."""
+        t = s.transport
+        if t is None or t.is_closing():
+            s.out.clear()
+            self._held.pop(s, None)
+            return
+        counted, size = self._held.get(s, (0, 0))
+        out = s.out
+        size += sum(map(len, out[counted:]))
+        self._held[s] = (len(out), size)
+        if size + t.get_write_buffer_size() > self.limits.send_queue_hard:
+            self._drop(s, f"send queue over {self.limits.send_queue_hard} bytes")
+        else:
+            self._dirty.append(s)
+
+    def _write(self, s: Session) -> None:
+        out = s.out
+        t = s.transport
+        self._held.pop(s, None)
+        if t is None or t.is_closing():
+            out.clear()
+            return
+        stats = self.stats
+        stats["writes"] += 1
+        stats["lines_out"] += len(out)
+        t.write(out[0] if len(out) == 1 else b"".join(out))
+        out.clear()
+        self._check_queue(s, t)
+
+    # ---- send-queue limits -----------------------------------------------------------------------
+
+    def _check_queue(self, s: Session, t: asyncio.WriteTransport) -> None:
+        size = t.get_write_buffer_size()
+        if size > self.limits.send_queue:
+            if size > self.limits.send_queue_hard:
+                self._drop(s, f"send queue over {self.limits.send_queue_hard} bytes")
+            elif not self._over.get(s):  # not watched yet, or watched only as blocked
+                self._over[s] = size
+                if self._stall_handle is None:
+                    self._stall_handle = self.loop.call_later(self.limits.stall_check,
+                                                              self._check_stalled)
+
+    def _check_stalled(self) -> None:
+        """Drop clients above send_queue that drained nothing since the last check."""
+        self._stall_handle = None
+        for s, before in list(self._over.items()):
+            t = s.transport
+            size = t.get_write_buffer_size() if t is not None and not t.is_closing() else 0
+            if s.blocked and size:
+                size += sum(map(len, s.out))  # its lines wait there, not in the transport
+            if size <= self.limits.send_queue:
+                if s.blocked and size:
+                    self._over[s] = 0  # still watched while blocked
+                else:
+                    del self._over[s]
+            elif size >= before > self.limits.send_queue:
+                self._drop(s, f"send queue over {self.limits.send_queue} bytes and not draining")
+            else:
+                self._over[s] = size
+        if self._over:
+            self._stall_handle = self.loop.call_later(self.limits.stall_check,
+                                                      self._check_stalled)
+
+    def _drop(self, s: Session, why: str) -> None:
+        self._over.pop(s, None)
+        self.stats["send_queue_drops"] += 1
+        self.on_drop(s, why)
+
+    def close(self) -> None:
+        for handle in (self._flush_handle, self._stall_handle):
+            if handle is not None:
+                handle.cancel()

@@ -1,0 +1,278 @@
+"""Pure tier: one client connection (acceptor/connection.py), with a fake clock and no sockets.
+
+Each test plays the acceptor's part by hand: it passes ``now`` and the bus ticket (the batch that
+routed commands travel in), says what the router has answered (``answered_up_to``), and reads
+the actions that come back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pychat.acceptor.connection import CUT, PAUSE, RESUME, Close, Connection, Route, Write
+from pychat.acceptor.limits import Limits
+from pychat.wire.commands import Join, Nick, Say, Users
+
+LIMITS = Limits()
+
+
+def conn(ticket: int = 1, **limits) -> Connection:
+    """A connection whose Open went in batch ``ticket`` (not answered yet)."""
+    return Connection(replace(LIMITS, **limits), 0.0, ticket)
+
+
+def writes(actions) -> list[str]:
+    return [a.text for a in actions if isinstance(a, Write)]
+
+
+def routed(actions) -> list:
+    return [a.command for a in actions if isinstance(a, Route)]
+
+
+# ---- framing ----------------------------------------------------------------------------------
+
+def test_lines_become_commands_for_the_router_in_order():
+    c = conn()
+    acts = c.receive_data(b"hello\n/nick al\n/join #x\n", 0.1, 2, c.answered)
+    assert acts == [Route(Say("hello")), Route(Nick("al")), Route(Join("#x"))]
+
+
+def test_a_line_split_anywhere_is_one_line():
+    c = conn()
+    assert c.receive_data(b"hel", 0.1, 2, c.answered) == []
+    assert c.receive_data(b"lo wor", 0.2, 2, c.answered) == []
+    assert c.receive_data(b"ld\r\n", 0.3, 2, c.answered) == [Route(Say("hello world"))]
+
+
+@settings(max_examples=200)
+@given(st.lists(st.integers(1, 40), min_size=1, max_size=12))
+def test_any_split_of_the_stream_gives_the_same_commands(cuts):
+    data = b"one\n/msg al two\n//three\r\nfour \xc3\xa9\n"
+    c = conn()
+    c.receive_data(b"x\n", 0.0, 1, c.answered)  # strict lines from here on
+    got = []
+    at = 0
+    for n in cuts:
+        got += routed(c.receive_data(data[at:at + n], 0.1, 2, c.answered))
+        at += n
+    got += routed(c.receive_data(data[at:], 0.1, 2, c.answered))
+    assert [getattr(x, "text", None) for x in got] == ["one", "two", "/three", "four é"]
+
+
+def test_errors_are_lines_and_the_connection_goes_on():
+    c = conn(ticket=1)
+    c.answered_up_to(1)
+    acts = c.receive_data(b"/nosuch\n/nick\n\xff\n" + b"x" * 5000 + b"\nok\n", 0.1, 2, c.answered)
+    assert writes(acts) == ["ERROR: unknown command /nosuch", "ERROR: usage: /nick <name>",
+                            "ERROR: invalid UTF-8", "ERROR: line too long (max 4096 bytes)"]
+    assert routed(acts) == [Say("ok")]
+    assert not any(isinstance(a, Close) for a in acts)
+
+
+def test_a_line_from_a_message_transport_is_one_line_even_with_newlines_removed():
+    c = conn()
+    assert c.receive_line(b"hi there", 0.1, 2, c.answered) == [Route(Say("hi there"))]
+    # held: batch 2 is not answered
+    assert writes(c.receive_line(b"y" * 5000, 0.2, 2, c.answered)) == []
+    assert writes(c.answered_up_to(2)) == ["ERROR: line too long (max 4096 bytes)"]
+
+
+# ---- replies keep their place ---------------------------------------------------------------
+
+def test_a_local_reply_waits_for_the_answers_to_the_commands_before_it():
+    c = conn(ticket=1)
+    acts = c.receive_data(b"/ping first\n", 0.1, 1, c.answered)  # before its own Open is answered
+    assert acts == []
+    assert c.held
+    assert writes(c.answered_up_to(1)) == ["PONG first"]
+    acts = c.receive_data(b"hello\n/ping second\n", 0.2, 2, c.answered)
+    assert acts == [Route(Say("hello"))]  # the PONG waits for batch 2's results
+    assert c.answered_up_to(1) == []
+    assert writes(c.answered_up_to(2)) == ["PONG second"]
+    # nothing routed before it is unanswered: at once
+    assert writes(c.receive_data(b"/ping third\n", 0.3, 3, c.answered)) == ["PONG third"]
+
+
+def test_replies_held_in_order_go_out_in_order_and_later_ones_wait_behind_them():
+    c = conn(ticket=1)
+    c.answered_up_to(1)
+    c.receive_data(b"a\n/ping 1\n", 0.1, 2, c.answered)
+    c.receive_data(b"b\n/ping 2\n/cap time\n", 0.2, 3, c.answered)
+    assert writes(c.answered_up_to(2)) == ["PONG 1"]
+    assert writes(c.answered_up_to(3)) == ["PONG 2", "OK cap time"]
+    assert c.cap_time and not c.held
+
+
+def test_a_command_after_a_held_reply_goes_in_a_later_batch_than_the_one_before_it():
+    """The reply must reach the client before the second command's results, and answers come
+    per batch: so the batch is cut between them."""
+    c = conn(ticket=1)
+    # all in the Open's batch, to begin with
+    acts = c.receive_data(b"/nosuch\nhello\n/ping\nagain\n", 0.1, 1, c.answered)
+    assert acts == [CUT, Route(Say("hello")), CUT, Route(Say("again"))]
+    assert [t for t, _ in c.held] == [1, 2]
+    assert writes(c.answered_up_to(1)) == ["ERROR: unknown command /nosuch"]
+    assert writes(c.answered_up_to(2)) == ["PONG"]
+    # batch 3 is not answered, but a later batch is being collected: no cut needed
+    acts = c.receive_data(b"/ping\none more\n", 0.2, 4, c.answered)
+    assert acts == [Route(Say("one more"))]
+
+
+def test_a_connection_holding_nothing_learns_what_is_answered_with_its_next_call():
+    """It holds nothing, so nobody tells it when its batches are answered: every call says."""
+    c = conn(ticket=1)
+    c.receive_data(b"/join #a\n", 0.1, 2, 1)
+    c.receive_data(b"hi\n", 0.2, 3, 1)
+    # batches 2 and 3 were answered meanwhile, unseen by it; an error comes: at once, not held
+    assert writes(c.receive_data(b"/nosuch\nthere\n", 0.3, 4, 3)) == [
+        "ERROR: unknown command /nosuch"]
+
+
+def test_answered_may_skip_ahead():
+    c = conn(ticket=1)
+    c.receive_data(b"a\n/ping 1\n", 0.1, 2, c.answered)
+    c.receive_data(b"b\n/ping 2\n", 0.2, 5, c.answered)
+    assert writes(c.answered_up_to(7)) == ["PONG 1", "PONG 2"]
+
+
+def test_help_and_unknown_capability():
+    c = conn(ticket=1)
+    c.answered_up_to(1)
+    acts = c.receive_data(b"/help\n/cap colour\n", 0.1, 2, c.answered)
+    text = writes(acts)
+    assert text[0].startswith("HELP: ") and "/quit" in text[0]
+    assert text[1] == "ERROR: unknown capability colour (known: time)"
+
+
+# ---- leaving ---------------------------------------------------------------------------------
+
+def test_quit_says_bye_behind_earlier_results_then_closes_and_reads_no_more():
+    c = conn(ticket=1)
+    c.answered_up_to(1)
+    acts = c.receive_data(b"last words\n/quit gone home\nnever read\n", 0.1, 2, c.answered)
+    assert acts == [Route(Say("last words")), PAUSE]
+    assert c.receive_data(b"more\n", 0.2, 2, c.answered) == []
+    assert c.answered_up_to(2) == [Write("BYE"), Close("quit: gone home")]
+    assert c.closed
+
+
+def test_half_close_serves_the_last_piece_answers_everything_then_closes():
+    c = conn(ticket=1)
+    acts = c.receive_data(b"hello\n/users\nlast without newline", 0.1, 2, c.answered)
+    assert routed(acts) == [Say("hello"), Users()]
+    acts = c.receive_eof(0.2, 3, c.answered)
+    assert routed(acts) == [Say("last without newline")]
+    assert not any(isinstance(a, Close) for a in acts)  # not before the answers came
+    assert c.answered_up_to(2) == []
+    assert c.answered_up_to(3) == [Close("end of input")]
+
+
+def test_half_close_with_nothing_pending_closes_once_the_open_is_answered():
+    c = conn(ticket=4)
+    assert c.receive_eof(0.1, 5, c.answered) == []
+    assert c.answered_up_to(4) == [Close("end of input")]
+
+
+def test_half_close_of_a_flooder_serves_every_line_first():
+    c = conn(flood_burst=2, flood_rate=10.0)
+    c.answered_up_to(1)
+    acts = c.receive_data(b"".join(b"m%d\n" % i for i in range(5)), 0.0, 2, 1)
+    assert routed(acts) == [Say("m0"), Say("m1")] and PAUSE in acts
+    assert c.receive_eof(0.01, 2, c.answered) == []  # paused: the rest wait for their tokens
+    got = []
+    t = 0.0
+    while not c.closed and t < 5:
+        t = c.wake_at if c.wake_at is not None else t + 0.1
+        got += c.tick(t, 3, c.answered)
+        got += c.answered_up_to(3)
+    assert routed(got) == [Say("m2"), Say("m3"), Say("m4")]
+    assert got[-1] == Close("end of input") and RESUME not in got
+
+
+# ---- the original client: no newline at all --------------------------------------------------
+
+def test_a_piece_idle_for_half_a_second_is_a_line_until_the_first_newline():
+    c = conn()
+    assert c.receive_data(b"hello", 0.0, 2, c.answered) == []
+    assert c.wake_at == pytest.approx(0.5)
+    assert c.tick(0.4, 2, c.answered) == []
+    assert c.tick(0.5, 2, c.answered) == [Route(Say("hello"))]
+    assert c.receive_data(b"how ", 1.0, 2, c.answered) == []
+    assert c.receive_data(b"are you", 1.3, 2, c.answered) == []  # within 0.5 s: the same piece
+    assert c.wake_at == pytest.approx(1.8)
+    assert c.tick(1.8, 2, c.answered) == [Route(Say("how are you"))]
+    c.receive_data(b"now\n", 2.0, 2, c.answered)
+    assert c.receive_data(b"strict", 2.1, 2, c.answered) == [] and c.wake_at is None
+    assert c.tick(10.0, 2, c.answered) == []  # after a newline a piece waits for its newline
+
+
+def test_the_piece_rule_can_be_turned_off():
+    c = conn(piece_idle=0.0)
+    c.receive_data(b"hello", 0.0, 2, c.answered)
+    assert c.wake_at is None and c.tick(5.0, 2, c.answered) == []
+
+
+# ---- flood and fairness ----------------------------------------------------------------------
+
+def test_a_flooder_is_paused_at_an_empty_bucket_and_resumed_when_a_token_is_due():
+    c = conn(flood_burst=3, flood_rate=10.0)
+    acts = c.receive_data(b"".join(b"%d\n" % i for i in range(5)), 0.0, 2, 0)
+    assert routed(acts) == [Say("0"), Say("1"), Say("2")]
+    assert acts[-1] is PAUSE and c.wake_at == pytest.approx(0.1)
+    assert c.receive_data(b"5\n", 0.05, 2, c.answered) == []  # read meanwhile: waits behind them
+    acts = c.tick(0.1, 2, c.answered)
+    assert routed(acts) == [Say("3")] and c.wake_at == pytest.approx(0.2)
+    acts = []
+    while c.wake_at is not None:  # each token when it is due
+        acts += c.tick(c.wake_at, 2, c.answered)
+    assert routed(acts) == [Say("4"), Say("5")] and acts[-1] is RESUME
+
+
+def test_errors_and_local_commands_take_no_token():
+    c = conn(flood_burst=1, flood_rate=1.0)
+    c.answered_up_to(1)
+    acts = c.receive_data(b"/ping\n" * 50 + b"/nosuch\n" * 50 + b"one\n", 0.0, 1, c.answered)
+    assert routed(acts) == [Say("one")] and PAUSE not in acts
+
+
+def test_a_turn_handles_at_most_lines_per_turn_then_yields():
+    c = conn(lines_per_turn=4)
+    acts = c.receive_data(b"/ping\n" * 10, 0.0, 2, c.answered)
+    assert acts == [PAUSE] and c.wake_at == 0.0  # the rest in the next turn
+    c.tick(0.0, 2, c.answered)
+    acts = c.tick(0.0, 2, c.answered)
+    assert acts == [RESUME]
+
+
+# ---- deadlines --------------------------------------------------------------------------------
+
+def test_idle_timeout_closes_with_an_error_line_at_once():
+    c = conn(idle_timeout=10.0)
+    assert c.tick(9.0, 2, c.answered) == []
+    assert c.tick(10.5, 2, c.answered) == [Write("ERROR: idle timeout (nothing received in 10 s)"),
+                               Close("idle timeout")]
+
+
+def test_an_unfinished_line_is_closed_after_its_time_even_while_trickling():
+    c = conn(partial_line_timeout=5.0)
+    c.receive_data(b"x\n", 0.0, 2, c.answered)
+    for t in range(1, 6):
+        c.receive_data(b"y", float(t), 2, c.answered)
+    acts = c.tick(6.5, 2, c.answered)
+    assert acts == [Write("ERROR: line not finished in 5 s"), Close("unfinished line")]
+
+
+def test_time_paused_by_the_flood_limit_is_not_the_clients_silence():
+    c = conn(flood_burst=1, flood_rate=0.1, idle_timeout=5.0)
+    c.receive_data(b"a\nb\n", 0.0, 2, c.answered)
+    assert c.paused
+    assert c.tick(7.0, 2, c.answered) == []  # 7 s paused by us: no idle timeout
+    # the token: b goes, reading resumes, the idle clock restarts
+    acts = c.tick(10.0, 2, c.answered)
+    assert routed(acts) == [Say("b")] and RESUME in acts
+    assert c.tick(14.0, 2, c.answered) == []
+    assert Close("idle timeout") in c.tick(15.5, 2, c.answered)
