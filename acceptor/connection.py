@@ -30,7 +30,10 @@ It owns:
 - leaving: after ``/quit``, ``BYE`` and the close wait like any reply and nothing more is read;
   after EOF (a half-close) the lines already read are served and every reply due is sent
   before the close;
-- capabilities (``/cap time``) and the idle and unfinished-line deadlines (``tick``).
+- capabilities: ``time`` (chat lines tagged with their ``@time=``), ``codes`` (``ERROR:`` lines
+  tagged with their ``@code=``), ``end`` (``END <word>`` after the whole reply to each command,
+  held like any reply, so a client reads up to it instead of sending ``/ping`` markers);
+- the idle and unfinished-line deadlines (``tick``).
 
 Invariants: actions come out in the order their causes came in; a ``Close`` is the last action
 ever returned; a command is routed at most once; ``wake_at`` is when ``tick`` must next run for
@@ -43,14 +46,28 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-from pychat.wire import replies
-from pychat.wire.commands import ROUTED, Cap, Command, Help, Ping, Quit, help_lines, parse_line
+from pychat.wire import errors, replies
+from pychat.wire.commands import (
+    LOCAL,
+    ROUTED,
+    Cap,
+    Command,
+    Help,
+    Ping,
+    Quit,
+    Say,
+    handler_names,
+    help_lines,
+    parse_line,
+    word_of,
+)
 from pychat.wire.errors import ClientError, LineTooLong
 from pychat.wire.framing import LineBuffer, decode, sanitize
 
 from .limits import Limits, TokenBucket
 
-CAPABILITIES = ("time",)
+CAPABILITIES = ("time", "codes", "end")
+LOCAL_HANDLERS = handler_names(LOCAL)  # wire.commands.TABLE names them (methods below)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +113,8 @@ Item = bytes | LineTooLong | Command
 
 
 class Connection:
-    __slots__ = ("_resume_at", "answered", "bucket", "cap_time", "closed", "eof", "held",
+    __slots__ = ("_resume_at", "answered", "bucket", "cap_codes", "cap_end", "cap_time", "closed",
+                 "eof", "held",
                  "limits", "line_since", "lines", "newline_seen", "paused", "pending",
                  "quitting", "seen", "ticket", "wake_at")
 
@@ -108,6 +126,8 @@ class Connection:
         self.bucket = TokenBucket(limits.flood_rate, limits.flood_burst, now)
         self.pending: deque[Item] = deque()  # read, not handled yet (flood, turn budget)
         self.cap_time = False
+        self.cap_codes = False
+        self.cap_end = False
         self.quitting = ""  # why the client is leaving, once it asked (or ended its input)
         self.eof = False
         self.closed = False
@@ -196,11 +216,11 @@ class Connection:
             unfinished = limits.partial_line_timeout
             idle = limits.idle_timeout
             if unfinished and self.line_since and now - self.line_since > unfinished:
-                self._leave(out, f"ERROR: line not finished in {unfinished:g} s",
-                            "unfinished line")
+                self._leave(out, f"line not finished in {unfinished:g} s",
+                            errors.UNFINISHED_LINE, "unfinished line")
             elif idle and now - self.seen > idle:
-                self._leave(out, f"ERROR: idle timeout (nothing received in {idle:g} s)",
-                            "idle timeout")
+                self._leave(out, f"idle timeout (nothing received in {idle:g} s)",
+                            errors.IDLE_TIMEOUT, "idle timeout")
         self._rearm()
         return out
 
@@ -251,10 +271,16 @@ class Connection:
                         ticket += 1
                     out.append(Route(item))
                     self.ticket = ticket
+                    if self.cap_end and type(item) is not Say:
+                        self._reply(replies.format_end(word_of(item)), out)
                 else:
-                    self._local(item, out)
+                    getattr(self, LOCAL_HANDLERS[type(item)])(item, out)
+                    if self.cap_end and not self.quitting:
+                        self._reply(replies.format_end(word_of(item)), out)
             except ClientError as e:
-                self._reply(e.line(), out)
+                self._reply(e.line(self.cap_codes), out)
+                if self.cap_end and e.word:
+                    self._reply(replies.format_end(e.word), out)
             budget -= 1
             if budget <= 0 and pending:
                 self._pause(now, out)  # the next turn
@@ -284,22 +310,22 @@ class Connection:
             wake = piece if wake is None else min(wake, piece)
         self.wake_at = wake
 
-    # local commands, named after the command -------------------------------------------------
+    # local commands (wire.commands.TABLE), named after the command ---------------------------
 
-    def _local(self, cmd: Command, out: list[Action]) -> None:
-        if isinstance(cmd, Ping):
-            self._reply(replies.format_pong(cmd.token), out)
-        elif isinstance(cmd, Cap):
-            self.on_cap(cmd, out)
-        elif isinstance(cmd, Help):
-            self._reply("\n".join(help_lines()), out)
-        elif isinstance(cmd, Quit):
-            self.on_quit(cmd, out)
+    def on_ping(self, cmd: Ping, out: list[Action]) -> None:
+        self._reply(replies.format_pong(cmd.token), out)
+
+    def on_help(self, cmd: Help, out: list[Action]) -> None:
+        self._reply("\n".join(help_lines()), out)
 
     def on_cap(self, cmd: Cap, out: list[Action]) -> None:
-        if cmd.name not in CAPABILITIES:
-            raise ClientError(f"unknown capability {cmd.name} (known: {', '.join(CAPABILITIES)})")
-        self.cap_time = True
+        names = cmd.name.split()
+        for name in names:
+            if name not in CAPABILITIES:
+                raise ClientError(f"unknown capability {name} (known: {', '.join(CAPABILITIES)})",
+                                  errors.UNKNOWN_CAPABILITY, "cap")
+        for name in names:
+            setattr(self, f"cap_{name}", True)
         self._reply(f"OK cap {cmd.name}", out)
 
     def on_quit(self, cmd: Quit, out: list[Action]) -> None:
@@ -311,15 +337,17 @@ class Connection:
             self.paused = True
             out.append(PAUSE)
         self._reply("BYE", out)
+        if self.cap_end:
+            self._reply(replies.format_end("quit"), out)
         self._emit(Close(self.quitting), out)
 
-    def _leave(self, out: list[Action], line: str, why: str) -> None:
+    def _leave(self, out: list[Action], text: str, code: str, why: str) -> None:
         """The server ends it (idle, slowloris): the line and the close go out at once."""
         self.quitting = why
         self.pending.clear()
         self._resume_at = None
         self.closed = True
-        out.append(Write(line))
+        out.append(Write(replies.format_error(text, code if self.cap_codes else None)))
         out.append(Close(why))
 
     # ---- output ------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ import ssl as ssl_module
 import uuid
 from collections import deque
 
-from pychat.wire import bus, replies
+from pychat.wire import bus, errors, replies
 from pychat.wire.commands import describe
 from pychat.wire.errors import BusError
 from pychat.wire.link import AcceptorLink, Answered, ResyncNeeded
@@ -39,10 +39,10 @@ from .session import Session
 
 log = logging.getLogger("pychat.acceptor")
 
-SHUTDOWN_LINE = b"ERROR: server shutting down\n"
+SHUTDOWN = "server shutting down"
 SWEEP_INTERVAL = 1.0  # seconds between sweeps for idle clients and unfinished lines
 TLS_HANDSHAKE_TIMEOUT = 10.0  # seconds a TLS client has to finish its handshake
-WELCOME_WAIT = 0.05  # seconds the Welcome waits for the ID, to leave in one write with it
+WELCOME_WAIT = 0.25  # at most, the Welcome waits for the ID to leave in one write with it
 
 
 class Acceptor:
@@ -200,6 +200,11 @@ class Acceptor:
                 assert isinstance(msg, bus.ToConn)
                 if (s := sessions.get(msg.conn)) is not None:
                     s.send_line(msg.text)
+            elif kind is bus.Err:
+                assert isinstance(msg, bus.Err)
+                if (s := sessions.get(msg.conn)) is not None:
+                    s.send_line(replies.format_error(msg.text,
+                                                     msg.code if s.conn.cap_codes else None))
             elif kind is bus.ChatConn:
                 assert isinstance(msg, bus.ChatConn)
                 if (s := sessions.get(msg.conn)) is not None:
@@ -252,7 +257,9 @@ class Acceptor:
         heartbeats need nothing: the resync carries the sessions."""
         for msg in msgs:
             if isinstance(msg, bus.Cmd) and (s := self.sessions.get(msg.conn)) is not None:
-                s.send_line(f"ERROR: not sent, the router is unavailable: {describe(msg.command)}")
+                s.send_line(replies.format_error(
+                    f"not sent, the router is unavailable: {describe(msg.command)}",
+                    errors.NOT_SENT if s.conn.cap_codes else None))
         log.error("router unavailable: refused a batch of %d bus messages", len(msgs))
 
     def _set_session(self, msg: bus.SessionSet) -> None:
@@ -294,7 +301,9 @@ class Acceptor:
                 s.greet()
             self.output.write_now(s)
             if s.transport is not None and not s.transport.is_closing():
-                s.transport.write(SHUTDOWN_LINE)
+                line = replies.format_error(SHUTDOWN, errors.SHUTTING_DOWN if s.conn.cap_codes
+                                            else None)
+                s.transport.write((line + "\n").encode())
                 s.transport.close()
         deadline = self.loop.time() + grace
         while any(s.transport is not None for s in sessions) and self.loop.time() < deadline:

@@ -24,7 +24,7 @@ import threading
 from . import events
 from .options import client_parser, name_problem
 from .session import Session
-from .state import ERROR, SYSTEM, ChatState, LogLine, clock_of, typed
+from .state import ERROR, SYSTEM, ChatState, LogLine, clock_of
 
 QUIT_WORDS = ("/quit", "/exit")
 COMMAND_WORDS = ["/msg", "/w", "/nick", "/users", "/join", "/rooms", "/history", "/cap",
@@ -153,8 +153,7 @@ async def interactive(args) -> int:
             elif text.split()[0].lower() in QUIT_WORDS:
                 break
             else:
-                for line in typed(text):
-                    session.send(line)
+                session.send(text, show=True)
         await asyncio.to_thread(session.close)
         con.flush()
     return 0
@@ -176,8 +175,7 @@ def pipe(args) -> int:
         for raw in sys.stdin:
             line = raw.rstrip("\r\n")
             if line.strip():
-                for out in typed(line):
-                    session.send(out)
+                session.send(line, show=True)
                 if line.split()[0].lower() in QUIT_WORDS:
                     return
         session.close(timeout=0)

@@ -1,7 +1,8 @@
 """Events the reconnecting session adds to the server's own (``wire.replies``).
 
 The session hands the fronts every server line as a ``wire.replies`` event, plus these, which
-no server line carries: the connection's state, and a name the server refused.
+no server line carries: the connection's state, a name the server refused, and the end of the
+reply to a command a front asked to hear about.
 """
 
 from __future__ import annotations
@@ -25,3 +26,10 @@ class NameRefused:
     """A name we asked for was refused (taken or invalid): the front asks for another."""
     name: str
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Answered:
+    """The server has answered all of a command sent with ``Session.send(show=True)``
+    (its ``END``): e.g. a typed ``/users``, whose USERS and NAMES are now in the state."""
+    word: str

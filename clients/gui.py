@@ -28,7 +28,7 @@ from . import events
 from .gui_probe import LagProbe, StateDump
 from .options import client_parser, name_problem
 from .session import Session
-from .state import ERROR, OWN, PRIVATE, SYSTEM, ChatState, LogLine, clock_of, typed
+from .state import ERROR, OWN, PRIVATE, SYSTEM, ChatState, LogLine, clock_of
 
 POLL_MS = 30            # how often Tk takes the session's events
 MAX_EVENTS_PER_POLL = 5000
@@ -181,8 +181,7 @@ class Gui:
         # running, so past the name prompt there is always one
         session = self.session
         assert session is not None, "no session once the name is given"
-        for line in typed(text):
-            session.send(line)
+        session.send(text, show=True)
         return "break"
 
     def on_user_click(self, event) -> None:

@@ -1,10 +1,17 @@
 """The reconnecting client core: one TCP connection at a time, in its own thread.
 
-``Session`` owns the socket. Its thread connects, reads the handshake, asks for ``/cap time``,
-turns every server line into a ``wire.replies`` event and hands it to ``on_event`` (called on the
-session's thread: a Tk front puts it on a queue, an asyncio front uses ``call_soon_threadsafe``).
-Fronts never touch the socket: ``send()`` only appends to a queue and wakes the thread, so no
-front does network I/O on its own thread.
+``Session`` owns the socket. Its thread connects, reads the handshake, asks for the
+capabilities ``time`` (stamps), ``codes`` (errors it can match without reading English) and
+``end`` (``END <word>`` closes each command's reply), turns every server line into a
+``wire.replies`` event and hands it to ``on_event`` (called on the session's thread: a Tk front
+puts it on a queue, an asyncio front uses ``call_soon_threadsafe``). Fronts never touch the
+socket: ``send()`` only appends to a queue and wakes the thread, so no front does network I/O on
+its own thread.
+
+Replies come in the order of the commands, so the session keeps the commands it wrote, in order,
+and pairs each ``END`` with the oldest one: a front that asked to be told (``send(line,
+show=True)``, for a ``/users`` the user typed) gets ``events.Answered`` once the whole reply is
+in. A server without ``end`` just never answers them so.
 
 When the connection drops (or stops answering keepalive pings) the session reconnects with
 exponential backoff (0.2 s doubling to 5 s, +-20% jitter) and restores what the user had: it
@@ -33,7 +40,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from pychat.wire import commands, replies
+from pychat.wire import commands, errors, replies
 from pychat.wire.errors import ClientError
 from pychat.wire.framing import LineBuffer
 
@@ -71,7 +78,7 @@ class Session:
         self.attempt = 0
         self.reconnects = 0
         self._wanted_name = name  # sent on the first connection, confirmed or refused there
-        self._out: deque[str] = deque()
+        self._out: deque[tuple[str, bool]] = deque()  # (line, tell the front when answered)
         self._lock = threading.Lock()
         self._closing = False
         self._wake_r, self._wake_w = socket.socketpair()
@@ -84,10 +91,11 @@ class Session:
         self._thread.start()
         return self
 
-    def send(self, line: str) -> None:
-        """Queue one line as the user typed it (text or a command)."""
+    def send(self, line: str, show: bool = False) -> None:
+        """Queue one line as the user typed it (text or a command); ``show``: hand the front
+        ``events.Answered`` when the server has answered it all (``/users``, ``/rooms``)."""
         with self._lock:
-            self._out.append(line)
+            self._out.append((line, show))
         self._wake()
 
     def set_name(self, name: str) -> None:
@@ -97,7 +105,7 @@ class Session:
         """Say goodbye (``/quit``) when connected, stop reconnecting, wait for the thread."""
         with self._lock:
             self._closing = True
-            self._out.append("/quit")
+            self._out.append(("/quit", False))
         self._wake()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout)
@@ -198,9 +206,13 @@ class _Connection:
         self.quitting = False
         self.last_rx = time.monotonic()
         self.ping_sent = 0.0
+        self.ends = False  # /cap end asked: every command written from it on gets an END
+        self.asked: deque[tuple[str, bool]] = deque()  # (END word, show) of commands written
 
-    def write(self, line: str) -> None:
+    def write(self, line: str, show: bool = False) -> None:
         self.outbuf += line.encode("utf-8") + b"\n"
+        if self.ends and (word := commands.end_word(line)):
+            self.asked.append((word, show))
 
     def run(self) -> str | None:
         s = self.s
@@ -262,7 +274,7 @@ class _Connection:
             with s._lock:
                 if not s._out:
                     return
-                line = s._out.popleft()
+                line, show = s._out.popleft()
             try:
                 cmd = commands.parse_line(line)
             except ClientError:
@@ -271,7 +283,7 @@ class _Connection:
                 self.pending_nicks.append((cmd.name, False))
             elif isinstance(cmd, commands.Quit):
                 self.quitting = True
-            self.write(line)
+            self.write(line, show)
             if isinstance(cmd, commands.Join):
                 self._ask_history()
 
@@ -285,9 +297,13 @@ class _Connection:
         self.write(f"/nick {name}")
 
     def _on_welcome(self) -> None:
-        """Handshake read: ask for timestamps, restore name and room, then let user lines go."""
+        """Handshake read: ask for capabilities, restore name and room, then let user lines go.
+        Each capability on its own line: a server that lacks one refuses only that one."""
         s = self.s
         self.write("/cap time")
+        self.write("/cap codes")
+        self.ends = True
+        self.write("/cap end")
         name = s.name or s._wanted_name
         self.want_room = s.room if s.room != commands.LOBBY else ""
         again = s.reconnects > 0
@@ -341,19 +357,36 @@ class _Connection:
             return False
         elif isinstance(ev, replies.Error) and self._nick_refused(ev):
             return False
+        elif isinstance(ev, replies.Error) and ev.code == errors.UNKNOWN_CAPABILITY \
+                and self.ends and self.asked and self.asked[0][0] == "cap":
+            self.ends = False  # a server without END lines: stop waiting for them
+            self.asked.clear()
+        elif isinstance(ev, replies.End):
+            self._ended(ev.word)
+            return False
         elif isinstance(ev, replies.Bye):
             s._emit(ev)
             return self.quitting
         s._emit(ev)
         return False
 
+    def _ended(self, word: str) -> None:
+        """The reply to the oldest command written is complete (commands are answered in
+        order; one that is not the oldest means a command went unanswered: drop up to it)."""
+        while self.asked:
+            asked, show = self.asked.popleft()
+            if asked == word:
+                if show:
+                    self.s._emit(events.Answered(word))
+                return
+
     def _nick_refused(self, ev: replies.Error) -> bool:
         """An ERROR answering our /nick: retry a restore, or tell the front. True if swallowed."""
         if not self.pending_nicks:
             return False
         name, restore = self.pending_nicks[0]
-        taken = ev.message == f"name {name} is taken"
-        if not taken and not ev.message.startswith(f"invalid name {name}:"):
+        taken = ev.code == errors.NAME_TAKEN
+        if not taken and ev.code not in (errors.INVALID_NAME, errors.USAGE):
             return False
         self.pending_nicks.popleft()
         s = self.s

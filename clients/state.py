@@ -32,11 +32,6 @@ from . import events
 DEDUP_MAX = 2000  # chat lines remembered for the history de-duplication
 RECENT_MAX = 200  # chat lines of the current room kept in ``recent``
 
-# A typed /users or /rooms is followed by a /ping with one of these tokens; replies come in
-# command order, so at its PONG the state holds the answer, which is then shown (a front's own
-# polls of /rooms stay silent).
-SHOW_USERS, SHOW_ROOMS = "pychat:show-users", "pychat:show-rooms"
-
 # kinds of log line, which the fronts style: own, public, private (from or to), system, error
 OWN, PUBLIC, PRIVATE, SYSTEM, ERROR = "own", "public", "private", "system", "error"
 
@@ -57,16 +52,6 @@ class LogLine:
         if not self.who:
             return f"[{self.clock}] * {self.text}"
         return f"[{self.clock}] {self.who}: {self.text}"
-
-
-def typed(text: str) -> list[str]:
-    """The lines to send for a line the user typed (a /users or /rooms gets its display ping)."""
-    word = text.split()[0].lower() if text.strip() else ""
-    if word == "/users":
-        return [text, f"/ping {SHOW_USERS}"]
-    if word == "/rooms":
-        return [text, f"/ping {SHOW_ROOMS}"]
-    return [text]
 
 
 def clock_of(stamp: str | None) -> str:
@@ -158,13 +143,15 @@ class ChatState:
         if isinstance(ev, replies.Info):
             return self._system(ev.raw[6:] if ev.raw.startswith("HELP: ") else ev.raw)
         if isinstance(ev, replies.Pong):
-            if ev.token == SHOW_USERS:
+            return self._system(f"pong {ev.token}".rstrip())
+        if isinstance(ev, events.Answered):  # a typed /users or /rooms: its reply is all in
+            if ev.word == "users":
                 return self._system(f"in {self.room}: " + ", ".join(
                     label for _, label in self.user_rows()))
-            if ev.token == SHOW_ROOMS:
+            if ev.word == "rooms":
                 listed = ", ".join(f"{room} ({n})" for room, n in self.rooms)
                 return self._system(f"rooms: {listed or 'none'}")
-            return self._system(f"pong {ev.token}".rstrip())
+            return None
         if isinstance(ev, replies.Bye):
             return self._system("the server said goodbye")
         if isinstance(ev, events.Status):

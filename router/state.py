@@ -28,7 +28,7 @@ import random
 import time
 from collections.abc import Callable
 
-from pychat.wire import replies
+from pychat.wire import errors, replies
 from pychat.wire.bus import (
     BusMessage,
     ChatConn,
@@ -36,13 +36,26 @@ from pychat.wire.bus import (
     Close,
     Cmd,
     Delivery,
+    Err,
     Open,
     SessionSet,
     Sync,
     ToConn,
     ToRoom,
 )
-from pychat.wire.commands import LOBBY, Command, History, Join, Nick, Private, Rooms, Say, Users
+from pychat.wire.commands import (
+    LOBBY,
+    ROUTER,
+    Command,
+    History,
+    Join,
+    Nick,
+    Private,
+    Rooms,
+    Say,
+    Users,
+    handlers,
+)
 
 from .clock import Clock
 from .history import HistoryStore
@@ -83,10 +96,7 @@ class RouterState:
         self._dirty: dict[str, bool] = {}  # room -> True: USERS (+NAMES) due; False: NAMES only
         self._out: list[Delivery] = []
         self.chat_messages = 0  # public and private messages handled (for status and metrics)
-        self._handlers: dict[type[Command], Callable[[User, Command], None]] = {
-            Say: self.on_say, Private: self.on_msg, Nick: self.on_nick, Users: self.on_users,
-            Join: self.on_join, Rooms: self.on_rooms, History: self.on_history,
-        }
+        self._handlers = handlers(self, ROUTER)  # wire.commands.TABLE names them
 
     # ---- entry points: each returns the deliveries it caused ------------------------------------
 
@@ -127,20 +137,20 @@ class RouterState:
         """Adopt a session an acceptor already holds (after a router restart)."""
         if (acceptor, conn) in self.by_conn:
             return self._take()
-        notes = []
+        notes: list[BusMessage] = []
         if not (len(uid) == 6 and uid.isascii() and uid.isdigit()) or uid in self.users:
             uid = self._new_uid()
-            notes.append(replies.format_id(uid))
+            notes.append(ToConn(conn, replies.format_id(uid)))
         user = User(uid, acceptor, conn, room or LOBBY)
         self._add(user)
         if name:
             if name.casefold() in self.names:
-                notes.append(replies.format_error(f"name {name} is taken"))
+                notes.append(Err(conn, errors.NAME_TAKEN, f"name {name} is taken"))
             else:
                 self._set_name(user, name)
         self._session(user)
-        if notes:  # before the USERS push that lists the (new) uid, as in open()
-            self._out.append((acceptor, ToConn(conn, "\n".join(notes))))
+        # before the USERS push that lists the (new) uid, as in open()
+        self._out.extend((acceptor, note) for note in notes)
         self._settle(user.room)
         return self._take()
 
@@ -158,7 +168,7 @@ class RouterState:
             return self._take()
         handler = self._handlers.get(type(cmd))
         if handler is None:
-            self._to(user, replies.format_error(f"/{cmd.kind} is not served by the router"))
+            self._error(user, errors.INTERNAL, f"/{cmd.kind} is not served by the router")
         else:
             handler(user, cmd)
         return self._take()
@@ -202,7 +212,7 @@ class RouterState:
         self.chat_messages += 1
         target = self._resolve(cmd.target)
         if target is None:
-            self._to(user, replies.format_error(f"no such user {cmd.target}"))
+            self._error(user, errors.NO_SUCH_USER, f"no such user {cmd.target}")
             return
         stamp = replies.format_time(self.clock.now())
         line = replies.format_private_from(user.uid, cmd.text)
@@ -213,7 +223,7 @@ class RouterState:
     def on_nick(self, user: User, cmd: Nick) -> None:
         holder = self.names.get(cmd.name.casefold())
         if holder is not None and holder is not user:
-            self._to(user, replies.format_error(f"name {cmd.name} is taken"))
+            self._error(user, errors.NAME_TAKEN, f"name {cmd.name} is taken")
             return
         self._set_name(user, cmd.name)
         self._session(user)
@@ -366,6 +376,10 @@ class RouterState:
     def _to(self, user: User, text: str) -> None:
         self._settle(user.room)
         self._out.append((user.acceptor, ToConn(user.conn, text)))
+
+    def _error(self, user: User, code: str, text: str) -> None:
+        self._settle(user.room)
+        self._out.append((user.acceptor, Err(user.conn, code, text)))
 
     def _chat_conn(self, user: User, stamp: str, line: str) -> None:
         self._settle(user.room)

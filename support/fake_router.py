@@ -113,12 +113,16 @@ class Acceptor:
         self.fake.send(self.ident, *msgs)
 
 
-def connect(acc: Acceptor, clients: list) -> tuple[Connection, int]:
-    """A client that read its Welcome; returns it and its conn id (from the Open it caused)."""
+def connect(acc: Acceptor, clients: list, welcome: bool = False) -> tuple[Connection, int]:
+    """A client whose Open reached the router; returns it and its conn id. Its Welcome waits
+    (up to the acceptor's WELCOME_WAIT) to go out with its ID: ``admit`` reads both; with
+    ``welcome`` (a client the test will not admit) it is read here, once the wait is over."""
     c = Connection("127.0.0.1", acc.port, timeout=WAIT)
     clients.append(c)
-    assert c.read_line() == replies.WELCOME  # at once: before the router said anything
-    return c, expect_open(acc, c.sock)
+    conn = expect_open(acc, c.sock)
+    if welcome:
+        assert c.read_line() == replies.WELCOME
+    return c, conn
 
 
 def expect_open(acc: Acceptor, sock: socket.socket) -> int:
@@ -130,6 +134,7 @@ def admit(acc: Acceptor, c: Connection, conn: int, uid: str, room: str = "#lobby
           name: str = "") -> None:
     """What the router does for a new session: SessionSet, then its ID; wait for the ID."""
     acc.send(bus.SessionSet(conn, uid, name, room), bus.ToConn(conn, f"ID:{uid}"))
+    assert c.read_line() == replies.WELCOME
     assert c.read_line() == f"ID:{uid}"
 
 

@@ -12,7 +12,7 @@ from itertools import pairwise
 
 import pytest
 
-from pychat.wire import bus
+from pychat.wire import bus, replies
 from pychat.wire.commands import Say
 from support.client import Connection, ConnectionClosed
 from support.fake_router import (
@@ -53,6 +53,7 @@ def test_connect_gets_welcome_and_router_gets_open_then_session_lines(start, cli
     c, conn = connect(acc, clients)
     acc.send(bus.SessionSet(conn, "123456", "", "#lobby"), bus.ToConn(conn, "ID:123456"),
              bus.ToRoom("#lobby", "USERS:123456"))
+    assert c.read_line() == replies.WELCOME  # it waited for the ID, to go out with it
     assert c.read_line() == "ID:123456"
     assert c.read_line() == "USERS:123456"
     assert c.uid == "123456" and c.users == ("123456",)
@@ -323,7 +324,7 @@ def test_results_of_a_batch_already_delivered_are_dropped(start, fake, clients):
 
 def test_max_connections_refuses_the_fourth_and_keeps_the_three(start, fake, clients):
     acc = start("--max-connections", "3")
-    three = [connect(acc, clients) for _ in range(3)]
+    three = [connect(acc, clients, welcome=True) for _ in range(3)]
     fourth = Connection("127.0.0.1", acc.port, timeout=WAIT)
     clients.append(fourth)
     lines = fourth.read_until_closed()

@@ -17,6 +17,7 @@ from pychat.wire.bus import (
     ChatRoom,
     Close,
     Cmd,
+    Err,
     From,
     Heartbeat,
     Hello,
@@ -39,7 +40,7 @@ from pychat.wire.commands import ROUTED, History, Join, Nick, Private, Rooms, Sa
 from pychat.wire.errors import BusError
 
 ALL_CLASSES = (Hello, Heartbeat, Open, Close, Sync, Cmd, SessionSet, ToConn, ToRoom, ChatRoom,
-               ChatConn, Kick, Resync, Seq, Ack, From, Peers, StatusAsk, Status)
+               ChatConn, Kick, Resync, Seq, Ack, From, Peers, StatusAsk, Status, Err)
 
 EXAMPLES = [
     Hello("acc-1", "e1f2"),
@@ -64,6 +65,7 @@ EXAMPLES = [
     ChatRoom("#lobby", "2026-11-26T11:34:42.123Z", "123456: héllo ✓"),
     ChatConn(7, "2026-11-26T11:34:42.123Z", "[Private] 123456: psst"),
     Kick(7, "ERROR: send queue full"),
+    Err(7, "name-taken", "name ALICE is taken"),
     Kick(7, ""),
     Resync(),
     Cmd(1, Say("hello")),

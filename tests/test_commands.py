@@ -13,12 +13,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pychat.wire import errors
 from pychat.wire.commands import (
     BY_KIND,
     HISTORY_DEFAULT,
     HISTORY_MAX,
     LOBBY,
+    LOCAL,
     ROUTED,
+    ROUTER,
     TABLE,
     Cap,
     Command,
@@ -32,8 +35,11 @@ from pychat.wire.commands import (
     Rooms,
     Say,
     Users,
+    end_word,
+    handler_names,
     help_lines,
     parse_line,
+    word_of,
 )
 from pychat.wire.errors import ClientError, InvalidUTF8, LineTooLong
 from pychat.wire.framing import LineBuffer, decode, sanitize
@@ -78,6 +84,7 @@ OK_TABLE = [
     ("/history 500", History(200)),
     ("/history 007", History(7)),
     ("/cap time", Cap("time")),
+    ("/cap time  CODES\tend", Cap("time codes end")),
     ("/cap TIME", Cap("time")),
     ("/ping", Ping("")),
     ("/ping abc123", Ping("abc123")),
@@ -136,8 +143,7 @@ ERROR_TABLE = [
     ("/history 5 6", "usage: /history [n]"),
     ("/history ５", "usage: /history [n]"),  # a full-width digit is not a number here
     ("/history ²", "usage: /history [n]"),
-    ("/cap", "usage: /cap time"),
-    ("/cap time now", "usage: /cap time"),
+    ("/cap", "usage: /cap <capability>..."),
     ("/help me", "usage: /help"),
     ("/foo", "unknown command /foo"),
     ("/foo bar baz", "unknown command /foo"),
@@ -284,3 +290,43 @@ def test_a_name_of_six_digits_is_refused_since_it_would_read_as_a_uid():
 
 def test_room_names_ignore_case():
     assert parse_line("/join #DevOps") == Join("#devops")
+
+
+# ---- the table carries the handler ----------------------------------------------------------
+
+def test_every_row_names_a_handler_its_server_has():
+    from pychat.acceptor.connection import Connection
+    from pychat.router.state import RouterState
+    servers = {ROUTER: RouterState, LOCAL: Connection}
+    for spec in TABLE:
+        assert callable(getattr(servers[spec.served_by], spec.handler, None)), spec
+        assert spec.handler == "on_" + (spec.words[0] if spec.words else "say"), spec
+    assert set(handler_names(ROUTER)) == set(ROUTED)
+    assert set(handler_names(LOCAL)) | set(ROUTED) == {spec.command for spec in TABLE}
+
+
+def test_every_client_error_from_the_parser_has_a_code_and_its_command_word():
+    cases = {"/nosuch x": (errors.UNKNOWN_COMMAND, "nosuch"), "/msg": (errors.USAGE, "msg"),
+             "/w x": (errors.USAGE, "msg"), "/nick 123456": (errors.INVALID_NAME, "nick"),
+             "/nick bad!": (errors.INVALID_NAME, "nick"),
+             "/join lobby": (errors.INVALID_ROOM, "join"),
+             "/history x": (errors.USAGE, "history"), "/cap": (errors.USAGE, "cap")}
+    for line, (code, word) in cases.items():
+        with pytest.raises(ClientError) as info:
+            parse_line(line)
+        assert (info.value.code, info.value.word) == (code, word), line
+        assert info.value.line(codes=True) == f"@code={code} ERROR: {info.value.message}"
+    assert set(errors.CODES) >= {code for code, _ in cases.values()}
+
+
+@pytest.mark.parametrize("line, word", [
+    ("/users", "users"), ("/W bob hi", "msg"), ("/EXIT", "quit"), ("/nosuch", "nosuch"),
+    ("/nick\tbob", "nick"), ("hello", ""), ("//slash", ""), ("/", ""), ("", "")])
+def test_end_word_is_what_the_server_ends_the_reply_with(line, word):
+    assert end_word(line) == word
+    try:
+        cmd = parse_line(line)
+    except ClientError as e:
+        assert e.word == word
+    else:
+        assert cmd is None or word_of(cmd) == word

@@ -145,7 +145,7 @@ def test_help_and_unknown_capability():
     acts = c.receive_data(b"/help\n/cap colour\n", 0.1, 2, c.answered)
     text = writes(acts)
     assert text[0].startswith("HELP: ") and "/quit" in text[0]
-    assert text[1] == "ERROR: unknown capability colour (known: time)"
+    assert text[1] == "ERROR: unknown capability colour (known: time, codes, end)"
 
 
 # ---- leaving ---------------------------------------------------------------------------------
@@ -276,3 +276,44 @@ def test_time_paused_by_the_flood_limit_is_not_the_clients_silence():
     assert routed(acts) == [Say("b")] and RESUME in acts
     assert c.tick(14.0, 2, c.answered) == []
     assert Close("idle timeout") in c.tick(15.5, 2, c.answered)
+
+
+# ---- capabilities: codes and end ---------------------------------------------------------------
+
+def test_codes_tag_error_lines_and_only_for_a_client_that_asked():
+    c = conn(ticket=1)
+    c.answered_up_to(1)
+    assert writes(c.receive_data(b"/nosuch\n", 0.1, 2, 1)) == ["ERROR: unknown command /nosuch"]
+    assert writes(c.receive_data(b"/cap codes\n/nosuch\n/nick\n\xff\n", 0.2, 2, 1)) == [
+        "OK cap codes", "@code=unknown-command ERROR: unknown command /nosuch",
+        "@code=usage ERROR: usage: /nick <name>", "@code=invalid-utf8 ERROR: invalid UTF-8"]
+
+
+def test_end_closes_the_reply_to_every_command_behind_its_results():
+    c = conn(ticket=1)
+    c.answered_up_to(1)
+    acts = c.receive_data(b"/cap end\n/ping a\nhello\n/users\n/nosuch\n/help\n", 0.1, 2, 1)
+    assert writes(acts) == ["OK cap end", "END cap", "PONG a", "END ping"]
+    assert routed(acts) == [Say("hello"), Users()]  # text lines get no END
+    held = [a.text for _, a in c.held if isinstance(a, Write)]
+    assert held[:2] == ["END users", "ERROR: unknown command /nosuch"]
+    assert held[2] == "END nosuch" and held[3].startswith("HELP: ") and held[-1] == "END help"
+    assert writes(c.answered_up_to(2)) == held  # after the results of batch 2 (/users)
+
+
+def test_end_of_quit_comes_before_the_close():
+    c = conn(ticket=1)
+    c.answered_up_to(1)
+    c.receive_data(b"/cap end\n", 0.1, 2, 1)
+    assert c.receive_data(b"/quit\n", 0.2, 2, 1) == [PAUSE, Write("BYE"), Write("END quit"),
+                                                    Close("quit")]
+
+
+def test_several_capabilities_at_once_and_an_unknown_one_grants_none():
+    c = conn(ticket=1)
+    c.answered_up_to(1)
+    assert writes(c.receive_data(b"/cap time codes colour\n", 0.1, 2, 1)) == [
+        "ERROR: unknown capability colour (known: time, codes, end)"]
+    assert not (c.cap_time or c.cap_codes or c.cap_end)
+    assert writes(c.receive_data(b"/cap TIME codes\n", 0.2, 2, 1)) == ["OK cap time codes"]
+    assert c.cap_time and c.cap_codes and not c.cap_end

@@ -76,7 +76,7 @@ def test_per_address_exemptions():
 def test_max_per_address_leaves_loopback_alone_by_default(start, clients):
     acc = start("--max-per-address", "2")
     for i in range(4):
-        c, _ = connect(acc, clients)
+        c, _ = connect(acc, clients, welcome=True)
         c.send(f"/ping {i}")
         assert local_reply(acc, c) == f"PONG {i}"
 
@@ -194,7 +194,7 @@ def test_a_flooder_paused_by_us_is_not_idle_or_slowloris(start, fake, clients):
 
 def test_max_per_address_refuses_the_fourth_with_error_and_frees_a_place(start, fake, clients):
     acc = start("--max-per-address", "3", "--per-address-exempt", "none")
-    three = [connect(acc, clients) for _ in range(3)]
+    three = [connect(acc, clients, welcome=True) for _ in range(3)]
     fourth = Connection("127.0.0.1", acc.port, timeout=WAIT)
     clients.append(fourth)
     assert fourth.read_until_closed() == [
@@ -205,7 +205,7 @@ def test_max_per_address_refuses_the_fourth_with_error_and_frees_a_place(start, 
     assert len([m for m in fake.since(0) if isinstance(m, bus.Open)]) == 3  # never announced
     three[0][0].close()
     fake.expect(is_close(three[0][1]))
-    again, _ = connect(acc, clients)  # the place is free again
+    again, _ = connect(acc, clients, welcome=True)  # the place is free again
     again.send("/ping again")
     assert local_reply(acc, again) == "PONG again"
     acc.proc.wait_for(r"refused 127\.0\.0\.1:\d+: 3 connections from its address")

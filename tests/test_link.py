@@ -25,6 +25,7 @@ from pychat.wire.bus import (
     Ack,
     ChatRoom,
     Cmd,
+    Err,
     From,
     Heartbeat,
     Hello,
@@ -304,7 +305,7 @@ def test_an_unknown_acceptor_is_asked_to_resync_at_most_once_a_heartbeat_and_tol
     assert app.handled == []
     raw = [(ident, msgs) for ident, msgs in r.raw]
     assert raw == [(b"x", [Resync()]),
-                   (b"x", [ToConn(2, "ERROR: not sent, the router was restarting: unnumbered")]),
+                   (b"x", [Err(2, "not-sent", "not sent, the router was restarting: unnumbered")]),
                    (b"x", [Resync()])]
 
 

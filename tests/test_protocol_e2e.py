@@ -1,4 +1,4 @@
-"""End to end: every row of the client contract (/work/shared/PROTOCOL.md) over real processes.
+"""End to end: every row of the client contract (../shared/PROTOCOL.md) over real processes.
 
 What this file owns: the protocol as a client on a raw TCP socket sees it, against
 ``pychat serve`` (two acceptors sharing one port) and a router with two acceptors started by hand.
@@ -964,3 +964,44 @@ def test_serve_clients_spread_over_acceptors_all_talk(serve, connect):
     line = marker(outside[1])  # the lobby heard nothing of the room
     for o in outside:
         assert o.read_line() == line
+
+
+# ---- capabilities codes and end (machine-readable replies) -------------------------------------
+
+def test_codes_tag_every_error_with_its_stable_code(shared_serve, connect):
+    room = new_room()
+    a = client(connect, shared_serve)
+    name = unique("n")
+    a.send(f"/nick {name}")
+    a.expect(f"OK nick {name}")
+    b = client(connect, shared_serve)
+    b.send("/cap codes")
+    b.expect("OK cap codes")
+    for line, want in [
+            (f"/nick {name.upper()}", f"@code=name-taken ERROR: name {name.upper()} is taken"),
+            ("/msg nobody-here hi", "@code=no-such-user ERROR: no such user nobody-here"),
+            ("/frobnicate", "@code=unknown-command ERROR: unknown command /frobnicate"),
+            ("/join lobby", "@code=invalid-room ERROR: invalid room lobby: # and 1-32 letters, "
+                            "digits, _ or -"),
+            ("/msg", "@code=usage ERROR: usage: /msg <target> <text>")]:
+        b.send(line)
+        assert b.expect_prefix("@code=") == want
+    b.send(f"/join {room}")  # an error changes nothing: the connection goes on
+    b.expect(f"ROOM:{room}")
+
+
+def test_end_closes_each_reply_so_a_client_needs_no_ping_markers(shared_serve, connect):
+    room = new_room()
+    c = client(connect, shared_serve)
+    c.send_raw(f"/cap end\n/join {room}\n/users\nhello\n/history 1\n/nosuch\n/rooms\n".encode())
+    got = []
+    while not got or got[-1] != "END rooms":
+        got.append(c.read_line())
+    assert got[:3] == ["OK cap end", "END cap", f"ROOM:{room}"]
+    ends = [line for line in got if line.startswith("END ")]
+    assert ends == ["END cap", "END join", "END users", "END history", "END nosuch", "END rooms"]
+    # each END comes after its command's whole reply, and before the next command's
+    assert got.index("END users") > got.index(f"USERS:{c.uid}", got.index("END join"))
+    assert got.index("END history") > got.index("HISTORY:1") > got.index(f"{c.uid}: hello")
+    assert got.index("ERROR: unknown command /nosuch") < got.index("END nosuch")
+    assert got[-2].startswith("ROOMS:")

@@ -217,3 +217,23 @@ def test_history_with_a_huge_count_does_not_raise():
 
 def test_rooms_with_a_huge_count_does_not_raise():
     parse_server_line("ROOMS:#a=" + "9" * 5000)
+
+
+# ---- tags and END (capabilities codes and end) ------------------------------------------------
+
+def test_a_coded_error_line_parses_to_its_message_and_code():
+    ev = r.parse_server_line("@code=name-taken ERROR: name bob is taken")
+    assert isinstance(ev, r.Error) and (ev.message, ev.code) == ("name bob is taken", "name-taken")
+    assert r.parse_server_line("ERROR: name bob is taken").code is None
+    assert r.format_error("x", "usage") == "@code=usage ERROR: x"
+    assert r.format_error("x") == "ERROR: x"
+
+
+def test_several_tags_and_unknown_ones_are_read_as_ircv3_writes_them():
+    ev = r.parse_server_line("@time=2026-11-26T11:34:42.123Z;msgid=7 123456: hi")
+    assert isinstance(ev, r.Chat) and ev.time == "2026-11-26T11:34:42.123Z" and ev.text == "hi"
+
+
+def test_end_lines():
+    assert r.parse_server_line(r.format_end("users")) == r.End("END users", "users")
+    assert isinstance(r.parse_server_line("END of the world"), r.Info)  # not an END line

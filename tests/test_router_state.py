@@ -19,8 +19,9 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from pychat.router.history import MemoryHistory
 from pychat.router.state import RouterState
-from pychat.wire.bus import ChatConn, ChatRoom, Kick, SessionSet, ToConn, ToRoom
+from pychat.wire.bus import ChatConn, ChatRoom, Err, Kick, SessionSet, ToConn, ToRoom
 from pychat.wire.commands import History, Join, Nick, Private, Say, parse_line
+from pychat.wire.errors import NAME_TAKEN, NO_SUCH_USER
 
 T0 = 1795692882.123  # 2026-11-26T11:34:42.123Z
 STAMP0 = "2026-11-26T11:34:42.123Z"
@@ -73,6 +74,9 @@ class Net:
             elif isinstance(msg, (ToConn, ChatConn, Kick)):
                 assert (acc, msg.conn) in self.sessions, msg
                 self.seen[(acc, msg.conn)].extend(msg.text.split("\n") if msg.text else [])
+            elif isinstance(msg, Err):  # as a client without /cap codes reads it
+                assert (acc, msg.conn) in self.sessions, msg
+                self.seen[(acc, msg.conn)].append(f"ERROR: {msg.text}")
             elif isinstance(msg, (ToRoom, ChatRoom)):
                 local = [k for k, s in self.sessions.items() if k[0] == acc and s.room == msg.room]
                 assert local, f"{msg} sent to {acc}, which has nobody in {msg.room}"
@@ -356,7 +360,7 @@ def test_private_to_an_unknown_target_is_an_error_to_the_sender_only():
     a, b = net.open("A"), net.open("A")
     net.clear()
     out = net.cmd(a, "/msg nobody hi")
-    assert out == [("A", ToConn(a[1], "ERROR: no such user nobody"))]
+    assert out == [("A", Err(a[1], NO_SUCH_USER, "no such user nobody"))]
     assert net.lines(b) == []
     assert net.lines(a) == ["ERROR: no such user nobody"]
     assert "999999" not in net.state.users
@@ -396,7 +400,7 @@ def test_nick_taken_ignoring_case_is_refused_with_the_name_as_requested():
     net.cmd(a, "/nick alice")
     net.clear()
     out = net.cmd(b, "/nick ALICE")
-    assert out == [("B", ToConn(b[1], "ERROR: name ALICE is taken"))]
+    assert out == [("B", Err(b[1], NAME_TAKEN, "name ALICE is taken"))]
     assert net.turn() == []
     assert net.state.names["alice"].uid == net.uid(a)
     assert net.sessions[b].name == ""
@@ -868,7 +872,8 @@ class RouterMachine(RuleBasedStateMachine):
         holder = next((uid for uid, n in self.names.items() if n.casefold() == name.casefold()),
                       None)
         out = self._watch(self.state.command(u.acceptor, u.conn, Nick(name)))
-        replies_to_user = [m.text for _, m in out if isinstance(m, ToConn)]
+        replies_to_user = [m.text if isinstance(m, ToConn) else f"ERROR: {m.text}"
+                           for _, m in out if isinstance(m, (ToConn, Err))]
         if holder is not None and holder != u.uid:
             assert replies_to_user == [f"ERROR: name {name} is taken"]
         else:

@@ -15,16 +15,15 @@ import ssl
 import subprocess
 
 import pytest
+from cryptography import x509  # the test extra has it: certificates made per test
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from pychat.wire.framing import LineBuffer
 from support.procs import ROOT, python_m, start_serve
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
-
-x509 = pytest.importorskip("cryptography.x509")
-from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
-from cryptography.x509.oid import NameOID  # noqa: E402
 
 WAIT = 10.0
 

@@ -144,6 +144,16 @@ class ToConn(BusMessage):
 
 
 @dataclass(frozen=True, slots=True)
+class Err(BusMessage):
+    """An ``ERROR:`` line for one session, with its stable code (wire.errors): the acceptor
+    tags it with ``@code=`` for a client that asked (``/cap codes``)."""
+    conn: int
+    code: str
+    text: str
+    kind: ClassVar[str] = "err"
+
+
+@dataclass(frozen=True, slots=True)
 class ToRoom(BusMessage):
     """Plain lines for every local member of a room (USERS, NAMES pushes)."""
     room: str
@@ -198,9 +208,9 @@ class Resync(BusMessage):
 
 Delivery = tuple[str, BusMessage]  # (acceptor, message): what the router's state returns
 
-_CLASSES = (Hello, Seq, Heartbeat, Open, Close, Sync, SessionSet, ToConn, ToRoom, ChatRoom,
+_CLASSES = (Hello, Seq, Heartbeat, Open, Close, Sync, SessionSet, ToConn, Err, ToRoom, ChatRoom,
             ChatConn, Kick, Resync, StatusAsk, Status, Ack, From, Peers)
-_LAYOUT: dict[str, tuple[type, tuple[tuple[str, bool], ...]]] = {
+_LAYOUT: dict[str, tuple[type[BusMessage], tuple[tuple[str, bool], ...]]] = {
     cls.kind: (cls, tuple((f.name, f.type in ("int", int)) for f in fields(cls)))
     for cls in _CLASSES
 }

@@ -1,9 +1,12 @@
 """Client lines to commands: every command is declared once, in ``TABLE``.
 
-A sanitized, non-blank line becomes exactly one frozen ``Command`` or raises ``ClientError``
-(usage errors, unknown commands, invalid names and rooms are all decided here, in one place).
-Handlers live with the process that serves the command (``Spec.served_by``): the acceptor answers
-``local`` commands itself; ``router`` commands cross the bus. Handlers are named after the command.
+A row (``Spec``) is the whole command: its words, usage, frozen ``Command`` class, argument
+parser, who serves it and the name of its handler there. Adding a command is one row and one
+handler method. A sanitized, non-blank line becomes exactly one ``Command`` or raises
+``ClientError`` (usage errors, unknown commands, invalid names and rooms are all decided here,
+in one place). The server of each command (``Spec.served_by``) builds its dispatch from the table
+(``handlers``): ``LOCAL`` commands are answered by the client's connection in the acceptor,
+``ROUTER`` ones cross the bus to ``RouterState``. Handlers are named after the command.
 
 Invariants:
 - a name matches ``NAME_RE`` (1-24 ASCII letters, digits, ``_``, ``-``) and is not six digits
@@ -18,8 +21,9 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import ClassVar
+from typing import Any, ClassVar
 
+from . import errors
 from .errors import ClientError
 
 NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,24}\Z")
@@ -100,7 +104,7 @@ class Quit(Command):
 
 # ---- argument shapes: ``rest`` is what follows the command word, stripped ----------------------
 
-def _no_args(cls: type) -> Callable[[str], Command]:
+def _no_args(cls: Callable[[], Command]) -> Callable[[str], Command]:
     def build(rest: str) -> Command:
         if rest:
             raise ValueError
@@ -108,7 +112,7 @@ def _no_args(cls: type) -> Callable[[str], Command]:
     return build
 
 
-def _whole_rest(cls: type, required: bool) -> Callable[[str], Command]:
+def _whole_rest(cls: Callable[[str], Command], required: bool) -> Callable[[str], Command]:
     def build(rest: str) -> Command:
         if required and not rest:
             raise ValueError
@@ -127,9 +131,11 @@ def _nick(rest: str) -> Command:
     if not rest or len(rest.split()) != 1:
         raise ValueError
     if not NAME_RE.match(rest):
-        raise ClientError(f"invalid name {rest}: 1-24 letters, digits, _ or -")
+        raise ClientError(f"invalid name {rest}: 1-24 letters, digits, _ or -",
+                          errors.INVALID_NAME, "nick")
     if len(rest) == 6 and rest.isdigit():
-        raise ClientError(f"invalid name {rest}: six digits would read as a user ID")
+        raise ClientError(f"invalid name {rest}: six digits would read as a user ID",
+                          errors.INVALID_NAME, "nick")
     return Nick(rest)
 
 
@@ -137,7 +143,8 @@ def _join(rest: str) -> Command:
     if not rest or len(rest.split()) != 1:
         raise ValueError
     if not ROOM_RE.match(rest):
-        raise ClientError(f"invalid room {rest}: # and 1-32 letters, digits, _ or -")
+        raise ClientError(f"invalid room {rest}: # and 1-32 letters, digits, _ or -",
+                          errors.INVALID_ROOM, "join")
     return Join(rest.lower())
 
 
@@ -152,42 +159,67 @@ def _history(rest: str) -> Command:
 
 
 def _cap(rest: str) -> Command:
-    if not rest or len(rest.split()) != 1:
+    if not rest:
         raise ValueError
-    return Cap(rest.lower())
+    return Cap(" ".join(rest.lower().split()))
+
+
+LOCAL, ROUTER = "local", "router"
 
 
 @dataclass(frozen=True)
 class Spec:
-    words: tuple[str, ...]
+    words: tuple[str, ...]  # typed after "/"; the first is its name; () for a plain text line
     usage: str
+    command: type[Command]
     build: Callable[[str], Command]
-    served_by: str  # "local" (the acceptor) or "router"
+    served_by: str  # LOCAL (the client's connection, in the acceptor) or ROUTER
+    handler: str  # the method that serves it, in the class that serves it
     summary: str
 
 
 TABLE: tuple[Spec, ...] = (
-    Spec(("msg", "w"), "<target> <text>", _target_text, "router",
+    Spec((), "", Say, Say, ROUTER, "on_say", "sends to your room"),
+    Spec(("msg", "w"), "<target> <text>", Private, _target_text, ROUTER, "on_msg",
          "private message to a uid or a name"),
-    Spec(("nick",), "<name>", _nick, "router", "set your display name"),
-    Spec(("users",), "", _no_args(Users), "router", "members of your room"),
-    Spec(("join",), "<#room>", _join, "router", "move to a room (everyone starts in #lobby)"),
-    Spec(("rooms",), "", _no_args(Rooms), "router", "rooms with members"),
-    Spec(("history",), "[n]", _history, "router",
+    Spec(("nick",), "<name>", Nick, _nick, ROUTER, "on_nick", "set your display name"),
+    Spec(("users",), "", Users, _no_args(Users), ROUTER, "on_users", "members of your room"),
+    Spec(("join",), "<#room>", Join, _join, ROUTER, "on_join",
+         "move to a room (everyone starts in #lobby)"),
+    Spec(("rooms",), "", Rooms, _no_args(Rooms), ROUTER, "on_rooms", "rooms with members"),
+    Spec(("history",), "[n]", History, _history, ROUTER, "on_history",
          f"last n messages of your room (max {HISTORY_MAX})"),
-    Spec(("cap",), "time", _cap, "local", "tag chat lines with @time="),
-    Spec(("ping",), "[token]", _whole_rest(Ping, required=False), "local", "PONG [token]"),
-    Spec(("help",), "", _no_args(Help), "local", "this list"),
-    Spec(("quit", "exit"), "[reason]", _whole_rest(Quit, required=False), "local", "leave"),
+    Spec(("cap",), "<capability>...", Cap, _cap, LOCAL, "on_cap",
+         "ask for capabilities: time (tag chat lines with @time=), codes (tag ERROR: lines "
+         "with @code=), end (END <command> after each command's reply)"),
+    Spec(("ping",), "[token]", Ping, _whole_rest(Ping, required=False), LOCAL, "on_ping",
+         "PONG [token]"),
+    Spec(("help",), "", Help, _no_args(Help), LOCAL, "on_help", "this list"),
+    Spec(("quit", "exit"), "[reason]", Quit, _whole_rest(Quit, required=False), LOCAL,
+         "on_quit", "leave"),
 )
 BY_WORD: dict[str, Spec] = {w: spec for spec in TABLE for w in spec.words}
-BY_KIND: dict[str, type[Command]] = {
-    cls.kind: cls
-    for cls in (Say, Private, Nick, Users, Join, Rooms, History, Cap, Ping, Help, Quit)
-}
+BY_CLASS: dict[type[Command], Spec] = {spec.command: spec for spec in TABLE}
+BY_KIND: dict[str, type[Command]] = {spec.command.kind: spec.command for spec in TABLE}
 ROUTED: frozenset[type[Command]] = frozenset(
-    {Say, Private, Nick, Users, Join, Rooms, History}
-)
+    spec.command for spec in TABLE if spec.served_by == ROUTER)
+
+
+def handler_names(served_by: str) -> dict[type[Command], str]:
+    """The handler's name for each command ``served_by`` serves, by command class."""
+    return {spec.command: spec.handler for spec in TABLE if spec.served_by == served_by}
+
+
+def handlers(server: object, served_by: str) -> dict[type[Command], Callable[..., Any]]:
+    """``server``'s handler for each command it serves, by command class (raises
+    AttributeError at once if a row names a handler the class does not have)."""
+    return {cls: getattr(server, name) for cls, name in handler_names(served_by).items()}
+
+
+def word_of(cmd: Command) -> str:
+    """The name of a command as typed (``msg`` for ``/w`` too); "" for a text line."""
+    words = BY_CLASS[type(cmd)].words
+    return words[0] if words else ""
 
 
 def parse_line(line: str) -> Command | None:
@@ -207,12 +239,23 @@ def parse_line(line: str) -> Command | None:
         rest = more + " " + rest
     spec = BY_WORD.get(word.lower())
     if spec is None:
-        raise ClientError(f"unknown command /{word}")
+        raise ClientError(f"unknown command /{word}", errors.UNKNOWN_COMMAND, word.lower())
     try:
         return spec.build(rest.strip())
     except ValueError:
         usage = f"/{word.lower()} {spec.usage}".rstrip()
-        raise ClientError(f"usage: {usage}") from None
+        raise ClientError(f"usage: {usage}", errors.USAGE, spec.words[0]) from None
+
+
+def end_word(line: str) -> str:
+    """The word a server with ``/cap end`` ends the reply to this sanitized line with
+    (``END <word>``): the command's name (``msg`` for ``/w``), the word as typed (lower case)
+    for an unknown command, "" for a line that gets no END (text, blank, a lone ``/``)."""
+    if not line or line[0] != "/" or line.startswith("//"):
+        return ""
+    word = line[1:].partition(" ")[0].partition("\t")[0].lower()
+    spec = BY_WORD.get(word)
+    return spec.words[0] if spec is not None else word
 
 
 def describe(cmd: Command, width: int = 60) -> str:
@@ -229,6 +272,8 @@ def describe(cmd: Command, width: int = 60) -> str:
 def help_lines() -> list[str]:
     lines = ["HELP: <text> sends to your room; //text sends a line starting with /"]
     for spec in TABLE:
+        if not spec.words:
+            continue
         names = ", ".join(f"/{w}" for w in spec.words)
         lines.append(f"HELP: {names} {spec.usage}".rstrip() + f" - {spec.summary}")
     return lines

@@ -51,6 +51,7 @@ from .bus import (
     Close,
     Cmd,
     Delivery,
+    Err,
     From,
     Heartbeat,
     Hello,
@@ -59,12 +60,11 @@ from .bus import (
     Resync,
     Seq,
     Sync,
-    ToConn,
     decode,
     encode,
 )
 from .commands import describe
-from .errors import BusError
+from .errors import NOT_SENT, BusError
 
 # each end logs as the process it runs in: operators filter by process, not by module
 alog = logging.getLogger("pychat.acceptor")
@@ -596,11 +596,11 @@ class RouterLink:
 
     def _refuse(self, ident: bytes, messages: list[BusMessage], why: str) -> None:
         """Tell each client whose command will not be handled."""
-        errors: list[BusMessage] = [
-            ToConn(m.conn, f"ERROR: not sent, {why}: {describe(m.command)}")
+        refusals: list[BusMessage] = [
+            Err(m.conn, NOT_SENT, f"not sent, {why}: {describe(m.command)}")
             for m in messages if isinstance(m, Cmd)]
-        if errors:
-            self.raw.append((ident, errors))
+        if refusals:
+            self.raw.append((ident, refusals))
 
     # ---- time and loss --------------------------------------------------------------------------
 

@@ -1,8 +1,12 @@
 """Server lines: formatting them (acceptor, router) and parsing them (clients), in one place.
 
-Every line the server sends is produced by a ``format_*`` function below and understood by
-``parse_server_line``, so the two cannot drift apart. Formatting returns ``str`` without the
-trailing newline. Only chat lines (public, private, history) may carry the ``@time=`` tag.
+The lines that carry fields (IDs, user and name lists, rooms, chat lines, errors, END) are made
+by the ``format_*`` functions below; fixed lines (the Welcome, ``BYE``) are constants here or
+written where they are sent (``OK nick``, ``OK cap``, ``HELP:`` lines). ``parse_server_line``
+understands every one of them (tests/test_replies.py checks each format against it).
+Formatting returns ``str`` without the trailing newline. Tags (``@key=value``, IRCv3 style) are
+only ever ``time`` on chat lines (public, private, history) and ``code`` on ``ERROR:`` lines, and
+only for a client that asked for them (``/cap time``, ``/cap codes``).
 """
 
 from __future__ import annotations
@@ -67,8 +71,15 @@ def format_pong(token: str) -> str:
     return f"PONG {token}" if token else "PONG"
 
 
-def format_error(message: str) -> str:
-    return f"ERROR: {message}"
+def format_error(message: str, code: str | None = None) -> str:
+    """``ERROR: message``; with ``code`` (for a client with ``/cap codes``), tagged
+    ``@code=<code> ERROR: message``."""
+    return f"@code={code} ERROR: {message}" if code else f"ERROR: {message}"
+
+
+def format_end(word: str) -> str:
+    """The end of the reply to a command (for a client with ``/cap end``)."""
+    return f"END {word}"
 
 
 # ---- client side -------------------------------------------------------------------------------
@@ -131,6 +142,13 @@ class Ok(Event):
 @dataclass(frozen=True, slots=True)
 class Error(Event):
     message: str
+    code: str | None = None  # with /cap codes: the stable code (wire.errors)
+
+
+@dataclass(frozen=True, slots=True)
+class End(Event):
+    """The reply to a command is complete (with /cap end): ``word`` is the command's name."""
+    word: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +166,7 @@ class Info(Event):
     """Any other line (``HELP:`` lines, lines from a newer server)."""
 
 
-_TAG = re.compile(r"@time=(\S+) ")
+_TAGS = re.compile(r"@(\S+) ")
 _PUBLIC = re.compile(r"(\d{6}): (.*)\Z", re.S)
 _PRIV_TO = re.compile(r"\[Private\] To (\d{6}): (.*)\Z", re.S)
 _PRIV_FROM = re.compile(r"\[Private\] (\d{6}): (.*)\Z", re.S)
@@ -168,13 +186,19 @@ def _pairs(body: str) -> tuple[tuple[str, str], ...]:
 
 
 def parse_server_line(line: str) -> Event:
-    """One server line (without newline) to an event; unknown lines become ``Info``."""
-    stamp = None
+    """One server line (without newline) to an event; unknown lines become ``Info``.
+
+    A line may start with tags, ``@key=value`` (several joined by ``;``, as IRCv3 writes them)
+    and a space: ``time`` on chat lines (``/cap time``), ``code`` on ``ERROR:`` lines
+    (``/cap codes``); tags this parser does not know are ignored."""
+    tags: dict[str, str] = {}
     body = line
-    if line.startswith(TIME_TAG):
-        m = _TAG.match(line)
-        if m:
-            stamp, body = m.group(1), line[m.end():]
+    if line.startswith("@") and (m := _TAGS.match(line)):
+        body = line[m.end():]
+        for item in m.group(1).split(";"):
+            key, _, value = item.partition("=")
+            tags[key] = value
+    stamp = tags.get("time")
     if (m := _PRIV_TO.match(body)):
         return Chat(line, stamp, m.group(1), m.group(2), private=True, to=m.group(1))
     if (m := _PRIV_FROM.match(body)):
@@ -196,7 +220,7 @@ def parse_server_line(line: str) -> Event:
         if head == "HISTORY" and _count(rest):
             return HistoryStart(line, int(rest))
         if head == "ERROR":
-            return Error(line, rest.strip())
+            return Error(line, rest.strip(), tags.get("code"))
     if body == WELCOME:
         return Welcome(line)
     if body == "BYE":
@@ -205,4 +229,6 @@ def parse_server_line(line: str) -> Event:
         return Pong(line, body[5:])
     if body.startswith("OK "):
         return Ok(line, body[3:])
+    if body.startswith("END ") and " " not in body[4:]:
+        return End(line, body[4:])
     return Info(line)
