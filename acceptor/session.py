@@ -17,7 +17,7 @@ import asyncio
 import logging
 import socket
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from pychat.wire import bus, replies
 
@@ -61,8 +61,8 @@ class Session(asyncio.Protocol):
     # ---- asyncio callbacks ---------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # a stream transport (uvloop's is one too, without subclassing asyncio.Transport)
+        self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
         self.host = str(peer[0]) if peer else "?"
@@ -93,7 +93,7 @@ class Session(asyncio.Protocol):
         self.tls = transport.get_extra_info("ssl_object") is not None
         if sock is not None and not self.tls:
             self.fd = sock.fileno()
-        transport.set_write_buffer_limits(high=1 if self.tls else 0, low=0)
+        self.transport.set_write_buffer_limits(high=1 if self.tls else 0, low=0)
         self.acceptor.session_opened(self)
 
     def pause_writing(self) -> None:

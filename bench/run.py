@@ -59,8 +59,9 @@ def rss_kb(pid: int) -> int:
 
 
 class Server:
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, python: str = PY):
         self.kind = kind
+        self.python = python  # the interpreter whose installed pychat serves (pychat-N only)
         self.tmp = tempfile.mkdtemp(prefix="pychat-bench-")
         self.proc: subprocess.Popen | None = None
         self.port = 0
@@ -93,9 +94,9 @@ class Server:
         acceptors = self.kind.split("-")[1]
         self.log = open(os.path.join(self.tmp, "serve.log"), "w+")  # noqa: SIM115 (kept open for the server's life)
         self.proc = subprocess.Popen(
-            [PY, "-m", "pychat", "serve", "--port", "0", "--acceptors", acceptors,
+            [self.python, "-m", "pychat", "serve", "--port", "0", "--acceptors", acceptors,
              "--data-dir", self.tmp, "--log-level", "warning"],
-            stdout=subprocess.PIPE, stderr=self.log, env=ENV, text=True)
+            stdout=subprocess.PIPE, stderr=self.log, env=ENV, text=True, cwd=self.tmp)
         line = self.proc.stdout.readline()
         if "serving on" not in line:
             self.log.seek(0)
@@ -149,8 +150,8 @@ Modes = +P
 
 
 def measure(kind: str, clients: int, senders: int, rate: float, duration: float,
-            linger: float = 0.0) -> dict:
-    server = Server(kind)
+            linger: float = 0.0, python: str = PY) -> dict:
+    server = Server(kind, python)
     server.start()
     peak = [0]
     samples: list[int] = []

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 
 import pytest
@@ -211,3 +212,28 @@ def test_log_format_json_gives_one_object_a_line_from_every_process(procs, conne
     other = [line for line in p.output if line and not line.startswith("{")]
     # stdout's line only
     assert other == [ln for ln in other if ln.startswith("pychat: serving on")]
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_the_acceptor_serves_the_same_on_either_event_loop(loop, procs, connect):
+    """The tests run the acceptor on uvloop (the test extra has it, as pychat[speed] and the
+    image do); a plain install runs it on asyncio's own loop. The two differ in their transports
+    (uvloop's are not asyncio.Transport subclasses) and half-close handling: both must serve
+    chat, pipelined replies in order, and a half-close."""
+    p, port = start_serve(acceptors=1, env={"PYCHAT_LOOP": loop})
+    procs.append(p)
+    # its listening line came before "serving on", which start_serve waited for
+    assert any(re.search(rf"acceptor .* listening on .*\({loop}\)$", ln) for ln in p.output)
+    a, b = connect(port), connect(port)
+    a.handshake()
+    b.handshake()
+    a.expect(f"USERS:{a.uid},{b.uid}")  # b's arrival
+    a.send_raw(b"/cap end\n/nosuch\nhello\n/ping p\n")
+    got = [a.read_line() for _ in range(7)]
+    assert got[:3] == ["OK cap end", "END cap", "ERROR: unknown command /nosuch"], got
+    assert got[3:] == ["END nosuch", f"{a.uid}: hello", "PONG p", "END ping"], got
+    b.expect(f"{a.uid}: hello")
+    b.send_raw(b"bye from b\nlast piece")
+    b.sock.shutdown(socket.SHUT_WR)
+    rest = b.read_until_closed()
+    assert rest[-2:] == [f"{b.uid}: bye from b", f"{b.uid}: last piece"], rest
