@@ -78,9 +78,10 @@ class BusPump:
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
-        if self.closed:
+        link = self.link
+        if self.closed or not (link.collecting or link.out):  # (before each slice of writes)
             return
-        self.link.flush(self.loop.time())
+        link.flush(self.loop.time())
         self._push()
         self.on_change()
 

@@ -110,7 +110,7 @@ class Output:
             out = s.out
             if not out:
                 dirty.append(s)
-            if tagged is not None and s.conn.cap_time:
+            if tagged is not None and s.cap_time:
                 if tagged_data is None:
                     tagged_data = (replies.tagged(*tagged) + "\n").encode("utf-8")
                 out.append(tagged_data)

@@ -168,9 +168,15 @@ class Acceptor:
         """Once a second over every session: the idle and slowloris deadlines (each session's
         ``Connection`` decides; one timer for the acceptor, not one per connection)."""
         self._sweep_handle = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
-        if not self.limits.idle_timeout and not self.limits.partial_line_timeout:
+        idle, unfinished = self.limits.idle_timeout, self.limits.partial_line_timeout
+        if not idle and not unfinished:
             return
-        for s in list(self.sessions.values()):
+        now = self.loop.time()
+        idle_since = now - idle if idle else -1.0
+        begun_by = now - unfinished if unfinished else -1.0
+        due = [s for s in self.sessions.values()  # a cheap look first: tick decides
+               if s.conn.seen < idle_since or 0.0 < s.conn.line_since < begun_by]
+        for s in due:
             if not s.conn.quitting:
                 s.pump(s.conn.tick)
 

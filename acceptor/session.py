@@ -36,8 +36,8 @@ WELCOME = (replies.WELCOME + "\n").encode()
 
 
 class Session(asyncio.Protocol):
-    __slots__ = ("_armed", "_timer", "acceptor", "blocked", "conn", "fd", "greeting", "host",
-                 "id", "name", "open", "out", "peer", "room", "tls", "transport", "uid")
+    __slots__ = ("_armed", "_timer", "acceptor", "blocked", "cap_time", "conn", "fd", "greeting",
+                 "host", "id", "name", "open", "out", "peer", "room", "tls", "transport", "uid")
 
     def __init__(self, acceptor: Acceptor, conn_id: int):
         self.acceptor = acceptor
@@ -55,6 +55,7 @@ class Session(asyncio.Protocol):
         self.blocked = False  # the transport holds unsent bytes: lines wait in ``out``
         self.fd = -1  # the socket's fd, for the acceptor's direct writes (-1: TLS, or none)
         self.tls = False
+        self.cap_time = False  # the connection's, copied here for the fan-out's hot loop
         self._timer: asyncio.TimerHandle | None = None
         self._armed: float | None = None
 
@@ -137,6 +138,7 @@ class Session(asyncio.Protocol):
         if actions:
             self.act(actions)
         conn = self.conn
+        self.cap_time = conn.cap_time
         if conn.wake_at != self._armed:
             self._arm(conn.wake_at)
         if conn.held:

@@ -146,6 +146,11 @@ class AcceptorLink:
         """The number the batch being collected will carry (what ``send`` returns now)."""
         return self._seq + 1
 
+    @property
+    def collecting(self) -> bool:
+        """Messages wait in the batch being collected."""
+        return bool(self._outbox)
+
     def send(self, msg: BusMessage) -> int:
         """Queue ``msg`` in the batch being collected; returns that batch's number."""
         self._outbox.append(msg)
