@@ -129,9 +129,14 @@ def add_ready_fd(parser: argparse.ArgumentParser) -> None:
 
 
 def signal_ready(fd: int | None, what: str) -> None:
+    """Tell ``pychat serve`` (the read end of ``fd``) that this child is ready. A supervisor
+    that has given up meanwhile (another child failed to start) has closed its end: then there
+    is nobody to tell, and it is stopping us anyway."""
     if fd is None:
         return
     try:
         os.write(fd, f"{what}\n".encode())
+    except BrokenPipeError:
+        pass
     finally:
         os.close(fd)

@@ -237,3 +237,14 @@ def test_the_acceptor_serves_the_same_on_either_event_loop(loop, procs, connect)
     b.sock.shutdown(socket.SHUT_WR)
     rest = b.read_until_closed()
     assert rest[-2:] == [f"{b.uid}: bye from b", f"{b.uid}: last piece"], rest
+
+
+def test_a_child_ready_after_serve_gave_up_is_told_nothing_and_raises_nothing():
+    """A child that starts slowly may say "ready" after serve gave up (another child failed)
+    and closed its end of the pipe: that is not the child's error (it printed a traceback)."""
+    from pychat.config import signal_ready
+    r, w = os.pipe()
+    os.close(r)
+    signal_ready(w, "acceptor")
+    with pytest.raises(OSError):
+        os.fstat(w)  # and its end is closed all the same
