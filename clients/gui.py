@@ -32,7 +32,6 @@ from .state import ERROR, OWN, PRIVATE, SYSTEM, ChatState, LogLine, clock_of
 
 POLL_MS = 30            # how often Tk takes the session's events
 MAX_EVENTS_PER_POLL = 5000
-LOG_LIMIT = 1000        # lines kept in the log
 TRIM_SLACK = 100        # delete in chunks of at least this many lines
 ROOMS_POLL_MS = 3000    # the room list is asked for again this often
 
@@ -311,11 +310,7 @@ class Gui:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = client_parser("pychat gui", "The PyChat desktop client (Tk).")
-    p.add_argument("--geometry", default="1000x640+0+0", help="window size and place (Tk)")
-    p.add_argument("--log-limit", type=int, default=LOG_LIMIT,
-                   help=f"lines kept in the log (default {LOG_LIMIT})")
-    args = p.parse_args(argv)
+    args = client_parser("pychat gui", "The PyChat desktop client (Tk).").parse_args(argv)
     try:
         root = tk.Tk()
     except tk.TclError as e:

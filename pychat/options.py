@@ -436,6 +436,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("--history", "PYCHAT_CLIENT_HISTORY", 20,
            "lines of a room's history shown on entering it (0: none)", CLIENTS,
            type=non_negative),
+    Option("--geometry", "PYCHAT_GUI_GEOMETRY", "1000x640+0+0", "window size and place (Tk)",
+           (GUI,)),
+    Option("--log-limit", "PYCHAT_GUI_LOG_LIMIT", 1000, "lines kept in the log", (GUI,),
+           type=positive(int)),
     # pychat loadtest; --host and --port are above
     Option("--clients", "PYCHAT_LT_CLIENTS", 50,
            "simulated clients (up to 10,000 and more: the open-file limit is raised)",
