@@ -46,6 +46,7 @@ class BusPump:
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.SNDHWM, hwm)
         self.sock.setsockopt(zmq.RCVHWM, hwm)
+        self.sock.setsockopt(zmq.MAXMSGSIZE, bus.MAX_FRAME)
         # a restarted router is found within 25 ms (ZeroMQ's default is 100 ms), not backed off
         self.sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_MS)
         if curve is not None:  # CurveZMQ client: (our public, our secret, the router's public)

@@ -61,6 +61,7 @@ class RouterServer:
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.sock.setsockopt(zmq.SNDHWM, hwm)
         self.sock.setsockopt(zmq.RCVHWM, hwm)
+        self.sock.setsockopt(zmq.MAXMSGSIZE, bus.MAX_FRAME)  # a larger frame: peer disconnected
         if curve is not None:  # CurveZMQ server: (public, secret); a ZAP handler vets peers
             self.sock.curve_server = True
             self.sock.curve_publickey, self.sock.curve_secretkey = curve

@@ -309,7 +309,8 @@ def test_results_of_a_batch_already_delivered_are_dropped(start, fake, clients):
     c, conn = connect(acc, clients)
     admit(acc, c, conn, "111111")
     origin = uuid.uuid4().hex[:12]
-    chat = bus.ChatRoom("#lobby", "", "111111: once")
+    stamp = "2026-12-06T12:00:00.000Z"  # as a router stamps every chat line
+    chat = bus.ChatRoom("#lobby", stamp, "111111: once")
     acc.send(bus.From(origin, 7), chat, bus.From("", 0), bus.ToConn(conn, "fence 1"))
     assert c.read_line() == "111111: once"
     assert c.read_line() == "fence 1"
@@ -318,7 +319,7 @@ def test_results_of_a_batch_already_delivered_are_dropped(start, fake, clients):
     acc.send(bus.From(origin, 7), chat, bus.From(origin, 5), chat,
              bus.From("", 0), bus.ToConn(conn, "fence 2"))
     assert c.read_line() == "fence 2"
-    acc.send(bus.From(origin, 8), bus.ChatRoom("#lobby", "", "111111: twice"))
+    acc.send(bus.From(origin, 8), bus.ChatRoom("#lobby", stamp, "111111: twice"))
     assert c.read_line() == "111111: twice"
 
 

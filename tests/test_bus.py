@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 from hypothesis import given, settings
@@ -33,11 +34,12 @@ from pychat.wire.bus import (
     ToConn,
     ToRoom,
     decode,
+    decode_message,
     encode,
     encode_message,
 )
 from pychat.wire.commands import ROUTED, History, Join, Nick, Private, Rooms, Say, Users
-from pychat.wire.errors import BusError
+from pychat.wire.errors import CODES, BusError
 
 ALL_CLASSES = (Hello, Heartbeat, Open, Close, Sync, Cmd, SessionSet, ToConn, ToRoom, ChatRoom,
                ChatConn, Kick, Resync, Seq, Ack, From, Peers, StatusAsk, Status, Err)
@@ -69,8 +71,8 @@ EXAMPLES = [
     Kick(7, ""),
     Resync(),
     Cmd(1, Say("hello")),
-    Cmd(1, Say("")),
     Cmd(1, Say("/text with\ttab")),
+    ChatRoom("#lobby", "2026-11-26T11:34:42.123Z", "123456: a\ttab"),
     Cmd(2, Private("alice", "hi there")),
     Cmd(3, Nick("bob")),
     Cmd(4, Users()),
@@ -113,33 +115,48 @@ def test_frame_layout_is_kind_then_fields_joined_by_nul():
 
 # ---- hypothesis round trips ---------------------------------------------------------------------
 
-# text as it reaches the bus: decoded from valid UTF-8 (so no lone surrogates), NUL excluded
+# fields as a well-behaved peer writes them: text of one line has no control character (the
+# acceptor sanitizes), lines of a reply are joined by newlines, names and rooms follow the rules
+_line = st.text(alphabet=st.characters(codec="utf-8", blacklist_categories=("Cc",))
+                | st.just("\t"), max_size=30)  # sanitize keeps tabs
 _text = st.text(alphabet=st.characters(codec="utf-8", blacklist_characters="\x00"), max_size=30)
-_int = st.integers(min_value=-(2 ** 63), max_value=2 ** 63)
+_word = st.from_regex(r"[^\s\x00-\x1f\x7f-\x9f]{1,20}", fullmatch=True)
+_said = _line.filter(lambda t: t and not t.isspace())
+_lines = st.lists(_line, min_size=1, max_size=4).map("\n".join)
+_int = st.integers(min_value=0, max_value=10 ** 18 - 1)
+_uid = st.from_regex(r"[1-9]\d{5}", fullmatch=True)
+_name = st.from_regex(r"[A-Za-z_-][A-Za-z0-9_-]{0,23}", fullmatch=True)
+_room = st.from_regex(r"#[a-z0-9_-]{1,32}", fullmatch=True)
+_token = st.from_regex(r"[0-9A-Za-z._-]{1,40}", fullmatch=True)
+_stamp = st.builds(lambda n: f"2026-12-{1 + n % 28:02d}T11:{n % 60:02d}:42.{n % 1000:03d}Z",
+                   st.integers(0, 10 ** 6))
 
 _routed = st.one_of(
-    st.builds(Say, _text),
-    st.builds(Private, _text, _text),
-    st.builds(Nick, _text),
+    st.builds(Say, _said),
+    st.builds(Private, _word, _said.map(str.strip).filter(bool)),
+    st.builds(Nick, _name),
     st.builds(Users),
-    st.builds(Join, _text),
+    st.builds(Join, _room),
     st.builds(Rooms),
-    st.builds(History, _int),
+    st.builds(History, st.integers(0, 200)),
 )
 
 _messages = st.one_of(
-    st.builds(Hello, _text, _text),
-    st.builds(Heartbeat, _text),
-    st.builds(Open, _int, _text),
-    st.builds(Close, _int, _text),
-    st.builds(Sync, _int, _text, _text, _text),
+    st.builds(Hello, _token, _token, st.lists(_token, max_size=3).map(json.dumps),
+              st.integers(1, 60_000)),
+    st.builds(Heartbeat, _token, st.integers(1, 60_000)),
+    st.builds(Open, _int, _line),
+    st.builds(Close, _int, _line),
+    st.builds(Sync, _int, _uid | st.just(""), _name | st.just(""), _room),
     st.builds(Cmd, _int, _routed),
-    st.builds(SessionSet, _int, _text, _text, _text),
-    st.builds(ToConn, _int, _text),
-    st.builds(ToRoom, _text, _text),
-    st.builds(ChatRoom, _text, _text, _text),
-    st.builds(ChatConn, _int, _text, _text),
-    st.builds(Kick, _int, _text),
+    st.builds(SessionSet, _int, _uid, _name | st.just(""), _room),
+    st.builds(ToConn, _int, _lines),
+    st.builds(Err, _int, st.sampled_from(CODES), _line),
+    st.builds(ToRoom, _room, _lines),
+    st.builds(ChatRoom, _room, _stamp, _line),
+    st.builds(ChatConn, _int, _stamp, _line),
+    st.builds(Kick, _int, _lines),
+    st.builds(From, _token | st.just(""), _int),
     st.builds(Resync),
 )
 
@@ -148,6 +165,52 @@ _messages = st.one_of(
 @given(st.lists(_messages, max_size=8))
 def test_round_trip_any_fields(msgs):
     assert decode(encode(msgs)) == msgs
+
+
+# ---- a peer is not trusted: forged fields are refused -------------------------------------------
+
+@pytest.mark.parametrize("msg", [
+    Sync(7, "123456", "eve\n123456: forged", "#lobby"),   # a newline in a name: a forged line
+    Sync(7, "123456", "123456", "#lobby"),                 # a six-digit name reads as a uid
+    Sync(7, "123456", "alice", "lobby"),                   # not a room
+    Sync(7, "123456", "alice", "#Lobby"),                  # rooms are lower case
+    Sync(7, "12345", "", "#lobby"),                        # not a uid
+    SessionSet(7, "", "", "#lobby"),
+    Cmd(1, Say("hi\x1b[2J")),                               # an escape sequence
+    Cmd(1, Say("   ")),                                    # blank: a client's blank is ignored
+    Cmd(1, Nick("a b")),
+    Cmd(1, Nick("123456")),
+    Cmd(1, Join("#Dev")),
+    Cmd(1, History(999)),                                  # a client's is capped at 200
+    Cmd(1, Private("bob", "hi\x07")),
+    Cmd(1, Private("b o b", "hi")),
+    ChatRoom("#lobby", "yesterday", "123456: hi"),
+    ChatRoom("#lobby", "2026-11-26T11:34:42.123Z", "123456: hi\n999999: forged"),
+    ChatConn(1, "2026-11-26T11:34:42.123Z", "\x9b31m red"),
+    ToConn(1, "USERS:1\x1b]0;title\x07"),
+    Err(1, "made-up-code", "x"),
+    Hello("acc 1", "e"), Hello("acc", "e", "not json"), Hello("acc", "e", "[]", 0),
+    Heartbeat("e", 10 ** 12),
+    Open(1, "x" * 2000),
+], ids=repr)
+def test_decode_refuses_a_field_no_client_could_have_caused(msg):
+    frame = encode_message(msg)
+    with pytest.raises(BusError):
+        decode_message(frame)
+
+
+@pytest.mark.parametrize("frame", [
+    b"open\x00+7\x00p", b"open\x00 7\x00p", b"open\x001_000\x00p", b"open\x00\xd9\xa1\x00p",
+    b"open\x00" + b"9" * 40 + b"\x00p", b"cmd\x001\x00ping\x00x", b"cmd\x001\x00cap\x00time",
+], ids=repr)
+def test_decode_refuses_numbers_not_as_encode_writes_them_and_local_commands(frame):
+    with pytest.raises(BusError):
+        decode_message(frame)
+
+
+def test_a_frame_past_the_size_limit_is_refused_before_it_is_decoded():
+    with pytest.raises(BusError, match="max"):
+        decode_message(b"to\x001\x00" + b"x" * bus.MAX_FRAME)
 
 
 # ---- decode refuses with BusError ---------------------------------------------------------------
@@ -285,3 +348,9 @@ def test_encode_refuses_a_nul_anywhere_in_text(before, after):
 def test_messages_are_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         Open(1, "p").conn = 2
+
+
+def test_a_batch_of_too_many_messages_is_refused_whole():
+    frames = [HEADER] + [encode_message(Resync())] * (bus.MAX_BATCH + 1)
+    with pytest.raises(BusError, match="max"):
+        decode(frames)

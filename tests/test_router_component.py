@@ -482,3 +482,31 @@ def test_garbage_batches_are_dropped_and_the_router_keeps_serving(router, fakes)
     # nothing the garbage could have caused came back (the Say inside the old-version batch)
     assert not chat_lines(fa.since(mark), "old version")
     assert router.proc.alive()
+
+
+def test_a_forged_resync_and_forged_commands_from_a_peer_are_dropped_not_shown(router, fakes):
+    """A fake acceptor (a real DEALER) resyncs a session whose name holds a newline and the
+    text of a forged line, and sends commands no client could (an escape sequence, a name
+    that reads as a uid): the router drops each such message, logs it, and serves the rest of
+    the batch. The victim, on an honest acceptor, sees nothing forged."""
+    honest = fakes("honest")
+    victim = open_sessions(honest, [1])[1]
+    evil = fakes("evil", hello=False)
+    evil.hello()
+    evil.expect(lambda m: isinstance(m, bus.Heartbeat))
+    forged_name = f"eve\n{victim}: your password, please"
+    evil.send_raw(bus.encode([
+        bus.Seq(1),
+        bus.Sync(1, "654321", forged_name, "#lobby"),        # forged: dropped
+        bus.Sync(2, "765432", "mallory", "#lobby"),           # a valid session: adopted
+        bus.Cmd(2, Say("\x1b[2Jscreen wiped")),              # forged: dropped
+        bus.Cmd(2, Nick("123456")),                           # forged: dropped
+        bus.Cmd(2, Say("hello from mallory")),                # valid: served
+    ]))
+    honest.expect(lambda m: isinstance(m, bus.ChatRoom) and m.text == "765432: hello from mallory")
+    router.proc.wait_for(r"dropped a bad message from evil: sync: not a name")
+    seen = [getattr(m, "text", "") for m in honest.since(0)]
+    assert not [t for t in seen if "password" in t or "\x1b" in t or "wiped" in t], seen
+    names = [m for m in honest.since(0) if isinstance(m, bus.ToRoom) and "NAMES:" in m.text]
+    assert names and all("eve" not in m.text for m in names)
+    assert "765432=mallory" in names[-1].text

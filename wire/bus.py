@@ -9,19 +9,30 @@ A field never contains NUL: text reaching the bus is sanitized (controls removed
 refuses a NUL rather than corrupt the frame. Integers travel as decimal ASCII. No pickle, ever.
 Acceptor to router, the ROUTER socket prepends the acceptor's routing id (its name).
 
-Invariants: ``decode(encode(m)) == m`` for every message class here; ``decode`` raises
-``BusError`` for anything else, never another exception.
+A peer is not trusted blindly: ``decode`` checks every field as strictly as the client-facing
+code would (``check``): integers are plain decimal ASCII within range; a command is exactly
+what the client parser makes of a line (``commands.command_from_fields``); names and rooms
+follow the name rules; text carries no control character (a newline only where a message holds
+several lines); codes, stamps, epochs and JSON lists have their shapes. A frame is at most
+``MAX_FRAME`` bytes (the sockets refuse longer ones too: ZeroMQ's MAXMSGSIZE).
+
+Invariants: ``decode(encode(m)) == m`` for every valid message of every class here; ``decode``
+raises ``BusError`` for anything else, never another exception.
 """
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass, fields
 from typing import ClassVar
 
-from .commands import Command, command_fields, command_from_fields
-from .errors import BusError
+from .commands import Command, command_fields, command_from_fields, valid_name, valid_room
+from .errors import CODES, BusError
 
 VERSION = 2  # 2: relay gone (local replies wait for acks), heartbeat intervals announced
+MAX_FRAME = 16 << 20  # bytes per bus message (a /history reply of 200 long lines is < 1 MiB)
+MAX_BATCH = 200_000  # messages per batch (an acceptor's turn of reads is far fewer)
 HEADER = b"pychat-bus/%d" % VERSION
 SEP = "\x00"
 
@@ -233,19 +244,109 @@ def encode_message(msg: BusMessage) -> bytes:
 
 def decode_message(frame: bytes) -> BusMessage:
     try:
+        if len(frame) > MAX_FRAME:
+            raise BusError(f"a bus message of {len(frame)} bytes (max {MAX_FRAME})")
         parts = frame.decode("utf-8").split(SEP)
         kind = parts[0]
         if kind == Cmd.kind:
-            return Cmd(int(parts[1]), command_from_fields(parts[2], parts[3:]))
+            return Cmd(_int(parts[1]), command_from_fields(parts[2], parts[3:]))
         cls, layout = _LAYOUT[kind]
         if len(parts) - 1 != len(layout):
             raise BusError(f"{kind}: {len(parts) - 1} fields, expected {len(layout)}")
         values = zip(parts[1:], layout, strict=True)
-        return cls(*(int(v) if is_int else v for v, (_, is_int) in values))
+        msg = cls(*(_int(v) if is_int else v for v, (_, is_int) in values))
+        problem = check(msg)
+        if problem:
+            raise BusError(f"{kind}: {problem}")
+        return msg
     except BusError:
         raise
     except (UnicodeDecodeError, KeyError, IndexError, ValueError, TypeError) as e:
         raise BusError(f"undecodable bus message: {e!r}") from None
+
+
+def _int(text: str) -> int:
+    """Plain decimal ASCII, as encode writes it (not "+1", " 1", "1_0", "١", 5,000 digits)."""
+    if not (0 < len(text) <= 18 and text.isascii() and text.isdigit()):
+        raise BusError(f"not a number: {text[:40]!r}")
+    return int(text)
+
+
+# ---- field checks ---------------------------------------------------------------------------
+
+# as wire.framing.sanitize leaves text: no control but tab (and newlines between lines)
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+_CONTROL_BUT_NEWLINE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_TOKEN = re.compile(r"[0-9A-Za-z._:@+-]{1,255}\Z")  # names on the bus: routing ids, epochs
+_UID = re.compile(r"\d{6}\Z")
+_STAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z\Z")
+MAX_INTERVAL_MS = 3_600_000
+
+
+def _line(text: str) -> bool:
+    return not _CONTROL.search(text)
+
+
+def _lines(text: str) -> bool:
+    return not _CONTROL_BUT_NEWLINE.search(text)
+
+
+def _names(text: str) -> bool:
+    """A JSON list of routing ids (``peers``)."""
+    try:
+        names = json.loads(text)
+    except ValueError:
+        return False
+    return isinstance(names, list) and all(
+        isinstance(n, str) and _TOKEN.match(n) for n in names)
+
+
+def _session(uid: str, name: str, room: str, uid_may_be_empty: bool) -> str:
+    if not (_UID.match(uid) or (uid_may_be_empty and uid == "")):
+        return f"not a uid: {uid[:20]!r}"
+    if name and not valid_name(name):
+        return f"not a name: {name[:40]!r}"
+    if not valid_room(room):
+        return f"not a room: {room[:40]!r}"
+    return ""
+
+
+def check(msg: BusMessage) -> str:
+    """What is wrong with a decoded message's fields ("" for nothing)."""
+    if isinstance(msg, (Hello, Heartbeat)):
+        if not _TOKEN.match(msg.epoch):
+            return "not an epoch"
+        interval = msg.heartbeat_ms if isinstance(msg, Hello) else msg.interval_ms
+        if not 0 < interval <= MAX_INTERVAL_MS:
+            return f"a heartbeat of {interval} ms"
+        if isinstance(msg, Hello) and not (_TOKEN.match(msg.acceptor) and _names(msg.peers)):
+            return "not an acceptor's name, or not a list of them"
+    elif isinstance(msg, (Open, Close)):
+        text = msg.peer if isinstance(msg, Open) else msg.reason
+        if len(text) > 1024 or not _line(text):
+            return "a long field, or one with controls"
+    elif isinstance(msg, (Sync, SessionSet)):
+        return _session(msg.uid, msg.name, msg.room, uid_may_be_empty=isinstance(msg, Sync))
+    elif isinstance(msg, (ToConn, Kick)):
+        if not _lines(msg.text):
+            return "control characters in text"
+    elif isinstance(msg, ToRoom):
+        if not (valid_room(msg.room) and _lines(msg.text)):
+            return "not a room, or control characters in text"
+    elif isinstance(msg, Err):
+        if msg.code not in CODES or not _line(msg.text):
+            return f"unknown code {msg.code[:30]!r}, or control characters in text"
+    elif isinstance(msg, (ChatRoom, ChatConn)):
+        if not (_STAMP.match(msg.stamp) and _line(msg.text)):
+            return "not a stamp, or control characters in text"
+        if isinstance(msg, ChatRoom) and not valid_room(msg.room):
+            return "not a room"
+    elif isinstance(msg, From):
+        if msg.origin and not _TOKEN.match(msg.origin):
+            return "not an epoch"
+    elif isinstance(msg, Peers) and not _names(msg.names):
+        return "not a list of acceptors"
+    return ""
 
 
 def encode(messages: list[BusMessage]) -> list[bytes]:
@@ -253,7 +354,22 @@ def encode(messages: list[BusMessage]) -> list[bytes]:
     return [HEADER, *map(encode_message, messages)]
 
 
-def decode(frames: list[bytes]) -> list[BusMessage]:
+def decode(frames: list[bytes], bad: list[BusError] | None = None) -> list[BusMessage]:
+    """A batch's messages. Any bad message fails the whole batch, unless ``bad`` is given:
+    then bad messages are left out and their errors put there (a batch whose first message is
+    bad still fails: that one says what the batch is, its number or its Hello)."""
     if not frames or frames[0] != HEADER:
         raise BusError(f"not a {HEADER.decode()} batch: {frames[:1]!r}")
-    return [decode_message(f) for f in frames[1:]]
+    if len(frames) > MAX_BATCH + 1:
+        raise BusError(f"a batch of {len(frames) - 1} messages (max {MAX_BATCH})")
+    if bad is None:
+        return [decode_message(f) for f in frames[1:]]
+    out = []
+    for i, frame in enumerate(frames[1:]):
+        try:
+            out.append(decode_message(frame))
+        except BusError as e:
+            if i == 0:
+                raise
+            bad.append(e)
+    return out

@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 
 from . import errors
 from .errors import ClientError
+from .framing import sanitize
 
 NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,24}\Z")
 ROOM_RE = re.compile(r"#[A-Za-z0-9_-]{1,32}\Z")
@@ -284,11 +285,42 @@ def command_fields(cmd: Command) -> list[str]:
     return [str(getattr(cmd, f.name)) for f in fields(cmd)]
 
 
+def valid_name(name: str) -> bool:
+    """A display name as ``/nick`` takes it (the router keeps uniqueness)."""
+    return bool(NAME_RE.match(name)) and not (len(name) == 6 and name.isdigit())
+
+
+def valid_room(room: str) -> bool:
+    """A room as ``/join`` makes it: ``#`` and 1-32 of the name characters, lower case."""
+    return bool(ROOM_RE.match(room)) and room == room.lower()
+
+
 def command_from_fields(kind: str, args: list[str]) -> Command:
+    """A routed command from the bus: exactly what this parser would have made of a client's
+    line, or ``ValueError``. An acceptor is a peer, not an authority: a command from the bus is
+    checked as if a client had typed it (its text sanitized, its name and room valid, its
+    count in range), so a forged or corrupted frame cannot put what no client can send into
+    the router (a newline in a name, a control sequence in a line)."""
     cls = BY_KIND[kind]
+    spec = BY_CLASS[cls]
+    if spec.served_by != ROUTER:
+        raise ValueError(f"/{kind} is not a command for the router")
     names = [f.name for f in fields(cls)]
     if len(args) != len(names):
         raise ValueError(f"{kind} takes {len(names)} fields, got {len(args)}")
-    values = [int(a) if f.type in ("int", int) else a
+    for arg in args:
+        if sanitize(arg) != arg:
+            raise ValueError(f"{kind}: a control character in a field")
+    if cls is Say:
+        if not args[0] or args[0].isspace():
+            raise ValueError("say: blank text")
+        return Say(args[0])
+    try:
+        made = spec.build(" ".join(args).strip())
+    except ClientError as e:
+        raise ValueError(f"{kind}: {e.message}") from None
+    values = [int(a) if a.isascii() and a.isdigit() and f.type in ("int", int) else a
               for f, a in zip(fields(cls), args, strict=True)]
-    return cls(*values)
+    if made != cls(*values):
+        raise ValueError(f"{kind}: not as a client's line would make it: {args!r}")
+    return made

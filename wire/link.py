@@ -245,7 +245,10 @@ class AcceptorLink:
         """A batch from the router: what the acceptor must act on (lines, sessions, kicks,
         ``ResyncNeeded`` and ``Answered``), in order; the link's own messages are taken here.
         Raises ``BusError`` for a batch that does not decode."""
-        messages = decode(frames)
+        bad: list[BusError] = []
+        messages = decode(frames, bad)
+        for e in bad:
+            alog.warning("dropped a bad message from the router: %s", e)
         out: list[BusMessage | ResyncNeeded | Answered] = []
         skip = False
         for msg in messages:
@@ -395,12 +398,15 @@ class RouterLink:
 
     def receive(self, ident: bytes, frames: Frames, now: float) -> None:
         """One batch from a DEALER whose routing id is ``ident``."""
+        bad: list[BusError] = []
         try:
             acceptor = ident.decode("utf-8")
-            messages = decode(frames)
+            messages = decode(frames, bad)
         except (BusError, UnicodeDecodeError) as e:
             rlog.warning("dropped a bad batch from %r: %s", ident, e)
             return
+        for e in bad:  # an acceptor is a peer, not an authority: what no client sends is dropped
+            rlog.warning("dropped a bad message from %s: %s", acceptor, e)
         peer = self.peers.get(acceptor)
         if messages and type(messages[0]) is Seq:
             first = messages[0]
