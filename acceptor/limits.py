@@ -3,7 +3,10 @@
 ``Limits`` is validated at start (``check``), before anything binds. ``TokenBucket`` is the flood
 limit on commands that reach other users (public and private messages, nick, join, ...):
 ``burst`` at once, then ``rate`` a second. A flooder is slowed down (reading paused until a token
-is due), never dropped. Lines that only cost the sender (errors, /ping, /help) take no token;
+is due), never dropped. A command costs one token, and one more for every ``flood_bytes`` that
+it made the server send (the router reports it: a ``/history`` of long lines, a ``/join`` whose
+pushes reach a crowded room, a line to a large room), so the work one client causes is paced:
+at most ``flood_rate`` × ``flood_bytes`` a second, after the burst. Lines that only cost the sender (errors, /ping, /help) take no token;
 ``lines_per_turn`` keeps any one connection from holding the loop.
 
 Send queues: a client with more than ``send_queue`` bytes waiting that has not drained any of
@@ -24,7 +27,8 @@ sent nothing for ``idle_timeout`` seconds, or that has held an unfinished line (
 for ``partial_line_timeout`` seconds (slowloris), gets one ``ERROR:`` line and is closed; 0 turns
 either off. Time a client spends paused by the flood limit does not count: then it is we who are
 not reading. ``max_per_address`` caps the clients of one IP address, like ``max_connections`` caps
-them all; loopback addresses are exempt by default (a local proxy, a load generator on the same
+them all, and ``connect_burst``/``connect_rate`` pace an address's new connections (each costs
+its room's arrival pushes); loopback addresses are exempt by default (a local proxy, a load generator on the same
 host), ``per_address_exempt`` says otherwise. TCP keepalive (``keepalive_*``, where the OS has the
 options) lets the kernel find a peer that vanished without a FIN (a half-open connection) even when
 the idle limit is off.
@@ -48,6 +52,7 @@ class Limits:
     stall_check: float = 1.0  # seconds between checks of clients above send_queue
     flood_burst: int = 100  # lines a client may send at once ...
     flood_rate: float = 50.0  # ... and then per second
+    flood_bytes: int = 64 * 1024  # what a command makes the server send costs a token per this
     max_connections: int = 10_000  # clients on this acceptor
     sndbuf: int = 64 * 1024  # kernel send buffer per client socket (0: the kernel's autotuning)
     lines_per_turn: int = 256  # lines of one client handled before others get a turn
@@ -57,6 +62,8 @@ class Limits:
     partial_line_timeout: float = 30.0  # seconds an unfinished line may stay unfinished (0: off)
     piece_idle: float = 0.5  # before a client's first newline: an idle piece is a line (0: off)
     max_per_address: int = 64  # clients from one IP address on this acceptor ...
+    connect_burst: int = 20  # ... new connections from one address at once ...
+    connect_rate: float = 5.0  # ... and then per second (the same exemptions)
     per_address_exempt: str = "loopback"  # ... except these: addresses, "loopback" or "none"
     keepalive_idle: int = 60  # TCP keepalive: seconds of silence before the first probe ...
     keepalive_interval: int = 10  # ... seconds between probes ...
@@ -64,7 +71,8 @@ class Limits:
 
     def check(self) -> None:
         for name in ("max_line", "send_queue", "send_queue_hard", "stall_check", "flood_burst",
-                     "flood_rate", "max_connections", "lines_per_turn", "max_per_address",
+                     "flood_rate", "flood_bytes", "max_connections", "lines_per_turn",
+                     "max_per_address", "connect_burst", "connect_rate",
                      "keepalive_idle", "keepalive_interval", "keepalive_count"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")

@@ -281,6 +281,11 @@ OPTIONS: tuple[Option, ...] = (
            "such commands per second after the burst; a flooder is slowed, not cut",
            positive(float), "... then per second; a flooder is slowed down (reading paused), "
                             "never dropped"),
+    _limit("--flood-bytes", "bytes a client's command may make the server send (replies, pushes "
+                            "to a room's members, a line to a large room) for each flood token "
+                            "it costs beyond the first",
+           positive(int), "what a command makes the server send costs one more token per this "
+                          "many bytes (`/history`, a crowded `/join`, a line to a large room)"),
     _limit("--lines-per-turn", "lines of one client handled before the others get a turn",
            positive(int), "lines of one client handled before the others get a turn"),
     _limit("--coalesce-ms", "the longest a line waits so that lines arriving together share one "
@@ -294,6 +299,12 @@ OPTIONS: tuple[Option, ...] = (
            "clients per acceptor"),
     _limit("--max-per-address", "clients from one IP address on this acceptor", positive(int),
            "clients from one IP address per acceptor; one more gets `ERROR:` and is closed"),
+    _limit("--connect-burst", "new connections one IP address may open at once (the "
+                              "--per-address-exempt addresses may open any)",
+           positive(int), "new connections from one IP address at once ..."),
+    _limit("--connect-rate", "such new connections per second after the burst; one more gets "
+                             "ERROR: and is closed",
+           positive(float), "... then per second; one more gets `ERROR:` and is closed"),
     _limit("--per-address-exempt", "addresses --max-per-address does not apply to: "
                                    "comma-separated IPs, 'loopback' or 'none'",
            address_list, "addresses `--max-per-address` does not apply to: IPs "

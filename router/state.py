@@ -35,6 +35,7 @@ from pychat.wire.bus import (
     ChatRoom,
     Close,
     Cmd,
+    Cost,
     Delivery,
     Err,
     Open,
@@ -63,6 +64,7 @@ from .history import HistoryStore
 log = logging.getLogger("pychat.router")
 
 MAX_PUSH_INTERVAL = 60.0
+COST_REPORTED = 4096  # a command (or arrival) that made the server send this many bytes is paced
 
 
 class User:
@@ -105,10 +107,10 @@ class RouterState:
         kind = type(msg)
         if kind is Cmd:
             assert isinstance(msg, Cmd)
-            return self.command(acceptor, msg.conn, msg.command)
+            return self._charged(acceptor, msg.conn, self.command(acceptor, msg.conn, msg.command))
         if kind is Open:
             assert isinstance(msg, Open)
-            return self.open(acceptor, msg.conn)
+            return self._charged(acceptor, msg.conn, self.open(acceptor, msg.conn))
         if kind is Close:
             assert isinstance(msg, Close)
             return self.close(acceptor, msg.conn)
@@ -172,6 +174,30 @@ class RouterState:
         else:
             handler(user, cmd)
         return self._take()
+
+    def cost(self, deliveries: list[Delivery]) -> int:
+        """What ``deliveries`` make the acceptors write to clients, in bytes (characters, near
+        enough): each line for one session once, each line for a room once per member there."""
+        total = 0
+        room_acceptors = self.room_acceptors
+        for acceptor, msg in deliveries:
+            kind = type(msg)
+            if kind is ChatRoom or kind is ToRoom:
+                assert isinstance(msg, (ChatRoom, ToRoom))
+                total += (len(msg.text) + 1) * room_acceptors.get(msg.room, {}).get(acceptor, 0)
+            elif kind is ToConn or kind is Err or kind is ChatConn:
+                assert isinstance(msg, (ToConn, Err, ChatConn))
+                total += len(msg.text) + 1
+        return total
+
+    def _charged(self, acceptor: str, conn: int, deliveries: list[Delivery]) -> list[Delivery]:
+        """``deliveries`` and, when they cost much, a ``Cost`` for the session that caused them:
+        its acceptor slows the client down accordingly (a /history of long lines, a /join of
+        a crowded room, a line to a large room weigh more than one token)."""
+        cost = self.cost(deliveries)
+        if cost >= COST_REPORTED and (acceptor, conn) in self.by_conn:
+            deliveries.append((acceptor, Cost(conn, cost)))
+        return deliveries
 
     def acceptor_gone(self, acceptor: str) -> list[Delivery]:
         """An acceptor died: its users leave, everyone else sees the new lists."""

@@ -220,7 +220,7 @@ SAMPLES = {
     "sndbuf": "0", "flood_burst": "7", "flood_rate": "2.5", "lines_per_turn": "3",
     "coalesce_ms": "0", "coalesce_factor": "2", "max_connections": "99", "max_per_address": "5",
     "per_address_exempt": "none", "idle_timeout": "60", "partial_line_timeout": "0",
-    "piece_idle": "0.25",
+    "piece_idle": "0.25", "flood_bytes": "4096", "connect_burst": "3", "connect_rate": "0.5",
     "keepalive_idle": "30", "keepalive_interval": "5", "keepalive_count": "3",
     "tls_cert": "cert.pem", "tls_key": "key.pem", "curve_secret": "acceptor-1.key_secret",
     "curve_server": "router.key", "heartbeat": "0.25", "ntp": "ntp.example.org:1123",

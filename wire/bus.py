@@ -165,6 +165,16 @@ class Err(BusMessage):
 
 
 @dataclass(frozen=True, slots=True)
+class Cost(BusMessage):
+    """What a session's command (or its arrival) made the server send, in bytes, when it was
+    much: replies, pushes times the members they reached, chat times the room. The acceptor
+    charges the client's flood bucket for it, so the work a client causes is paced."""
+    conn: int
+    bytes: int
+    kind: ClassVar[str] = "cost"
+
+
+@dataclass(frozen=True, slots=True)
 class ToRoom(BusMessage):
     """Plain lines for every local member of a room (USERS, NAMES pushes)."""
     room: str
@@ -219,7 +229,8 @@ class Resync(BusMessage):
 
 Delivery = tuple[str, BusMessage]  # (acceptor, message): what the router's state returns
 
-_CLASSES = (Hello, Seq, Heartbeat, Open, Close, Sync, SessionSet, ToConn, Err, ToRoom, ChatRoom,
+_CLASSES = (Hello, Seq, Heartbeat, Open, Close, Sync, SessionSet, ToConn, Err, Cost, ToRoom,
+            ChatRoom,
             ChatConn, Kick, Resync, StatusAsk, Status, Ack, From, Peers)
 _LAYOUT: dict[str, tuple[type[BusMessage], tuple[tuple[str, bool], ...]]] = {
     cls.kind: (cls, tuple((f.name, f.type in ("int", int)) for f in fields(cls)))
