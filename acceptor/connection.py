@@ -21,7 +21,11 @@ It owns:
   line (until its first ``\\n``, a piece idle for ``piece_idle`` seconds is a line; at EOF the
   last piece is a line);
 - the flood bucket: a command for the router waits for its token with reading paused, and a
-  turn handles at most ``lines_per_turn`` lines (fairness); nothing read is dropped;
+  turn handles at most ``lines_per_turn`` lines (fairness); nothing read is dropped. What a
+  command made the server send is charged afterwards (``charge``, from the router's ``cost``):
+  a token per ``flood_bytes``, so the next commands wait for the work this one caused. A
+  heavy command (its reply or pushes grow with the data: ``/history``, ``/users``, ``/join``...)
+  waits, with reading paused, until the one before it is answered, so its cost is known first;
 - order: a reply made here (``PONG``, ``OK cap``, ``HELP:``, usage ``ERROR:`` lines, ``BYE``)
   waits until the router has answered every command routed before it, so it reaches the client
   behind their results. The caller says what is answered, with every call and, for a
@@ -48,6 +52,7 @@ from dataclasses import dataclass
 
 from pychat.wire import errors, replies
 from pychat.wire.commands import (
+    HEAVY,
     LOCAL,
     ROUTED,
     Cap,
@@ -113,8 +118,8 @@ Item = bytes | LineTooLong | Command
 
 
 class Connection:
-    __slots__ = ("_resume_at", "answered", "bucket", "cap_codes", "cap_end", "cap_time", "closed",
-                 "eof", "held",
+    __slots__ = ("_heavy", "_resume_at", "answered", "bucket", "cap_codes", "cap_end", "cap_time",
+                 "closed", "eof", "held",
                  "limits", "line_since", "lines", "newline_seen", "paused", "pending",
                  "quitting", "seen", "ticket", "wake_at")
 
@@ -139,6 +144,7 @@ class Connection:
         self.answered = ticket - 1  # every batch up to this one is answered
         self.held: deque[tuple[int, Action]] = deque()  # replies waiting for their ticket
         self._resume_at: float | None = None
+        self._heavy = 0  # the batch of our latest heavy command (0: none unanswered)
         self.wake_at: float | None = None
 
     # ---- input -------------------------------------------------------------------------------
@@ -224,12 +230,28 @@ class Connection:
         self._rearm()
         return out
 
+    @property
+    def awaits_answers(self) -> bool:
+        """Something here waits for the router's answers: held replies, or a heavy command."""
+        return bool(self.held) or self._heavy > self.answered
+
+    def charge(self, sent: int) -> None:
+        """The router reports that a command of ours made it send ``sent`` bytes: every
+        ``flood_bytes`` of it beyond the first costs one more token (the bucket may go into debt:
+        the next command for the router waits until it is paid)."""
+        extra = sent // self.limits.flood_bytes
+        if extra:
+            self.bucket.tokens -= extra
+
     def answered_up_to(self, n: int) -> list[Action]:
         """Every batch up to ``n`` is answered: the replies held behind them go out."""
         out: list[Action] = []
         if n <= self.answered:
             return out
         self.answered = n
+        if self._heavy and n >= self._heavy and self.pending and self._resume_at is None:
+            self._resume_at = 0.0  # the heavy command waiting may go: a turn, at once
+            self.wake_at = 0.0
         held = self.held
         while held and held[0][0] <= n:
             action = held.popleft()[1]
@@ -262,6 +284,11 @@ class Connection:
                         continue
                     item = parsed
                 if type(item) in ROUTED:
+                    heavy = type(item) in HEAVY
+                    if heavy and self._heavy > self.answered:  # the last one's cost not known
+                        pending.appendleft(item)
+                        self._pause(None, out)
+                        return
                     if not bucket.take(now):
                         pending.appendleft(item)  # parsed once; waits for its token
                         self._pause(now + bucket.wait(), out)
@@ -271,6 +298,8 @@ class Connection:
                         ticket += 1
                     out.append(Route(item))
                     self.ticket = ticket
+                    if heavy:
+                        self._heavy = ticket
                     if self.cap_end and type(item) is not Say:
                         self._reply(replies.format_end(word_of(item)), out)
                 else:
@@ -295,7 +324,8 @@ class Connection:
             self.quitting = "end of input"
             self._emit(Close(self.quitting), out)
 
-    def _pause(self, until: float, out: list[Action]) -> None:
+    def _pause(self, until: float | None, out: list[Action]) -> None:
+        """Stop reading until ``until`` (a token, the next turn), or until an answer (None)."""
         self._resume_at = until
         if not self.paused:
             self.paused = True

@@ -1,22 +1,23 @@
 """Per-connection limits, named, with safe defaults; enforced where the bytes are parsed.
 
 ``Limits`` is validated at start (``check``), before anything binds. ``TokenBucket`` is the flood
-limit on commands that reach other users (public and private messages, nick, join, ...):
-``burst`` at once, then ``rate`` a second. A flooder is slowed down (reading paused until a token
-is due), never dropped. A command costs one token, and one more for every ``flood_bytes`` that
-it made the server send (the router reports it: a ``/history`` of long lines, a ``/join`` whose
-pushes reach a crowded room, a line to a large room), so the work one client causes is paced:
-at most ``flood_rate`` × ``flood_bytes`` a second, after the burst. Lines that only cost the sender (errors, /ping, /help) take no token;
-``lines_per_turn`` keeps any one connection from holding the loop.
+limit on commands that reach other users (public and private messages, nick, join, ...): ``burst``
+at once, then ``rate`` a second. A flooder is slowed down (reading paused until a token is due),
+never dropped. A command costs one token, and one more for every ``flood_bytes`` that it made the
+server send (the router reports it: a ``/history`` of long lines, a ``/join`` whose pushes reach a
+crowded room, a line to a large room), so the work one client causes is paced: at most
+``flood_rate`` × ``flood_bytes`` a second, after the burst. Lines that only cost the sender
+(errors, /ping, /help) take no token; ``lines_per_turn`` keeps any one connection from holding the
+loop.
 
-Send queues: a client with more than ``send_queue`` bytes waiting that has not drained any of
-them by the next check (``stall_check`` seconds) has stopped reading and is disconnected; any
-client past ``send_queue_hard`` is disconnected at once. A fast reader hit by a burst keeps
-draining and stays; memory per client is bounded by the hard limit.
+Send queues: a client with more than ``send_queue`` bytes waiting that has not drained any of them
+by the next check (``stall_check`` seconds) has stopped reading and is disconnected; any client
+past ``send_queue_hard`` is disconnected at once. A fast reader hit by a burst keeps draining and
+stays; memory per client is bounded by the hard limit.
 
-The kernel send buffer is bounded (``sndbuf``) so that a client that stops reading fills its
-queue, and is disconnected, after a few hundred KiB rather than after the megabytes that
-loopback autotuning allows; it also bounds kernel memory per stalled client.
+The kernel send buffer is bounded (``sndbuf``) so that a client that stops reading fills its queue,
+and is disconnected, after a few hundred KiB rather than after the megabytes that loopback
+autotuning allows; it also bounds kernel memory per stalled client.
 
 Clients that end no message with a newline (the original PyChat client sends one message per
 ``send()``): until a connection has sent its first ``\n``, a piece that has sat unfinished for
@@ -27,11 +28,11 @@ sent nothing for ``idle_timeout`` seconds, or that has held an unfinished line (
 for ``partial_line_timeout`` seconds (slowloris), gets one ``ERROR:`` line and is closed; 0 turns
 either off. Time a client spends paused by the flood limit does not count: then it is we who are
 not reading. ``max_per_address`` caps the clients of one IP address, like ``max_connections`` caps
-them all, and ``connect_burst``/``connect_rate`` pace an address's new connections (each costs
-its room's arrival pushes); loopback addresses are exempt by default (a local proxy, a load generator on the same
-host), ``per_address_exempt`` says otherwise. TCP keepalive (``keepalive_*``, where the OS has the
-options) lets the kernel find a peer that vanished without a FIN (a half-open connection) even when
-the idle limit is off.
+them all, and ``connect_burst``/``connect_rate`` pace an address's new connections (each costs its
+room's arrival pushes); loopback addresses are exempt by default (a local proxy, a load generator
+on the same host), ``per_address_exempt`` says otherwise. TCP keepalive (``keepalive_*``, where the
+OS has the options) lets the kernel find a peer that vanished without a FIN (a half-open
+connection) even when the idle limit is off.
 """
 
 from __future__ import annotations
@@ -135,6 +136,10 @@ class TokenBucket:
             return True
         self.tokens = tokens
         return False
+
+    def full(self, now: float) -> bool:
+        """Refilled to the burst by ``now`` (nothing owed, nothing to remember)."""
+        return self.tokens + (now - self.stamp) * self.rate >= self.burst
 
     def wait(self) -> float:
         """Seconds until the next token, from the last ``take``."""

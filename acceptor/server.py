@@ -32,7 +32,7 @@ from pychat.wire.errors import BusError
 from pychat.wire.link import AcceptorLink, Answered, ResyncNeeded
 
 from .connection import Connection
-from .limits import Limits, exempt_addresses
+from .limits import Limits, TokenBucket, exempt_addresses
 from .link import BusPump
 from .output import Output
 from .session import Session
@@ -58,10 +58,11 @@ class Acceptor:
         self._ids = itertools.count(1)
         self.stats = {"accepted": 0, "send_queue_drops": 0, "full_refusals": 0,
                       "lines_out": 0, "writes": 0, "address_refusals": 0, "idle_closed": 0,
-                      "unfinished_line_closed": 0}
+                      "unfinished_line_closed": 0, "connect_rate_refusals": 0}
         self.per_address: dict[str, int] = {}  # open sessions per peer IP address
+        self.connects: dict[str, TokenBucket] = {}  # new connections per address, paced
         self._exempt = exempt_addresses(limits.per_address_exempt)
-        self.holding: dict[Session, None] = {}  # sessions with replies waiting for answers
+        self.holding: dict[Session, None] = {}  # sessions waiting for the router's answers
         self.answered = 0  # every batch up to this one is answered, as far as we have read
         self._greeting: deque[tuple[float, Session]] = deque()  # Welcome due at, oldest first
         self._greet_handle: asyncio.TimerHandle | None = None
@@ -102,7 +103,7 @@ class Acceptor:
                     .encode())
             t.close()
             return
-        if self._refuse_address(s, t):
+        if self._refuse_address(s, t) or self._refuse_rate(s, t):
             return
         self.stats["accepted"] += 1
         now = self.loop.time()
@@ -145,6 +146,26 @@ class Acceptor:
         t.close()
         return True
 
+    def _refuse_rate(self, s: Session, t: asyncio.Transport) -> bool:
+        """More new connections from this address than ``connect_burst``, then ``connect_rate``
+        a second: each one costs its room's arrival pushes, so they are paced like commands."""
+        if self._exempt(s.host):
+            return False
+        now = self.loop.time()
+        bucket = self.connects.get(s.host)
+        if bucket is None:
+            bucket = self.connects[s.host] = TokenBucket(self.limits.connect_rate,
+                                                         self.limits.connect_burst, now)
+        if bucket.take(now):
+            return False
+        self.stats["connect_rate_refusals"] += 1
+        log.info("refused %s: new connections from its address faster than %g a second",
+                 s.peer, self.limits.connect_rate)
+        t.write(f"ERROR: too many new connections from your address (at most "
+                f"{self.limits.connect_rate:g} a second)\n".encode())
+        t.close()
+        return True
+
     def _forget_address(self, s: Session) -> None:
         n = self.per_address.get(s.host, 0) - 1
         if n > 0:
@@ -168,10 +189,13 @@ class Acceptor:
         """Once a second over every session: the idle and slowloris deadlines (each session's
         ``Connection`` decides; one timer for the acceptor, not one per connection)."""
         self._sweep_handle = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
+        now = self.loop.time()
+        full = [host for host, bucket in self.connects.items() if bucket.full(now)]
+        for host in full:  # an address that paid its connections back needs no bucket
+            del self.connects[host]
         idle, unfinished = self.limits.idle_timeout, self.limits.partial_line_timeout
         if not idle and not unfinished:
             return
-        now = self.loop.time()
         idle_since = now - idle if idle else -1.0
         begun_by = now - unfinished if unfinished else -1.0
         due = [s for s in self.sessions.values()  # a cheap look first: tick decides
@@ -211,6 +235,10 @@ class Acceptor:
                 if (s := sessions.get(msg.conn)) is not None:
                     s.send_line(replies.format_error(msg.text,
                                                      msg.code if s.conn.cap_codes else None))
+            elif kind is bus.Cost:
+                assert isinstance(msg, bus.Cost)
+                if (s := sessions.get(msg.conn)) is not None:
+                    s.conn.charge(msg.bytes)
             elif kind is bus.ChatConn:
                 assert isinstance(msg, bus.ChatConn)
                 if (s := sessions.get(msg.conn)) is not None:
@@ -252,10 +280,10 @@ class Acceptor:
         holding = self.holding
         for s in list(holding):
             if s.open:
-                s.act(s.conn.answered_up_to(n))
-                if s.conn.held:
+                s.answered(n)
+                if s.conn.awaits_answers:
                     continue
-            del holding[s]
+            holding.pop(s, None)
 
     def _refused(self, msgs: list[bus.BusMessage]) -> None:
         """A batch that will not reach a router (the backlog overflowed, or the router has been

@@ -135,14 +135,21 @@ class Session(asyncio.Protocol):
             log.exception("bug while serving conn %d (%s); closing it", self.id, self.peer)
             self.close()
             return
+        self._after(actions)
+
+    def answered(self, n: int) -> None:
+        """The router has answered every batch up to ``n``: what waited on that goes on."""
+        self._after(self.conn.answered_up_to(n))
+
+    def _after(self, actions: list[Action]) -> None:
         if actions:
             self.act(actions)
         conn = self.conn
         self.cap_time = conn.cap_time
         if conn.wake_at != self._armed:
             self._arm(conn.wake_at)
-        if conn.held:
-            acceptor.holding[self] = None
+        if conn.awaits_answers:
+            self.acceptor.holding[self] = None
 
     def act(self, actions: list[Action]) -> None:
         acceptor = self.acceptor

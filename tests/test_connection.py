@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from pychat.acceptor.connection import CUT, PAUSE, RESUME, Close, Connection, Route, Write
 from pychat.acceptor.limits import Limits
-from pychat.wire.commands import Join, Nick, Say, Users
+from pychat.wire.commands import History, Join, Nick, Say, Users
 
 LIMITS = Limits()
 
@@ -37,8 +37,19 @@ def routed(actions) -> list:
 
 def test_lines_become_commands_for_the_router_in_order():
     c = conn()
-    acts = c.receive_data(b"hello\n/nick al\n/join #x\n", 0.1, 2, c.answered)
-    assert acts == [Route(Say("hello")), Route(Nick("al")), Route(Join("#x"))]
+    acts = c.receive_data(b"hello\n/nick al\nagain\n", 0.1, 2, c.answered)
+    assert acts == [Route(Say("hello")), Route(Nick("al")), Route(Say("again"))]
+
+
+def test_a_heavy_command_waits_until_the_one_before_it_is_answered():
+    """/nick, /join, /users, /rooms, /history: what they send grows with the data, so their
+    cost must be known (charged) before the next one goes; chat lines go meanwhile."""
+    c = conn(ticket=1)
+    acts = c.receive_data(b"/join #x\n/history 5\nhello\n", 0.1, 2, 1)
+    assert acts == [Route(Join("#x")), PAUSE]  # /history waits for the /join's answer
+    assert c.awaits_answers and c.wake_at is None
+    assert c.answered_up_to(2) == [] and c.wake_at == 0.0  # answered: a turn at once
+    assert c.tick(0.2, 3, 2) == [Route(History(5)), Route(Say("hello")), RESUME]
 
 
 def test_a_line_split_anywhere_is_one_line():
@@ -317,3 +328,22 @@ def test_several_capabilities_at_once_and_an_unknown_one_grants_none():
     assert not (c.cap_time or c.cap_codes or c.cap_end)
     assert writes(c.receive_data(b"/cap TIME codes\n", 0.2, 2, 1)) == ["OK cap time codes"]
     assert c.cap_time and c.cap_codes and not c.cap_end
+
+
+# ---- what a command made the server send is charged -------------------------------------------
+
+def test_the_cost_the_router_reports_delays_the_next_command_by_its_tokens():
+    c = conn(flood_burst=2, flood_rate=10.0, flood_bytes=1000)
+    assert routed(c.receive_data(b"/history 200\n", 0.0, 2, 1)) == [History(200)]
+    c.charge(10_500)  # the reply was 10.5 kB: 10 more tokens (the first was the command's)
+    acts = c.receive_data(b"/history 200\n", 0.01, 3, 2)  # (its answer came with its cost)
+    assert routed(acts) == [] and PAUSE in acts  # 1 - 10 + 0.1 refilled: in debt
+    assert c.wake_at == pytest.approx(0.0 + (1 - (1 - 10)) / 10.0, abs=0.02)  # ~1 s
+    assert routed(c.tick(c.wake_at, 3, 1)) == [History(200)]
+
+
+def test_a_cost_under_flood_bytes_costs_nothing_more():
+    c = conn(flood_burst=1, flood_rate=1.0, flood_bytes=65536)
+    c.receive_data(b"hi\n", 0.0, 2, 1)
+    c.charge(65535)
+    assert c.bucket.tokens == 0.0

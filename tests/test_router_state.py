@@ -19,7 +19,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from pychat.router.history import MemoryHistory
 from pychat.router.state import RouterState
-from pychat.wire.bus import ChatConn, ChatRoom, Err, Kick, SessionSet, ToConn, ToRoom
+from pychat.wire.bus import ChatConn, ChatRoom, Cmd, Cost, Err, Kick, SessionSet, ToConn, ToRoom
 from pychat.wire.commands import History, Join, Nick, Private, Say, parse_line
 from pychat.wire.errors import NAME_TAKEN, NO_SUCH_USER
 
@@ -997,3 +997,30 @@ def test_long_random_walk_keeps_the_invariants():
         assert set(net.state.by_conn) == set(keys)
     for room, members in net.state.rooms.items():
         assert len(members) == sum(net.state.room_acceptors[room].values())
+
+
+# ---- the cost of a command --------------------------------------------------------------------
+
+def test_a_costly_command_is_reported_with_what_it_made_the_server_send():
+    net = Net()
+    a = net.open("A")
+    net.open("B")
+    for i in range(30):  # 30 lines of 1,000 characters in the lobby's history
+        net.cmd(a, "x" * 1000 + f" {i}")
+    out = net.state.handle("A", Cmd(a[1], History(20)))
+    costs = [m for _, m in out if isinstance(m, Cost)]
+    history = next(m for _, m in out if isinstance(m, ToConn) and m.text.startswith("HISTORY:"))
+    assert costs == [Cost(a[1], len(history.text) + 1)] and costs[0].bytes > 20_000
+    assert [acc for acc, m in out if isinstance(m, Cost)] == ["A"]  # to the asker's acceptor
+
+
+def test_a_line_to_a_room_costs_its_length_times_the_members_and_small_things_nothing():
+    net = Net()
+    members = [net.open("A" if i % 2 else "B") for i in range(40)]
+    speaker = members[0]
+    out = net.state.handle(speaker[0], Cmd(speaker[1], Say("y" * 200)))
+    line = next(m for _, m in out if isinstance(m, ChatRoom))
+    cost = (len(line.text) + 1) * 40
+    assert [m for _, m in out if isinstance(m, Cost)] == [Cost(speaker[1], cost)]
+    out = net.state.handle(speaker[0], Cmd(speaker[1], Say("hi")))  # 40 x 11 bytes: not reported
+    assert not [m for _, m in out if isinstance(m, Cost)]

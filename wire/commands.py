@@ -177,19 +177,25 @@ class Spec:
     served_by: str  # LOCAL (the client's connection, in the acceptor) or ROUTER
     handler: str  # the method that serves it, in the class that serves it
     summary: str
+    # its reply or its pushes grow with the data (a room's size, its history): a client has one
+    # such command at the router at a time, so its cost is charged before the next is sent
+    heavy: bool = False
 
 
 TABLE: tuple[Spec, ...] = (
     Spec((), "", Say, Say, ROUTER, "on_say", "sends to your room"),
     Spec(("msg", "w"), "<target> <text>", Private, _target_text, ROUTER, "on_msg",
          "private message to a uid or a name"),
-    Spec(("nick",), "<name>", Nick, _nick, ROUTER, "on_nick", "set your display name"),
-    Spec(("users",), "", Users, _no_args(Users), ROUTER, "on_users", "members of your room"),
+    Spec(("nick",), "<name>", Nick, _nick, ROUTER, "on_nick", "set your display name",
+         heavy=True),
+    Spec(("users",), "", Users, _no_args(Users), ROUTER, "on_users", "members of your room",
+         heavy=True),
     Spec(("join",), "<#room>", Join, _join, ROUTER, "on_join",
-         "move to a room (everyone starts in #lobby)"),
-    Spec(("rooms",), "", Rooms, _no_args(Rooms), ROUTER, "on_rooms", "rooms with members"),
+         "move to a room (everyone starts in #lobby)", heavy=True),
+    Spec(("rooms",), "", Rooms, _no_args(Rooms), ROUTER, "on_rooms", "rooms with members",
+         heavy=True),
     Spec(("history",), "[n]", History, _history, ROUTER, "on_history",
-         f"last n messages of your room (max {HISTORY_MAX})"),
+         f"last n messages of your room (max {HISTORY_MAX})", heavy=True),
     Spec(("cap",), "<capability>...", Cap, _cap, LOCAL, "on_cap",
          "ask for capabilities: time (tag chat lines with @time=), codes (tag ERROR: lines "
          "with @code=), end (END <command> after each command's reply)"),
@@ -204,6 +210,7 @@ BY_CLASS: dict[type[Command], Spec] = {spec.command: spec for spec in TABLE}
 BY_KIND: dict[str, type[Command]] = {spec.command.kind: spec.command for spec in TABLE}
 ROUTED: frozenset[type[Command]] = frozenset(
     spec.command for spec in TABLE if spec.served_by == ROUTER)
+HEAVY: frozenset[type[Command]] = frozenset(spec.command for spec in TABLE if spec.heavy)
 
 
 def handler_names(served_by: str) -> dict[type[Command], str]:
