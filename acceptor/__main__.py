@@ -12,7 +12,7 @@ import socket
 import sys
 
 from pychat.config import BadValue, add_ready_fd, setup_logging, signal_ready
-from pychat.keys import load_public, load_secret
+from pychat.keys import is_open_bus, load_public, load_secret
 from pychat.metrics import Metrics
 from pychat.options import ACCEPTOR, add_options, limit_values
 
@@ -130,6 +130,11 @@ def main(argv: list[str] | None = None) -> int:
     tls = tls_context(parser, args)
     curve = curve_keys(parser, args)
     setup_logging(args.log_level, args.log_format)
+    if curve is None and is_open_bus(args.router):
+        # the router decides who may join (it refuses such a bus without --insecure-bus);
+        # this end only says what it sees: chat crosses the network in clear text
+        log.warning("bus: the router at %s is reached without CurveZMQ keys: the bus is neither "
+                    "encrypted nor authenticated", args.router)
     raise_fd_limit(args.max_connections + 64)
     if not use_loop(args.loop):
         return 2

@@ -65,6 +65,7 @@ class Limits:
     max_per_address: int = 64  # clients from one IP address on this acceptor ...
     connect_burst: int = 20  # ... new connections from one address at once ...
     connect_rate: float = 5.0  # ... and then per second (the same exemptions)
+    tls_handshake_timeout: float = 10.0  # seconds from a TLS client's accept to its session
     per_address_exempt: str = "loopback"  # ... except these: addresses, "loopback" or "none"
     keepalive_idle: int = 60  # TCP keepalive: seconds of silence before the first probe ...
     keepalive_interval: int = 10  # ... seconds between probes ...
@@ -73,7 +74,7 @@ class Limits:
     def check(self) -> None:
         for name in ("max_line", "send_queue", "send_queue_hard", "stall_check", "flood_burst",
                      "flood_rate", "flood_bytes", "max_connections", "lines_per_turn",
-                     "max_per_address", "connect_burst", "connect_rate",
+                     "max_per_address", "connect_burst", "connect_rate", "tls_handshake_timeout",
                      "keepalive_idle", "keepalive_interval", "keepalive_count"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")

@@ -8,8 +8,10 @@ Owns the listening socket and every ``Session`` (by conn id). The parts it holds
 It holds no chat state beyond its own sessions; what a session is (uid, name, room) comes from
 the router's ``SessionSet`` and is kept so a restarted router can be resynced.
 
-Its own jobs: admission (``max_connections`` in all, ``max_per_address`` per IP address; one over
-either gets an ``ERROR:`` line and is closed), the Welcome line (held up to ``WELCOME_WAIT`` so
+Its own jobs: admission at accept (``max_connections`` in all, ``max_per_address`` per IP
+address, and new connections per address paced; one over gets an ``ERROR:`` line and is closed;
+a TLS connection counts from its accept, and has ``tls_handshake_timeout`` to finish its
+handshake before it becomes a session), the Welcome line (held up to ``WELCOME_WAIT`` so
 that it leaves in one write with the ID and USERS, as the original server sent them), what the
 router says (lines, sessions, kicks, resyncs), the replies sessions hold until the router has
 answered what came before them (released as ``AcceptorLink.answered`` grows), batches the bus
@@ -22,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import socket
 import ssl as ssl_module
 import uuid
 from collections import deque
@@ -41,8 +44,8 @@ log = logging.getLogger("pychat.acceptor")
 
 SHUTDOWN = "server shutting down"
 SWEEP_INTERVAL = 1.0  # seconds between sweeps for idle clients and unfinished lines
-TLS_HANDSHAKE_TIMEOUT = 10.0  # seconds a TLS client has to finish its handshake
 WELCOME_WAIT = 0.25  # at most, the Welcome waits for the ID to leave in one write with it
+ACCEPTS_PER_CALLBACK = 64  # TLS connections accepted per wake-up before others get a turn
 
 
 class Acceptor:
@@ -59,7 +62,8 @@ class Acceptor:
         self.stats = {"accepted": 0, "send_queue_drops": 0, "full_refusals": 0,
                       "lines_out": 0, "writes": 0, "address_refusals": 0, "idle_closed": 0,
                       "unfinished_line_closed": 0, "connect_rate_refusals": 0}
-        self.per_address: dict[str, int] = {}  # open sessions per peer IP address
+        self.per_address: dict[str, int] = {}  # admitted connections per peer IP address
+        self.handshaking = 0  # admitted TLS connections still in their handshake
         self.connects: dict[str, TokenBucket] = {}  # new connections per address, paced
         self._exempt = exempt_addresses(limits.per_address_exempt)
         self.holding: dict[Session, None] = {}  # sessions waiting for the router's answers
@@ -69,6 +73,8 @@ class Acceptor:
         self._beat_handle: asyncio.TimerHandle | None = None
         self._sweep_handle: asyncio.TimerHandle | None = None
         self.server: asyncio.Server | None = None
+        self.tls: ssl_module.SSLContext | None = None
+        self._listening: socket.socket | None = None  # the TLS door's own listening socket
         link = AcceptorLink(name, self.epoch, heartbeat=heartbeat, now=loop.time())
         self.bus = BusPump(loop, router, link, self.on_batch, self.on_change, hwm=bus_hwm,
                            curve=curve)
@@ -80,35 +86,113 @@ class Acceptor:
 
     async def start(self, host: str, port: int, reuse_port: bool,
                     ssl: ssl_module.SSLContext | None = None) -> None:
-        self.server = await self.loop.create_server(
-            lambda: Session(self, next(self._ids)), host, port,
-            reuse_port=reuse_port or None, backlog=4096, ssl=ssl,
-            ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if ssl else None)
+        self.tls = ssl
+        if ssl is None:
+            self.server = await self.loop.create_server(
+                lambda: Session(self, next(self._ids)), host, port,
+                reuse_port=reuse_port or None, backlog=4096)
+        else:  # we accept, admit and count each connection before its handshake
+            self._listening = listening_socket(host, port, reuse_port)
+            self.loop.add_reader(self._listening.fileno(), self._accept_tls)
         self.bus.link.hello([], self.loop.time())
         self.bus.flush()
         self._beat()
         self._sweep_handle = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
 
     def ports(self) -> list[tuple[str, int]]:
+        if self._listening is not None:
+            return [self._listening.getsockname()[:2]]
         return [s.getsockname()[:2] for s in self.server.sockets] if self.server else []
+
+    # ---- the TLS door: admitted at accept, a session once its handshake is done ------------
+
+    def _accept_tls(self) -> None:
+        assert self._listening is not None and self.tls is not None
+        for _ in range(ACCEPTS_PER_CALLBACK):
+            try:
+                sock, addr = self._listening.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:  # out of file descriptors, ...: the next wake-up retries
+                log.warning("accept failed: %s", e)
+                return
+            host = str(addr[0])
+            if self._admission_problem(host, f"{host}:{addr[1]}") is not None:
+                sock.close()  # no line: a TLS client speaks no plain text
+                continue
+            sock.setblocking(False)
+            self.per_address[host] = self.per_address.get(host, 0) + 1
+            self.handshaking += 1
+            self.loop.create_task(self._tls_session(sock, host))
+
+    async def _tls_session(self, sock: socket.socket, host: str) -> None:
+        """The handshake, within ``tls_handshake_timeout`` of the accept, by the loop's own TLS
+        (``connect_accepted_socket``); the session is admitted already (counted)."""
+        s = Session(self, next(self._ids))
+        s.counted = True
+        try:
+            await self.loop.connect_accepted_socket(lambda: s, sock, ssl=self.tls,
+                                                    ssl_handshake_timeout=self.limits.tls_handshake_timeout)
+        except (OSError, asyncio.TimeoutError, ValueError) as e:
+            log.debug("%s: no TLS session: %s", host, e)
+            sock.close()
+            if s.counted:  # (it never became a session)
+                s.counted = False
+                s.host = host
+                self._forget_address(s)
+        finally:
+            self.handshaking -= 1
 
     # ---- sessions --------------------------------------------------------------------------------
 
-    def session_opened(self, s: Session) -> None:
+    def session_accepted(self, s: Session) -> bool:
+        """A plain connection was accepted: is it admitted? (A TLS one is admitted at its accept,
+        before its handshake: ``_accept_tls``.) One over a limit gets an ``ERROR:`` line and is
+        closed."""
         t = s.transport
         assert t is not None
-        if len(self.sessions) >= self.limits.max_connections:
-            self.stats["full_refusals"] += 1
-            t.write(f"ERROR: server full (max {self.limits.max_connections} connections)\n"
-                    .encode())
+        problem = self._admission_problem(s.host, s.peer)
+        if problem is not None:
+            t.write(replies.format_error(problem).encode() + b"\n")
             t.close()
-            return
-        if self._refuse_address(s, t) or self._refuse_rate(s, t):
-            return
+            return False
+        s.counted = True
+        self.per_address[s.host] = self.per_address.get(s.host, 0) + 1
+        return True
+
+    def _admission_problem(self, host: str, peer: str) -> str | None:
+        """Why a new connection from ``host`` is refused (counted in the stats), or None: the
+        limits on connections in all (sessions and TLS handshakes), per address, and the pace
+        of new ones per address."""
+        if len(self.sessions) + self.handshaking >= self.limits.max_connections:
+            self.stats["full_refusals"] += 1
+            return f"server full (max {self.limits.max_connections} connections)"
+        if self._exempt(host):
+            return None
+        limit = self.limits.max_per_address
+        if self.per_address.get(host, 0) >= limit:
+            self.stats["address_refusals"] += 1
+            log.info("refused %s: %d connections from its address", peer, limit)
+            return f"too many connections from your address (max {limit})"
+        now = self.loop.time()
+        bucket = self.connects.get(host)
+        if bucket is None:
+            bucket = self.connects[host] = TokenBucket(self.limits.connect_rate,
+                                                       self.limits.connect_burst, now)
+        if not bucket.take(now):  # each costs its room's arrival pushes: paced like commands
+            self.stats["connect_rate_refusals"] += 1
+            log.info("refused %s: new connections from its address faster than %g a second",
+                     peer, self.limits.connect_rate)
+            return (f"too many new connections from your address (at most "
+                    f"{self.limits.connect_rate:g} a second)")
+        return None
+
+    def session_opened(self, s: Session) -> None:
+        """An admitted connection (a TLS one once its handshake is done) becomes a session: the
+        router hears of it, and its Welcome waits for its ID."""
         self.stats["accepted"] += 1
         now = self.loop.time()
         s.open = True
-        self.per_address[s.host] = self.per_address.get(s.host, 0) + 1
         self.sessions[s.id] = s
         s.conn = Connection(self.limits, now, self.bus.send(bus.Open(s.id, s.peer)))
         s.greeting = True
@@ -117,11 +201,13 @@ class Acceptor:
             self._greet_handle = self.loop.call_at(now + WELCOME_WAIT, self._greet_due)
 
     def session_closed(self, s: Session, reason: str) -> None:
+        if s.counted:  # (an admitted connection: a session, or one that did not become one)
+            s.counted = False
+            self._forget_address(s)
         if not s.open:
             return
         s.open = False
         s.disarm()
-        self._forget_address(s)
         self.holding.pop(s, None)
         del self.sessions[s.id]
         self.output.forget(s)
@@ -134,37 +220,6 @@ class Acceptor:
             self.stats["idle_closed" if reason == "idle timeout"
                        else "unfinished_line_closed"] += 1
             log.info("conn %d (%s) closed: %s", s.id, s.peer, reason)
-
-    def _refuse_address(self, s: Session, t: asyncio.Transport) -> bool:
-        """Over ``max_per_address`` clients from this IP address: ERROR: line, close."""
-        limit = self.limits.max_per_address
-        if self.per_address.get(s.host, 0) < limit or self._exempt(s.host):
-            return False
-        self.stats["address_refusals"] += 1
-        log.info("refused %s: %d connections from its address", s.peer, limit)
-        t.write(f"ERROR: too many connections from your address (max {limit})\n".encode())
-        t.close()
-        return True
-
-    def _refuse_rate(self, s: Session, t: asyncio.Transport) -> bool:
-        """More new connections from this address than ``connect_burst``, then ``connect_rate``
-        a second: each one costs its room's arrival pushes, so they are paced like commands."""
-        if self._exempt(s.host):
-            return False
-        now = self.loop.time()
-        bucket = self.connects.get(s.host)
-        if bucket is None:
-            bucket = self.connects[s.host] = TokenBucket(self.limits.connect_rate,
-                                                         self.limits.connect_burst, now)
-        if bucket.take(now):
-            return False
-        self.stats["connect_rate_refusals"] += 1
-        log.info("refused %s: new connections from its address faster than %g a second",
-                 s.peer, self.limits.connect_rate)
-        t.write(f"ERROR: too many new connections from your address (at most "
-                f"{self.limits.connect_rate:g} a second)\n".encode())
-        t.close()
-        return True
 
     def _forget_address(self, s: Session) -> None:
         n = self.per_address.get(s.host, 0) - 1
@@ -325,6 +380,9 @@ class Acceptor:
         """SIGTERM: stop accepting, tell every client, close, let the router know."""
         if self.server is not None:
             self.server.close()
+        if self._listening is not None:
+            self.loop.remove_reader(self._listening.fileno())
+            self._listening.close()
         for handle in (self._beat_handle, self._sweep_handle, self._greet_handle):
             if handle is not None:
                 handle.cancel()
@@ -346,3 +404,21 @@ class Acceptor:
             if s.transport is not None:
                 s.transport.abort()
         self.bus.close(linger_ms=500)
+
+
+def listening_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
+    """A non-blocking TCP listening socket as ``create_server`` would make it (the TLS door
+    accepts on its own, to admit each connection before its handshake)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        sock.listen(4096)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock

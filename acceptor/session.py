@@ -36,8 +36,9 @@ WELCOME = (replies.WELCOME + "\n").encode()
 
 
 class Session(asyncio.Protocol):
-    __slots__ = ("_armed", "_timer", "acceptor", "blocked", "cap_time", "conn", "fd", "greeting",
-                 "host", "id", "name", "open", "out", "peer", "room", "tls", "transport", "uid")
+    __slots__ = ("_armed", "_timer", "acceptor", "blocked", "cap_time", "conn", "counted", "fd",
+                 "greeting", "host", "id", "name", "open", "out", "peer", "room", "tls",
+                 "transport", "uid")
 
     def __init__(self, acceptor: Acceptor, conn_id: int):
         self.acceptor = acceptor
@@ -50,7 +51,8 @@ class Session(asyncio.Protocol):
         self.uid = ""
         self.name = ""
         self.room = ""
-        self.open = False  # admitted by the acceptor (and announced to the router)
+        self.counted = False  # admitted, and counted against the per-address limits
+        self.open = False  # a session: announced to the router
         self.greeting = False  # its Welcome waits to go out in one write with its ID
         self.blocked = False  # the transport holds unsent bytes: lines wait in ``out``
         self.fd = -1  # the socket's fd, for the acceptor's direct writes (-1: TLS, or none)
@@ -85,6 +87,10 @@ class Session(asyncio.Protocol):
                         sock.setsockopt(socket.IPPROTO_TCP, opt, value)
                     except OSError:
                         pass
+        # a TLS session was admitted (and counted) at its accept, before its handshake
+        # (Acceptor._accept_tls); a plain one is admitted here
+        if not self.counted and not self.acceptor.session_accepted(self):
+            return
         # pause_writing as soon as a write leaves bytes unsent (the kernel buffer is full): the
         # lines that follow wait in ``out`` (shared with the room's other members) and go in
         # one write on resume_writing, not one transport write (a uvloop request) per flush.

@@ -2,8 +2,8 @@
 
 Built before the acceptor binds, so a missing or unusable file is a usage error at start. TLS 1.2
 or newer. A client that does not speak TLS on a TLS port fails its handshake and is closed; it
-never becomes a session, so nobody else notices it. A handshake must finish within the
-acceptor's ``TLS_HANDSHAKE_TIMEOUT``.
+never becomes a session, so nobody else notices it. A connection counts against the limits
+from its accept, and its handshake must finish within ``--tls-handshake-timeout`` of it.
 """
 
 from __future__ import annotations

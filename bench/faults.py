@@ -173,6 +173,85 @@ class Flooder:
         return {"echoed": self.echoed, "echo_rate_per_s": self.echoed / took}
 
 
+class HistoryAbuser:
+    """One client in a room of long lines asking ``/history 200`` again and again, as fast as
+    the server lets it (the next as soon as the last reply is in), counting what it receives."""
+
+    def __init__(self, port: int, room: str):
+        self.sock = socket.create_connection(("127.0.0.1", port))
+        self.sock.sendall(f"/join {room}\n/history 200\n".encode())
+        self.stop = threading.Event()
+        self.received = 0
+        self.replies = 0
+        self.began = 0.0
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        self.began = time.monotonic()
+        self.thread.start()
+
+    def _run(self) -> None:
+        tail = b""
+        try:
+            while not self.stop.is_set():
+                chunk = self.sock.recv(1 << 20)
+                if not chunk:
+                    return
+                self.received += len(chunk)
+                replies = (tail + chunk).count(b"\nHISTORY:")
+                tail = chunk[-16:]
+                for _ in range(replies):  # one more the moment one arrives: a pipeline of 1
+                    self.sock.sendall(b"/history 200\n")
+                self.replies += replies
+        except OSError:
+            pass
+
+    def finish(self) -> dict:
+        took = time.monotonic() - self.began
+        self.stop.set()
+        self.sock.close()
+        return {"mb_per_s": self.received / took / 1e6, "replies_per_s": self.replies / took}
+
+
+def abuse_rounds(args) -> dict:
+    """Others' latency while three clients repeat the heaviest command (``/history 200`` in a
+    room of 200 lines of 4 KB), against quiet rounds in between, on the same server."""
+    serve, port = start_serve("--history", "memory", *args.serve_arg, python=args.server_python)
+    try:
+        pids = [child_pid(serve, r) for r in ("router", "acceptor 1", "acceptor 2")]
+        writer = socket.create_connection(("127.0.0.1", port))
+        writer.sendall(b"/join #heavy\n" + b"".join(b"%03d %s\n" % (i, b"z" * 4000)
+                                                     for i in range(200)) + b"/ping filled\n")
+        buf = b""
+        while b"PONG filled" not in buf:  # the writer itself is paced: wait for its last line
+            buf = buf[-64:] + writer.recv(1 << 20)
+        quiet, abused, abusers = [], [], []
+        for _ in range(args.rounds):
+            quiet.append(loadtest(port, args, pids))
+            three = [HistoryAbuser(port, "#heavy") for _ in range(3)]
+            for a in three:
+                a.start()
+            abused.append(loadtest(port, args, pids))
+            abusers += [a.finish() for a in three]
+        writer.close()
+        med = statistics.median
+        q50 = med(r["latency_ms"]["p50"] for r in quiet)
+        q99 = med(r["latency_ms"]["p99"] for r in quiet)
+        a50 = med(r["latency_ms"]["p50"] for r in abused)
+        a99 = med(r["latency_ms"]["p99"] for r in abused)
+        return {"server": args.server_python or "this checkout",
+                "quiet_p50_ms": q50, "quiet_p99_ms": q99, "abused_p50_ms": a50,
+                "abused_p99_ms": a99, "ratio_p50": a50 / q50, "ratio_p99": a99 / q99,
+                "abuser_mb_per_s": med(a["mb_per_s"] for a in abusers),
+                "abuser_replies_per_s": med(a["replies_per_s"] for a in abusers),
+                "lost": sum(r["lost"] for r in quiet + abused),
+                "rounds": [{"quiet": (q["latency_ms"]["p50"], q["latency_ms"]["p99"]),
+                            "abused": (f["latency_ms"]["p50"], f["latency_ms"]["p99"])}
+                           for q, f in zip(quiet, abused, strict=True)]}
+    finally:
+        serve.stop()
+
+
 def flood_rounds(args) -> dict:
     serve, port = start_serve("--history", "memory", *args.serve_arg)
     try:
@@ -257,7 +336,9 @@ def main() -> int:
     p.add_argument("--duration", type=float, default=15.0, help="seconds per loadtest run")
     p.add_argument("--stalled", type=int, default=100)
     p.add_argument("--rounds", type=int, default=3, help="quiet/flood pairs")
-    p.add_argument("--only", choices=["stalled", "flood", "restart"], default=None)
+    p.add_argument("--only", choices=["stalled", "flood", "restart", "abuse"], default=None)
+    p.add_argument("--server-python", default="",
+                   help="abuse only: the interpreter of another installation to serve (before)")
     p.add_argument("--restart-clients", type=int, default=200)
     p.add_argument("--restart-rate", type=float, default=100.0, help="lines/s, 5 senders")
     p.add_argument("--restart-seconds", type=float, default=6.0)
@@ -287,6 +368,13 @@ def main() -> int:
               f"(x{f['ratio_p50']:.2f}), p99 {f['quiet_p99_ms']:.1f} -> {f['flood_p99_ms']:.1f} ms "
               f"(x{f['ratio_p99']:.2f}); the flooder got {f['flooder_echo_rate_per_s']:.1f} "
               f"lines/s through; lost {f['lost']}", flush=True)
+    if args.only in (None, "abuse"):
+        a = out["abuse"] = abuse_rounds(args)
+        print(f"three /history abusers: others' p50 {a['quiet_p50_ms']:.1f} -> "
+              f"{a['abused_p50_ms']:.1f} ms (x{a['ratio_p50']:.2f}), p99 {a['quiet_p99_ms']:.1f} "
+              f"-> {a['abused_p99_ms']:.1f} ms (x{a['ratio_p99']:.2f}); each abuser got "
+              f"{a['abuser_mb_per_s']:.2f} MB/s ({a['abuser_replies_per_s']:.1f} replies/s); "
+              f"lost {a['lost']}", flush=True)
     if args.only in (None, "restart"):
         r = out["restart"] = restart_rounds(args)
         for x in r["rounds"]:

@@ -22,8 +22,8 @@ Invariants (tests/test_options.py checks them):
   and their defaults are read from it: that dataclass is where they are declared;
 - a row taken by serve and by one of its children is forwarded to that child, or set by serve
   itself (``Forward.BY_SERVE``: the port, the bus endpoint, the metrics ports); the one
-  exception is ``--curve-secret``, which serve holds for its acceptors, never its router
-  (which is on a private ipc:// bus whenever serve starts one).
+  exception is ``--curve-secret``, which serve holds for its acceptors toward a router
+  elsewhere, never for its own router (which gets its key from ``--curve-keys``).
 
 Options without a variable (``env=None``: per-run switches such as ``pychat status --json``)
 are rows too; their help says ``[env: none]``. The internal ``--ready-fd`` and positional
@@ -340,11 +340,17 @@ OPTIONS: tuple[Option, ...] = (
            (SERVE, ACCEPTOR), forward=Forward.ACCEPTORS, path=True,
            doc="TLS for clients: certificate chain (PEM) (serve, acceptor)",
            doc_default="none (plain TCP)"),
+    _limit("--tls-handshake-timeout", "seconds a TLS client has, from its connection's accept, "
+                                      "to finish its handshake (it counts against the limits "
+                                      "from its accept)",
+           positive(float), "seconds a TLS client has, from its accept (it counts from there), to "
+                            "finish its handshake"),
     Option("--tls-key", "PYCHAT_TLS_KEY", "",
            "TLS: private key file (PEM) of --tls-cert (empty: the key is in that file)",
            (SERVE, ACCEPTOR), forward=Forward.ACCEPTORS, path=True,
            doc="its private key (PEM), if not in the certificate file"),
-    # serve passes the acceptors' keys on only when its use_curve() says the bus needs them
+    # serve passes the acceptors' keys on only toward a router elsewhere (--router), and makes
+    # its own children's from --curve-keys (serve.py, bus_keys)
     Option("--curve-secret", "PYCHAT_CURVE_SECRET", "",
            "CurveZMQ: this acceptor's secret key file (acceptor-N.key_secret from `pychat keys`); "
            "with --curve-server, the bus is encrypted and authenticated",
@@ -355,9 +361,10 @@ OPTIONS: tuple[Option, ...] = (
                                           "authorised acceptors get in"),
                      SERVE: Variant(help="with --router tcp://...: the acceptors' CurveZMQ secret "
                                          "key file (acceptor-N.key_secret from `pychat keys`); "
-                                         "ignored on a private ipc:// bus")},
-           doc="CurveZMQ on a tcp:// bus: this process's secret key file from `pychat keys` "
-               "(router, acceptor; serve only with `--router`)",
+                                         "ignored on a private ipc:// bus (for a router serve "
+                                         "starts on a tcp:// bus: --curve-keys)")},
+           doc="CurveZMQ on a tcp:// bus: this process's secret key file from `pychat keys`, "
+               "readable by its owner only (router, acceptor; serve only with `--router`)",
            doc_default="none (bus not encrypted)"),
     Option("--curve-clients", "PYCHAT_CURVE_CLIENTS", "",
            "CurveZMQ: folder of the authorised acceptors' public keys (*.key)", (ROUTER,),
@@ -368,6 +375,20 @@ OPTIONS: tuple[Option, ...] = (
            variants={SERVE: Variant(help="with --router tcp://...: the router's CurveZMQ public "
                                          "key file (router.key)")},
            doc="acceptor: the router's public key file"),
+    Option("--curve-keys", "PYCHAT_CURVE_KEYS", "",
+           "with --bus tcp://...: the folder `pychat keys DIR` made; the router serve starts gets "
+           "its router.key_secret and authorized/, every acceptor acceptor-1.key_secret and "
+           "router.key", (SERVE,),
+           doc="serve with `--bus tcp://...`: the folder `pychat keys DIR` made, for its router "
+               "and acceptors (CurveZMQ)"),
+    Option("--insecure-bus", "PYCHAT_INSECURE_BUS", False,
+           "allow binding a tcp:// bus other hosts can reach (not loopback) without CurveZMQ "
+           "keys: anyone who reaches it can join as an acceptor and read every chat line; "
+           "without it such a bind is refused", (SERVE, ROUTER), type=bool,
+           forward=Forward.ROUTER,
+           doc="let the router bind a tcp:// bus other hosts can reach without CurveZMQ keys (a "
+               "private network you trust); refused otherwise. Loopback and `ipc://` need no "
+               "keys"),
     # processes and the bus between them
     Option("--loop", "PYCHAT_LOOP", "auto",
            "event loop: uvloop is faster (pip install 'pychat[speed]'); auto uses it when "
@@ -438,8 +459,18 @@ OPTIONS: tuple[Option, ...] = (
     Option("--timeout", "PYCHAT_STATUS_TIMEOUT", 5.0, "seconds to wait for the router's answer",
            (STATUS,), type=positive(float)),
     Option("--json", None, False, "print the raw JSON", (STATUS,), type=bool),
+    Option("--curve-secret", "PYCHAT_STATUS_CURVE_SECRET", "",
+           "CurveZMQ, for a router with keys: this client's secret key file (status.key_secret "
+           "from `pychat keys`, authorised in the router's --curve-clients)", (STATUS,)),
+    Option("--curve-server", "PYCHAT_STATUS_CURVE_SERVER", "",
+           "CurveZMQ, for a router with keys: the router's public key file (router.key)",
+           (STATUS,)),
     Option("--acceptors", "PYCHAT_KEYS_ACCEPTORS", 1,
            "acceptor key pairs to make (acceptor-1 ... acceptor-N)", (KEYS,), type=positive(int)),
+    Option("--if-missing", None, False,
+           "a folder that holds every file already is left as it is (exit 0; for a container "
+           "that makes its keys on first start); part of them is still an error", (KEYS,),
+           type=bool),
     # the clients (pychat gui, pychat console); --host and --port are above
     Option("--name", "PYCHAT_NAME", "", "your display name (asked for when not given)", CLIENTS),
     Option("--room", "PYCHAT_ROOM", commands.LOBBY, "room to join on connecting", CLIENTS,

@@ -8,6 +8,20 @@ serve is only their supervisor. Each child reports readiness through a pipe; whe
 print ``serving on HOST:PORT`` on stdout. A child that dies is restarted with backoff (and the
 acceptors resync a restarted router). SIGINT or SIGTERM stops every child (SIGTERM, then SIGKILL
 after a grace period) and removes the temporary folder.
+
+The bus's keys are decided once, before any child starts (``bus_keys``):
+
+- on the private ipc:// bus (the default) there are none: it never leaves this host;
+- with ``--bus tcp://...`` serve starts its router there: ``--curve-keys DIR`` (the folder
+  ``pychat keys DIR`` made) gives the router ``DIR/router.key_secret`` and ``DIR/authorized``
+  and every acceptor ``DIR/acceptor-1.key_secret`` and ``DIR/router.key`` (one host: one
+  acceptor key, as an acceptor host under ``--router`` has). A bus other hosts can reach without
+  them is refused, as ``pychat router`` refuses it, unless ``--insecure-bus``;
+- with ``--router tcp://...`` (a router elsewhere) the acceptors get ``--curve-secret`` and
+  ``--curve-server``, the acceptor host's own key and the router's public key.
+
+Keys given where they are not used are ignored with a warning, and every ``PYCHAT_CURVE_*``
+variable is kept from the children: each gets its keys as flags, or none.
 """
 
 from __future__ import annotations
@@ -23,17 +37,25 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 
-from pychat.acceptor.__main__ import curve_keys, tls_context
-from pychat.config import setup_logging
-from pychat.options import ACCEPTOR, ROUTER, SERVE, add_options, forward_argv
+from pychat.acceptor.__main__ import tls_context
+from pychat.config import BadValue, setup_logging
+from pychat.keys import (
+    is_open_bus,
+    load_public,
+    load_secret,
+    open_bus_refusal,
+    public_keys,
+)
+from pychat.options import ACCEPTOR, ROUTER, SERVE, add_options, by_variable, forward_argv
 
 log = logging.getLogger("pychat.serve")
 
 READY_TIMEOUT = 20.0
 STOP_GRACE = 5.0
 BACKOFF_MAX = 30.0
-# the acceptors' key options, passed on only when use_curve() says the bus needs them
+# the acceptors' key options: never forwarded as they are, given by bus_keys() when used
 CURVE_KEYS = ("curve_secret", "curve_server")
 
 
@@ -45,19 +67,82 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def use_curve(args: argparse.Namespace, bus: str) -> bool:
-    """CurveZMQ is for a bus that crosses hosts: the acceptors use the keys only toward a router
-    run elsewhere (``--router``) that is not on ipc://. Otherwise keys (flags or environment)
-    are ignored, and kept from the children's environment too."""
-    wanted = bool(args.curve_secret or args.curve_server)
-    if wanted and args.router and not bus.startswith("ipc://"):
-        return True
-    if wanted:
-        log.warning("CurveZMQ keys ignored: they are for acceptors reaching a router elsewhere "
-                    "over tcp:// (--router); this bus is %s", bus)
+@dataclass(frozen=True)
+class BusKeys:
+    """The CurveZMQ key files each child gets ("" where none): see the module's docstring."""
+
+    router_secret: str = ""
+    clients: str = ""  # the router's folder of authorised public keys
+    acceptor_secret: str = ""
+    server: str = ""  # the router's public key, for the acceptors
+
+    @property
+    def on(self) -> bool:
+        return bool(self.acceptor_secret)
+
+    def router_argv(self) -> list[str]:
+        if not self.router_secret:
+            return []
+        return [f"--curve-secret={self.router_secret}", f"--curve-clients={self.clients}"]
+
+    def acceptor_argv(self) -> list[str]:
+        if not self.acceptor_secret:
+            return []
+        return [*by_variable("PYCHAT_CURVE_SECRET").argv(self.acceptor_secret),
+                *by_variable("PYCHAT_CURVE_SERVER").argv(self.server)]
+
+    def check(self) -> None:
+        """Load every file (as the children will), so that an unusable one is serve's usage
+        error and not a child that fails to start; ``BadValue`` says which and why."""
+        if self.acceptor_secret:
+            acceptor, _ = load_secret(self.acceptor_secret)
+            router = load_public(self.server)
+        if self.router_secret:
+            mine, _ = load_secret(self.router_secret)
+            if mine != router:
+                raise BadValue(f"{self.server} is not the public key of {self.router_secret}")
+            if not os.path.isdir(self.clients):
+                raise BadValue(f"{self.clients}: not a folder")
+            if acceptor not in public_keys(self.clients):
+                raise BadValue(f"{self.clients} does not authorise {self.acceptor_secret}: its "
+                               "acceptors could never join")
+
+
+def bus_keys(args: argparse.Namespace, bus: str) -> BusKeys:
+    """Which keys the children get on ``bus`` (see the module's docstring); ``ValueError``
+    for a usage error. Files are not read here (``BusKeys.check`` does)."""
     for key in [k for k in os.environ if k.startswith("PYCHAT_CURVE_")]:
-        del os.environ[key]
-    return False
+        del os.environ[key]  # the children get their keys as flags, or none
+    tcp = bus.startswith("tcp://")
+    given = bool(args.curve_secret or args.curve_server)
+    if args.router:
+        if args.curve_keys:
+            raise ValueError("--curve-keys is for the router serve starts (--bus tcp://...); "
+                             "toward a router elsewhere give the acceptors' --curve-secret and "
+                             "--curve-server")
+        if given and tcp:
+            if not (args.curve_secret and args.curve_server):
+                raise ValueError("--curve-secret and --curve-server go together")
+            return BusKeys(acceptor_secret=args.curve_secret, server=args.curve_server)
+        if given:
+            log.warning("CurveZMQ keys ignored: this bus is %s, which never leaves this host",
+                        bus)
+        return BusKeys()
+    if given:
+        log.warning("CurveZMQ keys ignored: --curve-secret and --curve-server are for "
+                    "acceptors reaching a router elsewhere (--router); serve's own router on a "
+                    "tcp:// bus takes --curve-keys DIR")
+    if args.curve_keys and tcp:
+        d = os.path.abspath(args.curve_keys)
+        return BusKeys(router_secret=os.path.join(d, "router.key_secret"),
+                       clients=os.path.join(d, "authorized"),
+                       acceptor_secret=os.path.join(d, "acceptor-1.key_secret"),
+                       server=os.path.join(d, "router.key"))
+    if args.curve_keys:
+        log.warning("CurveZMQ keys ignored: this bus is %s, which never leaves this host", bus)
+    if is_open_bus(bus) and not args.insecure_bus:
+        raise ValueError(open_bus_refusal(bus, "--curve-keys DIR"))
+    return BusKeys()
 
 
 class Child:
@@ -96,7 +181,7 @@ class Supervisor:
         self.children: list[Child] = []
         self.port = args.port
         self._hold: socket.socket | None = None
-        self.curve = False  # the acceptors get CurveZMQ keys (see use_curve)
+        self.keys = BusKeys()  # the children's CurveZMQ keys (see bus_keys)
 
     def reserve_port(self, reuse: bool) -> None:
         """For ``--port 0``: pick a free port once, so every acceptor binds the same one."""
@@ -122,12 +207,11 @@ class Supervisor:
         self.reserve_port(reuse)
         # the children's options come from serve's as the table forwards them
         # (pychat/options.py); serve sets the rest: the bus, the port, names, metrics ports
-        unused = () if self.curve else CURVE_KEYS
         if not a.router:
-            router = ["pychat.router", "--bind", self.bus, *forward_argv(a, ROUTER, unused),
-                      "--metrics-port", str(a.metrics_port)]
+            router = ["pychat.router", "--bind", self.bus, *forward_argv(a, ROUTER),
+                      *self.keys.router_argv(), "--metrics-port", str(a.metrics_port)]
             self.children.append(Child("router", router))
-        shared = forward_argv(a, ACCEPTOR, unused)
+        shared = forward_argv(a, ACCEPTOR, CURVE_KEYS) + self.keys.acceptor_argv()
         for i in range(n):
             argv = ["pychat.acceptor", "--port", str(self.port), "--router", self.bus,
                     "--name", f"{socket.gethostname()}-{os.getpid()}-a{i + 1}",
@@ -237,11 +321,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     tls_context(parser, args)  # unusable certificate files: a usage error before any child
     setup_logging(args.log_level, args.log_format)
-    curve = use_curve(args, args.router or args.bus or "ipc://")
-    if curve:
-        curve_keys(parser, args)  # unreadable key files: a usage error before any child
+    try:  # the bus's keys, and unusable key files: a usage error before any child
+        keys = bus_keys(args, args.router or args.bus or "ipc://")
+        keys.check()
+    except ValueError as e:  # BadValue too
+        parser.error(str(e))
     sup = Supervisor(args)
-    sup.curve = curve
+    sup.keys = keys
     sup.handle_signals()
     try:
         sup.plan()

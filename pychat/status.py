@@ -3,6 +3,13 @@
 It connects to the router's bus endpoint as a short-lived DEALER that is not an acceptor, sends
 one ``status?`` batch and prints the ``status`` answer. For ``pychat serve`` the endpoint is
 the private one it prints at start (``bus ipc://...``).
+
+A router with CurveZMQ keys answers only peers whose key it authorises: ``--curve-secret``
+(``status.key_secret`` from ``pychat keys``, authorised like an acceptor's) and
+``--curve-server`` (the router's ``router.key``). A refused or unfinished handshake looks like
+silence, so a timeout says which keys were used. ``ask`` is also the router's container
+healthcheck (pychat/healthcheck.py): an answer proves the router's loop turns, which a listening
+socket does not.
 """
 
 from __future__ import annotations
@@ -14,10 +21,15 @@ import sys
 
 import zmq
 
+from pychat.config import BadValue
+from pychat.keys import load_public, load_secret
 from pychat.wire import bus
 from pychat.wire.errors import BusError
 
 from .options import STATUS, add_options
+
+# (this client's public key, its secret key, the router's public key)
+CurveKeys = tuple[bytes, bytes, bytes]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,16 +39,32 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def ask(router: str, timeout: float) -> dict:
+def load_keys(secret: str, server: str) -> CurveKeys | None:
+    """The key pair and the router's public key, or None for neither; ``BadValue`` for one
+    without the other, or a file that cannot be used."""
+    if not secret and not server:
+        return None
+    if not (secret and server):
+        raise BadValue("--curve-secret and --curve-server go together")
+    public, secret_key = load_secret(secret)
+    return public, secret_key, load_public(server)
+
+
+def ask(router: str, timeout: float, curve: CurveKeys | None = None) -> dict:
     ctx: zmq.Context = zmq.Context.instance()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.ROUTING_ID, f"status-{os.getpid()}-{os.urandom(3).hex()}".encode())
+    if curve is not None:
+        sock.curve_publickey, sock.curve_secretkey, sock.curve_serverkey = curve
     try:
         sock.connect(router)
         sock.send_multipart(bus.encode([bus.StatusAsk()]))
         if not sock.poll(int(timeout * 1000)):
-            raise TimeoutError(f"no answer from {router} in {timeout:g} s")
+            hint = ("the router refused this key, or it is not the router's"
+                    if curve is not None else
+                    "a router with CurveZMQ keys answers only --curve-secret/--curve-server")
+            raise TimeoutError(f"no answer from {router} in {timeout:g} s ({hint})")
         for msg in bus.decode(sock.recv_multipart()):
             if isinstance(msg, bus.Status):
                 return json.loads(msg.json)
@@ -46,7 +74,8 @@ def ask(router: str, timeout: float) -> dict:
 
 
 def render(st: dict) -> str:
-    lines = [f"router {st['epoch']} on {st['endpoint']}, up {st['uptime_s']:.0f} s",
+    bus_kind = " (CurveZMQ)" if st.get("curve") else ""
+    lines = [f"router {st['epoch']} on {st['endpoint']}{bus_kind}, up {st['uptime_s']:.0f} s",
              f"acceptors: {len(st['acceptors'])}"]
     for a in st["acceptors"]:
         lines.append(f"  {a['name']}: {a['users']} users, heard {a['last_heard_s']:.1f} s ago"
@@ -63,9 +92,14 @@ def render(st: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
-        st = ask(args.router, args.timeout)
+        curve = load_keys(args.curve_secret, args.curve_server)
+    except BadValue as e:
+        parser.error(str(e))
+    try:
+        st = ask(args.router, args.timeout, curve)
     except (TimeoutError, BusError, zmq.ZMQError) as e:
         print(f"pychat status: {e}", file=sys.stderr)
         return 1

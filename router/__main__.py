@@ -3,6 +3,11 @@
 Besides the bus, the router owns the clock its stamps come from (``--ntp``) and the room history
 (``--history``, ``--data-dir``). Both are set up here, before the router binds: a history file
 that cannot be used stops the start with one line and exit code 1, never a crash later.
+
+Who may join the bus is settled before anything binds: a ``--bind`` other hosts can reach
+(any tcp:// address but loopback) needs CurveZMQ keys (``--curve-secret``, ``--curve-clients``)
+or, said in so many words, ``--insecure-bus``; otherwise the start is a usage error (exit 2)
+saying what to do (pychat/keys.py, ``is_open_bus``).
 """
 
 from __future__ import annotations
@@ -15,7 +20,14 @@ import sys
 import zmq
 
 from pychat.config import BadValue, add_ready_fd, setup_logging, signal_ready
-from pychat.keys import count_public_keys, load_secret, start_authenticator
+from pychat.keys import (
+    count_public_keys,
+    describe_authorised,
+    is_open_bus,
+    load_secret,
+    open_bus_refusal,
+    start_authenticator,
+)
 from pychat.metrics import Metrics
 from pychat.options import ROUTER, add_options
 
@@ -86,7 +98,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     curve = curve_keys(parser, args)
+    open_bus = is_open_bus(args.bind)
+    if open_bus and curve is None and not args.insecure_bus:
+        parser.error(open_bus_refusal(args.bind, "--curve-secret DIR/router.key_secret "
+                                                 "--curve-clients DIR/authorized"))
     setup_logging(args.log_level, args.log_format)
+    if open_bus and curve is None:
+        log.warning("bus: %s is neither encrypted nor authenticated (--insecure-bus): every "
+                    "host that reaches it can join as an acceptor", args.bind)
     clock = make_clock(args)
     try:
         history = make_history(args, clock)
@@ -97,8 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     auth = None
     if curve is not None:  # the ZAP handler must be up before the socket binds
         auth = start_authenticator(zmq.Context.instance(), args.curve_clients)
-        log.info("bus: CurveZMQ on; %d authorised acceptor keys in %s",
-                 count_public_keys(args.curve_clients), args.curve_clients)
+        log.info("bus: CurveZMQ on; %s", describe_authorised(args.curve_clients))
     server = RouterServer(state, args.bind, heartbeat=args.heartbeat, hwm=args.bus_hwm,
                           curve=curve)
     try:
@@ -120,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
                       args.metrics_port, e)
             server.close()
             history.close()
+            if auth is not None:
+                auth.stop()
             return 1
     server.install_signal_handlers()
     clock.start()

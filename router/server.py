@@ -215,6 +215,8 @@ class RouterServer:
                 rate = (state.chat_messages - count) / max(now - then, 1.0)
         return {
             "epoch": self.epoch, "endpoint": self.endpoint,
+            # a CurveZMQ bus (only authorised keys get in), or a plain one
+            "curve": bool(self.sock.getsockopt(zmq.CURVE_SERVER)),
             "uptime_s": round(now - self.started, 1), "settled": link.settled,
             "acceptors": [{"name": name, "epoch": p.epoch, "users": per_acceptor.get(name, 0),
                            "last_heard_s": round(now - p.last_seen, 2),

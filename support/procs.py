@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -28,14 +29,15 @@ def free_port() -> int:
 class Proc:
     """A child process whose stdout and stderr are read line by line into one queue."""
 
-    def __init__(self, argv: list[str], env: dict[str, str] | None = None, name: str = ""):
+    def __init__(self, argv: list[str], env: dict[str, str] | None = None, name: str = "",
+                 cwd: str = ROOT):
         self.name = name or " ".join(argv[:3])
         full_env = dict(os.environ)
         full_env["PYTHONUNBUFFERED"] = "1"
         if env:
             full_env.update(env)
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     stdin=subprocess.DEVNULL, env=full_env, cwd=ROOT)
+                                     stdin=subprocess.DEVNULL, env=full_env, cwd=cwd)
         self.pid = self.proc.pid
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.output: list[str] = []
@@ -106,10 +108,16 @@ def python_m(*args: str) -> list[str]:
     return [sys.executable, "-m", *args]
 
 
-def start_serve(*extra: str, acceptors: int = 2, env: dict | None = None) -> tuple[Proc, int]:
-    """``pychat serve --port 0``; returns the process and the port it serves on."""
-    p = Proc(python_m("pychat", "serve", "--port", "0", "--acceptors", str(acceptors), *extra),
-             env=env, name="pychat serve")
+def start_serve(*extra: str, acceptors: int = 2, env: dict | None = None,
+                python: str = "") -> tuple[Proc, int]:
+    """``pychat serve --port 0``; returns the process and the port it serves on. ``python``:
+    another interpreter whose installed pychat serves (a benchmark's "before"), run from a
+    folder of its own so that this checkout's ``pychat`` is not found first."""
+    argv = ["pychat", "serve", "--port", "0", "--acceptors", str(acceptors), *extra]
+    if python:
+        p = Proc([python, "-m", *argv], env=env, name="pychat serve", cwd=tempfile.gettempdir())
+    else:
+        p = Proc(python_m(*argv), env=env, name="pychat serve")
     m = p.wait_for(r"serving on 127\.0\.0\.1:(\d+)")
     return p, int(m.group(1))
 

@@ -2,7 +2,8 @@
 
 ``services()`` gives each service's argv (entrypoint + command, the image's where the service
 sets none), its environment (the image's ``ENV`` under the service's ``environment``), its
-healthcheck argv, its named-volume mounts and what it depends on, after compose's variable
+healthcheck argv (none where it is disabled), its named-volume mounts (and which are read-only),
+its tmpfs mounts and what it depends on, after compose's variable
 interpolation (``$$``, ``$VAR``, ``${VAR}``, ``${VAR:-default}``, ``${VAR-default}``,
 ``${VAR:?error}``, ``${VAR?error}``) against an environment we pass: by default an empty one,
 which is a fresh clone with nothing set in the shell.
@@ -112,6 +113,13 @@ class Service:
     volumes: dict[str, str]  # named volume -> mount point
     depends_on: dict[str, str]  # service -> condition
     raw: dict
+    read_only_mounts: set[str] = field(default_factory=set)  # mount points mounted :ro
+    tmpfs: list[str] = field(default_factory=list)  # mount points
+
+    @property
+    def read_only(self) -> bool:
+        """`read_only: true`: the root filesystem is read-only."""
+        return bool(self.raw.get("read_only"))
 
 
 def _as_list(value) -> list[str]:
@@ -143,7 +151,9 @@ def services(path: str = COMPOSE, shell_env: dict[str, str] | None = None,
         env = dict(image.env)
         env.update(_env(svc.get("environment")))
         test = svc.get("healthcheck", {}).get("test")
-        if test is None:
+        if svc.get("healthcheck", {}).get("disable"):
+            check: list[str] = []
+        elif test is None:
             check = image.healthcheck
         elif isinstance(test, str):
             check = ["/bin/sh", "-c", test]
@@ -151,21 +161,27 @@ def services(path: str = COMPOSE, shell_env: dict[str, str] | None = None,
             check = ["/bin/sh", "-c", test[1]]
         else:
             check = list(test[1:]) if test[0] == "CMD" else []
-        vols = {}
+        vols, ro = {}, set()
         for v in svc.get("volumes", []):
             if isinstance(v, str):
-                source, _, target = v.partition(":")
-                target = target.split(":")[0]
+                source, _, rest = v.partition(":")
+                target, _, mode = rest.partition(":")
+                readonly = "ro" in mode.split(",")
             else:
                 source, target = v.get("source", ""), v["target"]
+                readonly = bool(v.get("read_only"))
             if source in (doc.get("volumes") or {}):
                 vols[source] = target
+                if readonly:
+                    ro.add(target)
+        tmpfs = svc.get("tmpfs") or []
+        tmpfs = [t.split(":")[0] for t in ([tmpfs] if isinstance(tmpfs, str) else tmpfs)]
         deps = svc.get("depends_on") or {}
         if isinstance(deps, list):
             deps = dict.fromkeys(deps, "service_started")
         else:
             deps = {d: (c or {}).get("condition", "service_started") for d, c in deps.items()}
-        out[name] = Service(name, entry + cmd, env, check, vols, deps, svc)
+        out[name] = Service(name, entry + cmd, env, check, vols, deps, svc, ro, tmpfs)
     return out
 
 

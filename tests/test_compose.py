@@ -1,11 +1,14 @@
-"""docker-compose.yml and the Dockerfile, checked without a Docker engine.
+"""docker-compose.yml, the Dockerfile and .dockerignore, checked without a Docker engine.
 
 Two validators: Debian's docker-compose v1.29 (`docker-compose config -q`, which needs no
 daemon) and check-jsonschema's copy of the current compose-spec schema (offline). Each test is
 skipped, saying so, only when its tool is not installed; in CI (CI=true), where .ci/run installs
-both, a missing tool fails it instead. Then what the
-issue asks of the file, read from it: a named volume at the router's data folder, healthchecks,
-restart policies, the published port, every setting a PYCHAT_* variable with a default.
+both, a missing tool fails it instead. Then what the issues ask of the file, read from it: a
+named volume at the router's data folder, keys made once into a volume of their own and used
+by both ends of the bus, healthchecks, restart policies, the published port, every setting a
+PYCHAT_* variable with a default, no public NTP server by default, and every container
+hardened (read-only root with a tmpfs, no capabilities, no new privileges). Of the image: a
+pinned base, a user, and a build context without the work tree's clutter or secrets.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import sys
 import pytest
 import yaml
 
-from pychat.options import ACCEPTOR, ROUTER, SERVE, variables
+from pychat.options import ACCEPTOR, KEYS, ROUTER, SERVE, variables
 from support.procs import ROOT
 
 from .compose_file import COMPOSE, DOCKERFILE, load, read_dockerfile, services
@@ -101,20 +104,67 @@ def test_our_interpolation_matches_docker_compose(tmp_path):
 
 def test_the_services_are_what_the_issue_asks():
     svcs = services()
-    assert set(svcs) == {"router", "acceptor"}
+    assert set(svcs) == {"keys", "router", "acceptor"}
     router, acceptor = svcs["router"], svcs["acceptor"]
     # the router keeps its history on a named volume mounted where PYCHAT_DATA_DIR points
-    assert list(router.volumes.values()) == [router.env["PYCHAT_DATA_DIR"]]
+    assert router.volumes["pychat-data"] == router.env["PYCHAT_DATA_DIR"]
     assert router.env["PYCHAT_ROUTER_BIND"] == "tcp://0.0.0.0:65431"
     # the acceptor reaches the router by its service name and publishes 65432
     assert acceptor.env["PYCHAT_ROUTER"] == "tcp://router:65431"
     assert acceptor.env["PYCHAT_HOST"] == "0.0.0.0"
     assert acceptor.raw["ports"] == ["65432:65432"]
     assert acceptor.depends_on == {"router": "service_healthy"}
-    for svc in svcs.values():
+    for svc in (router, acceptor):
         assert svc.raw["restart"] in ("unless-stopped", "always")
         assert svc.healthcheck[:3] == ["python", "-m", "pychat.healthcheck"]
+    for svc in svcs.values():
         assert svc.argv[0] == "pychat"
+    # the router's check asks the router itself, not the kernel for a listening socket
+    assert router.healthcheck == ["python", "-m", "pychat.healthcheck", "router"]
+
+
+def test_the_bus_has_keys_made_once_into_their_own_volume():
+    """The router binds 0.0.0.0 on the compose network, which `pychat router` refuses without
+    keys: the keys service makes them on the first `up` (and leaves them on later ones), the
+    router and the acceptor read them from the volume, read-only, and nothing says
+    PYCHAT_INSECURE_BUS."""
+    svcs = services()
+    keys, router, acceptor = svcs["keys"], svcs["router"], svcs["acceptor"]
+    assert keys.argv == ["pychat", "keys", "/keys", "--if-missing"]
+    assert keys.raw["restart"] == "no" and keys.healthcheck == []
+    assert keys.volumes == {"pychat-keys": "/keys"} and not keys.read_only_mounts
+    assert router.depends_on == {"keys": "service_completed_successfully"}
+    for svc in (router, acceptor):
+        assert svc.volumes["pychat-keys"] == "/keys" and "/keys" in svc.read_only_mounts
+    assert router.env["PYCHAT_CURVE_SECRET"] == "/keys/router.key_secret"
+    assert router.env["PYCHAT_CURVE_CLIENTS"] == "/keys/authorized"
+    assert router.env["PYCHAT_INSECURE_BUS"] == "off"
+    assert router.env["PYCHAT_STATUS_CURVE_SECRET"] == "/keys/status.key_secret"
+    assert router.env["PYCHAT_STATUS_CURVE_SERVER"] == "/keys/router.key"
+    assert acceptor.env["PYCHAT_CURVE_SECRET"] == "/keys/acceptor-1.key_secret"
+    assert acceptor.env["PYCHAT_CURVE_SERVER"] == "/keys/router.key"
+    # an operator may still choose: empty keys and PYCHAT_INSECURE_BUS=on in the shell
+    plain = services(shell_env={"PYCHAT_ROUTER_CURVE_SECRET": "", "PYCHAT_CURVE_CLIENTS": "",
+                                "PYCHAT_INSECURE_BUS": "on"})["router"]
+    assert plain.env["PYCHAT_CURVE_SECRET"] == "" and plain.env["PYCHAT_INSECURE_BUS"] == "on"
+
+
+def test_every_container_is_hardened():
+    for svc in services().values():
+        assert svc.raw.get("read_only") is True, svc.name
+        assert svc.raw.get("cap_drop") == ["ALL"], svc.name
+        assert svc.raw.get("security_opt") == ["no-new-privileges:true"], svc.name
+        if svc.name != "keys":  # a long-running process: its temporary files go to a tmpfs
+            assert svc.tmpfs == ["/tmp"], svc.name
+
+
+def test_ntp_is_off_unless_the_operator_names_servers():
+    with open(COMPOSE) as f:
+        text = f.read()
+    assert "pool.ntp.org" not in text
+    assert services()["router"].env["PYCHAT_NTP"] == ""
+    named = services(shell_env={"PYCHAT_NTP": "ntp1.example.org,10.0.0.2:123"})
+    assert named["router"].env["PYCHAT_NTP"] == "ntp1.example.org,10.0.0.2:123"
 
 
 # Options a service's command has that the file leaves out on purpose, and why.
@@ -126,14 +176,21 @@ NOT_IN_THE_FILE = {
         "PYCHAT_HISTORY_MAX_AGE", "PYCHAT_HISTORY_PRIVATE",
         # serve gives each acceptor child its own --name and --reuse-port
         "PYCHAT_ACCEPTOR_NAME", "PYCHAT_REUSE_PORT",
+        # for a router serve starts on a tcp:// bus; the acceptors use the router service's
+        "PYCHAT_CURVE_KEYS", "PYCHAT_INSECURE_BUS",
     },
     "router": set(),
+    "keys": set(),
 }
 # Fixed by the deployment, not taken from the shell: container paths and in-container ports.
 FIXED = {"PYCHAT_DATA_DIR", "PYCHAT_HOST", "PYCHAT_PORT"}
 # Shell variables named after the role where the two services need different values.
 RENAMED = {("router", "PYCHAT_CURVE_SECRET"): "PYCHAT_ROUTER_CURVE_SECRET",
-           ("acceptor", "PYCHAT_CURVE_SECRET"): "PYCHAT_ACCEPTOR_CURVE_SECRET"}
+           ("acceptor", "PYCHAT_CURVE_SECRET"): "PYCHAT_ACCEPTOR_CURVE_SECRET",
+           # the router's public key: one shell variable for whoever needs it
+           ("router", "PYCHAT_STATUS_CURVE_SERVER"): "PYCHAT_CURVE_SERVER"}
+# Variables of the router's healthcheck (pychat status's keys), beside the router's own.
+HEALTHCHECK_VARIABLES = {"router": {"PYCHAT_STATUS_CURVE_SECRET", "PYCHAT_STATUS_CURVE_SERVER"}}
 
 
 def test_every_setting_is_a_pychat_variable_with_a_default():
@@ -143,7 +200,8 @@ def test_every_setting_is_a_pychat_variable_with_a_default():
         raw = yaml.safe_load(f)
     # the acceptor service runs `pychat serve --router`, whose acceptor children inherit its
     # environment: options of either count
-    known = {"router": variables(ROUTER), "acceptor": variables(SERVE) | variables(ACCEPTOR)}
+    known = {"router": variables(ROUTER) | HEALTHCHECK_VARIABLES["router"],
+             "acceptor": variables(SERVE) | variables(ACCEPTOR), "keys": variables(KEYS)}
     for name, svc in raw["services"].items():
         env = svc["environment"]
         missing = known[name] - NOT_IN_THE_FILE[name] - set(env)
@@ -165,8 +223,72 @@ def test_the_dockerfile_runs_as_a_user_with_a_healthcheck():
     assert image.entrypoint == ["pychat"]
     assert image.healthcheck == ["python", "-m", "pychat.healthcheck", "clients"]
     final = text[text.rindex("\nFROM "):]
-    assert re.search(r"^FROM python:3\.\d+-slim$", final, re.M)
     assert re.search(r"^USER pychat$", final, re.M)
     assert "[speed]" in final and "[test]" not in text  # runtime extras only
     for build_tool in ("gcc", "build-essential", "apt-get install"):
         assert build_tool not in text
+    # the mount points of the volumes belong to the user; the keys' is private
+    assert "install -d -m 0700 -o pychat -g pychat /keys" in text
+    assert "install -d -m 0755 -o pychat -g pychat /data" in text
+
+
+def test_the_base_image_is_pinned_to_an_exact_release():
+    """Both stages from one ARG, an exact Python release and Debian suite (a digest may follow),
+    never a moving tag such as python:3.12-slim."""
+    with open(DOCKERFILE) as f:
+        text = f.read()
+    pin = re.search(r"^ARG PYTHON_IMAGE=(\S+)$", text, re.M).group(1)
+    assert re.fullmatch(r"python:3\.\d+\.\d+-slim-[a-z]+(@sha256:[0-9a-f]{64})?", pin), pin
+    assert re.findall(r"^FROM (\S+)", text, re.M) == ["${PYTHON_IMAGE}", "${PYTHON_IMAGE}"]
+
+
+def dockerignored(patterns: list[str], path: str) -> bool:
+    """Whether Docker leaves ``path`` (relative to the context) out: a pattern matches the path
+    or a folder above it (`*` within a name, `**` any number of folders)."""
+    def rx(p: str) -> str:
+        out, i = "", 0
+        while i < len(p):
+            if p.startswith("**/", i):
+                out, i = out + "(?:.*/)?", i + 3
+            elif p[i] == "*":
+                out, i = out + "[^/]*", i + 1
+            elif p[i] == "?":
+                out, i = out + "[^/]", i + 1
+            else:
+                out, i = out + re.escape(p[i]), i + 1
+        return out
+    parts = path.split("/")
+    prefixes = ["/".join(parts[:n]) for n in range(1, len(parts) + 1)]
+    return any(re.fullmatch(rx(p), prefix) for p in patterns for prefix in prefixes)
+
+
+def test_the_build_context_leaves_out_clutter_and_secrets_but_nothing_the_build_copies():
+    with open(os.path.join(ROOT, ".dockerignore")) as f:
+        patterns = [line.strip() for line in f if line.strip() and not line.startswith("#")]
+    assert not [p for p in patterns if p.startswith("!")]  # the matcher above has no negation
+    for path in (".git/HEAD", ".venv/bin/python", "bench/results/x.json", "artifacts/a.png",
+                 "tests/test_compose.py", "router/__pycache__/state.cpython-312.pyc",
+                 "build/lib/pychat/cli.py", "pychat.egg-info/PKG-INFO", ".pytest_cache/v",
+                 "keys/router.key_secret", "somewhere/acceptor-1.key_secret", ".env"):
+        assert dockerignored(patterns, path), path
+    with open(DOCKERFILE) as f:
+        copied = [w for line in f if line.startswith("COPY ") and "--from" not in line
+                  for w in line.split()[1:-1]]
+    assert {"pyproject.toml", "README.md", "LICENSE", "pychat", "wire", "router"} <= set(copied)
+    for source in copied:
+        full = os.path.join(ROOT, source)
+        assert os.path.exists(full), source
+        files = [source] if os.path.isfile(full) else [
+            os.path.relpath(os.path.join(d, name), ROOT) for d, _, names in os.walk(full)
+            for name in names if name.endswith(".py")]
+        assert files, source
+        for path in files:
+            assert not dockerignored(patterns, path), path
+
+
+def test_the_license_pyproject_names_is_there():
+    with open(os.path.join(ROOT, "pyproject.toml")) as f:
+        assert 'license = { text = "MIT" }' in f.read()
+    with open(os.path.join(ROOT, "LICENSE")) as f:
+        text = f.read()
+    assert text.startswith("MIT License") and "Copyright (c) PyChat contributors" in text

@@ -6,17 +6,22 @@ image's ENTRYPOINT (`pychat`, run here as `python -m pychat` from this checkout)
 service's `command`; the environment is the image's ENV under the service's `environment`,
 interpolated as compose does with nothing set in the shell, and no other PYCHAT_* variable.
 Services start in `depends_on` order; one that others wait for as `service_healthy` must pass
-its own healthcheck command (run with its environment) first.
+its own healthcheck command (run with its environment) first, and one they wait for as
+`service_completed_successfully` (the keys) runs to its end and must exit 0.
 
 What this machine needs changed, and nothing else (``rewrite``):
 - service names resolve to 127.0.0.1 (Docker's DNS): `tcp://router:` becomes
   `tcp://127.0.0.1:`; and `0.0.0.0` (a container's own network) becomes 127.0.0.1;
 - the ports inside the containers (65431, 65432) become free ports, so parallel tests never
   collide; clients connect to the acceptor's port directly (the published mapping is 1:1);
-- a named volume is a fresh folder, replacing its mount point in the environment;
-- PYCHAT_NTP (public pool servers in the file) becomes an unused UDP port on 127.0.0.1, so
-  nothing leaves this machine; the router then says no NTP server answered and uses the host
-  clock.
+- a named volume is a fresh folder (one per volume, shared by the services that mount it),
+  replacing its mount point wherever a path in the environment or the command starts with it;
+  a tmpfs is a fresh folder per service, and one at /tmp is the service's TMPDIR;
+- `read_only: true`: Python's own writes anywhere but the service's writable volumes and its
+  tmpfs fail with EROFS (tests/read_only_root/sitecustomize.py, an audit hook), as they would
+  on the container's read-only root;
+- PYCHAT_NTP, when the shell names servers, becomes an unused UDP port on 127.0.0.1, so nothing
+  leaves this machine; the router then says no NTP server answered and uses the host clock.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from .compose_file import Service, services, start_order
 pytestmark = pytest.mark.e2e
 
 READY = {"router": r"router bound to", "serve": r"pychat: serving on"}
+READ_ONLY_SITE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "read_only_root")
 
 
 def free_udp_port() -> int:
@@ -42,6 +48,14 @@ def free_udp_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def in_mounts(value: str, mounts: dict[str, str]) -> str:
+    """``value`` with a container path under a mount point made the local folder's."""
+    for target, local in mounts.items():
+        if value == target or value.startswith(target + "/"):
+            return local + value[len(target):]
+    return value
 
 
 def rewrite(svcs: dict[str, Service], volumes_root) -> tuple[dict[int, int], int]:
@@ -57,7 +71,10 @@ def rewrite(svcs: dict[str, Service], volumes_root) -> tuple[dict[int, int], int
     ntp = free_udp_port()
     for svc in svcs.values():
         mounts = {target: str(volumes_root / name) for name, target in svc.volumes.items()}
-        for path in mounts.values():
+        # (paths in the file name no tmpfs: it is only where the service's TMPDIR points)
+        tmpfs = {target: str(volumes_root / "tmpfs" / svc.name / target.strip("/"))
+                 for target in svc.tmpfs}
+        for path in [*mounts.values(), *tmpfs.values()]:
             os.makedirs(path, exist_ok=True)
         for key, value in svc.env.items():
             value = re.sub(r"tcp://([\w.-]+):(\d+)",
@@ -70,8 +87,15 @@ def rewrite(svcs: dict[str, Service], volumes_root) -> tuple[dict[int, int], int
                 value = "127.0.0.1"
             if key == "PYCHAT_NTP" and value:
                 value = f"127.0.0.1:{ntp}"
-            value = mounts.get(value, value)
-            svc.env[key] = value
+            svc.env[key] = in_mounts(value, mounts)
+        svc.argv = [in_mounts(word, mounts) for word in svc.argv]
+        if "/tmp" in tmpfs:
+            svc.env["TMPDIR"] = tmpfs["/tmp"]
+        if svc.read_only:
+            writable = [local for target, local in mounts.items()
+                        if target not in svc.read_only_mounts] + list(tmpfs.values())
+            svc.env["READ_ONLY_ROOT_WRITABLE"] = os.pathsep.join(writable)
+            svc.env["PYTHONPATH"] = READ_ONLY_SITE
     # nothing may point past this machine any more
     for svc in svcs.values():
         for key, value in svc.env.items():
@@ -79,7 +103,8 @@ def rewrite(svcs: dict[str, Service], volumes_root) -> tuple[dict[int, int], int
                 assert host == "127.0.0.1", (svc.name, key, value)
         assert svc.env.get("PYCHAT_HOST", "127.0.0.1") == "127.0.0.1"
         for path in svc.volumes.values():
-            assert path not in svc.env.values()
+            assert not [v for v in [*svc.env.values(), *svc.argv]
+                        if v == path or v.startswith(path + "/")], (svc.name, path)
     return ports, ntp
 
 
@@ -111,14 +136,27 @@ def container_env_only(monkeypatch):
             monkeypatch.delenv(key)
 
 
+def one_shots(svcs: dict[str, Service]) -> set[str]:
+    """Services others wait for to exit 0 (`service_completed_successfully`)."""
+    return {dep for svc in svcs.values() for dep, condition in svc.depends_on.items()
+            if condition == "service_completed_successfully"}
+
+
 def compose_up(svcs: dict[str, Service], procs: list[Proc]) -> dict[str, Proc]:
+    """Start every service; returns the long-running ones (a one-shot has exited 0)."""
     running: dict[str, Proc] = {}
+    once = one_shots(svcs)
     for name in start_order(svcs):
         svc = svcs[name]
         for dep, condition in svc.depends_on.items():
             if condition == "service_healthy":
                 r = healthcheck(svcs[dep])
                 assert r.returncode == 0, f"{dep} unhealthy: {r.stdout}{r.stderr}"
+        if name in once:
+            r = subprocess.run(argv_here(svc.argv), env=container_env(svc), cwd=ROOT,
+                               capture_output=True, text=True, timeout=60)
+            assert r.returncode == 0, f"{name} exited {r.returncode}: {r.stdout}{r.stderr}"
+            continue
         p = Proc(argv_here(svc.argv), env=svc.env, name=f"service {name}")
         procs.append(p)
         running[name] = p
@@ -141,27 +179,40 @@ def compose_down(running: dict[str, Proc]) -> None:
         assert p.stop() == 0, "\n".join(p.output[-20:])
 
 
+def checked(svcs: dict[str, Service]) -> list[Service]:
+    """The services with a healthcheck (the keys one-shot has none)."""
+    return [svc for svc in svcs.values() if svc.healthcheck]
+
+
 def test_compose_up_gives_a_working_server(tmp_path, procs, connect, container_env_only):
     svcs = services()
-    ports, ntp = rewrite(svcs, tmp_path / "volumes")
+    ports, _ntp = rewrite(svcs, tmp_path / "volumes")
     acceptor = svcs["acceptor"]
     port = int(acceptor.env["PYCHAT_PORT"])
     assert port == ports[65432]
-    for svc in svcs.values():  # nothing listens yet: every healthcheck fails
+    for svc in checked(svcs):  # nothing runs yet: every healthcheck fails
         assert healthcheck(svc).returncode == 1
 
     running = compose_up(svcs, procs)
+    assert set(running) == {"router", "acceptor"}
     want = int(acceptor.env["PYCHAT_ACCEPTORS"])
     serving = said(running["acceptor"], r"serving on 127\.0\.0\.1:(\d+) \((\d+) acceptors?, "
                                         r"bus (\S+)\)")
     assert serving.groups() == (str(port), str(want), f"tcp://127.0.0.1:{ports[65431]}")
     assert "started router" not in "\n".join(running["acceptor"].output)  # no second router
+    # the bus has the keys the keys service made in its volume, on both ends
+    keys = svcs["keys"].argv[-2]
+    assert sorted(os.listdir(keys)) == ["acceptor-1.key_secret", "authorized", "router.key",
+                                        "router.key_secret", "status.key_secret"]
+    assert said(running["router"], r"bus: CurveZMQ on; 1 authorised acceptor keys and a status")
+    assert said(running["acceptor"], r"router tcp://\S+ \(CurveZMQ\)")
     for _ in range(want):  # every acceptor process joined the router
         running["router"].wait_for(r"acceptor \S+ joined")
-    running["router"].wait_for(rf"using local clock: no NTP server answered.*127\.0\.0\.1:{ntp}",
-                               timeout=30)
-    r = healthcheck(acceptor)
-    assert r.returncode == 0, r.stdout + r.stderr
+    assert said(running["router"], r"clock: the host clock \(no --ntp\)")  # NTP off by default
+    for svc in checked(svcs):
+        r = healthcheck(svc)
+        assert r.returncode == 0, r.stdout + r.stderr
+    assert "healthy: router" in healthcheck(svcs["router"]).stdout  # its loop answered
 
     a, b = connect(port), connect(port)
     a.handshake()
@@ -176,13 +227,18 @@ def test_compose_up_gives_a_working_server(tmp_path, procs, connect, container_e
     a.close()
     b.close()
 
-    # `docker compose down` then `up` again: the history is on the named volume
+    # `docker compose down` then `up` again: the history is on the named volume, and the keys
+    # service finds its keys and leaves them as they are
     compose_down(running)
-    for svc in svcs.values():
+    for svc in checked(svcs):
         assert healthcheck(svc).returncode == 1
     data = svcs["router"].env["PYCHAT_DATA_DIR"]
     assert os.path.isfile(os.path.join(data, "history.sqlite3"))
+    with open(os.path.join(keys, "router.key")) as f:
+        router_key = f.read()
     compose_up(svcs, procs)
+    with open(os.path.join(keys, "router.key")) as f:
+        assert f.read() == router_key
     c = connect(port)
     c.handshake()
     c.send("/history 5")
@@ -192,19 +248,59 @@ def test_compose_up_gives_a_working_server(tmp_path, procs, connect, container_e
 
 
 def test_shell_overrides_reach_the_processes(tmp_path, procs, connect, container_env_only):
-    """PYCHAT_ACCEPTORS=3 PYCHAT_MAX_LINE=100 docker compose up: the file passes them on."""
+    """PYCHAT_ACCEPTORS=3 PYCHAT_MAX_LINE=100 PYCHAT_NTP=... docker compose up: the file passes
+    them on (the NTP servers named are pointed at a silent loopback port here)."""
     svcs = services(shell_env={"PYCHAT_ACCEPTORS": "3", "PYCHAT_MAX_LINE": "100",
-                               "PYCHAT_HISTORY": "memory", "PYCHAT_NTP": ""})
-    assert svcs["router"].env["PYCHAT_NTP"] == ""  # set but empty: NTP off
-    rewrite(svcs, tmp_path / "volumes")
+                               "PYCHAT_HISTORY": "memory",
+                               "PYCHAT_NTP": "ntp1.example.org,ntp2.example.org"})
+    assert svcs["router"].env["PYCHAT_NTP"] == "ntp1.example.org,ntp2.example.org"
+    _ports, ntp = rewrite(svcs, tmp_path / "volumes")
     running = compose_up(svcs, procs)
     assert said(running["acceptor"], r"\(3 acceptors,")
-    assert said(running["router"], r"clock: the host clock \(no --ntp\)")
+    running["router"].wait_for(rf"using local clock: no NTP server answered.*127\.0\.0\.1:{ntp}",
+                               timeout=30)
     assert said(running["router"], r"history: in memory only")
     c = connect(int(svcs["acceptor"].env["PYCHAT_PORT"]))
     c.handshake()
     c.send("x" * 101)
     assert c.read_line() == "ERROR: line too long (max 100 bytes)"
+
+
+def test_the_read_only_root_is_emulated_and_the_tmpfs_is_needed(tmp_path, procs,
+                                                                 container_env_only):
+    """The emulation does refuse a write outside the writable mounts; and without its tmpfs
+    the acceptor's `pychat serve` (which makes a temporary folder) cannot start."""
+    svcs = services()
+    rewrite(svcs, tmp_path / "volumes")
+    router = svcs["router"]
+    outside = tmp_path / "outside.txt"
+    probe = subprocess.run([sys.executable, "-c", f"open({str(outside)!r}, 'w')"],
+                           env=container_env(router), capture_output=True, text=True, timeout=30)
+    assert probe.returncode != 0 and "Read-only file system" in probe.stderr
+    assert not outside.exists()
+    inside = os.path.join(router.env["PYCHAT_DATA_DIR"], "inside.txt")
+    probe = subprocess.run([sys.executable, "-c", f"open({inside!r}, 'w')"],
+                           env=container_env(router), capture_output=True, text=True, timeout=30)
+    assert probe.returncode == 0, probe.stderr
+    # the keys volume is read-only where it is mounted :ro
+    keys_dir = svcs["keys"].argv[-2]
+    probe = subprocess.run([sys.executable, "-c",
+                            f"open({os.path.join(keys_dir, 'x')!r}, 'w')"],
+                           env=container_env(router), capture_output=True, text=True, timeout=30)
+    assert probe.returncode != 0 and "Read-only file system" in probe.stderr
+
+    running = compose_up({k: v for k, v in svcs.items() if k != "acceptor"}, procs)
+    acceptor = svcs["acceptor"]
+    rootfs = tmp_path / "rootfs"  # where /tmp would be without the tmpfs: the read-only root
+    rootfs.mkdir()
+    p = Proc(argv_here(acceptor.argv), env={**acceptor.env, "TMPDIR": str(rootfs)},
+             name="acceptor without its tmpfs")
+    procs.append(p)
+    assert p.proc.wait(30) != 0
+    p.stop()
+    assert any("read_only emulation:" in line for line in p.output), p.output[-10:]
+    assert os.listdir(rootfs) == []
+    assert running["router"].alive()
 
 
 def test_a_restarted_router_container_gets_its_sessions_back(tmp_path, procs, connect,
@@ -246,9 +342,10 @@ def test_a_restarted_router_container_gets_its_sessions_back(tmp_path, procs, co
     assert b.expect_prefix(f"{a.uid}:") == f"{a.uid}: back in ops"
 
 
-def test_curvezmq_keys_through_the_file(tmp_path, procs, connect, container_env_only):
-    """The recipe in docs/OPERATIONS.md (Keys): each service's key files named in the shell,
-    the secret keys by role. Here the paths are on this machine instead of a /keys mount."""
+def test_your_own_curvezmq_keys_through_the_file(tmp_path, procs, connect, container_env_only):
+    """The recipe in docs/OPERATIONS.md (Keys): keys of your own, each service's named in the
+    shell, the secret keys by role. Here the paths are on this machine instead of a /keys
+    mount; the keys service still runs, and its keys go unused."""
     keys = tmp_path / "keys"
     r = subprocess.run([sys.executable, "-m", "pychat", "keys", str(keys)], capture_output=True,
                        text=True, timeout=30, cwd=ROOT)
@@ -256,12 +353,14 @@ def test_curvezmq_keys_through_the_file(tmp_path, procs, connect, container_env_
     svcs = services(shell_env={"PYCHAT_ROUTER_CURVE_SECRET": f"{keys}/router.key_secret",
                                "PYCHAT_CURVE_CLIENTS": f"{keys}/authorized",
                                "PYCHAT_ACCEPTOR_CURVE_SECRET": f"{keys}/acceptor-1.key_secret",
+                               "PYCHAT_STATUS_CURVE_SECRET": f"{keys}/status.key_secret",
                                "PYCHAT_CURVE_SERVER": f"{keys}/router.key"})
-    assert svcs["router"].env["PYCHAT_CURVE_SECRET"].endswith("router.key_secret")
-    assert svcs["acceptor"].env["PYCHAT_CURVE_SECRET"].endswith("acceptor-1.key_secret")
+    assert svcs["router"].env["PYCHAT_CURVE_SECRET"] == f"{keys}/router.key_secret"
+    assert svcs["acceptor"].env["PYCHAT_CURVE_SECRET"] == f"{keys}/acceptor-1.key_secret"
     rewrite(svcs, tmp_path / "volumes")
     running = compose_up(svcs, procs)
-    assert said(running["router"], r"bus: CurveZMQ on; 1 authorised acceptor keys")
+    assert said(running["router"], rf"bus: CurveZMQ on; 1 authorised acceptor keys and a "
+                                   rf"status key in {re.escape(str(keys))}/authorized")
     for _ in range(int(svcs["acceptor"].env["PYCHAT_ACCEPTORS"])):
         running["router"].wait_for(r"acceptor \S+ joined")
     port = int(svcs["acceptor"].env["PYCHAT_PORT"])
@@ -270,3 +369,27 @@ def test_curvezmq_keys_through_the_file(tmp_path, procs, connect, container_env_
     b.handshake()
     a.send("over curve")
     assert b.expect_prefix(f"{a.uid}:") == f"{a.uid}: over curve"
+
+
+def test_a_plain_bus_needs_insecure_bus_said_in_the_shell(tmp_path, procs, container_env_only):
+    """Keys emptied in the shell: the router refuses 0.0.0.0 (a usage error, exit 2) until
+    PYCHAT_INSECURE_BUS=on says the network is trusted."""
+    plain = {"PYCHAT_ROUTER_CURVE_SECRET": "", "PYCHAT_CURVE_CLIENTS": ""}
+    svcs = services(shell_env=plain)
+    router = svcs["router"]
+    assert router.env["PYCHAT_ROUTER_BIND"] == "tcp://0.0.0.0:65431"
+    # only the port is made local: the check must see the wildcard address the file binds
+    router.env["PYCHAT_ROUTER_BIND"] = f"tcp://0.0.0.0:{free_port()}"
+    r = subprocess.run(argv_here(router.argv), env=container_env(router), cwd=ROOT,
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and "refusing to bind tcp://0.0.0.0:" in r.stderr, r.stderr
+    svcs = services(shell_env={**plain, "PYCHAT_INSECURE_BUS": "on"})
+    rewrite(svcs, tmp_path / "volumes")
+    router = svcs["router"]
+    bind = f"tcp://0.0.0.0:{free_port()}"
+    p = Proc(argv_here(router.argv), env={**router.env, "PYCHAT_ROUTER_BIND": bind},
+             name="router on a plain bus")
+    procs.append(p)
+    p.wait_for(rf"router bound to {re.escape(bind)}")
+    assert said(p, r"neither encrypted nor authenticated \(--insecure-bus\)")
+    assert not said(p, r"CurveZMQ on")

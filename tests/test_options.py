@@ -45,7 +45,7 @@ from pychat.options import (
 )
 from pychat.options import main as options_main
 from pychat.router.__main__ import build_parser as router_parser
-from pychat.serve import CURVE_KEYS, Supervisor, use_curve
+from pychat.serve import CURVE_KEYS, BusKeys, Supervisor, bus_keys
 from pychat.serve import build_parser as serve_parser
 from pychat.status import build_parser as status_parser
 from support.procs import ROOT
@@ -97,8 +97,8 @@ def test_one_row_per_variable_and_one_flag_per_program():
 
 # Options serve shares with a child by name but not by meaning, and why serve keeps them.
 NOT_HANDED_ON = {
-    (ROUTER, "curve_secret"): "serve's is the acceptors' key; the router serve starts is on a "
-                              "private ipc:// bus, never CurveZMQ",
+    (ROUTER, "curve_secret"): "serve's is the acceptors' key; the router serve starts gets its "
+                              "own from --curve-keys (serve.bus_keys)",
 }
 
 
@@ -108,8 +108,9 @@ def test_serve_hands_on_or_sets_every_option_it_shares_with_a_child():
             if child in row.programs and (child, row.dest) not in NOT_HANDED_ON:
                 assert row.forward.reaches(child) or row.forward is Forward.BY_SERVE, \
                     f"serve takes {row.flag} but does not pass it on to its {child}"
-    for dest in CURVE_KEYS:  # the keys serve passes on only when use_curve() says so
-        assert [row.forward for row in OPTIONS if row.dest == dest] == [Forward.ACCEPTORS]
+    for dest in CURVE_KEYS:  # the keys serve passes on only when bus_keys() says so
+        assert [row.forward for row in OPTIONS if row.dest == dest and SERVE in row.programs] \
+            == [Forward.ACCEPTORS]
 
 
 def test_heartbeat_is_declared_once():
@@ -221,11 +222,13 @@ SAMPLES = {
     "coalesce_ms": "0", "coalesce_factor": "2", "max_connections": "99", "max_per_address": "5",
     "per_address_exempt": "none", "idle_timeout": "60", "partial_line_timeout": "0",
     "piece_idle": "0.25", "flood_bytes": "4096", "connect_burst": "3", "connect_rate": "0.5",
+    "tls_handshake_timeout": "2.5",
     "keepalive_idle": "30", "keepalive_interval": "5", "keepalive_count": "3",
     "tls_cert": "cert.pem", "tls_key": "key.pem", "curve_secret": "acceptor-1.key_secret",
     "curve_server": "router.key", "heartbeat": "0.25", "ntp": "ntp.example.org:1123",
     "ntp_interval": "60", "ntp_timeout": "0.5", "history": "memory", "data_dir": "some/dir",
     "history_per_room": "5", "history_max_age": "0", "history_private": "on",
+    "curve_keys": "keys", "insecure_bus": "on",
     "metrics_port": "9100", "metrics_host": "127.0.0.3", "log_level": "debug",
     "log_format": "json",
 }
@@ -251,12 +254,14 @@ def test_the_samples_are_every_option_of_serve_and_none_is_its_default():
 def test_serve_forwards_every_option_a_child_takes(router):
     """The children's argv, parsed by their own parsers, give back serve's values: forwarded,
     set by serve, or (what serve does not take) the child's default. With ``--router`` there
-    is no router child, and the acceptors get the CurveZMQ keys (use_curve)."""
+    is no router child, and the acceptors get the CurveZMQ keys (bus_keys)."""
     args = serve_args(router)
+    if router:  # --curve-keys is for serve's own router
+        args.curve_keys = ""
     sup = Supervisor(args)
     try:
-        sup.curve = use_curve(args, sup.bus)
-        assert sup.curve == bool(router)
+        sup.keys = bus_keys(args, sup.bus)
+        assert sup.keys.on == bool(router)
         sup.plan()
         roles = [c.role for c in sup.children]
         n = int(SAMPLES["acceptors"]) if hasattr(socket, "SO_REUSEPORT") else 1
@@ -269,7 +274,7 @@ def test_serve_forwards_every_option_a_child_takes(router):
             got = vars(PARSERS[program]().parse_args(child.argv[1:]))
             want = vars(PARSERS[program]().parse_args([]))
             for row in options_of(SERVE):
-                if row.forward.reaches(program) and (sup.curve or row.dest not in CURVE_KEYS):
+                if row.forward.reaches(program) and (sup.keys.on or row.dest not in CURVE_KEYS):
                     value = getattr(args, row.dest)
                     want[row.dest] = os.path.abspath(value) if row.path else value
             i = 0 if program == ROUTER else int(child.role.split()[1])
@@ -321,3 +326,90 @@ def test_the_table_is_printed_and_a_readme_without_markers_is_refused(tmp_path, 
     with pytest.raises(SystemExit) as e:
         options_main(["--update-readme", str(readme)])
     assert e.value.code == 2 and "markers" in capsys.readouterr().err
+
+
+# ---- the bus's keys under pychat serve (serve.bus_keys) ------------------------------------------
+
+def child_args(sup: Supervisor) -> list[tuple[str, argparse.Namespace]]:
+    return [(c.role, PARSERS[ROUTER if c.role == "router" else ACCEPTOR]().parse_args(c.argv[1:]))
+            for c in sup.children]
+
+
+def test_serve_gives_its_own_tcp_router_and_acceptors_the_keys_of_curve_keys():
+    args = serve_parser().parse_args(["--bus", "tcp://127.0.0.1:7000", "--curve-keys", "k"])
+    sup = Supervisor(args)
+    try:
+        sup.keys = bus_keys(args, sup.bus)
+        sup.plan()
+        got = child_args(sup)
+    finally:
+        sup.stop_all()
+    k = os.path.abspath("k")
+    assert got[0][0] == "router"
+    assert (got[0][1].curve_secret, got[0][1].curve_clients) == (f"{k}/router.key_secret",
+                                                                f"{k}/authorized")
+    assert len(got) > 1
+    for _, acceptor in got[1:]:  # one host: every acceptor has acceptor-1's key
+        assert (acceptor.curve_secret, acceptor.curve_server) == (f"{k}/acceptor-1.key_secret",
+                                                                  f"{k}/router.key")
+
+
+@pytest.mark.parametrize("argv, refused", [
+    (["--bus", "tcp://0.0.0.0:7000"], True),
+    (["--bus", "tcp://*:7000"], True),
+    (["--bus", "tcp://10.0.0.5:7000"], True),
+    (["--bus", "tcp://[::]:7000"], True),
+    (["--bus", "tcp://eth0:7000"], True),  # an interface name: whatever its address is
+    (["--bus", "tcp://chat.example.org:7000"], True),
+    # keys acceptors would have used toward a router elsewhere do not protect serve's own
+    (["--bus", "tcp://0.0.0.0:7000", "--curve-secret", "a.key_secret",
+      "--curve-server", "r.key"], True),
+    (["--bus", "tcp://127.0.0.1:7000"], False),
+    (["--bus", "tcp://127.9.8.7:7000"], False),
+    (["--bus", "tcp://[::1]:7000"], False),
+    (["--bus", "tcp://localhost:7000"], False),
+    (["--bus", "ipc:///run/pychat/bus"], False),
+    ([], False),  # the private ipc:// bus
+    (["--bus", "tcp://0.0.0.0:7000", "--curve-keys", "k"], False),
+    (["--bus", "tcp://0.0.0.0:7000", "--insecure-bus"], False),
+    (["--router", "tcp://10.0.0.5:7000"], False),  # connecting to it: that router decides
+])
+def test_serve_refuses_an_open_bus_without_keys(argv, refused):
+    args = serve_parser().parse_args(argv)
+    if refused:
+        with pytest.raises(ValueError, match=r"pychat keys.*--curve-keys DIR.*--insecure-bus"):
+            bus_keys(args, args.router or args.bus or "ipc://")
+    else:
+        assert isinstance(bus_keys(args, args.router or args.bus or "ipc://"), BusKeys)
+
+
+def test_the_router_refuses_an_open_bus_without_keys_before_anything(capsys, monkeypatch):
+    from pychat.router.__main__ import main as router_main
+    with pytest.raises(SystemExit) as e:
+        router_main(["--bind", "tcp://0.0.0.0:7000"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2
+    assert "refusing to bind tcp://0.0.0.0:7000 without CurveZMQ keys" in err
+    assert "pychat keys" in err and "--curve-secret DIR/router.key_secret" in err
+    assert "--insecure-bus (PYCHAT_INSECURE_BUS=1)" in err
+    # the variable says it as well as the flag
+    monkeypatch.setenv("PYCHAT_INSECURE_BUS", "1")
+    assert router_parser().parse_args(["--bind", "tcp://0.0.0.0:7000"]).insecure_bus is True
+
+
+def test_serve_hands_insecure_bus_to_its_router():
+    args = serve_parser().parse_args(["--bus", "tcp://0.0.0.0:7000", "--insecure-bus"])
+    sup = Supervisor(args)
+    try:
+        sup.keys = bus_keys(args, sup.bus)
+        sup.plan()
+        (role, router), *_ = child_args(sup)
+    finally:
+        sup.stop_all()
+    assert role == "router" and router.insecure_bus is True and router.curve_secret == ""
+
+
+def test_curve_keys_is_for_serves_own_router_only():
+    args = serve_parser().parse_args(["--router", "tcp://10.0.0.5:7000", "--curve-keys", "k"])
+    with pytest.raises(ValueError, match="--curve-keys is for the router serve starts"):
+        bus_keys(args, args.router)

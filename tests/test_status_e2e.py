@@ -47,6 +47,7 @@ def test_status_shows_acceptors_users_rooms_and_rate(procs, connect):
     assert st["rooms"] == {"#lobby": 2, "#ops": 1}
     assert st["messages_per_s"] > 0
     assert st["clock"]["source"] == "local" and st["history"]["backend"] == "sqlite"
+    assert st["curve"] is False  # serve's private ipc:// bus has no keys
     text = status("--router", endpoint)
     assert text.returncode == 0
     assert "acceptors: 2" in text.stdout and "rooms: #lobby=2, #ops=1" in text.stdout
@@ -60,3 +61,8 @@ def test_status_without_a_router_fails_in_time():
     r = status("--router", f"tcp://127.0.0.1:{free_port()}", "--timeout", "0.5")
     assert r.returncode == 1
     assert "no answer" in r.stderr
+
+
+def test_status_keys_go_together():
+    r = status("--router", f"tcp://127.0.0.1:{free_port()}", "--curve-server", "router.key")
+    assert r.returncode == 2 and "--curve-secret and --curve-server go together" in r.stderr

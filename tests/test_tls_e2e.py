@@ -13,6 +13,7 @@ import os
 import socket
 import ssl
 import subprocess
+import time
 
 import pytest
 from cryptography import x509  # the test extra has it: certificates made per test
@@ -176,3 +177,35 @@ def test_a_key_that_does_not_match_the_certificate_is_refused(certs, tmp_path):
                        capture_output=True, text=True, timeout=30, cwd=ROOT,
                        env=dict(os.environ))
     assert r.returncode == 2 and "cannot use TLS certificate" in r.stderr, r.stderr
+
+
+def test_connections_that_never_handshake_count_from_their_accept_and_meet_a_deadline(
+        procs, certs):
+    """300 connections that never start a TLS handshake used to stay open, uncounted, for
+    seconds each. Now each counts against its address from its accept: past
+    --max-per-address the next one is closed at once (no line: it speaks no plain text), a
+    real TLS client from that address too, until the silent ones reach the handshake deadline
+    and are closed; then a TLS client gets in."""
+    ca, cert, key = certs
+    p, port = start_serve("--tls-cert", cert, "--tls-key", key, "--max-per-address", "5",
+                          "--per-address-exempt", "none", "--connect-burst", "50",
+                          "--tls-handshake-timeout", "2", acceptors=1)
+    procs.append(p)
+    began = time.monotonic()
+    silent = [socket.create_connection(("127.0.0.1", port), timeout=WAIT) for _ in range(5)]
+    extra = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
+    assert extra.recv(100) == b""  # closed at once, without waiting for any deadline
+    assert time.monotonic() - began < 1.5
+    extra.close()
+    with pytest.raises((ssl.SSLError, OSError)):
+        TlsClient(port, ca)  # the address is full of handshakes that have not happened
+    for s in silent:  # closed by the server at the deadline, not before
+        assert s.recv(100) == b""
+        took = time.monotonic() - began
+        assert 1.5 <= took <= 2.0 + WAIT, took
+        s.close()
+    c = TlsClient(port, ca)  # their places are free again
+    try:
+        c.handshake()
+    finally:
+        c.close()
