@@ -6,9 +6,27 @@ being typed is never broken; each line has its time, the sender's name and a col
 room, the name and the connection state with reconnect attempts. Every line typed goes to the
 server as it is, so every protocol command works; ``/quit`` and ``/exit`` say goodbye and leave.
 
-When stdin is not a terminal it reads lines from stdin and prints each received line plainly
-(``[HH:MM:SS] name: text``), for scripts; connection states go to stderr. At the end of stdin
-it says ``/quit`` and exits once the server has answered everything sent before.
+When stdin is not a terminal ("pipe mode", for scripts and bots) it sends the lines of stdin
+and prints each received line plainly (``[HH:MM:SS] name: text``); connection states and
+failures go to stderr. At the end of stdin (or after a ``/quit`` line) it says ``/quit`` once
+connected, so lines typed while the connection was down go first, and exits when the server
+has said goodbye. It never waits forever: without a connection for ``GIVE_UP`` seconds (30; at
+the start or after a drop, a server that accepts but never answers included) it gives up. Its
+exit status is the first failure's:
+
+- 0: the server said goodbye and refused no line (a text line written just before a
+  connection dropped, and came back, may still be lost: text lines get no receipt);
+- 1: the name was refused (taken, or invalid by the server's rules);
+- 2: bad usage: an invalid ``--name`` (refused before connecting) or option, or stdin that is
+  not text;
+- 3: no connection: none within ``GIVE_UP`` seconds, at the start or after a drop, or the
+  connection ended before the server said goodbye (the last lines may not have arrived);
+- 4: the server refused to pass a line on: an ``ERROR`` coded ``not-sent`` (the router is
+  unavailable) or ``line-too-long``. The other ``ERROR`` replies answer the script's commands
+  (an unknown command, no such user): printed as ``!`` lines, they do not change the status.
+
+Errors are matched by their code (the session asks for ``/cap codes``), never by their text;
+from a server without codes a refused line cannot be told, and the status stays 0.
 
 Threads: the session's thread owns the socket; its events are handed to the asyncio loop with
 ``call_soon_threadsafe`` (terminal) or a queue (pipe), and the state is touched only there.
@@ -20,6 +38,9 @@ import asyncio
 import queue
 import sys
 import threading
+import time
+
+from pychat.wire import errors, replies
 
 from . import events
 from .options import client_parser, name_problem
@@ -161,42 +182,110 @@ async def interactive(args) -> int:
 
 # ---- pipe ------------------------------------------------------------------------------------
 
+# pipe mode's exit statuses (the module docstring says when)
+OK, NAME_REFUSED, USAGE, NO_CONNECTION, NOT_SENT = 0, 1, 2, 3, 4
+GIVE_UP = 30.0  # seconds without a connection (at the start, or after a drop) before giving up
+WIND_DOWN = 2.0  # seconds then left to the session to stop: it may be inside a connect
+# ERROR codes meaning the line reached no one: the server could not pass it on, or would not take
+# it (matched by code, which the session asks for with /cap codes, never by the English text)
+UNSENT = (errors.NOT_SENT, errors.LINE_TOO_LONG)
+_EOF = object()  # the stdin thread's last item on the event queue
+
+
 def pipe(args) -> int:
-    """stdin lines to the server, received lines to stdout, plainly; states to stderr."""
+    """stdin lines to the server, received lines to stdout, plainly; states and failures to
+    stderr. Returns the exit status: the first failure's, or OK."""
     if args.name and name_problem(args.name):
         print(f"pychat console: {name_problem(args.name)}", file=sys.stderr)
-        return 2
+        return USAGE
     got: queue.Queue = queue.Queue()
     session = Session(args.host, args.port, got.put, name=args.name, room=args.room,
                       history=args.history)
     state = ChatState()
+    where = f"{args.host}:{args.port}"
+    status = OK
+
+    def fail(code: int, message: str) -> None:
+        nonlocal status
+        print(f"pychat console: {message}", file=sys.stderr, flush=True)
+        status = status or code
 
     def read_stdin() -> None:
-        for raw in sys.stdin:
-            line = raw.rstrip("\r\n")
-            if line.strip():
-                session.send(line, show=True)
-                if line.split()[0].lower() in QUIT_WORDS:
-                    return
-        session.close(timeout=0)
+        try:
+            for number, raw in enumerate(sys.stdin, 1):
+                line = raw.rstrip("\r\n")
+                try:
+                    line.encode("utf-8")  # stdin's surrogateescape lets bytes through as such
+                except UnicodeEncodeError:
+                    got.put(ValueError(f"line {number} is not UTF-8; not sent"))
+                    continue
+                if line.strip():
+                    session.send(line, show=True)
+                    if line.split()[0].lower() in QUIT_WORDS:
+                        break
+        except (OSError, ValueError) as e:  # ValueError: not text in a strict encoding
+            got.put(e)
+        got.put(_EOF)
 
     session.start()
     threading.Thread(target=read_stdin, name="stdin", daemon=True).start()
-    code = 0
+    connected = ever_connected = ending = closing = said_bye = False
+    deadline = time.monotonic() + GIVE_UP  # while not connected: when to give up
     while True:
-        ev = got.get()
-        line = state.apply(ev)
-        if isinstance(ev, events.Status):
-            print(f"pychat console: {ev.text}", file=sys.stderr, flush=True)
-            if ev.state == events.CLOSED:
-                break
-        elif isinstance(ev, events.NameRefused):
-            print(f"pychat console: {ev.reason}", file=sys.stderr, flush=True)
-            code = 1
+        try:
+            ev = got.get(timeout=None if connected else max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            fail(NO_CONNECTION, (f"lost the connection to {where} and could not reconnect"
+                                 if ever_connected else f"could not connect to {where}")
+                 + f" within {GIVE_UP:g} s; giving up")
             session.close(timeout=0)
-        elif line is not None:
-            print(line.plain(), flush=True)
-    return code
+            _wind_down(got)
+            return status
+        if ev is _EOF:  # say goodbye once the lines sent so far can go
+            ending = True
+        elif isinstance(ev, Exception):
+            fail(USAGE, f"reading stdin: {ev}")
+        elif isinstance(ev, events.Status):
+            print(f"pychat console: {ev.text}", file=sys.stderr, flush=True)
+            if ev.state == events.CONNECTED:
+                connected = ever_connected = True
+            elif ev.state == events.CLOSED:
+                break
+            elif connected:  # dropped: the session reconnects, for GIVE_UP at most
+                connected = False
+                deadline = time.monotonic() + GIVE_UP
+        else:
+            line = state.apply(ev)
+            if isinstance(ev, events.NameRefused):
+                fail(NAME_REFUSED, ev.reason)
+                ending = True
+            elif isinstance(ev, replies.Error) and ev.code in UNSENT:
+                fail(NOT_SENT, f"a line was not sent ({ev.code}): {ev.message}")
+            elif isinstance(ev, replies.Bye):
+                said_bye = True
+            if line is not None:
+                print(line.plain(), flush=True)
+        if ending and connected and not closing:
+            # on a connection: the lines queued go before the /quit, which close() adds
+            closing = True
+            session.close(timeout=0)
+    if not said_bye:
+        fail(NO_CONNECTION, "the connection ended before the server said goodbye: "
+                            "lines sent last may not have arrived")
+    return status
+
+
+def _wind_down(got: queue.Queue) -> None:
+    """Wait a little for the closed session's last status: it may be inside a connect or a
+    read that ``close()`` cannot cut short (its thread is a daemon: it dies with us)."""
+    deadline = time.monotonic() + WIND_DOWN
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            ev = got.get(timeout=left)
+        except queue.Empty:
+            return
+        if isinstance(ev, events.Status) and ev.state == events.CLOSED:
+            return
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,19 +2,33 @@
 
 PROTOCOL.md "Transport": one message is one line ending in ``\\n``, a ``\\r`` just before it is
 dropped, a line over the limit is discarded with one ERROR and the next line is read normally;
-invalid UTF-8 is an error; control characters (tab kept) and whole ANSI escapes are removed.
+invalid UTF-8 is an error; control characters (tab kept) and whole ANSI escapes are removed;
+invisible and bidirectional formatting characters are neutralised (the rules in wire.framing's
+docstring): checked here against an oracle written from Unicode's tables, not from the module's.
 """
 
 from __future__ import annotations
 
+import re
+import string
+import sys
+import unicodedata
 from itertools import pairwise
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from pychat.wire.errors import ClientError, InvalidUTF8, LineTooLong
-from pychat.wire.framing import DEFAULT_MAX_LINE, LineBuffer, decode, sanitize
+from pychat.wire.framing import (
+    DEFAULT_MAX_LINE,
+    MAX_BIDI,
+    MAX_OPEN,
+    LineBuffer,
+    _width,
+    decode,
+    sanitize,
+)
 
 
 def feed_all(buf: LineBuffer, chunks) -> list:
@@ -288,8 +302,277 @@ def test_sanitize_output_has_no_control_but_tab_and_is_idempotent(text):
 
 @settings(max_examples=200)
 @given(st.text(alphabet=st.characters(blacklist_characters=sorted(_CONTROL_CHARS))))
-def test_sanitize_is_the_identity_on_text_without_controls(text):
+def test_sanitize_is_the_identity_on_text_without_controls_or_special_characters(text):
+    assume(not any(is_special(c) for c in text))
     assert sanitize(text) == text
+
+
+# ---- sanitize: invisible and bidirectional formatting characters --------------------------------
+
+# The oracle, from Unicode's tables rather than from the module's: Default_Ignorable_Code_Point
+# as DerivedCoreProperties.txt lists it (the same from Unicode 14 to 16), plus the line and
+# paragraph separators and the interlinear annotation characters.
+DEFAULT_IGNORABLE = [
+    (0x00AD, 0x00AD), (0x034F, 0x034F), (0x061C, 0x061C), (0x115F, 0x1160), (0x17B4, 0x17B5),
+    (0x180B, 0x180F), (0x200B, 0x200F), (0x202A, 0x202E), (0x2060, 0x206F), (0x3164, 0x3164),
+    (0xFE00, 0xFE0F), (0xFEFF, 0xFEFF), (0xFFA0, 0xFFA0), (0xFFF0, 0xFFF8), (0x1BCA0, 0x1BCA3),
+    (0x1D173, 0x1D17A), (0xE0000, 0xE0FFF),
+]
+SPECIAL_RANGES = [*DEFAULT_IGNORABLE, (0x2028, 0x2029), (0xFFF9, 0xFFFB)]
+LRE, RLE, PDF, LRO, RLO = "\u202a", "\u202b", "\u202c", "\u202d", "\u202e"
+LRI, RLI, FSI, PDI = "\u2066", "\u2067", "\u2068", "\u2069"
+LRM, RLM, ALM = "\u200e", "\u200f", "\u061c"
+ZWSP, ZWNJ, ZWJ, WJ, BOM = "\u200b", "\u200c", "\u200d", "\u2060", "\ufeff"
+VS16, KEYCAP, FLAG, CANCEL_TAG = "\ufe0f", "\u20e3", "\U0001f3f4", "\U000e007f"
+OPENERS = {LRE: PDF, RLE: PDF, LRI: PDI, RLI: PDI, FSI: PDI}
+JOINERS = {ZWNJ, ZWJ, "\u034f", "\u180e"}  # and CGJ, Mongolian vowel separator
+ASCII_WORD = set(string.ascii_letters + string.digits + "_-")
+
+
+def is_special(c: str) -> bool:
+    return any(lo <= ord(c) <= hi for lo, hi in SPECIAL_RANGES)
+
+
+def is_selector(c: str) -> bool:
+    cp = ord(c)
+    return 0xFE00 <= cp <= 0xFE0F or 0xE0100 <= cp <= 0xE01EF or cp in (0x180B, 0x180C, 0x180D,
+                                                                        0x180F)
+
+
+def is_tag(c: str) -> bool:
+    return 0xE0020 <= ord(c) <= 0xE007F
+
+
+def is_base(c: str) -> bool:
+    return c > "\x7f" and not c.isspace() and not is_special(c)
+
+
+def is_virama(c: str) -> bool:
+    return unicodedata.combining(c) == 9
+
+
+def broken_rules(text: str) -> list[str]:
+    """What in ``text`` goes against the rules of wire.framing; [] for sanitized text."""
+    found = []
+    for i, c in enumerate(text):
+        if not is_special(c):
+            continue
+        before, after = text[i - 1:i] if i else "", text[i + 1:i + 2]
+        if c in (LRO, RLO) or not (c in OPENERS or c in (PDF, PDI, LRM, RLM, ALM) or c in JOINERS
+                                   or is_selector(c) or is_tag(c)):
+            found.append(f"U+{ord(c):04X} at {i} is never kept")
+        elif c in JOINERS:
+            after_base = is_base(before) or (is_selector(before) and is_base(text[i - 2:i - 1]))
+            if not ((after_base and is_base(after))
+                    or (c in (ZWJ, ZWNJ) and before and is_virama(before))):
+                found.append(f"joiner U+{ord(c):04X} at {i} joins nothing")
+        elif is_selector(c) and not is_base(before) and not (
+                c == VS16 and before in "#*0123456789" and before and after == KEYCAP):
+            found.append(f"selector U+{ord(c):04X} at {i} selects nothing")
+    for run in re.finditer(r"[\U000e0020-\U000e007f]+", text):
+        if text[run.start() - 1:run.start()] != FLAG or not re.fullmatch(
+                r"[\U000e0030-\U000e0039\U000e0061-\U000e007a]{1,8}\U000e007f", run.group()):
+            found.append(f"tags at {run.start()} are not one emoji tag sequence")
+    # maximal runs of special characters between two ASCII word characters
+    for i in range(1, len(text) - 1):
+        if is_special(text[i]) and text[i - 1] in ASCII_WORD:
+            j = i
+            while j < len(text) and is_special(text[j]):
+                j += 1
+            if j < len(text) and text[j] in ASCII_WORD:
+                found.append(f"special characters inside an ASCII word at {i}")
+    # bidirectional controls: strictly nested, all closed, within the limits
+    stack: list[str] = []
+    count = 0
+    for i, c in enumerate(text):
+        if c in OPENERS:
+            stack.append(OPENERS[c])
+            count += 1
+            if len(stack) > MAX_OPEN:
+                found.append(f"more than {MAX_OPEN} open at {i}")
+        elif c in (PDF, PDI):
+            count += 1
+            if not stack or stack.pop() != c:
+                found.append(f"U+{ord(c):04X} at {i} closes nothing of its kind")
+    if stack:
+        found.append(f"left open at the end: {stack}")
+    if count > MAX_BIDI:
+        found.append(f"{count} bidirectional controls")
+    return found
+
+
+def visible(text: str) -> str:
+    return "".join(c for c in text if not is_special(c))
+
+
+EMOJI_SEQUENCES = [
+    "\U0001f468\u200d\U0001f469\u200d\U0001f467",            # family: man, woman, girl
+    "\u2764\ufe0f\u200d\U0001f525",                          # heart on fire
+    "\U0001f3f3\ufe0f\u200d\U0001f308",                      # rainbow flag
+    "\U0001f469\U0001f3fd\u200d\U0001f4bb",                  # woman technologist, medium skin
+    "\U0001f441\ufe0f\u200d\U0001f5e8\ufe0f",                # eye in speech bubble
+    "\U0001f3f4\u200d\u2620\ufe0f",                          # pirate flag
+    "\U0001f469\u200d\u2764\ufe0f\u200d\U0001f48b\u200d\U0001f468",  # kiss
+    "\u2764\ufe0f",                                          # red heart (emoji presentation)
+    "#\ufe0f\u20e3", "1\ufe0f\u20e3",                        # keycaps
+    "\U0001f3f4\U000e0067\U000e0062\U000e0065\U000e006e\U000e0067\U000e007f",  # England
+    "\U0001f3f4\U000e0067\U000e0062\U000e0073\U000e0063\U000e0074\U000e007f",  # Scotland
+]
+SCRIPT_WORDS = [
+    "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645",     # Persian "I want", with ZWNJ
+    "\u0915\u094d\u200d\u0937",                              # Devanagari half form (virama ZWJ)
+    "\u0915\u094d\u200c\u0937",                              # Devanagari explicit virama (ZWNJ)
+    "\u0d05\u0d35\u0d28\u0d4d\u200d",                        # Malayalam chillu, legacy encoding
+    "\u0dc1\u0dca\u200d\u0dbb\u0dd3",                        # Sinhala "Sri" (virama ZWJ)
+    "\u05e9\u05dc\u05d5\u05dd!\u200f",                       # Hebrew with RLM after the "!"
+    "\u2067\u05e9\u05dc\u05d5\u05dd\u2069",                  # Hebrew isolated
+    "\u202b\u0645\u0631\u062d\u0628\u0627 C++\u200e\u202c",  # Arabic embedding with C++ in it
+    "\u845b\U000e0100",                                      # ideographic variation sequence
+]
+
+
+@pytest.mark.parametrize("text", EMOJI_SEQUENCES + SCRIPT_WORDS)
+def test_emoji_sequences_and_scripts_that_need_invisible_characters_keep_them(text):
+    for around in (("", ""), ("see ", " here"), ("x", "y"), ("\u00e9", "\u00e8")):
+        line = around[0] + text + around[1]
+        assert sanitize(line) == line
+
+
+SPOOFS = [
+    # (sent, shown): overrides become embeddings, and are closed at the end
+    ("\u202eih :ecila", "\u202bih :ecila\u202c"),
+    ("gnp.\u202dexe", "gnp.\u202aexe\u202c"),
+    # an isolate or embedding left open is closed at the end of the line; a stray closer goes
+    ("see \u2067\u05e9\u05dc\u05d5\u05dd", "see \u2067\u05e9\u05dc\u05d5\u05dd\u2069"),
+    ("\u202b\u05e9 \u2067\u05dd", "\u202b\u05e9 \u2067\u05dd\u2069\u202c"),
+    ("a \u2069 b \u202c c", "a  b  c"),
+    # a PDF does not close an embedding opened outside its isolate; a PDI closes what is
+    # open inside its isolate, written out
+    (" \u202b x \u2067 y \u202c z", " \u202b x \u2067 y  z\u2069\u202c"),
+    (" \u2067 a \u202b b \u2069 c", " \u2067 a \u202b b \u202c\u2069 c"),
+    # nothing invisible inside an ASCII word: names, commands and words written in ASCII
+    ("al\u200bice", "alice"), ("al\u200dice", "alice"), ("al\u200cice", "alice"),
+    ("al\u2060ice", "alice"), ("al\ufeffice", "alice"), ("al\u00adice", "alice"),
+    ("al\u200eice", "alice"), ("al\u200f\u200bice", "alice"), ("al\u2067ice", "alice"),
+    ("al\u202eice", "alice"), ("al\ufe0fice", "alice"), ("al\U000e0041ice", "alice"),
+    ("al\u034fice", "alice"), ("bob_\u200d1", "bob_1"), ("/ms\u200bg", "/msg"),
+    # a line break in many renderers: "alice" would seem to write the second line
+    ("hi\u2028[12:00:00] alice: pay me", "hi[12:00:00] alice: pay me"),
+    ("hi\u2029alice: x", "hialice: x"),
+    # invisible everywhere else too, or alone
+    ("\u200b", ""), ("\ufeffhello", "hello"), ("\u3164", ""), ("x \u115f\u1160 y", "x  y"),
+    ("\u200d", ""), ("a\u200d", "a"), ("\u200d\u00e9", "\u00e9"), ("\u00e9\u200d", "\u00e9"),
+    ("\u00e9\u200d\u200d\u00e8", "\u00e9\u00e8"), ("\u00e9 \u200d \u00e8", "\u00e9  \u00e8"),
+    ("a\ufe0f", "a"), ("\u00e9\ufe0f\ufe0f", "\u00e9\ufe0f"), ("#\ufe0f", "#"),
+    ("x\u2061y\u2062z", "xyz"), ("\ufff9ruby\ufffa hidden\ufffb", "ruby hidden"),
+    ("a\U0001d173b", "ab"),
+    # tags outside an emoji tag sequence: invisible ASCII ("hi" written in tags)
+    ("ok \U000e0068\U000e0069", "ok "),
+    ("\U0001f3f4\U000e0067\U000e0062\U000e007f\U000e0041", "\U0001f3f4"),
+]
+
+
+@pytest.mark.parametrize("sent, shown", SPOOFS)
+def test_sanitize_neutralises_invisible_and_bidirectional_characters(sent, shown):
+    assert sanitize(sent) == shown
+    assert broken_rules(shown) == []
+
+
+def test_the_bidirectional_limits_are_the_documented_ones():
+    assert (MAX_OPEN, MAX_BIDI) == (16, 64)
+
+
+def test_deep_bidirectional_nesting_is_cut_at_max_open_with_its_closers():
+    sent = " " + RLI * 20 + "x" + PDI * 3 + " y"
+    shown = sanitize(sent)
+    assert shown == " " + RLI * MAX_OPEN + "x y" + PDI * MAX_OPEN
+    assert broken_rules(shown) == []
+
+
+def test_a_line_with_more_than_max_bidi_controls_loses_them_all():
+    isolated = (" " + RLI + "\u05e9" + PDI) * (MAX_BIDI // 2)
+    assert sanitize(isolated) == isolated  # exactly MAX_BIDI: kept
+    assert sanitize(isolated + " " + LRE + "x" + PDF) == isolated.replace(RLI, "").replace(
+        PDI, "") + " x"
+
+
+def test_the_special_characters_are_every_format_character_but_the_visible_ones():
+    # Cf characters that are not default-ignorable: visible signs spanning digits, and the
+    # Egyptian hieroglyph format controls
+    visible_cf = {*range(0x0600, 0x0606), 0x06DD, 0x070F, 0x0890, 0x0891, 0x08E2, 0x110BD,
+                  0x110CD, *range(0x13430, 0x13440)}
+    for cp in range(sys.maxunicode + 1):
+        c = chr(cp)
+        if unicodedata.category(c) == "Cf" and cp not in visible_cf:
+            assert is_special(c), f"U+{cp:04X}"
+    # and the module neutralises every one of them the way the oracle says
+    for lo, hi in SPECIAL_RANGES:
+        for cp in range(lo, min(hi, lo + 300) + 1):
+            assert broken_rules(sanitize(f"a {chr(cp)} b")) == [], f"U+{cp:04X}"
+            assert sanitize(f"a{chr(cp)}b") == "ab", f"U+{cp:04X}"
+
+
+def test_the_virama_table_is_unicodes():
+    table = {chr(cp) for cp in range(sys.maxunicode + 1)
+             if sanitize(f"\u0915{chr(cp)}{ZWJ} ") == f"\u0915{chr(cp)}{ZWJ} "
+             and is_base(chr(cp))}
+    for c in table:
+        assert is_virama(c) or unicodedata.category(c) == "Cn", f"U+{ord(c):04X}"
+    if unicodedata.unidata_version == "14.0.0":  # the version the table was made from
+        assert table == {chr(cp) for cp in range(sys.maxunicode + 1) if is_virama(chr(cp))}
+
+
+# text biased towards the special characters, the characters around which rules change, emoji
+# sequences and scripts, plus controls and anything else
+_rule_pieces = sorted({
+    *OPENERS, PDF, PDI, LRO, RLO, LRM, RLM, ALM, *JOINERS, ZWSP, WJ, BOM, "\u00ad", "\u2028",
+    "\u3164", VS16, "\ufe0e", "\U000e0100", "\u180b", "\U000e0041", "\U000e0067", CANCEL_TAG,
+    "\U000e0001", "\U0001d173", "\ufff9",
+})
+_context_pieces = ["a", "Z", "0", "_", "-", " ", "#", "1", "*", ".", KEYCAP, FLAG, "\u00e9",
+                   "\u05e9", "\u0628", "\u0915", "\u094d", "\U0001f468", "\U0001f525", "\u2764",
+                   "\u65e5", "\u00a0", "\u3000", "\t"]
+_unicode_text = st.lists(
+    st.one_of(st.sampled_from(_rule_pieces), st.sampled_from(_context_pieces),
+              st.sampled_from(EMOJI_SEQUENCES + SCRIPT_WORDS), st.characters(), _nasty_text),
+    max_size=50,
+).map("".join)
+
+
+@settings(max_examples=1000)
+@given(_unicode_text)
+def test_sanitized_text_breaks_no_rule_and_is_a_fixed_point(text):
+    clean = sanitize(text)
+    assert broken_rules(clean) == []
+    assert sanitize(clean) == clean
+
+
+@settings(max_examples=500)
+@given(_unicode_text.map(lambda t: sanitize(t.replace("\x1b", ""))))  # no escape to eat text
+def test_sanitize_never_removes_or_moves_a_visible_character(text):
+    # on text without controls, only special characters come and go
+    assert visible(sanitize(text)) == visible(text)
+
+
+_plain_text = st.text(st.characters(blacklist_categories=("Cc", "Cs")), max_size=20).filter(
+    lambda t: not any(is_special(c) for c in t))
+
+
+@settings(max_examples=300)
+@given(_plain_text, st.sampled_from(EMOJI_SEQUENCES + SCRIPT_WORDS), _plain_text)
+def test_emoji_sequences_and_scripts_survive_next_to_any_plain_text(before, word, after):
+    line = before + word + after
+    assert sanitize(line) == line
+
+
+@settings(max_examples=300)
+@given(st.text(max_size=40))
+def test_the_width_shortcut_never_takes_a_text_for_narrower_than_it_is(text):
+    assume(not text.isascii())  # sanitize asks only outside ASCII
+    widest = max(map(ord, text))
+    assert _width(text) >= (4 if widest > 0xFFFF else 2 if widest > 0xFF else 1)
+    if sys.implementation.name == "cpython":  # the shortcut is in use on this runtime
+        assert _width(text) == (4 if widest > 0xFFFF else 2 if widest > 0xFF else 1)
 
 
 # ---- LineBuffer: properties ---------------------------------------------------------------------

@@ -315,9 +315,9 @@ def command_from_fields(kind: str, args: list[str]) -> Command:
     names = [f.name for f in fields(cls)]
     if len(args) != len(names):
         raise ValueError(f"{kind} takes {len(names)} fields, got {len(args)}")
-    for arg in args:
-        if sanitize(arg) != arg:
-            raise ValueError(f"{kind}: a control character in a field")
+    line = " ".join(args)  # sanitized as a whole line is (bidi controls balance per line)
+    if sanitize(line) != line:
+        raise ValueError(f"{kind}: a control character in a field")
     if cls is Say:
         if not args[0] or args[0].isspace():
             raise ValueError("say: blank text")
