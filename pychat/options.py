@@ -407,8 +407,9 @@ OPTIONS: tuple[Option, ...] = (
            doc="ZeroMQ high-water mark, in batches"),
     # the router's clock and history
     Option("--ntp", "PYCHAT_NTP", "",
-           "NTP servers to correct the clock with, asked in order (HOST, HOST:PORT or [V6]:PORT, "
-           "comma- or space-separated); empty: the host clock as it is", (SERVE, ROUTER),
+           "NTP servers to correct the clock with, all asked, a majority trusted (HOST, "
+           "HOST:PORT or [V6]:PORT, comma- or space-separated); empty: the host clock as it is",
+           (SERVE, ROUTER),
            type=ntp_servers, forward=Forward.ROUTER,
            doc="NTP servers (`HOST`, `HOST:PORT`, `[V6]:PORT`, comma-separated) whose offset "
                "corrects the router's stamps (router, serve)", doc_default="none (off)"),
@@ -417,12 +418,19 @@ OPTIONS: tuple[Option, ...] = (
     Option("--ntp-timeout", "PYCHAT_NTP_TIMEOUT", 2.0,
            "seconds to wait for each NTP server's answer", (SERVE, ROUTER), type=positive(float),
            forward=Forward.ROUTER, doc="seconds to wait for each server's answer"),
+    Option("--ntp-max-offset", "PYCHAT_NTP_MAX_OFFSET", 86400.0,
+           "seconds: an NTP answer further than this from the host clock is refused (0: no "
+           "bound)", (SERVE, ROUTER), type=zero_or_more("seconds", "no bound"),
+           forward=Forward.ROUTER,
+           doc="seconds: an NTP answer further than this from the host clock is refused "
+               "(`0`: no bound)"),
     Option("--history", "PYCHAT_HISTORY", "sqlite",
            "where room history lives: sqlite (a file in --data-dir, kept across restarts) or "
-           "memory (the last 200 per room, lost when the router stops)", (SERVE, ROUTER),
+           "memory (the last 200 per room, of the --history-cache-rooms used last; lost when the "
+           "router stops)", (SERVE, ROUTER),
            choices=("sqlite", "memory"), forward=Forward.ROUTER,
            doc="`sqlite`: room history in a file, kept across restarts; `memory`: last 200 per "
-               "room, lost when the router stops"),
+               "room of the `--history-cache-rooms` used last, lost when the router stops"),
     Option("--data-dir", "PYCHAT_DATA_DIR", None, "folder of the history file (history.sqlite3)",
            (SERVE, ROUTER), forward=Forward.ROUTER, default_from=default_data_dir,
            doc="folder of the history file `history.sqlite3`",
@@ -434,11 +442,32 @@ OPTIONS: tuple[Option, ...] = (
            "days a message is kept (and shown by /history); 0 keeps them forever",
            (SERVE, ROUTER), type=days, forward=Forward.ROUTER,
            doc="days a message is kept and shown by `/history`; `0` keeps them forever"),
+    Option("--history-cache-rooms", "PYCHAT_HISTORY_CACHE_ROOMS", 1000,
+           "rooms whose last 200 messages are kept in memory; the others' are read from the "
+           "history file when asked (with --history memory, a room dropped past this loses its "
+           "history)", (SERVE, ROUTER), type=positive(int), forward=Forward.ROUTER,
+           doc="rooms whose last 200 messages are kept in memory, least recently used dropped; "
+               "the others' are read from the file when asked (with `--history memory`, a room "
+               "dropped loses its history)"),
+    Option("--history-cache-mb", "PYCHAT_HISTORY_CACHE_MB", 16,
+           "MiB (estimated) of room history kept in memory", (SERVE, ROUTER),
+           type=positive(int), forward=Forward.ROUTER),
+    Option("--durable", "PYCHAT_DURABLE", False,
+           "send a message to anyone (its sender's echo too) only once it is committed to the "
+           "history file, fsynced (group commit); costs latency, see docs/OPERATIONS.md",
+           (SERVE, ROUTER), type=bool, forward=Forward.ROUTER,
+           doc="a message reaches anyone, its sender's echo too, only once it is committed to "
+               "the history file and fsynced (group commit); see docs/OPERATIONS.md"),
     Option("--history-private", "PYCHAT_HISTORY_PRIVATE", False,
            "also store private messages in the history file (never shown by /history; a record "
            "for the operator)", (SERVE, ROUTER), type=bool, forward=Forward.ROUTER,
            doc="also store private messages (never shown by `/history`; see "
                "docs/OPERATIONS.md)"),
+    Option("--history-private-per-sender", "PYCHAT_HISTORY_PRIVATE_PER_SENDER", 1000,
+           "private messages kept per sender with --history-private; one sender cannot push "
+           "out another's", (SERVE, ROUTER), type=positive(int), forward=Forward.ROUTER,
+           doc="private messages kept per sender with `--history-private`: one sender cannot "
+               "push out another's"),
     # observing: metrics and logs
     Option("--metrics-port", "PYCHAT_METRICS_PORT", 0,
            "serve Prometheus metrics at http://HOST:PORT/metrics (0: off; under pychat serve the "

@@ -75,21 +75,26 @@ def make_clock(args: argparse.Namespace) -> LocalClock | NtpClock:
     if not servers:
         log.info("clock: the host clock (no --ntp)")
         return LocalClock()
-    return NtpClock(servers, interval=args.ntp_interval, timeout=args.ntp_timeout)
+    return NtpClock(servers, interval=args.ntp_interval, timeout=args.ntp_timeout,
+                    max_offset=args.ntp_max_offset)
 
 
 def make_history(args: argparse.Namespace, clock) -> MemoryHistory | SqliteHistory:
     """Raises HistoryError when the history file cannot be used."""
     if args.history == "memory":
         log.info("history: in memory only (lost when the router stops)")
-        return MemoryHistory()
+        return MemoryHistory(max_rooms=args.history_cache_rooms,
+                             max_bytes=args.history_cache_mb * 2**20)
     delay = float(os.environ.get(WRITE_DELAY_ENV) or 0)
     if delay:
         log.warning("history: test hook %s: the writer sleeps %gs per batch",
                     WRITE_DELAY_ENV, delay)
     history = SqliteHistory(args.data_dir, per_room=args.history_per_room,
                             max_age=args.history_max_age * DAY, private=args.history_private,
-                            clock=clock.now, write_delay=delay)
+                            private_per_sender=args.history_private_per_sender,
+                            clock=clock.now, write_delay=delay,
+                            cache_rooms=args.history_cache_rooms,
+                            cache_bytes=args.history_cache_mb * 2**20, durable=args.durable)
     history.open()
     return history
 
@@ -102,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     if open_bus and curve is None and not args.insecure_bus:
         parser.error(open_bus_refusal(args.bind, "--curve-secret DIR/router.key_secret "
                                                  "--curve-clients DIR/authorized"))
+    if args.durable and args.history != "sqlite":
+        parser.error("--durable needs --history sqlite: it waits for the history file")
     setup_logging(args.log_level, args.log_format)
     if open_bus and curve is None:
         log.warning("bus: %s is neither encrypted nor authenticated (--insecure-bus): every "
@@ -112,13 +119,17 @@ def main(argv: list[str] | None = None) -> int:
     except HistoryError as e:
         log.error("%s", e)
         return 1
-    state = RouterState(clock, history)
+    state = RouterState(clock, history, durable=args.durable)
     auth = None
     if curve is not None:  # the ZAP handler must be up before the socket binds
         auth = start_authenticator(zmq.Context.instance(), args.curve_clients)
         log.info("bus: CurveZMQ on; %s", describe_authorised(args.curve_clients))
+    gate = history if args.durable and isinstance(history, SqliteHistory) else None
     server = RouterServer(state, args.bind, heartbeat=args.heartbeat, hwm=args.bus_hwm,
-                          curve=curve)
+                          curve=curve, durable=gate)
+    if gate is not None:
+        gate.on_commit = server.poke
+        log.info("history: durable: a message is sent on only once committed and fsynced")
     try:
         server.bind()
     except Exception as e:  # zmq.ZMQError: address in use, bad path

@@ -9,6 +9,13 @@ send each acceptor's queue, then the acknowledgements the link releases once the
 empty. A send the socket pushes back (the acceptor's high-water mark) stays at the head of that
 acceptor's queue and is tried again every 10 ms; an acceptor the socket no longer knows is lost.
 ``status?`` from any DEALER (``pychat status``) is answered at once and never makes it a peer.
+
+Durable mode (``durable``: the history, a ``wire.link.Gate``): the link holds each turn's
+results until the history rows written up to the end of that turn are committed (group commit:
+the writer takes everything queued at once); the writer pokes the wake socket after each commit,
+and each send pass first releases what it passed. An ack follows its turn's results, so an
+acceptor keeps (and sends again to a restarted router) a command until what it caused is on disk
+and on its way.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from typing import Any
 import zmq
 
 from pychat.wire import bus
-from pychat.wire.link import RouterLink
+from pychat.wire.link import Gate, RouterLink
 
 from .state import RouterState
 
@@ -46,15 +53,17 @@ class RouterServer:
     def __init__(self, state: RouterState, endpoint: str, *, heartbeat: float = 1.0,
                  hwm: int = 100_000, max_batches: int = 1000, max_backlog: int = 10_000,
                  max_waiting: int = 100_000, settle_seconds: float | None = None,
-                 ctx: zmq.Context | None = None, curve: tuple[bytes, bytes] | None = None):
+                 ctx: zmq.Context | None = None, curve: tuple[bytes, bytes] | None = None,
+                 durable: Gate | None = None):
         self.state = state
+        self.durable = durable  # the history whose commits gate what is sent, or None
         self.endpoint = endpoint
         self.max_batches = max_batches
         self.epoch = uuid.uuid4().hex[:12]
         self.started = time.monotonic()
         self.link = RouterLink(state, self.epoch, heartbeat=heartbeat, now=self.started,
                                settle_seconds=settle_seconds, max_backlog=max_backlog,
-                               max_waiting=max_waiting)
+                               max_waiting=max_waiting, gate=durable)
         self.ctx = ctx or zmq.Context.instance()
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
@@ -165,6 +174,9 @@ class RouterServer:
             ident, msgs = link.raw.popleft()
             self._send_raw(ident, msgs)
         while True:  # the results, then (once they all left) the acknowledgements
+            link.release_held(now)  # durable: the turns whose rows are committed
+            if link.turn_open:
+                link.end_turn(now)
             lost = False
             for acceptor, peer in list(link.peers.items()):
                 queue = peer.queue
@@ -185,6 +197,13 @@ class RouterServer:
                 continue
             if not link.release_acks():
                 break
+
+    def poke(self) -> None:
+        """Wake the loop from another thread (the history writer after a commit)."""
+        try:
+            self._wake_w.send(b"c")
+        except OSError:  # full (the loop wakes anyway) or closed (stopping)
+            pass
 
     def _send_raw(self, ident: bytes, msgs: list[bus.BusMessage]) -> None:
         try:
@@ -221,6 +240,8 @@ class RouterServer:
             "acceptors": [{"name": name, "epoch": p.epoch, "users": per_acceptor.get(name, 0),
                            "last_heard_s": round(now - p.last_seen, 2),
                            "backlog": len(p.queue)} for name, p in sorted(link.peers.items())],
+            "durable": self.durable is not None,
+            "held_turns": len(link.held),
             "users": len(state.users), "named": len(state.names),
             "rooms": {room: len(members) for room, members in sorted(state.rooms.items())},
             "messages_per_s": round(rate, 2),

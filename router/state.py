@@ -55,6 +55,7 @@ from pychat.wire.commands import (
     Rooms,
     Say,
     Users,
+    describe,
     handlers,
 )
 
@@ -81,8 +82,9 @@ class User:
 class RouterState:
     def __init__(self, clock: Clock, history: HistoryStore, rng: random.Random | None = None,
                  coalesce_above: int = 500, push_budget: float = 20e6,
-                 monotonic: Callable[[], float] = time.monotonic):
+                 monotonic: Callable[[], float] = time.monotonic, durable: bool = False):
         self.clock = clock
+        self.durable = durable  # a message the history cannot keep is refused, not sent
         self.coalesce_above = coalesce_above
         self.push_budget = push_budget
         self._mono = monotonic
@@ -231,7 +233,9 @@ class RouterState:
         self.chat_messages += 1
         stamp = replies.format_time(self.clock.now())
         line = replies.format_public(user.uid, cmd.text)
-        self.history.append(user.room, stamp, line)
+        if not self.history.append(user.room, stamp, line) and self.durable:
+            self._not_kept(user, cmd)
+            return
         self._chat_room(user.room, stamp, line)
 
     def on_msg(self, user: User, cmd: Private) -> None:
@@ -242,7 +246,10 @@ class RouterState:
             return
         stamp = replies.format_time(self.clock.now())
         line = replies.format_private_from(user.uid, cmd.text)
-        self.history.append_private(stamp, user.uid, target.uid, line)  # kept only if enabled
+        # kept only if enabled
+        if not self.history.append_private(stamp, user.uid, target.uid, line) and self.durable:
+            self._not_kept(user, cmd)
+            return
         self._chat_conn(target, stamp, line)
         self._chat_conn(user, stamp, replies.format_private_to(target.uid, cmd.text))
 
@@ -406,6 +413,11 @@ class RouterState:
     def _error(self, user: User, code: str, text: str) -> None:
         self._settle(user.room)
         self._out.append((user.acceptor, Err(user.conn, code, text)))
+
+    def _not_kept(self, user: User, cmd: Command) -> None:
+        self.chat_messages -= 1
+        self._error(user, errors.NOT_SENT,
+                    f"not sent, the history file cannot keep up: {describe(cmd)}")
 
     def _chat_conn(self, user: User, stamp: str, line: str) -> None:
         self._settle(user.room)

@@ -133,7 +133,7 @@ def test_append_does_not_wait_for_a_slow_disk(opened, tmp_path):
     assert rows(tmp_path / "data", "SELECT COUNT(*) FROM messages")[0][0] == 2000
 
 
-def test_the_cache_loads_the_last_200_of_each_room(opened, tmp_path):
+def test_nothing_is_loaded_at_start_and_a_room_asked_for_reads_its_last_200(opened, tmp_path):
     h = opened(max_age=0)
     for i in range(250):
         h.append("#a", stamp(i), f"m{i}")
@@ -141,9 +141,13 @@ def test_the_cache_loads_the_last_200_of_each_room(opened, tmp_path):
         h.append("#b", stamp(i), f"b{i}")
     h.close()
     again = opened(max_age=0)
+    assert len(again.cache) == 0  # lazy: nothing read at start
     got = again.recent("#a", 200)
     assert len(got) == 200 and got[0][1] == "m50" and got[-1][1] == "m249"
+    assert "#a" in again.cache and "#b" not in again.cache
+    assert again.recent("#a", 3) == got[-3:]  # now from memory
     assert [line for _, line in again.recent("#b", 200)] == ["b0", "b1", "b2"]
+    assert again.cold_reads == 2
 
 
 # ---- retention ------------------------------------------------------------------------------
@@ -158,7 +162,8 @@ def test_per_room_retention_in_the_file_and_in_memory(opened, tmp_path):
     # in the file, a room may pass the limit by a little between trims, never by much
     counts = dict(rows(tmp_path / "data", "SELECT room, COUNT(*) FROM messages GROUP BY room"))
     assert all(10 <= n <= 11 for n in counts.values()), counts
-    again = opened(per_room=10, max_age=0)  # at start every room is trimmed exactly
+    again = opened(per_room=10, max_age=0)  # the writer's first sweep trims every room exactly
+    assert again.wait_retention(1, 10)
     counts = dict(rows(tmp_path / "data", "SELECT room, COUNT(*) FROM messages GROUP BY room"))
     assert counts == {"#a": 10, "#b": 10}
     assert [line for _, line in again.recent("#a", 200)] == [f"m{i}" for i in range(15, 25)]
@@ -170,6 +175,7 @@ def test_a_lower_per_room_limit_applies_at_start(opened, tmp_path):
         h.append("#a", stamp(i), f"m{i}")
     h.close()
     again = opened(per_room=5, max_age=0)
+    assert again.wait_retention(1, 10)
     assert rows(tmp_path / "data", "SELECT line FROM messages") == [
         (f"m{i}",) for i in range(45, 50)]
     assert len(again.recent("#a", 200)) == 5
@@ -177,7 +183,7 @@ def test_a_lower_per_room_limit_applies_at_start(opened, tmp_path):
 
 def test_age_retention_hides_expired_messages_and_removes_them_at_start(opened, tmp_path):
     clock = FakeClock(T0)
-    h = opened(max_age=2 * DAY, clock=clock)
+    h = opened(max_age=2 * DAY, clock=clock, host_clock=clock)
     h.append("#a", format_time(T0 - 3 * DAY), "old")
     h.append("#a", format_time(T0 - 1 * DAY), "recent")
     h.append("#a", format_time(T0), "new")
@@ -186,8 +192,9 @@ def test_age_retention_hides_expired_messages_and_removes_them_at_start(opened, 
     assert [line for _, line in h.recent("#a", 20)] == ["new"]
     h.close()
     assert len(rows(tmp_path / "data")) == 3  # the file is purged at start and every minute
-    again = opened(max_age=2 * DAY, clock=clock)
+    again = opened(max_age=2 * DAY, clock=clock, host_clock=clock)
     assert [line for _, line in again.recent("#a", 20)] == ["new"]
+    assert again.wait_retention(1, 10)
     assert [r[2] for r in rows(tmp_path / "data")] == ["new"]
 
 
@@ -312,6 +319,7 @@ def test_a_write_error_is_logged_and_retried_and_nothing_blocks(opened, tmp_path
 
 def test_past_max_pending_appends_are_counted_not_queued(opened, tmp_path):
     h = opened(max_age=0, max_pending=10, write_delay=0.3)
+    assert h.recent("#a", 200) == []  # the room's tail is held from now on
     for i in range(100):
         h.append("#a", stamp(i), f"m{i}")
     assert h.dropped > 0

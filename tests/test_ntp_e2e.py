@@ -6,7 +6,9 @@
 - a server that is down: a loopback port nobody listens on;
 - a known offset: ``OffsetNtp``, a stand-in written here (not a real NTP server) that answers
   in ntplib's packet format with its time = real time + a fixed offset, so the correction can be
-  checked against a known value.
+  checked against a known value; two of them agree, and one set 31 days ahead is the server that
+  lies (the answer that once emptied a history file). Its offset can be changed while it runs:
+  a jump after agreement.
 
 Nothing here sends a packet to anything but 127.0.0.1.
 """
@@ -18,6 +20,7 @@ import os
 import re
 import shutil
 import socket
+import sqlite3
 import threading
 import time
 from datetime import datetime, timezone
@@ -202,3 +205,75 @@ def test_without_ntp_the_router_says_it_uses_the_host_clock(procs, connect):
     assert not [ln for ln in p.output if "NTP" in ln and "clock: the host clock" not in ln]
     c = client(connect, port)
     assert abs(stamp_skew(c, "host time")) < 0.25
+
+
+# ---- time that lies: refused, agreed, slewed; history keeps its rows ------------------------
+
+DAY = 86400.0
+LIE = 31 * DAY  # the answer that once emptied a history file
+
+
+def test_an_answer_31_days_ahead_is_refused_by_the_router(procs, connect, offset_ntp):
+    liar = offset_ntp(LIE)
+    p, port = start_serve("--ntp", f"127.0.0.1:{liar.port}", "--ntp-interval", "0.3",
+                          "--history", "memory")
+    procs.append(p)
+    seen(p, rf"clock: refused: 127\.0\.0\.1:{liar.port} answered \+2678400\.\d{{3}} s, more "
+            rf"than 86400 s from the host clock")
+    seen(p, r"using local clock: no NTP answer could be trusted")
+    p.wait_for(r"clock: refused: ")  # and again the next round
+    c = client(connect, port)
+    assert abs(stamp_skew(c, "still the host's time")) < 0.25
+    assert not [ln for ln in p.output if re.search(r"clock offset", ln)]
+
+
+def test_two_servers_that_agree_are_applied_and_a_later_jump_is_confirmed_then_slewed(
+        procs, connect, offset_ntp):
+    a, b = offset_ntp(OFFSET), offset_ntp(OFFSET + 0.01)
+    p, port = start_serve("--ntp", f"127.0.0.1:{a.port}, 127.0.0.1:{b.port}",
+                          "--ntp-interval", "0.3", "--history", "memory")
+    procs.append(p)
+    seen(p, r"clock offset \+25\d\d\.\d ms from 127\.0\.0\.1:")  # the first: applied at once
+    c = client(connect, port)
+    assert abs(stamp_skew(c, "agreed") - OFFSET) < 0.25
+    a.offset = b.offset = OFFSET + 10  # both now say 10 s later: a jump
+    p.wait_for(r"clock: refused: the answers agree on \+12\.5\d\d s \(127\.0\.0\.1:\d+ "
+               r"nearest\), a jump of \+99\d\d\.\d ms from \+25\d\d\.\d ms: refused until 3 "
+               r"rounds in a row say so \(1 so far\)")
+    p.wait_for(r"\(2 so far\)")
+    p.wait_for(r"clock: the jump to \+12\.\d{3} s from .* was confirmed by 3 rounds; slewing "
+               r"to it at 0\.5 ms/s")
+    # slewed, not stepped: 10 s at 0.5 ms/s takes 20,000 s; the stamps moved by milliseconds
+    assert abs(stamp_skew(c, "slewing") - OFFSET) < 0.25
+
+
+def test_a_lying_server_empties_no_history_file(tmp_path, offset_ntp):
+    """Real parts in this process: the router's NtpClock asks a stand-in over UDP on loopback
+    (ntplib), and a SqliteHistory stamped and purged by that clock runs its writer with a short
+    purge interval. The answer of +31 days is refused; and with the bound lifted by the
+    operator the clock takes it, yet the purge deletes nothing: the host clock disagrees."""
+    from pychat.router.clock import NtpClock, NtpServer
+    from pychat.router.sqlite_history import FILENAME, SqliteHistory
+    from pychat.wire.replies import format_time
+
+    liar = offset_ntp(LIE)
+    data = str(tmp_path / "data")
+    for max_offset in (DAY, 0.0):  # the default bound, then none
+        clock = NtpClock([NtpServer("127.0.0.1", liar.port)], timeout=2.0,
+                         max_offset=max_offset)
+        h = SqliteHistory(data, max_age=30 * DAY, clock=clock.now, purge_every=0.02)
+        h.open()
+        try:
+            if max_offset:
+                for i in range(5):
+                    h.append("#a", format_time(time.time() - DAY + i), f"yesterday {i}")
+            accepted = clock.poll()
+            assert accepted == (not max_offset)
+            assert abs(clock.offset - (0 if max_offset else LIE)) < 0.1
+            runs = h.retention_runs
+            assert h.wait_retention(runs + 5, 10)  # five purges with that clock
+            assert [ln for _, ln in h.recent("#a", 20)] == [f"yesterday {i}" for i in range(5)]
+        finally:
+            h.close()
+        with sqlite3.connect(os.path.join(data, FILENAME)) as db:
+            assert db.execute("SELECT COUNT(*) FROM messages").fetchone()[0] == 5

@@ -228,6 +228,8 @@ SAMPLES = {
     "curve_server": "router.key", "heartbeat": "0.25", "ntp": "ntp.example.org:1123",
     "ntp_interval": "60", "ntp_timeout": "0.5", "history": "memory", "data_dir": "some/dir",
     "history_per_room": "5", "history_max_age": "0", "history_private": "on",
+    "history_private_per_sender": "7", "history_cache_rooms": "9", "history_cache_mb": "3",
+    "durable": "on", "ntp_max_offset": "0",
     "curve_keys": "keys", "insecure_bus": "on",
     "metrics_port": "9100", "metrics_host": "127.0.0.3", "log_level": "debug",
     "log_format": "json",

@@ -331,6 +331,16 @@ class AcceptorLink:
 
 # ---- the router's end ----------------------------------------------------------------------------
 
+class Gate(Protocol):
+    """What a durable router's results wait for (its history: ``SqliteHistory``). ``ticket()``
+    taken at the end of a turn is passed once ``done() >= ticket``: every row the turn wrote is
+    committed."""
+
+    def ticket(self) -> int: ...
+
+    def done(self) -> int: ...
+
+
 class LinkApp(Protocol):
     """What the router's end hands the messages to (``RouterState``): each call returns the
     deliveries it caused, ``(acceptor, message)`` pairs."""
@@ -344,7 +354,7 @@ class LinkApp(Protocol):
 
 class Peer:
     """An acceptor the router knows."""
-    __slots__ = ("done", "epoch", "ident", "interval", "last_seen", "queue", "seq")
+    __slots__ = ("done", "epoch", "ident", "interval", "last_seen", "queue", "queued", "seq")
 
     def __init__(self, ident: bytes, epoch: str, now: float, interval: float):
         self.ident = ident
@@ -354,6 +364,7 @@ class Peer:
         self.queue: deque[Frames] = deque()  # batches for it, routing id first, oldest first
         self.seq = 0  # the highest batch number taken from it
         self.done = 0  # the highest batch number handled (acknowledged at the end of a turn)
+        self.queued = 0  # batches ever put in ``queue`` (what left it: queued - len(queue))
 
 
 class RouterLink:
@@ -361,12 +372,21 @@ class RouterLink:
     ``end_turn``; ``tick`` by ``next_wake``. The pump sends each peer's ``queue`` from the left
     (``Peer.ident`` is each batch's first frame), then ``release_acks`` (and sends again);
     ``raw`` holds best-effort messages to routing ids that may be no peer. A peer the socket
-    cannot reach goes through ``lost``."""
+    cannot reach goes through ``lost``.
+
+    With a ``gate`` (durable mode), a turn's batches and acks wait in ``held`` until the gate
+    passes its ticket; ``release_held`` (the pump calls it before sending) moves them, in turn
+    order, into the queues. So nobody hears of a message before it is on disk, and nothing
+    queued later is sent before it; an ack is queued as soon as its own turn's results left."""
 
     def __init__(self, app: LinkApp, epoch: str, *, heartbeat: float, now: float,
                  settle_seconds: float | None = None, max_backlog: int = 10_000,
-                 max_waiting: int = 100_000):
+                 max_waiting: int = 100_000, gate: Gate | None = None):
         self.app = app
+        self.gate = gate
+        # turns waiting for the gate: (ticket, [(acceptor, peer, batch)], acks due then)
+        self.held: deque[tuple[int, list[tuple[str, Peer, Frames]],
+                               dict[str, tuple[Peer, int]]]] = deque()
         self.epoch = epoch
         self.heartbeat = heartbeat
         self.max_backlog = max_backlog
@@ -380,6 +400,10 @@ class RouterLink:
         self._origin: tuple[str, int] | None = None  # the numbered batch being handled
         self._marked: dict[str, tuple[str, int] | None] = {}
         self._ack_due: set[str] = set()
+        # acks waiting for their turns' results to leave every queue: ([(acceptor, peer, its
+        # queued count at the turn's end)], {acceptor: (peer, batch number handled by then)})
+        self._ack_marks: deque[tuple[list[tuple[str, Peer, int]],
+                                     dict[str, tuple[Peer, int]]]] = deque()
         self._resync_asked: dict[str, float] = {}
         # settling after a start: the acceptors we wait for (None: no Hello yet), the deadline,
         # and the numbered batches waiting meanwhile: (acceptor, number, messages)
@@ -405,8 +429,9 @@ class RouterLink:
         except (BusError, UnicodeDecodeError) as e:
             rlog.warning("dropped a bad batch from %r: %s", ident, e)
             return
-        for e in bad:  # an acceptor is a peer, not an authority: what no client sends is dropped
-            rlog.warning("dropped a bad message from %s: %s", acceptor, e)
+        # an acceptor is a peer, not an authority: what no client sends is dropped
+        for problem in bad:
+            rlog.warning("dropped a bad message from %s: %s", acceptor, problem)
         peer = self.peers.get(acceptor)
         if messages and type(messages[0]) is Seq:
             first = messages[0]
@@ -513,6 +538,7 @@ class RouterLink:
         as one batch in its queue."""
         self._check_settled(now)
         self._deliver(self.app.end_turn())
+        batches: list[tuple[str, Peer, Frames]] = []
         while self._turn:  # again only if an acceptor was lost here: its users' departure
             turn, self._turn = self._turn, {}
             self._marked = {}
@@ -521,9 +547,51 @@ class RouterLink:
                 if peer is None or not msgs:
                     continue
                 self.messages_queued += len(msgs)
-                peer.queue.append([peer.ident, *self._encode(acceptor, msgs)])
-                if len(peer.queue) > self.max_backlog:
-                    self.lost(acceptor, f"{len(peer.queue)} batches behind", now)
+                batch = [peer.ident, *self._encode(acceptor, msgs)]
+                if self.gate is None:
+                    self._queue(acceptor, peer, batch, now)
+                else:
+                    batches.append((acceptor, peer, batch))
+        due, self._ack_due = self._ack_due, set()
+        acks = {name: (self.peers[name], self.peers[name].done) for name in due
+                if name in self.peers}
+        if self.gate is None:
+            self._mark_acks(acks)
+        elif batches or acks:
+            self.held.append((self.gate.ticket(), batches, acks))
+            self.release_held(now)
+        if self._turn:  # a peer lost above: the others hear of its users now
+            self.end_turn(now)
+
+    @property
+    def turn_open(self) -> bool:
+        """Deliveries wait for ``end_turn`` (a peer was lost outside a turn)."""
+        return bool(self._turn)
+
+    def release_held(self, now: float) -> None:
+        """Queue the held turns whose ticket the gate has passed, oldest first."""
+        held = self.held
+        if not held or self.gate is None:
+            return
+        done = self.gate.done()
+        while held and held[0][0] <= done:
+            _, batches, acks = held.popleft()
+            for acceptor, peer, batch in batches:
+                if self.peers.get(acceptor) is peer:
+                    self._queue(acceptor, peer, batch, now)
+            self._mark_acks(acks)
+
+    def _queue(self, acceptor: str, peer: Peer, batch: Frames, now: float) -> None:
+        peer.queue.append(batch)
+        peer.queued += 1
+        if len(peer.queue) > self.max_backlog:
+            self.lost(acceptor, f"{len(peer.queue)} batches behind", now)
+
+    def _mark_acks(self, acks: dict[str, tuple[Peer, int]]) -> None:
+        """Acks of a turn whose results are queued: due once every queue has sent them."""
+        if acks:
+            self._ack_marks.append(
+                ([(name, peer, peer.queued) for name, peer in self.peers.items()], acks))
 
     @staticmethod
     def _encode(acceptor: str, msgs: list[BusMessage]) -> Frames:
@@ -541,16 +609,20 @@ class RouterLink:
             return encode(good)
 
     def release_acks(self) -> bool:
-        """Queue the acknowledgements due, if every result has left the peers' queues (none may
-        wait where it would die with us). True if any were queued."""
-        if not self._ack_due or any(p.queue for p in self.peers.values()):
-            return False
-        due, self._ack_due = self._ack_due, set()
-        for acceptor in due:
-            peer = self.peers.get(acceptor)
-            if peer is not None:
-                peer.queue.append([peer.ident, *encode([Ack(peer.done)])])
-        return True
+        """Queue the acknowledgements of the turns whose results have all left the peers'
+        queues (none may wait where it would die with us; a peer lost since counts as gone).
+        True if any were queued."""
+        marks = self._ack_marks
+        peers = self.peers
+        ready: dict[str, tuple[Peer, int]] = {}
+        while marks and all(peer.queued - len(peer.queue) >= queued or peers.get(name) is not peer
+                            for name, peer, queued in marks[0][0]):
+            ready.update(marks.popleft()[1])
+        for acceptor, (peer, done) in ready.items():
+            if peers.get(acceptor) is peer:  # not an ack of one epoch to the next
+                peer.queue.append([peer.ident, *encode([Ack(done)])])
+                peer.queued += 1
+        return bool(ready)
 
     # ---- settling after a start ---------------------------------------------------------------
 
@@ -638,7 +710,7 @@ class RouterLink:
         if peer is None:
             return
         rlog.warning("acceptor %s lost: %s; its users leave", acceptor, why)
-        self._ack_due.discard(acceptor)
+        self._ack_due.discard(acceptor)  # (an ack mark naming it is released without it)
         self._turn.pop(acceptor, None)
         self._deliver(self.app.acceptor_gone(acceptor))
         self._deliver(self.app.end_turn())
