@@ -32,7 +32,7 @@ from collections import deque
 from pychat.wire import bus, errors, replies
 from pychat.wire.commands import describe
 from pychat.wire.errors import BusError
-from pychat.wire.link import AcceptorLink, Answered, ResyncNeeded
+from pychat.wire.link import AcceptorLink, Answered, Missed, ResyncNeeded
 
 from .connection import Connection
 from .limits import Limits, TokenBucket, exempt_addresses
@@ -130,18 +130,34 @@ class Acceptor:
         (``connect_accepted_socket``); the session is admitted already (counted)."""
         s = Session(self, next(self._ids))
         s.counted = True
+        s.host = host
+        limit = self.limits.tls_handshake_timeout
+        # at the deadline its place is freed *before* the client can see the end (the loop's
+        # own timeout closes first and tells us after: a client reconnecting at once would
+        # still find the place taken); shutdown, not close: the transport owns the socket
+        deadline = self.loop.call_later(limit, self._handshake_expired, s, sock)
         try:
             await self.loop.connect_accepted_socket(lambda: s, sock, ssl=self.tls,
-                                                    ssl_handshake_timeout=self.limits.tls_handshake_timeout)
+                                                    ssl_handshake_timeout=limit + 1.0)
         except (OSError, asyncio.TimeoutError, ValueError) as e:
             log.debug("%s: no TLS session: %s", host, e)
             sock.close()
             if s.counted:  # (it never became a session)
                 s.counted = False
-                s.host = host
                 self._forget_address(s)
         finally:
+            deadline.cancel()
             self.handshaking -= 1
+
+    def _handshake_expired(self, s: Session, sock: socket.socket) -> None:
+        if s.transport is not None or not s.counted:
+            return  # a session by now (or already forgotten)
+        s.counted = False
+        self._forget_address(s)
+        try:
+            sock.shutdown(socket.SHUT_RDWR)  # the handshake fails at once; the task ends
+        except OSError:
+            pass
 
     # ---- sessions --------------------------------------------------------------------------------
 
@@ -301,7 +317,7 @@ class Acceptor:
                                 else msg.text)
             elif kind is bus.ToRoom:
                 assert isinstance(msg, bus.ToRoom)
-                output.fan_out(msg.room, (msg.text + "\n").encode("utf-8"))
+                output.roster(msg.room, msg.text, msg.delta)
             elif kind is bus.SessionSet:
                 assert isinstance(msg, bus.SessionSet)
                 self._set_session(msg)
@@ -317,6 +333,10 @@ class Acceptor:
             elif kind is ResyncNeeded:
                 assert isinstance(msg, ResyncNeeded)
                 self._resync(msg.why)
+            elif kind is Missed:
+                assert isinstance(msg, Missed)
+                for s in output.rooms.get(msg.room, ()):
+                    s.fresh = True
             else:
                 log.warning("router sent an acceptor-bound %r; dropped", msg)
         output.kick()
@@ -355,6 +375,8 @@ class Acceptor:
         s = self.sessions.get(msg.conn)
         if s is None:
             return  # closed meanwhile; our Close is on its way
+        if msg.room != s.room:
+            s.fresh = True  # its new room's list comes whole
         self.output.move(s, msg.room)
         s.uid, s.name, s.room = msg.uid, msg.name, msg.room
 
@@ -370,6 +392,8 @@ class Acceptor:
         """Hello and every session, then what the router has not acknowledged, again."""
         again = self.bus.link.resync([s.snapshot() for s in self.sessions.values()],
                                      self.loop.time())
+        for s in self.sessions.values():  # a new router knows nothing of what they were sent
+            s.fresh = True
         self.bus.flush()
         log.info("resyncing %d sessions, %d unacknowledged batches sent again: %s",
                  len(self.sessions), again, why)
