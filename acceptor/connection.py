@@ -71,7 +71,7 @@ from pychat.wire.framing import LineBuffer, decode, sanitize
 
 from .limits import Limits, TokenBucket
 
-CAPABILITIES = ("time", "codes", "end")
+CAPABILITIES = ("time", "codes", "end", "deltas")
 LOCAL_HANDLERS = handler_names(LOCAL)  # wire.commands.TABLE names them (methods below)
 
 
@@ -118,7 +118,8 @@ Item = bytes | LineTooLong | Command
 
 
 class Connection:
-    __slots__ = ("_heavy", "_resume_at", "answered", "bucket", "cap_codes", "cap_end", "cap_time",
+    __slots__ = ("_heavy", "_resume_at", "answered", "bucket", "cap_codes", "cap_deltas",
+                 "cap_end", "cap_time",
                  "closed", "eof", "held",
                  "limits", "line_since", "lines", "newline_seen", "paused", "pending",
                  "quitting", "seen", "ticket", "wake_at")
@@ -133,6 +134,7 @@ class Connection:
         self.cap_time = False
         self.cap_codes = False
         self.cap_end = False
+        self.cap_deltas = False
         self.quitting = ""  # why the client is leaving, once it asked (or ended its input)
         self.eof = False
         self.closed = False

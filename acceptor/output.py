@@ -119,6 +119,21 @@ class Output:
         if self._flush_handle is None:
             self._schedule_flush()
 
+    def roster(self, room: str, text: str, delta: str) -> None:
+        """A room's USERS/NAMES push: the whole lists, or to members with ``/cap deltas`` that
+        have a list to apply it to, the change (``delta``; when empty, the lists too)."""
+        members = self.rooms.get(room)
+        if not members:
+            return
+        full = (text + "\n").encode("utf-8")
+        change = (delta + "\n").encode("utf-8") if delta else full
+        for s in members:
+            if s.cap_deltas and not s.fresh:
+                self.queue(s, change)
+            else:
+                s.fresh = False
+                self.queue(s, full)
+
     def kick(self) -> None:
         """Lines were queued directly (``fan_out`` batches): make sure a round is coming."""
         if self._flush_handle is None and self._dirty:

@@ -302,6 +302,7 @@ class _Connection:
         s = self.s
         self.write("/cap time")
         self.write("/cap codes")
+        self.write("/cap deltas")  # room list changes as JOINED/LEFT/NAMED, not whole lists
         self.ends = True
         self.write("/cap end")
         name = s.name or s._wanted_name

@@ -119,6 +119,15 @@ class ChatState:
             return self._users(ev.uids)
         if isinstance(ev, replies.NameList):
             return self._names(dict(ev.names))
+        if isinstance(ev, (replies.Joined, replies.Left, replies.Named)):  # /cap deltas
+            roster = replies.Roster()
+            roster.uids, roster.names = list(self.users), dict(self.names)
+            roster.apply(ev)
+            if isinstance(ev, replies.Named):
+                return self._names(roster.names)
+            line = self._users(tuple(roster.uids))
+            self.names = roster.names  # a member who left takes their name along
+            return line
         if isinstance(ev, replies.RoomChanged):
             changed = ev.room != self.room
             self.room = ev.room

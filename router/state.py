@@ -97,6 +97,12 @@ class RouterState:
         self.rooms: dict[str, dict[str, User]] = {}
         self.room_acceptors: dict[str, dict[str, int]] = {}
         self._named: dict[str, int] = {}  # room -> members with a name
+        # changes since a room's last push, for /cap deltas (ToRoom.delta): who arrived (in
+        # the room's order), who left (arrived-then-left too: a list taken between pushes may
+        # hold them), whose name changed
+        self._arrived: dict[str, dict[str, None]] = {}
+        self._departed: dict[str, dict[str, None]] = {}
+        self._renamed: dict[str, dict[str, None]] = {}
         self._dirty: dict[str, bool] = {}  # room -> True: USERS (+NAMES) due; False: NAMES only
         self._out: list[Delivery] = []
         self.chat_messages = 0  # public and private messages handled (for status and metrics)
@@ -316,6 +322,9 @@ class RouterState:
     def _enter_room(self, user: User) -> None:
         room = user.room
         self.rooms.setdefault(room, {})[user.uid] = user
+        self._arrived.setdefault(room, {})[user.uid] = None  # (a leave forgot it: at the end)
+        if (departed := self._departed.get(room)) is not None:
+            departed.pop(user.uid, None)
         per_acc = self.room_acceptors.setdefault(room, {})
         per_acc[user.acceptor] = per_acc.get(user.acceptor, 0) + 1
         if user.name:
@@ -334,11 +343,19 @@ class RouterState:
             self._named[room] -= 1
         if members:
             self._dirty[room] = True
+            if (arrived := self._arrived.get(room)) is not None:
+                arrived.pop(user.uid, None)
+            if (renamed := self._renamed.get(room)) is not None:
+                renamed.pop(user.uid, None)
+            self._departed.setdefault(room, {})[user.uid] = None
         else:
             del self.rooms[room], self.room_acceptors[room]
             self._named.pop(room, None)
             self._dirty.pop(room, None)
             self._pushed.pop(room, None)
+            self._arrived.pop(room, None)  # nobody left to tell; a newcomer gets the list
+            self._departed.pop(room, None)
+            self._renamed.pop(room, None)
 
     def _set_name(self, user: User, name: str) -> None:
         if user.name:
@@ -347,6 +364,8 @@ class RouterState:
             self._named[user.room] = self._named.get(user.room, 0) + 1
         user.name = name
         self.names[name.casefold()] = user
+        if user.uid in self.rooms.get(user.room, ()):
+            self._renamed.setdefault(user.room, {})[user.uid] = None
 
     def _resolve(self, target: str) -> User | None:
         user = self.users.get(target)
@@ -377,8 +396,26 @@ class RouterState:
             names = self._names_line(room)
             text = f"{text}\n{names}" if text else names
         if text:
+            delta = self._delta(room)
             for acceptor in self.room_acceptors.get(room, ()):
-                self._out.append((acceptor, ToRoom(room, text)))
+                self._out.append((acceptor, ToRoom(room, text, delta)))
+
+    def _delta(self, room: str) -> str:
+        """The room's changes since its last push, as /cap deltas lines (and forget them)."""
+        arrived = self._arrived.pop(room, None) or {}
+        departed = self._departed.pop(room, None)
+        renamed = self._renamed.pop(room, None) or {}
+        lines = []
+        if departed:
+            lines.append(replies.format_left(departed))
+        if arrived:
+            lines.append(replies.format_joined(arrived))
+        members = self.rooms[room]
+        named = [(uid, members[uid].name) for uid in {**arrived, **renamed}
+                 if uid in renamed or members[uid].name]
+        if named:
+            lines.append(replies.format_named(named))
+        return "\n".join(lines)
 
     def _lists(self, room: str, names: bool) -> str:
         """USERS, then NAMES when asked for or when someone in the room has a name."""

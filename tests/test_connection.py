@@ -156,7 +156,7 @@ def test_help_and_unknown_capability():
     acts = c.receive_data(b"/help\n/cap colour\n", 0.1, 2, c.answered)
     text = writes(acts)
     assert text[0].startswith("HELP: ") and "/quit" in text[0]
-    assert text[1] == "ERROR: unknown capability colour (known: time, codes, end)"
+    assert text[1] == "ERROR: unknown capability colour (known: time, codes, end, deltas)"
 
 
 # ---- leaving ---------------------------------------------------------------------------------
@@ -324,7 +324,7 @@ def test_several_capabilities_at_once_and_an_unknown_one_grants_none():
     c = conn(ticket=1)
     c.answered_up_to(1)
     assert writes(c.receive_data(b"/cap time codes colour\n", 0.1, 2, 1)) == [
-        "ERROR: unknown capability colour (known: time, codes, end)"]
+        "ERROR: unknown capability colour (known: time, codes, end, deltas)"]
     assert not (c.cap_time or c.cap_codes or c.cap_end)
     assert writes(c.receive_data(b"/cap TIME codes\n", 0.2, 2, 1)) == ["OK cap time codes"]
     assert c.cap_time and c.cap_codes and not c.cap_end

@@ -150,7 +150,7 @@ def test_open_sends_session_then_id_then_the_users_push():
     assert (sess.conn, sess.name, sess.room) == (1, "", "#lobby")
     assert UID_RE.match(sess.uid)
     assert idline == ToConn(1, f"ID:{sess.uid}")
-    assert push == ToRoom("#lobby", f"USERS:{sess.uid}")
+    assert push == ToRoom("#lobby", f"USERS:{sess.uid}", f"JOINED:{sess.uid}")
     assert state.end_turn() == []
 
 
@@ -229,7 +229,8 @@ def test_large_room_lists_are_throttled_and_a_newcomer_still_gets_its_own():
     mono.t = 2.0
     assert state.end_turn() == []
     mono.t = 2.3
-    assert state.end_turn() == [("A", ToRoom("#lobby", "USERS:" + ",".join(uids)))]
+    assert state.end_turn() == [("A", ToRoom("#lobby", "USERS:" + ",".join(uids),
+                                             f"JOINED:{uids[2]}"))]  # since the last push
     assert state.next_push() is None
 
 
@@ -388,8 +389,9 @@ def test_nick_ok_then_names_push_to_the_room():
     names = f"NAMES:{net.uid(a)}=alice"
     assert out[:2] == [("A", SessionSet(a[1], net.uid(a), "alice", "#lobby")),
                        ("A", ToConn(a[1], "OK nick alice"))]
-    assert sorted(out[2:], key=lambda d: d[0]) == [("A", ToRoom("#lobby", names)),
-                                                    ("B", ToRoom("#lobby", names))]
+    named = f"NAMED:{net.uid(a)}=alice"
+    assert sorted(out[2:], key=lambda d: d[0]) == [("A", ToRoom("#lobby", names, named)),
+                                                    ("B", ToRoom("#lobby", names, named))]
     assert net.lines(a) == ["OK nick alice", names]
     assert net.lines(b) == [names]
 
@@ -462,9 +464,9 @@ def test_join_gives_room_then_the_new_rooms_lists_and_the_old_room_its_users():
     assert out == [
         ("B", SessionSet(b[1], net.uid(b), "", "#dev")),
         ("B", ToConn(b[1], "ROOM:#dev")),
-        ("B", ToRoom("#dev", f"USERS:{net.uid(b)}")),
+        ("B", ToRoom("#dev", f"USERS:{net.uid(b)}", f"JOINED:{net.uid(b)}")),
         ("B", ToConn(b[1], "NAMES:")),
-        ("A", ToRoom("#lobby", users_line(net, a, c))),  # the old room's new list
+        ("A", ToRoom("#lobby", users_line(net, a, c), f"LEFT:{net.uid(b)}")),  # the old room
     ]
     assert net.lines(b) == ["ROOM:#dev", f"USERS:{net.uid(b)}", "NAMES:"]
     assert net.lines(a) == [users_line(net, a, c)]
@@ -727,7 +729,8 @@ def test_sync_adopts_a_session_with_its_uid_name_and_room():
     net = Net()
     out = net.sync("A", 5, "123456", "alice", "#dev")
     assert out == [("A", SessionSet(5, "123456", "alice", "#dev")),
-                   ("A", ToRoom("#dev", "USERS:123456\nNAMES:123456=alice"))]
+                   ("A", ToRoom("#dev", "USERS:123456\nNAMES:123456=alice",
+                                "JOINED:123456\nNAMED:123456=alice"))]
     assert net.state.names["alice"].uid == "123456"
     b = net.open("B")
     net.cmd(b, "/msg ALICE hi")

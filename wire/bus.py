@@ -176,9 +176,12 @@ class Cost(BusMessage):
 
 @dataclass(frozen=True, slots=True)
 class ToRoom(BusMessage):
-    """Plain lines for every local member of a room (USERS, NAMES pushes)."""
+    """Plain lines for every local member of a room (USERS, NAMES pushes). ``delta``: the same
+    change as ``LEFT:``/``JOINED:``/``NAMED:`` lines, for members with ``/cap deltas`` that
+    have a list to apply it to (empty: they get ``text`` too)."""
     room: str
     text: str
+    delta: str = ""
     kind: ClassVar[str] = "room"
 
 
@@ -342,7 +345,7 @@ def check(msg: BusMessage) -> str:
         if not _lines(msg.text):
             return "control characters in text"
     elif isinstance(msg, ToRoom):
-        if not (valid_room(msg.room) and _lines(msg.text)):
+        if not (valid_room(msg.room) and _lines(msg.text) and _lines(msg.delta)):
             return "not a room, or control characters in text"
     elif isinstance(msg, Err):
         if msg.code not in CODES or not _line(msg.text):

@@ -9,8 +9,10 @@ The protocol (docs/ARCHITECTURE.md, "The bus"):
 - **Numbering.** Every batch an acceptor sends, but its Hello batch, starts with ``Seq(n)``,
   n = 1, 2, ... for its epoch. The acceptor keeps each until the router's ``Ack`` covers it.
 - **Handled once.** The router handles a number at most once (a number it has seen is only
-  acknowledged again), and acknowledges at the end of a turn, once everything that turn produced
-  has left its queues (``release_acks``): an acknowledged batch's results are in ZeroMQ's hands.
+  acknowledged again), and acknowledges the batches of a turn once everything that turn produced
+  has left every queue (``release_acks``: a turn's acks are marked with each queue's count at
+  its end): an acknowledged batch's results are in ZeroMQ's hands. A durable router (``gate``)
+  also holds a turn's results until its history rows are committed.
 - **Resync.** A router that does not know an acceptor (it restarted) answers its batches with
   ``Resync``; an acceptor that sees a new router epoch resyncs on its own. Resync is the Hello
   batch (``Hello`` and a ``Sync``/``Open`` per session, from the acceptor) followed by every
@@ -60,6 +62,7 @@ from .bus import (
     Resync,
     Seq,
     Sync,
+    ToRoom,
     decode,
     encode,
 )
@@ -95,6 +98,17 @@ class Answered:
     on in the stream (the router has begun on a later batch of ours: ``From(our epoch, n + 1)``),
     so replies held behind them may go before the results that follow."""
     n: int
+
+
+@dataclass(frozen=True, slots=True)
+class Missed:
+    """In what ``AcceptorLink.receive`` returns: a room's list push was dropped as a repeat
+    (results of a batch already seen, handled again by a restarted router). The router's next
+    change is relative to it, so that room's members get their next push whole."""
+    room: str
+
+
+Received = BusMessage | ResyncNeeded | Answered | Missed  # what AcceptorLink.receive returns
 
 
 class Sent:
@@ -241,7 +255,7 @@ class AcceptorLink:
 
     # ---- receiving ----------------------------------------------------------------------------
 
-    def receive(self, frames: Frames, now: float) -> list[BusMessage | ResyncNeeded | Answered]:
+    def receive(self, frames: Frames, now: float) -> list[Received]:
         """A batch from the router: what the acceptor must act on (lines, sessions, kicks,
         ``ResyncNeeded`` and ``Answered``), in order; the link's own messages are taken here.
         Raises ``BusError`` for a batch that does not decode."""
@@ -249,7 +263,7 @@ class AcceptorLink:
         messages = decode(frames, bad)
         for e in bad:
             alog.warning("dropped a bad message from the router: %s", e)
-        out: list[BusMessage | ResyncNeeded | Answered] = []
+        out: list[Received] = []
         skip = False
         for msg in messages:
             kind = type(msg)
@@ -265,6 +279,9 @@ class AcceptorLink:
                 else:
                     skip = False
             elif skip:
+                if kind is ToRoom:  # a repeat, but the router's next change follows it
+                    assert isinstance(msg, ToRoom)
+                    out.append(Missed(msg.room))
                 continue
             elif kind is Heartbeat:
                 assert isinstance(msg, Heartbeat)
@@ -282,7 +299,7 @@ class AcceptorLink:
                 out.append(msg)
         return out
 
-    def _report(self, out: list[BusMessage | ResyncNeeded | Answered]) -> None:
+    def _report(self, out: list[Received]) -> None:
         """What is answered has grown here, in the stream: say so at this point."""
         n = self.answered
         if n > self._reported:
@@ -290,7 +307,7 @@ class AcceptorLink:
             out.append(Answered(n))
 
     def _router_heartbeat(self, msg: Heartbeat, now: float,
-                          out: list[BusMessage | ResyncNeeded | Answered]) -> None:
+                          out: list[Received]) -> None:
         self.router_seen = now
         interval = msg.interval_ms / 1000
         if interval != self.router_interval:

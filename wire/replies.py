@@ -43,6 +43,21 @@ def format_names(pairs: Iterable[tuple[str, str]]) -> str:
     return "NAMES:" + ",".join(f"{uid}={name}" for uid, name in pairs)
 
 
+def format_joined(uids: Iterable[str]) -> str:
+    """``/cap deltas``: these members arrived (or came back), in this order."""
+    return "JOINED:" + ",".join(uids)
+
+
+def format_left(uids: Iterable[str]) -> str:
+    """``/cap deltas``: these members left."""
+    return "LEFT:" + ",".join(uids)
+
+
+def format_named(pairs: Iterable[tuple[str, str]]) -> str:
+    """``/cap deltas``: these members' names are now these (an empty name: none)."""
+    return "NAMED:" + ",".join(f"{uid}={name}" for uid, name in pairs)
+
+
 def format_public(uid: str, text: str) -> str:
     return f"{uid}: {text}"
 
@@ -107,6 +122,21 @@ class UserList(Event):
 @dataclass(frozen=True, slots=True)
 class NameList(Event):
     names: tuple[tuple[str, str], ...]  # (uid, name)
+
+
+@dataclass(frozen=True, slots=True)
+class Joined(Event):
+    uids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Left(Event):
+    uids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Named(Event):
+    names: tuple[tuple[str, str], ...]  # (uid, name); an empty name: the member has none
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +243,12 @@ def parse_server_line(line: str) -> Event:
             return UserList(line, tuple(rest.split(",")) if rest else ())
         if head == "NAMES":
             return NameList(line, _pairs(rest))
+        if head == "JOINED":
+            return Joined(line, tuple(rest.split(",")) if rest else ())
+        if head == "LEFT":
+            return Left(line, tuple(rest.split(",")) if rest else ())
+        if head == "NAMED":
+            return Named(line, _pairs(rest))
         if head == "ROOM":
             return RoomChanged(line, rest)
         if head == "ROOMS":
@@ -232,3 +268,41 @@ def parse_server_line(line: str) -> Event:
     if body.startswith("END ") and " " not in body[4:]:
         return End(line, body[4:])
     return Info(line)
+
+
+class Roster:
+    """A room's members as a client keeps them: ``uids`` in the order of ``USERS:``, and their
+    ``names``. ``apply`` takes every roster event: a full list (``USERS:``, ``NAMES:``) replaces,
+    a change (``/cap deltas``: ``LEFT:``, ``JOINED:``, ``NAMED:``) edits. A change applies to
+    any list the client got since the room's last push (a reply to /users or /join included):
+    ``LEFT`` removes a member if listed, ``JOINED`` removes each if listed and appends it, so
+    the result is the list a full push would have given."""
+
+    def __init__(self) -> None:
+        self.uids: list[str] = []
+        self.names: dict[str, str] = {}
+
+    def apply(self, event: Event) -> bool:
+        """True if ``event`` was a roster event."""
+        if isinstance(event, UserList):
+            self.uids = list(event.uids)
+            self.names = {u: n for u, n in self.names.items() if u in set(event.uids)}
+        elif isinstance(event, NameList):
+            self.names = {u: n for u, n in event.names if n}
+        elif isinstance(event, Left):
+            gone = set(event.uids)
+            self.uids = [u for u in self.uids if u not in gone]
+            for uid in gone:
+                self.names.pop(uid, None)
+        elif isinstance(event, Joined):
+            moved = set(event.uids)
+            self.uids = [u for u in self.uids if u not in moved] + list(event.uids)
+        elif isinstance(event, Named):
+            for uid, name in event.names:
+                if name:
+                    self.names[uid] = name
+                else:
+                    self.names.pop(uid, None)
+        else:
+            return False
+        return True
