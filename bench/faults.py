@@ -14,6 +14,14 @@ Two figures, each from a fresh ``pychat serve --history memory`` on loopback:
    flat out and reading what comes back ("flood"). The flood limit (burst 100, then 50 lines/s)
    pauses reading from the flooder, so it is slowed, and the others' latency should stay within
    2x of quiet. Quiet and flood alternate ``--rounds`` times; medians are reported.
+3. **Abuse** (``--only abuse``): the same quiet rounds against rounds with three clients
+   repeating ``/history 200`` in a room of 4 KB lines: the others' latency, and what each
+   abuser gets through (``--server-python`` serves another installation, for a before/after).
+4. **Durability** (``--only durable``): latency with and without ``--durable`` (SQLite history
+   in a fresh folder each run), in pairs whose order alternates, at the load given and at a
+   light one (one sender, 20 lines/s: a commit per line).
+5. **Router restart** (``--only restart``): the router SIGKILLed under load; how long until it
+   is bound and settled, the longest silence a client sees, and whether every line arrived once.
 
 Run on demand, not in CI (about 2 minutes):
 
@@ -279,6 +287,35 @@ def flood_rounds(args) -> dict:
         serve.stop()
 
 
+def durable_rounds(args) -> dict:
+    """Latency with and without --durable, in interleaved pairs (the order alternating), each
+    run on a fresh serve with an SQLite history in a new folder: at the load given, and with a
+    light load (one sender, 20 lines/s), where each line is a commit of its own."""
+    import tempfile
+    med = statistics.median
+    light = argparse.Namespace(**{**vars(args), "senders": 1, "rate": 20.0})
+    runs: dict[str, list[dict]] = {f"{mode}-{load}": [] for mode in ("default", "durable")
+                                   for load in ("load", "light")}
+    for i in range(args.rounds):
+        for mode in (("default", "durable") if i % 2 == 0 else ("durable", "default")):
+            with tempfile.TemporaryDirectory(prefix="pychat-durable-") as data:
+                extra = ["--durable"] if mode == "durable" else []
+                serve, port = start_serve("--history", "sqlite", "--data-dir", data, *extra,
+                                          *args.serve_arg)
+                try:
+                    pids = [child_pid(serve, r) for r in ("router", "acceptor 1", "acceptor 2")]
+                    runs[f"{mode}-load"].append(loadtest(port, args, pids))
+                    runs[f"{mode}-light"].append(loadtest(port, light, pids))
+                finally:
+                    serve.stop()
+    out: dict = {"lost": sum(r["lost"] for rs in runs.values() for r in rs)}
+    for key, rs in runs.items():
+        out[key] = {"p50_ms": med(r["latency_ms"]["p50"] for r in rs),
+                    "p99_ms": med(r["latency_ms"]["p99"] for r in rs),
+                    "rounds": [(r["latency_ms"]["p50"], r["latency_ms"]["p99"]) for r in rs]}
+    return out
+
+
 def restart_rounds(args) -> dict:
     """The router SIGKILLed while a crowd chats (the same as tests/test_restart_e2e.py, bigger):
     each round a fresh `pychat serve` (2 acceptors, heartbeat 1 s), ``--restart-clients`` plain
@@ -336,7 +373,8 @@ def main() -> int:
     p.add_argument("--duration", type=float, default=15.0, help="seconds per loadtest run")
     p.add_argument("--stalled", type=int, default=100)
     p.add_argument("--rounds", type=int, default=3, help="quiet/flood pairs")
-    p.add_argument("--only", choices=["stalled", "flood", "restart", "abuse"], default=None)
+    p.add_argument("--only", choices=["stalled", "flood", "restart", "abuse", "durable"],
+                   default=None)
     p.add_argument("--server-python", default="",
                    help="abuse only: the interpreter of another installation to serve (before)")
     p.add_argument("--restart-clients", type=int, default=200)
@@ -375,6 +413,13 @@ def main() -> int:
               f"-> {a['abused_p99_ms']:.1f} ms (x{a['ratio_p99']:.2f}); each abuser got "
               f"{a['abuser_mb_per_s']:.2f} MB/s ({a['abuser_replies_per_s']:.1f} replies/s); "
               f"lost {a['lost']}", flush=True)
+    if args.only in (None, "durable"):
+        d = out["durable"] = durable_rounds(args)
+        for load in ("load", "light"):
+            a, b = d[f"default-{load}"], d[f"durable-{load}"]
+            print(f"durable ({load}): p50 {a['p50_ms']:.1f} -> {b['p50_ms']:.1f} ms, p99 "
+                  f"{a['p99_ms']:.1f} -> {b['p99_ms']:.1f} ms", flush=True)
+        print(f"lost {d['lost']}", flush=True)
     if args.only in (None, "restart"):
         r = out["restart"] = restart_rounds(args)
         for x in r["rounds"]:

@@ -85,9 +85,15 @@ def render(st: dict) -> str:
     lines.append(f"messages/s: {st['messages_per_s']:g} (last 10 s)")
     clock = st.get("clock") or {}
     lines.append(f"clock: {clock.get('source', '?')}, offset {clock.get('offset_ms', 0):+.1f} ms"
-                 + (f" from {clock['server']}" if clock.get("server") else ""))
+                 + (f" from {clock['server']}" if clock.get("server") else "")
+                 + (f", slewing to {clock['target_ms']:+.1f} ms" if clock.get("slewing") else "")
+                 + (f"; {clock['rejections']} answers refused, the last: {clock['rejected']}"
+                    if clock.get("rejections") else ""))
     hist = st.get("history") or {}
-    lines.append("history: " + ", ".join(f"{k}={v}" for k, v in hist.items()))
+    lines.append("history: " + ", ".join(f"{k}={v}" for k, v in hist.items())
+                 + ("; durable" + (f", {st['held_turns']} turns waiting for the disk"
+                                   if st.get("held_turns") else "")
+                    if st.get("durable") else ""))
     return "\n".join(lines)
 
 

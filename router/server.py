@@ -5,9 +5,10 @@ chat is ``RouterState``; this file only moves bytes and time between them and th
 
 One ROUTER socket (ROUTER_MANDATORY, LINGER 0, explicit HWMs) bound to the bus endpoint. Each
 turn: receive every batch that is ready (up to ``max_batches``) into the link, end the turn, then
-send each acceptor's queue, then the acknowledgements the link releases once the queues are
-empty. A send the socket pushes back (the acceptor's high-water mark) stays at the head of that
-acceptor's queue and is tried again every 10 ms; an acceptor the socket no longer knows is lost.
+send each acceptor's queue, then the acknowledgements the link releases once their turns'
+results have left every queue. A send the socket pushes back (the acceptor's high-water mark)
+stays at the head of that acceptor's queue and is tried again every 10 ms; an acceptor the
+socket no longer knows is lost.
 ``status?`` from any DEALER (``pychat status``) is answered at once and never makes it a peer.
 
 Durable mode (``durable``: the history, a ``wire.link.Gate``): the link holds each turn's
@@ -168,7 +169,7 @@ class RouterServer:
     # ---- sending ---------------------------------------------------------------------------------
 
     def _flush(self, now: float) -> None:
-        """Each acceptor's queue, in order; then the acks, once every queue is empty."""
+        """Each acceptor's queue, in order; then the acks whose turns' results have all left."""
         link = self.link
         while link.raw:
             ident, msgs = link.raw.popleft()

@@ -66,3 +66,17 @@ def test_status_without_a_router_fails_in_time():
 def test_status_keys_go_together():
     r = status("--router", f"tcp://127.0.0.1:{free_port()}", "--curve-server", "router.key")
     assert r.returncode == 2 and "--curve-secret and --curve-server go together" in r.stderr
+
+
+def test_status_says_durable_and_what_the_clock_refused():
+    """The text form, from a status as the router makes it (pure: ``render``)."""
+    from pychat.status import render
+    st = {"epoch": "e", "endpoint": "ipc://x", "uptime_s": 3, "acceptors": [], "users": 0,
+          "named": 0, "rooms": {}, "messages_per_s": 0, "durable": True, "held_turns": 2,
+          "clock": {"source": "ntp", "offset_ms": 1.5, "server": "a", "slewing": True,
+                    "target_ms": 9.0, "rejections": 1, "rejected": "b answered +31 days"},
+          "history": {"backend": "sqlite"}}
+    text = render(st)
+    assert ("clock: ntp, offset +1.5 ms from a, slewing to +9.0 ms; 1 answers refused, the "
+            "last: b answered +31 days") in text
+    assert "history: backend=sqlite; durable, 2 turns waiting for the disk" in text
