@@ -50,7 +50,7 @@ from pychat.config import (
     positive,
     zero_or_more,
 )
-from pychat.wire import commands
+from pychat.wire import bus, commands
 from pychat.wire.errors import ClientError
 
 # ---- programs ------------------------------------------------------------------------------------
@@ -82,6 +82,13 @@ class Forward(enum.Enum):
 
 seconds_or_off = zero_or_more("seconds", "off")
 days = zero_or_more("days", "forever")
+
+
+def bus_name(text: str) -> str:
+    if text and not bus.valid_token(text):
+        raise BadValue(f"not a name the bus takes (1-255 letters, digits and . _ : @ + -): "
+                       f"{text!r}")
+    return text
 
 
 def endpoint_or_none(text: str) -> str:
@@ -256,7 +263,7 @@ OPTIONS: tuple[Option, ...] = (
                "running router to use instead of starting one"),
     Option("--name", "PYCHAT_ACCEPTOR_NAME", "",
            "this acceptor's id on the bus (default: host-pid-random, unique)", (ACCEPTOR,),
-           doc="an acceptor's id on the bus", doc_default="host-pid-random"),
+           type=bus_name, doc="an acceptor's id on the bus", doc_default="host-pid-random"),
     Option("--reuse-port", "PYCHAT_REUSE_PORT", False,
            "SO_REUSEPORT, so several acceptors share one port", (ACCEPTOR,), type=bool,
            doc="let several acceptors share a port"),

@@ -415,3 +415,13 @@ def test_curve_keys_is_for_serves_own_router_only():
     args = serve_parser().parse_args(["--router", "tcp://10.0.0.5:7000", "--curve-keys", "k"])
     with pytest.raises(ValueError, match="--curve-keys is for the router serve starts"):
         bus_keys(args, args.router)
+
+
+@pytest.mark.parametrize("name", ["a b", "x" * 256, "tab\there", "é"])
+def test_an_acceptor_name_the_bus_would_drop_is_refused_at_start(name, capsys):
+    """The router drops a Hello whose acceptor name is not a bus token: such an acceptor would
+    listen and never reach the router. It is refused where it is given instead."""
+    with pytest.raises(SystemExit):
+        acceptor_parser().parse_args(["--name", name])
+    assert "not a name the bus takes" in capsys.readouterr().err
+    assert acceptor_parser().parse_args(["--name", "host-1.a:b@c+d_e"]).name == "host-1.a:b@c+d_e"

@@ -305,6 +305,11 @@ def _lines(text: str) -> bool:
     return not _CONTROL_BUT_NEWLINE.search(text)
 
 
+def valid_token(text: str) -> bool:
+    """A name on the bus (an acceptor's routing id, an epoch): 1-255 of ``[0-9A-Za-z._:@+-]``."""
+    return bool(_TOKEN.match(text))
+
+
 def _names(text: str) -> bool:
     """A JSON list of routing ids (``peers``)."""
     try:
