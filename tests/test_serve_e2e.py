@@ -222,8 +222,11 @@ def test_the_acceptor_serves_the_same_on_either_event_loop(loop, procs, connect)
     chat, pipelined replies in order, and a half-close."""
     p, port = start_serve(acceptors=1, env={"PYCHAT_LOOP": loop})
     procs.append(p)
-    # its listening line came before "serving on", which start_serve waited for
-    assert any(re.search(rf"acceptor .* listening on .*\({loop}\)$", ln) for ln in p.output)
+    # its listening line (stderr) may be read before or after "serving on" (stdout), which
+    # start_serve waited for: look at what came, else wait for it
+    listening = rf"acceptor .* listening on .*\({loop}\)$"
+    if not any(re.search(listening, ln) for ln in p.output):
+        p.wait_for(listening, timeout=10)
     a, b = connect(port), connect(port)
     a.handshake()
     b.handshake()
