@@ -193,14 +193,21 @@ class Connection:
         if self.quitting or self.closed or self.eof:
             return out
         self.eof = True
-        piece = self.lines.take_partial()
-        self.line_since = 0.0
-        if piece is not None:
-            self.pending.append(piece)
+        self._take_piece()
         if not self.paused:
             self._run(now, ticket, out)
         self._rearm()
         return out
+
+    def _take_piece(self) -> bool:
+        """The unfinished piece is a line (idle before the first newline, or at the end of
+        input): queue it. False if there was none."""
+        piece = self.lines.take_partial()
+        self.line_since = 0.0
+        if piece is None:
+            return False
+        self.pending.append(piece)
+        return True
 
     def tick(self, now: float, ticket: int, answered: int) -> list[Action]:
         """Time passed: a flood token or the next turn is due, a piece sat idle, or the client
@@ -212,14 +219,11 @@ class Connection:
             self._resume_at = None
             self._run(now, ticket, out)
         limits = self.limits
-        if (not self.newline_seen and limits.piece_idle and self.lines.partial
-                and not self.quitting and not self.eof and now - self.seen >= limits.piece_idle):
-            piece = self.lines.take_partial()
-            self.line_since = 0.0
-            if piece is not None:
-                self.pending.append(piece)
-                if not self.paused:
-                    self._run(now, ticket, out)
+        piece_idle = (not self.newline_seen and limits.piece_idle and self.lines.partial
+                      and not self.quitting and not self.eof
+                      and now - self.seen >= limits.piece_idle)
+        if piece_idle and self._take_piece() and not self.paused:
+            self._run(now, ticket, out)
         if not self.quitting and not self.paused and not self.eof:
             unfinished = limits.partial_line_timeout
             idle = limits.idle_timeout

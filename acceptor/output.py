@@ -128,7 +128,7 @@ class Output:
         full = (text + "\n").encode("utf-8")
         change = (delta + "\n").encode("utf-8") if delta else full
         for s in members:
-            if s.cap_deltas and not s.fresh:
+            if s.conn.cap_deltas and not s.fresh:
                 self.queue(s, change)
             else:
                 s.fresh = False

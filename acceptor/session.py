@@ -36,9 +36,9 @@ WELCOME = (replies.WELCOME + "\n").encode()
 
 
 class Session(asyncio.Protocol):
-    __slots__ = ("_armed", "_timer", "acceptor", "blocked", "cap_deltas", "cap_time", "conn",
-                 "counted", "fd", "fresh", "greeting", "host", "id", "name", "open", "out", "peer",
-                 "room", "tls", "transport", "uid")
+    __slots__ = ("_armed", "_timer", "acceptor", "blocked", "cap_time", "conn", "counted", "fd",
+                 "fresh", "greeting", "host", "id", "name", "open", "out", "peer", "room", "tls",
+                 "transport", "uid")
 
     def __init__(self, acceptor: Acceptor, conn_id: int):
         self.acceptor = acceptor
@@ -58,7 +58,6 @@ class Session(asyncio.Protocol):
         self.fd = -1  # the socket's fd, for the acceptor's direct writes (-1: TLS, or none)
         self.tls = False
         self.cap_time = False  # the connection's, copied here for the fan-out's hot loop
-        self.cap_deltas = False  # likewise
         # no list of its room that the router's next change applies to (new, moved, resynced):
         # its next USERS/NAMES push is the whole list even with /cap deltas
         self.fresh = True
@@ -156,7 +155,6 @@ class Session(asyncio.Protocol):
             self.act(actions)
         conn = self.conn
         self.cap_time = conn.cap_time
-        self.cap_deltas = conn.cap_deltas
         if conn.wake_at != self._armed:
             self._arm(conn.wake_at)
         if conn.awaits_answers:

@@ -8,6 +8,7 @@ import uuid
 import pytest
 import zmq
 
+from pychat.router.sqlite_history import SqliteHistory
 from pychat.wire import bus
 from support.client import Connection
 from support.fake_router import HEARTBEAT, Acceptor, FakeRouter
@@ -51,6 +52,22 @@ def connect():
     yield make
     for c in opened:
         c.close()
+
+
+@pytest.fixture
+def opened(tmp_path):
+    """``opened(**kw)`` opens a SqliteHistory on tmp_path/data; all are closed at the end."""
+    made = []
+
+    def make(**kw) -> SqliteHistory:
+        h = SqliteHistory(str(tmp_path / "data"), **kw)
+        h.open()
+        made.append(h)
+        return h
+
+    yield make
+    for h in made:
+        h.close()
 
 
 @pytest.fixture

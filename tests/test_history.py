@@ -43,22 +43,6 @@ class FakeClock:
         return self.t
 
 
-@pytest.fixture
-def opened(tmp_path):
-    """``opened(**kw)`` opens a SqliteHistory on tmp_path/data; all are closed at the end."""
-    made = []
-
-    def make(**kw) -> SqliteHistory:
-        h = SqliteHistory(str(tmp_path / "data"), **kw)
-        h.open()
-        made.append(h)
-        return h
-
-    yield make
-    for h in made:
-        h.close()
-
-
 def stamp(i: int, base: float = T0) -> str:
     return format_time(base + i)
 

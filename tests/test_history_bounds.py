@@ -21,28 +21,13 @@ import tracemalloc
 import pytest
 
 from pychat.router.history import MemoryHistory
-from pychat.router.sqlite_history import FILENAME, SqliteHistory
+from pychat.router.sqlite_history import FILENAME
 from pychat.wire.replies import format_time
 from support.procs import ROOT
 
 from .test_history import DAY, T0, FakeClock, eventually, rows, stamp
 
 ROOMS = 20_000
-
-
-@pytest.fixture
-def opened(tmp_path):
-    made = []
-
-    def make(**kw) -> SqliteHistory:
-        h = SqliteHistory(str(tmp_path / "data"), **kw)
-        h.open()
-        made.append(h)
-        return h
-
-    yield make
-    for h in made:
-        h.close()
 
 
 def lines(items):

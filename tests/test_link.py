@@ -308,13 +308,20 @@ class Writer(Recorder):
         return super().handle(acceptor, msg)
 
 
-def test_a_durable_turn_waits_for_its_rows_and_its_ack_for_its_results():
+def durable_pair() -> tuple[Disk, RouterLink]:
+    """A durable router's link with acceptors a and b joined (their welcomes taken); every
+    line of a's goes to b too."""
     disk = Disk()
     r = RouterLink(Writer(disk, to=("b",)), "R", heartbeat=1.0, now=0.0, settle_seconds=0,
                    gate=disk)
     joined(r, "a")
     joined(r, "b")
     sent_to(r, "a"), sent_to(r, "b")
+    return disk, r
+
+
+def test_a_durable_turn_waits_for_its_rows_and_its_ack_for_its_results():
+    disk, r = durable_pair()
     r.receive(b"a", bus.encode([Seq(1), Cmd(4, Say("one"))]), 0.1)
     r.end_turn(0.1)
     r.receive(b"a", bus.encode([Seq(2), Cmd(4, Say("two"))]), 0.2)
@@ -336,12 +343,7 @@ def test_a_durable_turn_waits_for_its_rows_and_its_ack_for_its_results():
 
 
 def test_a_held_turn_for_an_acceptor_lost_meanwhile_is_dropped():
-    disk = Disk()
-    r = RouterLink(Writer(disk, to=("b",)), "R", heartbeat=1.0, now=0.0, settle_seconds=0,
-                   gate=disk)
-    joined(r, "a")
-    joined(r, "b")
-    sent_to(r, "a"), sent_to(r, "b")
+    disk, r = durable_pair()
     r.receive(b"a", bus.encode([Seq(1), Cmd(4, Say("one"))]), 0.1)
     r.end_turn(0.1)
     old_b = r.peers["b"]
