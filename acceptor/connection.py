@@ -52,6 +52,7 @@ from dataclasses import dataclass
 
 from pychat.wire import errors, replies
 from pychat.wire.commands import (
+    AWAITED,
     HEAVY,
     LOCAL,
     ROUTED,
@@ -118,8 +119,8 @@ Item = bytes | LineTooLong | Command
 
 
 class Connection:
-    __slots__ = ("_heavy", "_resume_at", "answered", "bucket", "cap_codes", "cap_deltas",
-                 "cap_end", "cap_time",
+    __slots__ = ("_awaiting", "_heavy", "_resume_at", "answered", "bucket", "cap_codes",
+                 "cap_deltas", "cap_end", "cap_time",
                  "closed", "eof", "held",
                  "limits", "line_since", "lines", "newline_seen", "paused", "pending",
                  "quitting", "seen", "ticket", "wake_at")
@@ -147,6 +148,7 @@ class Connection:
         self.held: deque[tuple[int, Action]] = deque()  # replies waiting for their ticket
         self._resume_at: float | None = None
         self._heavy = 0  # the batch of our latest heavy command (0: none unanswered)
+        self._awaiting = ""  # the awaited command whose Done we wait for ("": none)
         self.wake_at: float | None = None
 
     # ---- input -------------------------------------------------------------------------------
@@ -236,6 +238,29 @@ class Connection:
         self._rearm()
         return out
 
+    def finish(self, error: str, now: float, ticket: int, answered: int) -> list[Action]:
+        """The router is done with our awaited command (``/login``...: bus ``Done``), or will
+        never be (``error``: it restarted meanwhile): ``END`` for it, then the lines that
+        waited behind it."""
+        out = self.answered_up_to(answered)
+        if not self._awaiting or self.closed:
+            return out
+        word, self._awaiting = self._awaiting, ""
+        if error:
+            self._reply(replies.format_error(error, errors.NOT_SENT if self.cap_codes else None),
+                        out)
+        if self.cap_end:
+            self._reply(replies.format_end(word), out)
+        if not self.quitting:
+            self._run(now, ticket, out)
+        self._rearm()
+        return out
+
+    @property
+    def awaiting(self) -> str:
+        """The awaited command (its word) the router has not finished, or ""."""
+        return self._awaiting
+
     @property
     def awaits_answers(self) -> bool:
         """Something here waits for the router's answers: held replies, or a heavy command."""
@@ -280,6 +305,9 @@ class Connection:
             if self.quitting:
                 pending.clear()
                 break
+            if self._awaiting:  # nothing more until the router is done with it
+                self._pause(None, out)
+                return
             item = pending.popleft()
             try:
                 if not isinstance(item, Command):
@@ -306,7 +334,9 @@ class Connection:
                     self.ticket = ticket
                     if heavy:
                         self._heavy = ticket
-                    if self.cap_end and type(item) is not Say:
+                    if type(item) in AWAITED:
+                        self._awaiting = word_of(item)  # its END comes with its Done
+                    elif self.cap_end and type(item) is not Say:
                         self._reply(replies.format_end(word_of(item)), out)
                 else:
                     getattr(self, LOCAL_HANDLERS[type(item)])(item, out)

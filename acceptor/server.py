@@ -321,6 +321,13 @@ class Acceptor:
             elif kind is bus.SessionSet:
                 assert isinstance(msg, bus.SessionSet)
                 self._set_session(msg)
+            elif kind is bus.Done:
+                assert isinstance(msg, bus.Done)
+                if (s := sessions.get(msg.conn)) is not None:
+                    s.pump(s.conn.finish, "")
+            elif kind is bus.Notice:
+                assert isinstance(msg, bus.Notice)
+                output.fan_out(msg.room, (msg.text + "\n").encode("utf-8"))
             elif kind is bus.Kick:
                 assert isinstance(msg, bus.Kick)
                 if (s := sessions.get(msg.conn)) is not None:
@@ -379,6 +386,7 @@ class Acceptor:
             s.fresh = True  # its new room's list comes whole
         self.output.move(s, msg.room)
         s.uid, s.name, s.room = msg.uid, msg.name, msg.room
+        s.account, s.seal = msg.account, msg.seal
 
     # ---- heartbeats and resync -------------------------------------------------------------------
 
@@ -392,8 +400,11 @@ class Acceptor:
         """Hello and every session, then what the router has not acknowledged, again."""
         again = self.bus.link.resync([s.snapshot() for s in self.sessions.values()],
                                      self.loop.time())
-        for s in self.sessions.values():  # a new router knows nothing of what they were sent
+        for s in list(self.sessions.values()):  # a new router knows nothing of what they got
             s.fresh = True
+            if s.conn.awaiting:  # the router that was to answer it is gone
+                s.pump(s.conn.finish, f"not done, the server restarted: /{s.conn.awaiting} "
+                                      f"(try again)")
         self.bus.flush()
         log.info("resyncing %d sessions, %d unacknowledged batches sent again: %s",
                  len(self.sessions), again, why)

@@ -36,9 +36,9 @@ WELCOME = (replies.WELCOME + "\n").encode()
 
 
 class Session(asyncio.Protocol):
-    __slots__ = ("_armed", "_timer", "acceptor", "blocked", "cap_time", "conn", "counted", "fd",
-                 "fresh", "greeting", "host", "id", "name", "open", "out", "peer", "room", "tls",
-                 "transport", "uid")
+    __slots__ = ("_armed", "_timer", "acceptor", "account", "blocked", "cap_time", "conn",
+                 "counted", "fd", "fresh", "greeting", "host", "id", "name", "open", "out", "peer",
+                 "room", "seal", "tls", "transport", "uid")
 
     def __init__(self, acceptor: Acceptor, conn_id: int):
         self.acceptor = acceptor
@@ -51,6 +51,8 @@ class Session(asyncio.Protocol):
         self.uid = ""
         self.name = ""
         self.room = ""
+        self.account = ""  # the account it is logged in to, and the router's seal of that
+        self.seal = ""
         self.counted = False  # admitted, and counted against the per-address limits
         self.open = False  # a session: announced to the router
         self.greeting = False  # its Welcome waits to go out in one write with its ID
@@ -225,5 +227,5 @@ class Session(asyncio.Protocol):
 
     def snapshot(self) -> bus.BusMessage:
         """This session for a router that does not know it."""
-        return bus.Sync(self.id, self.uid, self.name, self.room) if self.uid \
-            else bus.Open(self.id, self.peer)
+        return bus.Sync(self.id, self.uid, self.name, self.room, self.peer, self.account,
+                        self.seal) if self.uid else bus.Open(self.id, self.peer)

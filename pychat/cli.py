@@ -15,6 +15,7 @@ COMMANDS = {
     "loadtest": ("pychat.clients.loadtest", "simulate many users and measure the server"),
     "status": ("pychat.status", "print a running router's view (acceptors, users, rooms, rate)"),
     "keys": ("pychat.keys", "make CurveZMQ key files for a trusted router-acceptor bus"),
+    "admin": ("pychat.admin", "accounts, operators and bans in the router's data folder"),
 }
 
 

@@ -475,6 +475,27 @@ OPTIONS: tuple[Option, ...] = (
            "out another's", (SERVE, ROUTER), type=positive(int), forward=Forward.ROUTER,
            doc="private messages kept per sender with `--history-private`: one sender cannot "
                "push out another's"),
+    # accounts and moderation (PROTOCOL Part 3)
+    Option("--accounts", "PYCHAT_ACCOUNTS", "sqlite",
+           "where accounts, bans, room owners and topics live: sqlite (accounts.sqlite3 in "
+           "--data-dir, kept across restarts) or memory (lost when the router stops)",
+           (SERVE, ROUTER), choices=("sqlite", "memory"), forward=Forward.ROUTER,
+           doc="`sqlite`: accounts, bans, room owners and topics in `accounts.sqlite3` in "
+               "`--data-dir`; `memory`: lost when the router stops"),
+    Option("--require-login", "PYCHAT_REQUIRE_LOGIN", False,
+           "guests may only /nick, /register, /login, /resume, /help, /ping and /quit: "
+           "everything else needs an account", (SERVE, ROUTER), type=bool,
+           forward=Forward.ROUTER),
+    Option("--password-pepper-file", "PYCHAT_PASSWORD_PEPPER_FILE", "",
+           "a file of secret bytes mixed into every password hash (keep it outside --data-dir; "
+           "losing it makes every password wrong)", (SERVE, ROUTER), path=True,
+           forward=Forward.ROUTER, doc_default="none"),
+    Option("--login-workers", "PYCHAT_LOGIN_WORKERS", 1,
+           "threads hashing passwords (argon2id, about 20 ms of a core each), off the router's "
+           "loop", (SERVE, ROUTER), type=positive(int), forward=Forward.ROUTER),
+    Option("--token-days", "PYCHAT_TOKEN_DAYS", 30.0,
+           "days a resume token from /token stays valid", (SERVE, ROUTER),
+           type=positive(float), forward=Forward.ROUTER),
     # observing: metrics and logs
     Option("--metrics-port", "PYCHAT_METRICS_PORT", 0,
            "serve Prometheus metrics at http://HOST:PORT/metrics (0: off; under pychat serve the "

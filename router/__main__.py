@@ -31,8 +31,10 @@ from pychat.keys import (
 from pychat.metrics import Metrics
 from pychat.options import ROUTER, add_options
 
+from .accounts import AccountsError, AccountStore
 from .clock import LocalClock, NtpClock, parse_servers
 from .history import MemoryHistory
+from .passwords import Jobs, Passwords
 from .server import RouterServer
 from .sqlite_history import HistoryError, SqliteHistory
 from .state import RouterState
@@ -99,6 +101,31 @@ def make_history(args: argparse.Namespace, clock) -> MemoryHistory | SqliteHisto
     return history
 
 
+def make_accounts(args: argparse.Namespace) -> AccountStore:
+    """Raises AccountsError when the accounts file cannot be used."""
+    if args.accounts == "memory":
+        log.info("accounts: in memory only (lost when the router stops)")
+        return AccountStore(None).open()
+    store = AccountStore.in_folder(args.data_dir, durable=args.durable).open()
+    log.info("accounts: %s (schema version %d)", store.path, store.version())
+    return store
+
+
+def read_pepper(path: str) -> bytes:
+    """The pepper's bytes; AccountsError when the file cannot be read or is too short."""
+    if not path:
+        return b""
+    try:
+        with open(path, "rb") as f:
+            pepper = f.read(4096)
+    except OSError as e:
+        raise AccountsError(f"--password-pepper-file {path}: {e.strerror}") from None
+    if len(pepper) < 16:
+        raise AccountsError(f"--password-pepper-file {path}: at least 16 bytes, please "
+                            f"(e.g. head -c 32 /dev/urandom > {path})")
+    return pepper
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -119,7 +146,17 @@ def main(argv: list[str] | None = None) -> int:
     except HistoryError as e:
         log.error("%s", e)
         return 1
-    state = RouterState(clock, history, durable=args.durable)
+    try:
+        accounts = make_accounts(args)
+        pepper = read_pepper(args.password_pepper_file)
+    except AccountsError as e:
+        log.error("%s", e)
+        history.close()
+        return 1
+    jobs = Jobs(workers=args.login_workers)
+    state = RouterState(clock, history, durable=args.durable, accounts=accounts,
+                        passwords=Passwords(pepper), jobs=jobs, token_days=args.token_days,
+                        require_login=args.require_login)
     auth = None
     if curve is not None:  # the ZAP handler must be up before the socket binds
         auth = start_authenticator(zmq.Context.instance(), args.curve_clients)
@@ -127,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     gate = history if args.durable and isinstance(history, SqliteHistory) else None
     server = RouterServer(state, args.bind, heartbeat=args.heartbeat, hwm=args.bus_hwm,
                           curve=curve, durable=gate)
+    jobs.on_done = server.poke  # a password job finished: its answer goes at once
     if gate is not None:
         gate.on_commit = server.poke
         log.info("history: durable: a message is sent on only once committed and fsynced")
@@ -159,7 +197,9 @@ def main(argv: list[str] | None = None) -> int:
         server.run()
     finally:  # SIGTERM/SIGINT end run(): save the history still queued before exiting
         clock.stop()
+        jobs.close()
         history.close()
+        accounts.close()
         if auth is not None:
             auth.stop()
     log.info("router stopped")

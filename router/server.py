@@ -125,6 +125,8 @@ class RouterServer:
                     self._turn(now)
                 elif now >= wake:  # a heartbeat, a settling step, or a throttled list is due
                     self._tick(now)
+                elif self.state.jobs.ready:  # a password checked: its answer (end_turn drains)
+                    link.end_turn(now)
                 self._flush(now)
         finally:
             self.close()
@@ -244,6 +246,9 @@ class RouterServer:
             "durable": self.durable is not None,
             "held_turns": len(link.held),
             "users": len(state.users), "named": len(state.names),
+            "logged_in": sum(len(s) for s in state.logins.values()),
+            "logins": {"done": state.logins_done, "failed": state.logins_failed,
+                       "hashing": state.jobs.running, "refused_busy": state.jobs.refused},
             "rooms": {room: len(members) for room, members in sorted(state.rooms.items())},
             "messages_per_s": round(rate, 2),
             "clock": status_of(state.clock),

@@ -228,9 +228,9 @@ def test_resync_replays_hello_and_a_sync_per_session(start, fake, clients):
     acc.send(bus.Resync())  # every batch was acknowledged: nothing to send again
     hello = fake.expect(lambda m: isinstance(m, bus.Hello))
     assert hello == acc.hello  # same name, same epoch: it did not restart
-    wanted = {
-        bus.Sync(conn1, "111111", "alice", "#lobby"),
-        bus.Sync(conn2, "222222", "", "#y"),
+    wanted = {  # with their peers: a restarted router bans and throttles by address
+        bus.Sync(conn1, "111111", "alice", "#lobby", "127.0.0.1:%d" % c1.sock.getsockname()[1]),
+        bus.Sync(conn2, "222222", "", "#y", "127.0.0.1:%d" % c2.sock.getsockname()[1]),
         bus.Open(conn3, "127.0.0.1:%d" % c3.sock.getsockname()[1]),
     }
     mark = fake.cursor

@@ -175,7 +175,8 @@ NOT_IN_THE_FILE = {
         "PYCHAT_HISTORY", "PYCHAT_DATA_DIR", "PYCHAT_HISTORY_PER_ROOM",
         "PYCHAT_HISTORY_MAX_AGE", "PYCHAT_HISTORY_PRIVATE", "PYCHAT_HISTORY_PRIVATE_PER_SENDER",
         "PYCHAT_HISTORY_CACHE_ROOMS", "PYCHAT_HISTORY_CACHE_MB", "PYCHAT_DURABLE",
-        "PYCHAT_NTP_MAX_OFFSET",
+        "PYCHAT_NTP_MAX_OFFSET", "PYCHAT_ACCOUNTS", "PYCHAT_REQUIRE_LOGIN",
+        "PYCHAT_PASSWORD_PEPPER_FILE", "PYCHAT_LOGIN_WORKERS", "PYCHAT_TOKEN_DAYS",
         # serve gives each acceptor child its own --name and --reuse-port
         "PYCHAT_ACCEPTOR_NAME", "PYCHAT_REUSE_PORT",
         # for a router serve starts on a tcp:// bus; the acceptors use the router service's

@@ -258,7 +258,7 @@ def test_private_messages_are_stored_only_with_history_private(procs, connect, t
 
 def test_memory_history_writes_no_file_and_is_lost_with_the_router(procs, connect, tmp_path):
     data = str(tmp_path / "data")
-    p, port = start_serve("--history", "memory", "--data-dir", data)
+    p, port = start_serve("--history", "memory", "--accounts", "memory", "--data-dir", data)
     procs.append(p)
     room = new_room()
     a = member(connect, port, room)
@@ -267,7 +267,7 @@ def test_memory_history_writes_no_file_and_is_lost_with_the_router(procs, connec
     a.close()
     assert p.stop() == 0
     assert not os.path.exists(data)
-    p2, port2 = start_serve("--history", "memory", "--data-dir", data)
+    p2, port2 = start_serve("--history", "memory", "--accounts", "memory", "--data-dir", data)
     procs.append(p2)
     assert history(member(connect, port2, room)) == []
 

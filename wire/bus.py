@@ -2,7 +2,7 @@
 
 Layout (documented in docs/ARCHITECTURE.md): one ZeroMQ multipart message is a *batch*:
 
-    frame 0      HEADER = b"pychat-bus/2"           (the version; anything else is dropped)
+    frame 0      HEADER = b"pychat-bus/3"           (the version; anything else is dropped)
     frame 1..n   one bus message each: UTF-8 fields joined by NUL, the first field its kind
 
 A field never contains NUL: text reaching the bus is sanitized (controls removed) and encode
@@ -30,7 +30,8 @@ from typing import ClassVar
 from .commands import Command, command_fields, command_from_fields, valid_name, valid_room
 from .errors import CODES, BusError
 
-VERSION = 2  # 2: relay gone (local replies wait for acks), heartbeat intervals announced
+VERSION = 3  # 2: relay gone (local replies wait for acks), heartbeat intervals announced;
+# 3: sessions carry their account and its seal, Sync its peer; Done, Notice
 MAX_FRAME = 16 << 20  # bytes per bus message (a /history reply of 200 long lines is < 1 MiB)
 MAX_BATCH = 200_000  # messages per batch (an acceptor's turn of reads is far fewer)
 HEADER = b"pychat-bus/%d" % VERSION
@@ -93,11 +94,16 @@ class Close(BusMessage):
 
 @dataclass(frozen=True, slots=True)
 class Sync(BusMessage):
-    """A session the acceptor holds, replayed into a router that does not know it."""
+    """A session the acceptor holds, replayed into a router that does not know it: what the
+    router last said it was (``SessionSet``), and its peer address. A login is restored only
+    with the ``seal`` the router gave it."""
     conn: int
     uid: str
     name: str
     room: str
+    peer: str = ""
+    account: str = ""
+    seal: str = ""
     kind: ClassVar[str] = "sync"
 
 
@@ -138,11 +144,15 @@ class Peers(BusMessage):
 
 @dataclass(frozen=True, slots=True)
 class SessionSet(BusMessage):
-    """The router's view of a session; the acceptor keeps it (room membership, resync)."""
+    """The router's view of a session; the acceptor keeps it (room membership, resync).
+    ``account``: the account it is logged in to ("" a guest); ``seal``: the router's HMAC of
+    that login (acceptor, conn, account), which a restarted router checks in the ``Sync``."""
     conn: int
     uid: str
     name: str
     room: str
+    account: str = ""
+    seal: str = ""
     kind: ClassVar[str] = "sess"
 
 
@@ -212,6 +222,22 @@ class Kick(BusMessage):
 
 
 @dataclass(frozen=True, slots=True)
+class Done(BusMessage):
+    """The answer to the session's awaited command (``/login``, ``/register``, ``/password``:
+    the router answers them later than their batch) is complete: the connection goes on."""
+    conn: int
+    kind: ClassVar[str] = "done"
+
+
+@dataclass(frozen=True, slots=True)
+class Notice(BusMessage):
+    """Plain lines for every local member of a room (a topic change)."""
+    room: str
+    text: str
+    kind: ClassVar[str] = "notice"
+
+
+@dataclass(frozen=True, slots=True)
 class StatusAsk(BusMessage):
     """`pychat status` (not an acceptor) asks the router for its view."""
     kind: ClassVar[str] = "status?"
@@ -234,7 +260,7 @@ Delivery = tuple[str, BusMessage]  # (acceptor, message): what the router's stat
 
 _CLASSES = (Hello, Seq, Heartbeat, Open, Close, Sync, SessionSet, ToConn, Err, Cost, ToRoom,
             ChatRoom,
-            ChatConn, Kick, Resync, StatusAsk, Status, Ack, From, Peers)
+            ChatConn, Kick, Resync, StatusAsk, Status, Ack, From, Peers, Done, Notice)
 _LAYOUT: dict[str, tuple[type[BusMessage], tuple[tuple[str, bool], ...]]] = {
     cls.kind: (cls, tuple((f.name, f.type in ("int", int)) for f in fields(cls)))
     for cls in _CLASSES
@@ -293,6 +319,7 @@ _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
 _CONTROL_BUT_NEWLINE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 _TOKEN = re.compile(r"[0-9A-Za-z._:@+-]{1,255}\Z")  # names on the bus: routing ids, epochs
 _UID = re.compile(r"\d{6}\Z")
+_SEAL = re.compile(r"([0-9a-f]{64})?\Z")
 _STAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z\Z")
 MAX_INTERVAL_MS = 3_600_000
 
@@ -345,10 +372,17 @@ def check(msg: BusMessage) -> str:
         if len(text) > 1024 or not _line(text):
             return "a long field, or one with controls"
     elif isinstance(msg, (Sync, SessionSet)):
+        if (msg.account and not valid_name(msg.account)) or not _SEAL.match(msg.seal):
+            return "not an account, or not a seal"
+        if isinstance(msg, Sync) and (len(msg.peer) > 1024 or not _line(msg.peer)):
+            return "a long peer, or one with controls"
         return _session(msg.uid, msg.name, msg.room, uid_may_be_empty=isinstance(msg, Sync))
     elif isinstance(msg, (ToConn, Kick)):
         if not _lines(msg.text):
             return "control characters in text"
+    elif isinstance(msg, Notice):
+        if not (valid_room(msg.room) and _lines(msg.text)):
+            return "not a room, or control characters in text"
     elif isinstance(msg, ToRoom):
         if not (valid_room(msg.room) and _lines(msg.text) and _lines(msg.delta)):
             return "not a room, or control characters in text"

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 from . import errors
@@ -32,6 +32,9 @@ ROOM_RE = re.compile(r"#[A-Za-z0-9_-]{1,32}\Z")
 LOBBY = "#lobby"
 HISTORY_DEFAULT = 20
 HISTORY_MAX = 200
+PASSWORD_MIN, PASSWORD_MAX = 8, 256  # characters
+TOPIC_MAX = 390  # characters (IRC's TOPICLEN is often 390)
+BAN_MINUTES_MAX = 10 * 365 * 24 * 60  # a ban for longer is a ban until /unban
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +106,70 @@ class Quit(Command):
     kind: ClassVar[str] = "quit"
 
 
+@dataclass(frozen=True, slots=True)
+class Register(Command):
+    password: str = field(repr=False)
+    kind: ClassVar[str] = "register"
+
+
+@dataclass(frozen=True, slots=True)
+class Login(Command):
+    name: str
+    password: str = field(repr=False)
+    kind: ClassVar[str] = "login"
+
+
+@dataclass(frozen=True, slots=True)
+class Logout(Command):
+    kind: ClassVar[str] = "logout"
+
+
+@dataclass(frozen=True, slots=True)
+class Password(Command):
+    old: str = field(repr=False)
+    new: str = field(repr=False)
+    kind: ClassVar[str] = "password"
+
+
+@dataclass(frozen=True, slots=True)
+class Token(Command):
+    kind: ClassVar[str] = "token"
+
+
+@dataclass(frozen=True, slots=True)
+class Resume(Command):
+    name: str
+    token: str = field(repr=False)
+    kind: ClassVar[str] = "resume"
+
+
+@dataclass(frozen=True, slots=True)
+class Topic(Command):
+    text: str  # "": ask; "-": clear
+    kind: ClassVar[str] = "topic"
+
+
+@dataclass(frozen=True, slots=True)
+class Kick(Command):
+    target: str
+    reason: str
+    kind: ClassVar[str] = "kick"
+
+
+@dataclass(frozen=True, slots=True)
+class Ban(Command):
+    target: str
+    minutes: int  # 0: until /unban
+    reason: str
+    kind: ClassVar[str] = "ban"
+
+
+@dataclass(frozen=True, slots=True)
+class Unban(Command):
+    target: str
+    kind: ClassVar[str] = "unban"
+
+
 # ---- argument shapes: ``rest`` is what follows the command word, stripped ----------------------
 
 def _no_args(cls: Callable[[], Command]) -> Callable[[str], Command]:
@@ -165,6 +232,90 @@ def _cap(rest: str) -> Command:
     return Cap(" ".join(rest.lower().split()))
 
 
+def password_problem(password: str) -> str:
+    """Why ``password`` cannot be a new password ("" if it can): 8-256 characters, none of
+    them white space or a control character."""
+    if not PASSWORD_MIN <= len(password) <= PASSWORD_MAX or any(
+            c.isspace() or ord(c) < 32 or 0x7f <= ord(c) < 0xa0 for c in password):
+        return (f"invalid password: {PASSWORD_MIN}-{PASSWORD_MAX} characters, no spaces or "
+                f"control characters")
+    return ""
+
+
+def _new_password(password: str, word: str) -> str:
+    problem = password_problem(password)
+    if problem:
+        raise ClientError(problem, errors.INVALID_PASSWORD, word)
+    return password
+
+
+def _words(rest: str, n: int) -> list[str]:
+    parts = rest.split()
+    if len(parts) != n:
+        raise ValueError
+    return parts
+
+
+def _account_name(name: str, word: str) -> str:
+    if not valid_name(name):
+        raise ClientError(f"invalid name {name}: 1-24 letters, digits, _ or -",
+                          errors.INVALID_NAME, word)
+    return name
+
+
+def _register(rest: str) -> Command:
+    (password,) = _words(rest, 1)
+    return Register(_new_password(password, "register"))
+
+
+def _login(rest: str) -> Command:
+    name, password = _words(rest, 2)
+    return Login(_account_name(name, "login"), password)
+
+
+def _password(rest: str) -> Command:
+    old, new = _words(rest, 2)
+    return Password(old, _new_password(new, "password"))
+
+
+def _resume(rest: str) -> Command:
+    name, token = _words(rest, 2)
+    return Resume(_account_name(name, "resume"), token)
+
+
+def _topic(rest: str) -> Command:
+    if len(rest) > TOPIC_MAX:
+        raise ClientError(f"topic too long (max {TOPIC_MAX} characters)", errors.USAGE, "topic")
+    return Topic(rest)
+
+
+def _target_reason(rest: str) -> tuple[str, str]:
+    parts = rest.split(None, 1)
+    if not parts:
+        raise ValueError
+    return parts[0], parts[1].strip() if len(parts) > 1 else ""
+
+
+def _kick(rest: str) -> Command:
+    return Kick(*_target_reason(rest))
+
+
+def _ban(rest: str) -> Command:
+    target, more = _target_reason(rest)
+    first, _, reason = more.partition(" ")
+    minutes = 0
+    if first.isascii() and first.isdigit():
+        minutes = int(first) if len(first) <= 9 else BAN_MINUTES_MAX
+        minutes = 0 if minutes > BAN_MINUTES_MAX else minutes
+        more = reason.strip()
+    return Ban(target, minutes, more)
+
+
+def _unban(rest: str) -> Command:
+    (target,) = _words(rest, 1)
+    return Unban(target)
+
+
 LOCAL, ROUTER = "local", "router"
 
 
@@ -180,6 +331,9 @@ class Spec:
     # its reply or its pushes grow with the data (a room's size, its history): a client has one
     # such command at the router at a time, so its cost is charged before the next is sent
     heavy: bool = False
+    # its answer comes later than its batch's (the router hashes a password off its loop): the
+    # client's connection handles nothing more until the router says it is done (bus Done)
+    awaited: bool = False
 
 
 TABLE: tuple[Spec, ...] = (
@@ -196,6 +350,29 @@ TABLE: tuple[Spec, ...] = (
          heavy=True),
     Spec(("history",), "[n]", History, _history, ROUTER, "on_history",
          f"last n messages of your room (max {HISTORY_MAX})", heavy=True),
+    Spec(("register",), "<password>", Register, _register, ROUTER, "on_register",
+         "make your name (set with /nick) an account with this password, and log in",
+         awaited=True),
+    Spec(("login",), "<name> <password>", Login, _login, ROUTER, "on_login",
+         "log in to your account", awaited=True),
+    Spec(("logout",), "", Logout, _no_args(Logout), ROUTER, "on_logout",
+         "log out: a guest again, with no name", heavy=True),
+    Spec(("password",), "<old> <new>", Password, _password, ROUTER, "on_password",
+         "change your password", awaited=True),
+    Spec(("token",), "", Token, _no_args(Token), ROUTER, "on_token",
+         "a resume token for /resume (clients reconnect with it, not with the password)"),
+    Spec(("resume",), "<name> <token>", Resume, _resume, ROUTER, "on_resume",
+         "log in again with a token from /token", heavy=True),
+    Spec(("topic",), "[text | -]", Topic, _topic, ROUTER, "on_topic",
+         "your room's topic; set it (room owner or operator), - clears it"),
+    Spec(("kick",), "<target> [reason]", Kick, _kick, ROUTER, "on_kick",
+         "operator or room owner: move a user out of the room (an operator in #lobby: "
+         "disconnect)", heavy=True),
+    Spec(("ban",), "<target> [minutes] [reason]", Ban, _ban, ROUTER, "on_ban",
+         "operator: keep an account (a guest: its address) off the server; room owner: out "
+         "of your room", heavy=True),
+    Spec(("unban",), "<account or address>", Unban, _unban, ROUTER, "on_unban",
+         "lift a ban"),
     Spec(("cap",), "<capability>...", Cap, _cap, LOCAL, "on_cap",
          "ask for capabilities: time (tag chat lines with @time=), codes (tag ERROR: lines "
          "with @code=), end (END <command> after each command's reply)"),
@@ -211,6 +388,7 @@ BY_KIND: dict[str, type[Command]] = {spec.command.kind: spec.command for spec in
 ROUTED: frozenset[type[Command]] = frozenset(
     spec.command for spec in TABLE if spec.served_by == ROUTER)
 HEAVY: frozenset[type[Command]] = frozenset(spec.command for spec in TABLE if spec.heavy)
+AWAITED: frozenset[type[Command]] = frozenset(spec.command for spec in TABLE if spec.awaited)
 
 
 def handler_names(served_by: str) -> dict[type[Command], str]:

@@ -97,6 +97,32 @@ def format_end(word: str) -> str:
     return f"END {word}"
 
 
+def format_topic(room: str, text: str) -> str:
+    """A room's topic (empty: it has none)."""
+    return f"TOPIC:{room} {text}" if text else f"TOPIC:{room}"
+
+
+def format_kicked(room: str, reason: str) -> str:
+    """This session was kicked (or banned) from ``room`` and moved to the lobby."""
+    return f"KICKED:{room} {reason}" if reason else f"KICKED:{room}"
+
+
+def format_token(name: str, token: str, expires: str) -> str:
+    """A resume token for ``/resume <name> <token>``, valid until ``expires`` (a stamp)."""
+    return f"TOKEN: {name} {token} {expires}"
+
+
+def format_delayed_header(k: int) -> str:
+    """``k`` private messages kept while the account was offline follow, each with its
+    ``@time=`` (whatever the capabilities) and its sender's account name in place of a uid."""
+    return f"DELAYED:{k}"
+
+
+def format_private_from_name(name: str, text: str) -> str:
+    """A private message kept for an offline account: from ``name`` (an account)."""
+    return f"[Private] {name}: {text}"
+
+
 # ---- client side -------------------------------------------------------------------------------
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +167,9 @@ class Named(Event):
 
 @dataclass(frozen=True, slots=True)
 class Chat(Event):
-    """A chat line: public (``private`` False) or private (``to`` set for our own echo)."""
+    """A chat line: public (``private`` False) or private (``to`` set for our own echo). ``uid``
+    (and ``to``) of a private line may be an account's name instead of a uid: a message to an
+    offline account, and those kept for us while we were offline (after ``DELAYED:``)."""
     time: str | None
     uid: str
     text: str
@@ -188,7 +216,42 @@ class Pong(Event):
 
 @dataclass(frozen=True, slots=True)
 class Bye(Event):
-    pass
+    """The server's goodbye: to our ``/quit`` (no reason), or before it closes the connection
+    on its own (``BYE kicked: <reason>``, ``BYE banned: <reason>``)."""
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Topic(Event):
+    """A room's topic (on joining a room that has one, and when it changes); "" for none."""
+    room: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Kicked(Event):
+    """We were kicked from ``room`` (and moved to the lobby: a ``ROOM:`` follows)."""
+    room: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class DelayedStart(Event):
+    """``count`` private messages kept while our account was offline follow (each time-tagged,
+    its sender an account name, not a uid)."""
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class TokenIssued(Event):
+    """A resume token for ``/resume <name> <token>``, valid until ``expires`` (a stamp). Its
+    repr leaves the token out (a secret: never in a log)."""
+    name: str
+    token: str
+    expires: str
+
+    def __repr__(self) -> str:
+        return f"TokenIssued(name={self.name!r}, token=..., expires={self.expires!r})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,8 +261,12 @@ class Info(Event):
 
 _TAGS = re.compile(r"@(\S+) ")
 _PUBLIC = re.compile(r"(\d{6}): (.*)\Z", re.S)
-_PRIV_TO = re.compile(r"\[Private\] To (\d{6}): (.*)\Z", re.S)
-_PRIV_FROM = re.compile(r"\[Private\] (\d{6}): (.*)\Z", re.S)
+# a private line's other party: a uid, or an account's name (a message to an offline account,
+# and the DELAYED ones from accounts); names are 1-24 of these, a uid six digits
+_PARTY = r"([A-Za-z0-9_-]{1,24})"
+_PRIV_TO = re.compile(rf"\[Private\] To {_PARTY}: (.*)\Z", re.S)
+_PRIV_FROM = re.compile(rf"\[Private\] {_PARTY}: (.*)\Z", re.S)
+_ROOM = re.compile(r"#[A-Za-z0-9_-]{1,32}\Z")
 
 
 def _count(text: str) -> bool:
@@ -257,10 +324,20 @@ def parse_server_line(line: str) -> Event:
             return HistoryStart(line, int(rest))
         if head == "ERROR":
             return Error(line, rest.strip(), tags.get("code"))
+        if head in ("TOPIC", "KICKED"):
+            room, _, text = rest.partition(" ")
+            if _ROOM.match(room):
+                return Topic(line, room, text) if head == "TOPIC" else Kicked(line, room, text)
+        if head == "DELAYED" and _count(rest):
+            return DelayedStart(line, int(rest))
+        if head == "TOKEN":
+            fields = rest.split()
+            if len(fields) == 3 and rest.startswith(" "):
+                return TokenIssued(line, *fields)
     if body == WELCOME:
         return Welcome(line)
-    if body == "BYE":
-        return Bye(line)
+    if body == "BYE" or body.startswith("BYE "):
+        return Bye(line, body[4:])
     if body == "PONG" or body.startswith("PONG "):
         return Pong(line, body[5:])
     if body.startswith("OK "):
