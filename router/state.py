@@ -96,7 +96,7 @@ GUEST_COMMANDS = frozenset({Nick, Register, Login, Resume})  # --require-login l
 
 class Throttle:
     """Failed logins, per key (an account's folded name, an address): after ``free`` failures
-    each one more makes the key wait, doubling from 1 s up to ``longest``; a key with no
+    the key's next attempt waits 1 s, each failure more doubles it, up to ``longest``; a key with no
     failure for ``forget`` seconds starts afresh; a success clears it. At most ``keys`` keys are
     kept (the oldest go first), so a flood of made-up names costs bounded memory."""
 
@@ -124,8 +124,8 @@ class Throttle:
         if now - last > self.forget:
             n = 0
         n += 1
-        over = n - self.free
-        until = now + min(self.longest, 2.0 ** (over - 1)) if over > 0 else 0.0
+        over = n - self.free  # the free ones spent: the next attempt waits 1 s, then 2, 4...
+        until = now + min(self.longest, 2.0 ** over) if over >= 0 else 0.0
         self._state[key] = (n, now, until)
         while len(self._state) > self.keys:
             self._state.popitem(last=False)
@@ -283,11 +283,11 @@ class RouterState:
         self._add(user)
         if found is not None:
             self._log_in(user, found, quiet=True)
-        elif name:
-            if fold(name) in self.names:
-                notes.append(Err(conn, errors.NAME_TAKEN, f"name {name} is taken"))
-            elif self.accounts.exists(name):
+        elif name and not account:  # (a login not restored keeps no name either)
+            if self.accounts.exists(name):
                 notes.append(Err(conn, errors.NAME_REGISTERED, f"name {name} is registered"))
+            elif fold(name) in self.names:
+                notes.append(Err(conn, errors.NAME_TAKEN, f"name {name} is taken"))
             else:
                 self._set_name(user, name)
         self._session(user)
@@ -962,7 +962,7 @@ class RouterState:
 
     def _push(self, room: str, users: bool) -> None:
         text = self._users_line(room) if users else ""
-        if self._named.get(room):
+        if self._named.get(room) or self._renamed.get(room):  # (a name gone: "NAMES:")
             names = self._names_line(room)
             text = f"{text}\n{names}" if text else names
         if text:

@@ -31,8 +31,11 @@ class Timeout(Exception):
 
 class Connection:
     def __init__(self, host: str = "127.0.0.1", port: int = 65432, *,
-                 timeout: float = DEFAULT_TIMEOUT, max_line: int = 1 << 20):
-        self.sock = socket.create_connection((host, port), timeout=timeout)
+                 timeout: float = DEFAULT_TIMEOUT, max_line: int = 1 << 20, source: str = ""):
+        """``source``: the local address to connect from (another loopback address, 127.0.0.2,
+        is another client address to the server)."""
+        self.sock = socket.create_connection((host, port), timeout=timeout,
+                                             source_address=(source, 0) if source else None)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.timeout = timeout
         self._buffer = LineBuffer(max_line)
@@ -110,6 +113,20 @@ class Connection:
 
     def expect_prefix(self, prefix: str, timeout: float | None = None) -> str:
         return self.expect(lambda line: line.startswith(prefix), timeout)
+
+    def ask(self, line: str, word: str | None = None, timeout: float | None = None) -> list[str]:
+        """Send ``line`` and return the lines of its reply, up to (without) its ``END <word>``
+        (the connection must have ``/cap end``; ``word`` defaults to the command's name)."""
+        if word is None:
+            word = line[1:].split(None, 1)[0].lower() if line.startswith("/") else ""
+        self.send(line)
+        out = []
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while True:
+            got = self.read_line(max(0.0, deadline - time.monotonic()))
+            if got == f"END {word}":
+                return out
+            out.append(got)
 
     def read_until_closed(self, timeout: float | None = None) -> list[str]:
         """Every line until the server closes the connection."""

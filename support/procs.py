@@ -136,3 +136,28 @@ def start_acceptor(endpoint: str, *extra: str, env: dict | None = None) -> tuple
              name=f"acceptor :{port}")
     p.wait_for(r"router \w+ is alive")
     return p, port
+
+
+def child_pids(p: Proc) -> dict[str, int]:
+    """role -> pid of the children `pychat serve` reported starting (the latest of each)."""
+    pids = {}
+    for line in p.output:
+        m = re.search(r"started (router|acceptor \d+) \(pid (\d+)\)", line)
+        if m:
+            pids[m.group(1)] = int(m.group(2))
+    return pids
+
+
+def kill_router(p: Proc, acceptors: int = 2) -> int:
+    """SIGKILL the router of `pychat serve` ``p``; return once its successor has taken every
+    acceptor's Hello (and with it, in the same batch, their sessions). Returns the new pid."""
+    victim = child_pids(p)["router"]
+    os.kill(victim, signal.SIGKILL)
+    p.wait_for(rf"router \(pid {victim}\) died")
+    new_pid = int(p.wait_for(r"pychat\.router\[(\d+)\] INFO router bound to").group(1))
+    joined: set[str] = set()
+    while len(joined) < acceptors:
+        joined.add(p.wait_for(rf"pychat\.router\[{new_pid}\] INFO acceptor (\S+) joined"
+                              ).group(1))
+    return new_pid
+

@@ -510,3 +510,18 @@ def test_a_forged_resync_and_forged_commands_from_a_peer_are_dropped_not_shown(r
     names = [m for m in honest.since(0) if isinstance(m, bus.ToRoom) and "NAMES:" in m.text]
     assert names and all("eve" not in m.text for m in names)
     assert "765432=mallory" in names[-1].text
+
+
+def test_a_resync_claiming_an_account_without_its_seal_is_a_guest(router, fakes):
+    """A peer resyncs a session as logged in to an account, with a made-up seal (it cannot
+    know the router's key): the router adopts the session as a guest with no name, tells the
+    client, and logs the claim. The account cannot be taken by a bus message."""
+    evil = fakes("evil2", hello=False)
+    evil.hello()
+    evil.expect(lambda m: isinstance(m, bus.Heartbeat))
+    evil.send_raw(bus.encode([
+        bus.Seq(1), bus.Sync(1, "654322", "root", "#lobby", "10.9.9.9:1", "root", "a" * 64)]))
+    sess = evil.expect(lambda m: isinstance(m, bus.SessionSet) and m.conn == 1)
+    assert (sess.account, sess.name, sess.seal) == ("", "", "")
+    err = evil.expect(lambda m: isinstance(m, bus.Err) and m.conn == 1)
+    assert err.text == "your login could not be restored: log in again"

@@ -19,7 +19,19 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from pychat.router.history import MemoryHistory
 from pychat.router.state import RouterState
-from pychat.wire.bus import ChatConn, ChatRoom, Cmd, Cost, Err, Kick, SessionSet, ToConn, ToRoom
+from pychat.wire.bus import (
+    ChatConn,
+    ChatRoom,
+    Cmd,
+    Cost,
+    Done,
+    Err,
+    Kick,
+    Notice,
+    SessionSet,
+    ToConn,
+    ToRoom,
+)
 from pychat.wire.commands import History, Join, Nick, Private, Say, parse_line
 from pychat.wire.errors import NAME_TAKEN, NO_SUCH_USER
 
@@ -63,6 +75,7 @@ class Net:
         self.state = make_state(seed, rng, coalesce, self.clock)
         self.sessions: dict[tuple[str, int], SessionSet] = {}
         self.seen: dict[tuple[str, int], list[str]] = defaultdict(list)
+        self.done: Counter[tuple[str, int]] = Counter()  # Done (awaited commands answered)
         self._conns: Counter[str] = Counter()
 
     # -- driving -------------------------------------------------------------------------------
@@ -77,7 +90,9 @@ class Net:
             elif isinstance(msg, Err):  # as a client without /cap codes reads it
                 assert (acc, msg.conn) in self.sessions, msg
                 self.seen[(acc, msg.conn)].append(f"ERROR: {msg.text}")
-            elif isinstance(msg, (ToRoom, ChatRoom)):
+            elif isinstance(msg, Done):
+                self.done[(acc, msg.conn)] += 1
+            elif isinstance(msg, (ToRoom, ChatRoom, Notice)):
                 local = [k for k, s in self.sessions.items() if k[0] == acc and s.room == msg.room]
                 assert local, f"{msg} sent to {acc}, which has nobody in {msg.room}"
                 for key in local:

@@ -15,19 +15,9 @@ from pychat.acceptor.__main__ import build_parser as acceptor_parser
 from pychat.router.__main__ import build_parser as router_parser
 from pychat.serve import build_parser as serve_parser
 from support.client import Connection
-from support.procs import ROOT, Proc, python_m, start_serve
+from support.procs import ROOT, child_pids, python_m, start_serve
 
 pytestmark = pytest.mark.e2e
-
-
-def child_pids(p: Proc) -> dict[str, int]:
-    """role -> pid of the children `pychat serve` reported starting (the latest of each)."""
-    pids = {}
-    for line in p.output:
-        m = re.search(r"started (router|acceptor \d+) \(pid (\d+)\)", line)
-        if m:
-            pids[m.group(1)] = int(m.group(2))
-    return pids
 
 
 def gone(pid: int) -> bool:
