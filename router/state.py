@@ -91,6 +91,7 @@ COST_REPORTED = 4096  # a command (or arrival) that made the server send this ma
 TOKEN_DAYS = 30.0  # a resume token's life
 OFFLINE_LIMIT = 100  # private messages kept per offline account
 LOGIN_FAILED = "login failed"
+HASHING_PER_ADDRESS = 4  # passwords of one address in the pool at once
 GUEST_COMMANDS = frozenset({Nick, Register, Login, Resume})  # --require-login lets guests do
 
 
@@ -185,6 +186,7 @@ class RouterState:
         self.logins: dict[str, list[User]] = {}  # folded account name -> its sessions online
         self.by_account = Throttle(free=5)  # failed logins per account ...
         self.by_address = Throttle(free=20)  # ... and per address
+        self._hashing: dict[str, int] = {}  # address -> its jobs in the pool
         self.logins_done = 0  # successful logins, registrations and resumes (status, metrics)
         self.logins_failed = 0
         self.durable = durable  # a message the history cannot keep is refused, not sent
@@ -633,8 +635,26 @@ class RouterState:
 
     def _submit(self, user: User, fn: Callable[..., Any], args: tuple[Any, ...],
                 then: Callable[[Any], None]) -> bool:
-        """Hash off the loop; False (the user told) when too many wait already."""
-        if self.jobs.submit(fn, args, then):
+        """Hash off the loop; False (the user told) when its address has ``HASHING_PER_ADDRESS``
+        hashes in the pool already (one address cannot fill the queue and starve the others'
+        logins), or when the queue is full."""
+        address = user.address
+        hashing = self._hashing
+        if hashing.get(address, 0) >= HASHING_PER_ADDRESS:
+            self._error(user, errors.LOGIN_THROTTLED, f"{LOGIN_FAILED}: too many logins from "
+                                                      f"your address at once, try again in 1 s")
+            return False
+
+        def finished(result: Any) -> None:
+            left = hashing.get(address, 1) - 1
+            if left > 0:
+                hashing[address] = left
+            else:
+                hashing.pop(address, None)
+            then(result)
+
+        if self.jobs.submit(fn, args, finished):
+            hashing[address] = hashing.get(address, 0) + 1
             return True
         self._error(user, errors.BUSY, "the server is busy with other logins: try again")
         return False

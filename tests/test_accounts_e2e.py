@@ -250,3 +250,59 @@ def test_a_restarted_router_keeps_logins(procs, connect, tmp_path):
     assert b.ask(f"/msg {name} after") == [f"[Private] To {a.uid}: after"]
     assert a.expect_prefix("[Private]") == f"[Private] {b.uid}: after"
     assert b.ask(f"/nick {name}") == [f"ERROR: name {name} is registered"]
+
+
+def test_ten_thousand_wrong_passwords_in_a_minute(procs, connect):
+    """100 connections send 100 wrong logins each, as fast as the server takes them (the flood
+    limit raised so that they do arrive within the minute): every attempt gets exactly one
+    answer, a failure or a throttle; the hashing stays bounded (the throttles answer without
+    one); a bystander chats meanwhile; the right password works once the address's wait is
+    over for another address."""
+    import json
+    import subprocess
+
+    from support.procs import python_m
+
+    p, port = start_serve("--flood-rate", "1000", "--flood-burst", "1000",
+                          "--max-per-address", "1000", "--connect-rate", "1000",
+                          "--connect-burst", "1000")
+    procs.append(p)
+    _, name = registered(port, connect)
+    room = "#" + unique("r")
+    speaker, listener = client(port, connect, room=room), client(port, connect, room=room)
+    attackers = [client(port, connect, codes=True) for _ in range(100)]
+    for i, c in enumerate(attackers):  # to the account, and to made-up names
+        target = name if i % 2 else unique()
+        c.send("".join(f"/login {target} guess-{n:05d}\n" for n in range(100)))
+    speaker.send("unbothered")
+    assert listener.expect_prefix(f"{speaker.uid}:", timeout=30) == f"{speaker.uid}: unbothered"
+    counts = {"login-failed": 0, "login-throttled": 0, "busy": 0}
+    for c in attackers:
+        for _ in range(100):
+            line = c.expect(lambda s: s.startswith("@code="), timeout=60)
+            code = line[len("@code="):].split(" ", 1)[0]
+            counts[code] += 1
+            c.expect("END login", timeout=60)
+    assert sum(counts.values()) == 10_000
+    endpoint = re.search(r"bus (ipc://\S+?)\)", "\n".join(p.output)).group(1)
+    r = subprocess.run(python_m("pychat", "status", "--router", endpoint, "--json"),
+                       capture_output=True, text=True, timeout=30)
+    logins = json.loads(r.stdout)["logins"]
+    # hashed: at most the free failures of each key before its first wait, and one per wait
+    assert logins["failed"] == counts["login-failed"] < 300, (logins, counts)
+    assert counts["login-throttled"] > 9_000, counts
+    assert counts["busy"] == 0  # one address never fills the hashing queue (4 at a time)
+    stranger = connect(port, source="127.0.0.3")  # another address is not slowed by this one
+    stranger.handshake()
+    stranger.send("/cap end")
+    stranger.expect("END cap")
+    stranger.send(f"/login {unique()} {PASSWORD}")
+    assert stranger.expect(lambda s: s.startswith("ERROR:")) == FAILED
+
+
+def test_a_password_that_is_not_utf8_is_an_error_and_the_connection_goes_on(port, connect):
+    _, name = registered(port, connect)
+    c = client(port, connect)
+    c.send_raw(f"/login {name} ".encode() + b"\xff\xfe\xc3\x28pw\n")
+    assert c.read_line() == "ERROR: invalid UTF-8"
+    assert c.ask(f"/login {name} {PASSWORD}")[0] == f"OK login {name}"
