@@ -80,7 +80,12 @@ def render(st: dict) -> str:
     for a in st["acceptors"]:
         lines.append(f"  {a['name']}: {a['users']} users, heard {a['last_heard_s']:.1f} s ago"
                      + (f", {a['backlog']} batches behind" if a["backlog"] else ""))
-    lines.append(f"users: {st['users']} ({st['named']} named)")
+    lines.append(f"users: {st['users']} ({st['named']} named"
+                 + (f", {st['logged_in']} logged in)" if "logged_in" in st else ")"))
+    if st.get("logins"):
+        lg = st["logins"]
+        lines.append(f"logins: {lg['done']} done, {lg['failed']} failed, {lg['hashing']} being "
+                     f"checked, {lg['refused_busy']} refused as busy")
     lines.append("rooms: " + (", ".join(f"{r}={n}" for r, n in st["rooms"].items()) or "none"))
     lines.append(f"messages/s: {st['messages_per_s']:g} (last 10 s)")
     clock = st.get("clock") or {}
