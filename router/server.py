@@ -263,6 +263,12 @@ class RouterServer:
         m.gauge("pychat_router_rooms", "rooms with members", lambda: len(state.rooms))
         m.counter("pychat_router_chat_messages_total", "public and private messages handled",
                   lambda: state.chat_messages)
+        m.counter("pychat_router_logins_total", "logins, registrations and resumes that succeeded",
+                  lambda: state.logins_done)
+        m.counter("pychat_router_logins_failed_total", "logins that failed (wrong password, "
+                  "unknown name or token)", lambda: state.logins_failed)
+        m.gauge("pychat_router_passwords_checking", "password hashes queued or running",
+                lambda: state.jobs.running)
         m.counter("pychat_router_bus_batches_received_total", "batches from acceptors",
                   lambda: self.received)
         m.counter("pychat_router_bus_messages_sent_total", "messages sent to acceptors",

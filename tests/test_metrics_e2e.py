@@ -172,6 +172,7 @@ def test_router_and_acceptor_metrics_follow_the_chat(procs, connect):
     r = scrape(rport)
     assert r["pychat_router_acceptors"] == 1 and r["pychat_router_users"] == 2
     assert r["pychat_router_rooms"] == 1 and r["pychat_router_chat_messages_total"] == 3
+    assert r["pychat_router_logins_total"] == r["pychat_router_logins_failed_total"] == 0
     assert r["pychat_router_turn_seconds_count"] > 0
     inf = r['pychat_router_turn_seconds_bucket{le="+Inf"}']
     assert inf == r["pychat_router_turn_seconds_count"]
