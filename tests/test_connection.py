@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from pychat.acceptor.connection import CUT, PAUSE, RESUME, Close, Connection, Route, Write
 from pychat.acceptor.limits import Limits
-from pychat.wire.commands import History, Join, Nick, Say, Users
+from pychat.wire.commands import History, Join, Login, Nick, Say, Users
 
 LIMITS = Limits()
 
@@ -347,3 +347,38 @@ def test_a_cost_under_flood_bytes_costs_nothing_more():
     c.receive_data(b"hi\n", 0.0, 2, 1)
     c.charge(65535)
     assert c.bucket.tokens == 0.0
+
+
+# ---- awaited commands (/login, /register, /password) ------------------------------------------
+
+def test_lines_after_an_awaited_command_wait_for_its_done_and_its_end_comes_with_it():
+    """The router answers a /login after hashing, in a later turn than its batch (after its
+    ack): the lines behind it wait, unread by the router, until its Done; then END login, then
+    they go in order."""
+    c = conn(ticket=1)
+    c.answered_up_to(1)
+    c.receive_data(b"/cap end\n", 0.0, 2, 1)
+    acts = c.receive_data(b"/login al password1\n/ping x\nhello\n", 0.1, 2, 1)
+    assert acts == [Route(Login("al", "password1")), PAUSE]
+    assert c.awaiting == "login"
+    assert c.answered_up_to(2) == []  # its batch acknowledged: still waiting for Done
+    assert c.tick(0.2, 3, 2) == []
+    acts = c.finish("", 0.3, 3, 2)
+    assert acts == [Write("END login"), Write("PONG x"), Write("END ping"), Route(Say("hello")),
+                    RESUME]
+    assert c.awaiting == "" and c.finish("", 0.4, 3, 2) == []  # a second Done: nothing
+
+
+def test_an_awaited_command_the_router_never_finishes_is_told_and_the_rest_goes_on():
+    c = conn(ticket=1)
+    c.answered_up_to(1)
+    c.receive_data(b"/cap codes\n", 0.0, 2, 1)
+    c.receive_data(b"/login al password1\nhello\n", 0.1, 2, 1)
+    acts = c.finish("not done, the server restarted: /login (try again)", 0.2, 3, 2)
+    assert acts == [Write("@code=not-sent ERROR: not done, the server restarted: /login "
+                          "(try again)"), Route(Say("hello")), RESUME]
+
+
+def test_a_password_is_not_in_the_repr_of_its_command():
+    assert "password1" not in repr(Login("al", "password1"))
+
