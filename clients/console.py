@@ -6,6 +6,14 @@ being typed is never broken; each line has its time, the sender's name and a col
 room, the name and the connection state with reconnect attempts. Every line typed goes to the
 server as it is, so every protocol command works; ``/quit`` and ``/exit`` say goodbye and leave.
 
+Logging in: ``--user NAME`` logs in to an account, its password from ``PYCHAT_PASSWORD`` or
+asked for without echo (``--register`` makes the account, the new password asked twice).
+Without ``--user`` it asks ``Your name:`` as before; a name that is an account's asks for its
+password (empty: choose another name). A refused password is asked again; so is one after a
+reconnect whose token was refused. Typed ``/login NAME``, ``/register`` and ``/password``
+without their passwords ask for them without echo; typed with them they go as typed. Lines
+that carry a password are kept out of the input history (Up).
+
 When stdin is not a terminal ("pipe mode", for scripts and bots) it sends the lines of stdin
 and prints each received line plainly (``[HH:MM:SS] name: text``); connection states and
 failures go to stderr. At the end of stdin (or after a ``/quit`` line) it says ``/quit`` once
@@ -23,7 +31,13 @@ exit status is the first failure's:
   connection ended before the server said goodbye (the last lines may not have arrived);
 - 4: the server refused to pass a line on: an ``ERROR`` coded ``not-sent`` (the router is
   unavailable) or ``line-too-long``. The other ``ERROR`` replies answer the script's commands
-  (an unknown command, no such user): printed as ``!`` lines, they do not change the status.
+  (an unknown command, no such user): printed as ``!`` lines, they do not change the status;
+- 5: ``--user``'s login was refused (wrong password or no such account, too many attempts,
+  banned; with ``--register``: the name is taken or registered, or the password is not
+  acceptable), or after a reconnect its token was (no stdin line is sent before the login
+  succeeded). ``--user`` in pipe mode takes its password from ``PYCHAT_PASSWORD``, or asks on
+  the terminal when stdin is one (status 2 when neither);
+- 6: the server put us out: ``BYE kicked: ...`` or ``BYE banned: ...``.
 
 Errors are matched by their code (the session asks for ``/cap codes``), never by their text;
 from a server without codes a refused line cannot be told, and the status stays 0.
@@ -35,21 +49,32 @@ Threads: the session's thread owns the socket; its events are handed to the asyn
 from __future__ import annotations
 
 import asyncio
+import getpass
 import queue
+import re
 import sys
 import threading
 import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from pychat.wire import errors, replies
 
 from . import events
-from .options import client_parser, name_problem
-from .session import Session
+from .options import PASSWORD_ENV, client_parser, env_password, name_problem, password_problem
+from .session import Credentials, Session
 from .state import ERROR, SYSTEM, ChatState, LogLine, clock_of
 
 QUIT_WORDS = ("/quit", "/exit")
 COMMAND_WORDS = ["/msg", "/w", "/nick", "/users", "/join", "/rooms", "/history", "/cap",
-                 "/ping", "/help", "/quit", "/exit"]
+                 "/ping", "/help", "/login", "/logout", "/register", "/password", "/topic",
+                 "/quit", "/exit"]
+# a typed line that carries a password: kept out of the input history
+SECRET_LINE = re.compile(r"\s*/(login|register|password|resume)\s+\S", re.I)
+# refusals a new password cannot mend (a login's is asked again; these are told and left)
+NOT_A_PASSWORD = (errors.NAME_REGISTERED, errors.NAME_TAKEN, errors.INVALID_NAME, errors.USAGE,
+                  errors.LOGGED_IN, errors.BANNED)
 STYLE = {
     "time": "#8a8a8a",
     "own": "ansigreen bold",
@@ -76,8 +101,18 @@ def fragments(line: LogLine) -> list[tuple[str, str]]:
 
 # ---- terminal --------------------------------------------------------------------------------
 
+@dataclass(frozen=True, slots=True)
+class Ask:
+    """A question the prompt asks instead of taking a chat line: its prompt, whether the answer
+    is a secret (typed without echo, kept out of the history), and what to do with it."""
+    prompt: str
+    secret: bool
+    answer: Callable[[str], None]
+
+
 class Console:
-    """The terminal front: state, what is waiting to be printed, and whether we need a name."""
+    """The terminal front: state, what is waiting to be printed, whether we need a name, and
+    the questions (passwords) the prompt asks before it takes chat lines again."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
         from prompt_toolkit.styles import Style
@@ -87,19 +122,128 @@ class Console:
         self.need_name = False
         self.pending: list[tuple[str, str]] = []
         self.closed = asyncio.Event()
+        self.session: Session | None = None
+        self.asks: deque[Ask] = deque()
+        self.secret_prompt = False  # a password prompt outside the asks (before the session)
 
     def on_event(self, ev) -> None:  # the asyncio loop's thread
         line = self.state.apply(ev)
         if isinstance(ev, events.NameRefused):
-            self.need_name = True
+            if ev.registered:
+                self.ask_login(ev.name, f"Password for {ev.name} (empty: choose another "
+                                        "name): ")
+            else:
+                self.need_name = True
+        elif isinstance(ev, events.LoginRefused):
+            self.login_refused(ev)
+        elif isinstance(ev, events.LoggedIn):
+            self.need_name = False  # the account's name is ours
         if isinstance(ev, events.Status) and ev.state == events.CLOSED:
             self.closed.set()
         if line is not None:
             self.show(line)
+        self.redraw()
+
+    def redraw(self) -> None:
         from prompt_toolkit.application import get_app_or_none
         app = get_app_or_none()
         if app is not None:
             app.invalidate()  # the prompt and the bottom bar may have changed
+
+    def login_refused(self, ev: events.LoginRefused) -> None:
+        if ev.final:
+            return  # banned: the session ends
+        session = self.session
+        if ev.code == errors.INVALID_PASSWORD and session is not None:  # a new account's
+            self.ask_new_password(lambda pw: session.login(ev.name, pw, register=True),
+                                  f"New password for {ev.name}: ", self.no_login)
+            return
+        if ev.code in NOT_A_PASSWORD:
+            self.no_login()
+            return
+        empty = "stay a guest" if ev.restored or self.state.name else "choose a name"
+        self.ask_login(ev.name, f"Password for {ev.name} (empty: {empty}): ")
+
+    def ask(self, *asks: Ask) -> None:
+        """Ask these next (a question already pending goes first). A chat line half typed when
+        a password is asked is dropped rather than taken for the password."""
+        if not self.asks and asks and asks[0].secret:
+            from prompt_toolkit.application import get_app_or_none
+            app = get_app_or_none()
+            if app is not None:
+                app.current_buffer.reset()
+        self.asks.extend(asks)
+        self.redraw()
+
+    def ask_login(self, name: str, prompt: str) -> None:
+        def answer(password: str) -> None:
+            if password and self.session is not None:
+                self.session.login(name, password)
+            else:
+                self.no_login()
+        self.ask(Ask(prompt, True, answer))
+
+    def no_login(self) -> None:
+        """No login after all: a guest, asked for a name if it has none."""
+        if not self.state.name:
+            self.need_name = True
+
+    def ask_new_password(self, then: Callable[[str], None], first: str = "New password: ",
+                         cancel: Callable[[], None] | None = None) -> None:
+        """A new password, twice, checked by the server's rules; empty cancels."""
+        def got(password: str) -> None:
+            if not password:
+                if cancel is not None:
+                    cancel()
+                return
+            problem = password_problem(password)
+            if problem:
+                self.show(LogLine(clock_of(None), ERROR, "", problem))
+                self.ask_new_password(then, first, cancel)
+                return
+
+            def again(second: str) -> None:
+                if second != password:
+                    self.show(LogLine(clock_of(None), ERROR, "", "the passwords differ"))
+                    self.ask_new_password(then, first, cancel)
+                else:
+                    then(password)
+            self.ask(Ask("Again: ", True, again))
+        self.ask(Ask(first, True, got))
+
+    def typed_account_command(self, text: str) -> bool:
+        """``/login NAME``, ``/register``, ``/password`` typed without their passwords: ask for
+        them without echo. True if handled here."""
+        session = self.session
+        word, *rest = text.split()
+        word = word.lower()
+        if session is None or word not in ("/login", "/register", "/password"):
+            return False
+        if word == "/login" and len(rest) == 1:
+            name = rest[0]
+            self.ask(Ask(f"Password for {name}: ", True,
+                         lambda pw: session.login(name, pw) if pw else None))
+            return True
+        if word == "/register" and not rest:
+            name = self.state.name
+            if not name:
+                self.show(LogLine(clock_of(None), ERROR, "", "set a name with /nick first"))
+            else:
+                self.ask_new_password(lambda pw: session.login(name, pw, register=True),
+                                      f"New password for {name}: ")
+            return True
+        if word == "/password" and not rest:
+            def old(current: str) -> None:
+                if current:
+                    self.ask_new_password(lambda new: session.send(
+                        f"/password {current} {new}", show=True))
+            self.ask(Ask("Current password: ", True, old))
+            return True
+        return False
+
+    def secret(self) -> bool:
+        """The prompt is asking for a password now (no echo, no history)."""
+        return self.secret_prompt or bool(self.asks and self.asks[0].secret)
 
     def show(self, line: LogLine) -> None:
         if not self.pending:
@@ -116,6 +260,8 @@ class Console:
             print_formatted_text(FormattedText(text), style=self.style)
 
     def message(self):
+        if self.asks:
+            return [("class:error", self.asks[0].prompt)]
         if self.need_name:
             return [("class:error", "name> ")]
         who = self.state.name or self.state.uid or "?"
@@ -123,7 +269,20 @@ class Console:
 
     def toolbar(self):
         st = self.state
-        return f" {st.room} | {st.name or '(no name)'} | ID {st.uid or '?'} | {st.status} "
+        return f" {st.room} | {st.who()} | ID {st.uid or '?'} | {st.status} "
+
+
+def prompt_history(con: Console):
+    """The input history (Up), without the answers to password prompts or lines that carry a
+    password."""
+    from prompt_toolkit.history import InMemoryHistory
+
+    class Scrubbed(InMemoryHistory):
+        def append_string(self, string: str) -> None:
+            if not con.secret() and not SECRET_LINE.match(string):
+                super().append_string(string)
+
+    return Scrubbed()
 
 
 async def ask_name(prompt_session, style) -> str:
@@ -135,25 +294,72 @@ async def ask_name(prompt_session, style) -> str:
         print(f"! {problem}")
 
 
+async def ask_secret(prompt_session, con: Console, prompt: str) -> str:
+    con.secret_prompt = True
+    try:
+        return (await prompt_session.prompt_async(prompt, style=con.style)).strip()
+    finally:
+        con.secret_prompt = False
+
+
+async def login_from_terminal(ps, con: Console, user: str, register: bool) -> Credentials | None:
+    """``--user``'s credentials: the password from PYCHAT_PASSWORD, else asked (twice for a new
+    account); None when the user gives none."""
+    password = env_password()
+    while not password:
+        if not register:
+            password = await ask_secret(ps, con, f"Password for {user}: ")
+            if not password:
+                return None
+            break
+        password = await ask_secret(ps, con, f"New password for {user}: ")
+        if not password:
+            return None
+        problem = password_problem(password)
+        if problem or password != await ask_secret(ps, con, "Again: "):
+            print(f"! {problem or 'the passwords differ'}")
+            password = ""
+    return Credentials(user, password, register)
+
+
 async def interactive(args) -> int:
     from prompt_toolkit import PromptSession
     from prompt_toolkit.completion import WordCompleter
+    from prompt_toolkit.filters import Condition
     from prompt_toolkit.patch_stdout import patch_stdout
 
     loop = asyncio.get_running_loop()
     con = Console(loop)
-    ps: PromptSession[str] = PromptSession(completer=WordCompleter(COMMAND_WORDS, sentence=True))
-    name = args.name
-    if name and name_problem(name):
-        print(f"! {name_problem(name)}")
-        name = ""
+    ps: PromptSession[str] = PromptSession(
+        completer=WordCompleter(COMMAND_WORDS, sentence=True), history=prompt_history(con),
+        is_password=Condition(con.secret),
+        complete_while_typing=Condition(lambda: not con.secret()))
+    name, login = args.name, None
+    if args.register and not args.user:
+        print("! --register needs --user NAME")
+        return USAGE
     try:
-        while not name:
-            name = await ask_name(ps, con.style)
+        if args.user:
+            problem = name_problem(args.user)
+            if problem:
+                print(f"! {problem}")
+                return USAGE
+            login = await login_from_terminal(ps, con, args.user, args.register)
+            if login is None:
+                return USAGE
+            name = ""
+        else:
+            if name and name_problem(name):
+                print(f"! {name_problem(name)}")
+                name = ""
+            while not name:
+                name = await ask_name(ps, con.style)
     except (EOFError, KeyboardInterrupt):
         return 0
     session = Session(args.host, args.port, lambda ev: loop.call_soon_threadsafe(con.on_event, ev),
-                      name=name, room=args.room, history=args.history).start()
+                      name=name, room=args.room, history=args.history, login=login).start()
+    con.session = session
+    del login  # the session holds the password until the server has answered
     with patch_stdout(raw=True):
         while not con.closed.is_set():
             try:
@@ -161,6 +367,9 @@ async def interactive(args) -> int:
                                              style=con.style, refresh_interval=0.5)
             except (EOFError, KeyboardInterrupt):
                 break
+            if con.asks:
+                con.asks.popleft().answer(text.strip())
+                continue
             text = text.strip()
             if not text:
                 continue
@@ -173,7 +382,7 @@ async def interactive(args) -> int:
                 session.set_name(text)
             elif text.split()[0].lower() in QUIT_WORDS:
                 break
-            else:
+            elif not con.typed_account_command(text):
                 session.send(text, show=True)
         await asyncio.to_thread(session.close)
         con.flush()
@@ -183,7 +392,7 @@ async def interactive(args) -> int:
 # ---- pipe ------------------------------------------------------------------------------------
 
 # pipe mode's exit statuses (the module docstring says when)
-OK, NAME_REFUSED, USAGE, NO_CONNECTION, NOT_SENT = 0, 1, 2, 3, 4
+OK, NAME_REFUSED, USAGE, NO_CONNECTION, NOT_SENT, LOGIN_REFUSED, PUT_OUT = 0, 1, 2, 3, 4, 5, 6
 GIVE_UP = 30.0  # seconds without a connection (at the start, or after a drop) before giving up
 WIND_DOWN = 2.0  # seconds then left to the session to stop: it may be inside a connect
 # ERROR codes meaning the line reached no one: the server could not pass it on, or would not take
@@ -195,12 +404,39 @@ _EOF = object()  # the stdin thread's last item on the event queue
 def pipe(args) -> int:
     """stdin lines to the server, received lines to stdout, plainly; states and failures to
     stderr. Returns the exit status: the first failure's, or OK."""
-    if args.name and name_problem(args.name):
+    login = None
+    if args.user:
+        if name_problem(args.user):
+            print(f"pychat console: {name_problem(args.user)}", file=sys.stderr)
+            return USAGE
+        password = env_password()
+        if not password and sys.stdin.isatty():
+            try:
+                password = getpass.getpass(f"Password for {args.user}: ")
+            except EOFError:
+                password = ""
+        if not password:
+            print(f"pychat console: --user needs its password in {PASSWORD_ENV} (or a terminal "
+                  "to ask it on)", file=sys.stderr)
+            return USAGE
+        if args.register and password_problem(password):
+            print(f"pychat console: {password_problem(password)}", file=sys.stderr)
+            return USAGE
+        login = Credentials(args.user, password, args.register)
+        del password
+    elif args.register:
+        print("pychat console: --register needs --user NAME", file=sys.stderr)
+        return USAGE
+    elif args.name and name_problem(args.name):
         print(f"pychat console: {name_problem(args.name)}", file=sys.stderr)
         return USAGE
     got: queue.Queue = queue.Queue()
-    session = Session(args.host, args.port, got.put, name=args.name, room=args.room,
-                      history=args.history)
+    session = Session(args.host, args.port, got.put, name="" if login else args.name,
+                      room=args.room, history=args.history, login=login)
+    del login  # the session holds the password until the server has answered
+    logged_in = threading.Event()  # stdin's lines wait for the login (a guest sends at once)
+    if not args.user:
+        logged_in.set()
     state = ChatState()
     where = f"{args.host}:{args.port}"
     status = OK
@@ -211,6 +447,7 @@ def pipe(args) -> int:
         status = status or code
 
     def read_stdin() -> None:
+        logged_in.wait()
         try:
             for number, raw in enumerate(sys.stdin, 1):
                 line = raw.rstrip("\r\n")
@@ -257,12 +494,20 @@ def pipe(args) -> int:
         else:
             line = state.apply(ev)
             if isinstance(ev, events.NameRefused):
-                fail(NAME_REFUSED, ev.reason)
+                fail(NAME_REFUSED, f"name {ev.name} is registered: log in with --user "
+                                   f"{ev.name}" if ev.registered else ev.reason)
+                ending = True
+            elif isinstance(ev, events.LoggedIn):
+                logged_in.set()
+            elif isinstance(ev, events.LoginRefused):
+                fail(LOGIN_REFUSED, f"login as {ev.name} refused: {ev.reason}")
                 ending = True
             elif isinstance(ev, replies.Error) and ev.code in UNSENT:
                 fail(NOT_SENT, f"a line was not sent ({ev.code}): {ev.message}")
             elif isinstance(ev, replies.Bye):
                 said_bye = True
+                if ev.reason:
+                    fail(PUT_OUT, f"the server closed the connection: {ev.reason}")
             if line is not None:
                 print(line.plain(), flush=True)
         if ending and connected and not closing:

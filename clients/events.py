@@ -1,8 +1,8 @@
 """Events the reconnecting session adds to the server's own (``wire.replies``).
 
 The session hands the fronts every server line as a ``wire.replies`` event, plus these, which
-no server line carries: the connection's state, a name the server refused, and the end of the
-reply to a command a front asked to hear about.
+no server line carries: the connection's state, a name the server refused, a login that
+succeeded or was refused, and the end of the reply to a command a front asked to hear about.
 """
 
 from __future__ import annotations
@@ -23,9 +23,36 @@ class Status:
 
 @dataclass(frozen=True, slots=True)
 class NameRefused:
-    """A name we asked for was refused (taken or invalid): the front asks for another."""
+    """A name we asked for was refused (taken or invalid): the front asks for another.
+    ``registered``: the name is an account's, so logging in to it is the way to have it."""
     name: str
     reason: str
+    registered: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedIn:
+    """We are logged in to account ``name`` (the server's spelling), and the session holds a
+    resume token for it (not the password). ``registered``: the account was just made;
+    ``restored``: the session logged in again by itself after a reconnect."""
+    name: str
+    registered: bool = False
+    restored: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class LoginRefused:
+    """A login the session sent (``Session(login=...)``, ``Session.login()``, or its own
+    ``/resume`` after a reconnect: ``restored``) was refused; the session is a guest (with no
+    name after a refused resume). ``code`` is the server's (``login-failed``,
+    ``login-throttled``, ``name-registered``, ``invalid-password``, ``banned``...; None when
+    the client itself gave up). ``final``: the server closes the connection and the session
+    does not reconnect (banned)."""
+    name: str
+    reason: str
+    code: str | None = None
+    restored: bool = False
+    final: bool = False
 
 
 @dataclass(frozen=True, slots=True)

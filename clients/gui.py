@@ -4,7 +4,15 @@ Layout: rooms on the left (click one to join it, or type a new one), the log in 
 (time, name, text; own lines, private lines, system lines and lines naming you each styled
 apart), the members of your room on the right (click one to start ``/msg <uid> ``), the input
 with Send below, and a status bar with the connection state and reconnect attempts. The title
-shows your name and ID.
+shows your name and ID, and ``(logged in)`` when the name is your account's; the room's topic
+is above the log.
+
+Logging in: at start, unless ``--name`` (a guest) or ``--user`` with ``PYCHAT_PASSWORD`` says
+who you are, a modal dialog asks: Name, Password, and Log in, Register or Guest (Enter: Log in
+when a password is typed, else Guest; closing it: Guest). It stays open, showing the server's
+refusal, until the login succeeds; it opens again when the name typed as a guest is an
+account's, and when a reconnect's login (by token) is refused. The button beside Send opens it
+(``Log in``), or logs out (``Log out``).
 
 Threads (STYLE.md rule 10): the session's thread owns the socket and only puts events on a
 queue; Tk's thread polls that queue with ``after()``, applies the events to its ``ChatState`` and
@@ -21,13 +29,13 @@ import tkinter as tk
 from tkinter import ttk
 from typing import TypedDict
 
-from pychat.wire import replies
+from pychat.wire import errors, replies
 from pychat.wire.commands import LOBBY
 
 from . import events
 from .gui_probe import LagProbe, StateDump
-from .options import client_parser, name_problem
-from .session import Session
+from .options import client_parser, env_password, name_problem, password_problem
+from .session import Credentials, Session
 from .state import ERROR, OWN, PRIVATE, SYSTEM, ChatState, LogLine, clock_of
 
 POLL_MS = 30            # how often Tk takes the session's events
@@ -50,6 +58,8 @@ class Gui:
         self.state = ChatState()
         self.events: queue.Queue = queue.Queue()
         self.session: Session | None = None
+        self.dialog: LoginDialog | None = None
+        self._login_due: tuple[str, str] | None = None  # the dialog to open, once we can
         self.need_name = True
         self.log_limit = args.log_limit
         self.lines_received = 0
@@ -61,14 +71,23 @@ class Gui:
         root.after(POLL_MS, self.poll)
         root.after(ROOMS_POLL_MS, self.poll_rooms)
         root.protocol("WM_DELETE_WINDOW", self.quit)
-        name = args.name
-        if name and name_problem(name):
-            self.show(LogLine(clock_of(None), ERROR, "", name_problem(name)))
-            name = ""
-        if name:
+        name, user = args.name, args.user
+        for given in (user, name):
+            if given and name_problem(given):
+                self.show(LogLine(clock_of(None), ERROR, "", name_problem(given)))
+        if user and not name_problem(user):
+            password = env_password()
+            if password:
+                self.connect(login=Credentials(user, password, args.register))
+                self.status_var.set(f"logging in as {user}")
+            else:
+                self.ask_name("Log in, register, or continue as a guest with a name")
+                self.open_login(user)
+        elif name and not name_problem(name):
             self.connect(name)
         else:
-            self.ask_name("Type your name and press Enter")
+            self.ask_name("Log in, register, or continue as a guest with a name")
+            self.open_login()
 
     # ---- widgets ---------------------------------------------------------------------------------
 
@@ -97,12 +116,15 @@ class Gui:
         mid = ttk.Frame(root, padding=6)
         mid.grid(row=0, column=1, sticky="nsew")
         mid.columnconfigure(0, weight=1)
-        mid.rowconfigure(0, weight=1)
+        mid.rowconfigure(1, weight=1)
+        self.topic_var = tk.StringVar(value="")  # the room's topic
+        ttk.Label(mid, textvariable=self.topic_var, anchor="w", foreground="#37474f").grid(
+            row=0, column=0, columnspan=2, sticky="we")
         self.log = tk.Text(mid, wrap="word", state="disabled", width=60, height=20,
                            font=("DejaVu Sans Mono", 10), padx=4, pady=4)
-        self.log.grid(row=0, column=0, sticky="nsew")
+        self.log.grid(row=1, column=0, sticky="nsew")
         bar = ttk.Scrollbar(mid, command=self.log.yview)
-        bar.grid(row=0, column=1, sticky="ns")
+        bar.grid(row=1, column=1, sticky="ns")
         self.log.configure(yscrollcommand=bar.set)
         tag_styles: dict[str, _TagStyle] = {
             "time": {"foreground": "#808080"},
@@ -138,9 +160,17 @@ class Gui:
         self.entry.bind("<Return>", self.on_send)
         self.send_button = ttk.Button(bottom, text="Send", command=self.on_send)
         self.send_button.grid(row=0, column=2)
+        self.account_button = ttk.Button(bottom, text="Log in", command=self.on_account)
+        self.account_button.grid(row=0, column=3, padx=(4, 0))
+        status = ttk.Frame(root)
+        status.grid(row=2, column=0, columnspan=3, sticky="we")
+        status.columnconfigure(0, weight=1)
         self.status_var = tk.StringVar(value="starting")
-        ttk.Label(root, textvariable=self.status_var, relief="sunken", anchor="w",
-                  padding=(6, 1)).grid(row=2, column=0, columnspan=3, sticky="we")
+        ttk.Label(status, textvariable=self.status_var, relief="sunken", anchor="w",
+                  padding=(6, 1)).grid(row=0, column=0, sticky="we")
+        self.who_var = tk.StringVar(value="guest")  # who we are: "logged in as alice", "guest"
+        ttk.Label(status, textvariable=self.who_var, relief="sunken", anchor="e",
+                  padding=(6, 1)).grid(row=0, column=1, sticky="e")
         self.entry.focus_set()
 
     # ---- user actions ----------------------------------------------------------------------------
@@ -151,11 +181,79 @@ class Gui:
         self.status_var.set(why)
         self.entry.focus_set()
 
-    def connect(self, name: str) -> None:
+    def connect(self, name: str = "", login: Credentials | None = None) -> None:
         self.need_name = False
         self.prompt_var.set("Say:")
         self.session = Session(self.args.host, self.args.port, self.events.put, name=name,
-                               room=self.args.room, history=self.args.history).start()
+                               room=self.args.room, history=self.args.history,
+                               login=login).start()
+
+    # ---- logging in ------------------------------------------------------------------------------
+
+    def open_login(self, name: str = "", message: str = "") -> None:
+        """The login dialog (one at a time): ``name`` filled in, ``message`` shown. Opened once
+        the window is on the screen: a modal dialog mapped before its window gets no keys."""
+        self._login_due = (name, message)
+        if self.dialog is None and not self.root.winfo_viewable():
+            self.root.after(20, self._open_login_due)
+            return
+        self._open_login_due()
+
+    def _open_login_due(self) -> None:
+        if self._login_due is None:  # the user went on as a guest meanwhile
+            return
+        if self.dialog is None and not self.root.winfo_viewable():
+            self.root.after(20, self._open_login_due)
+            return
+        (name, message), self._login_due = self._login_due, None
+        if self.dialog is None:
+            self.dialog = LoginDialog(self, name)
+        elif name:
+            self.dialog.name_var.set(name)
+        self.dialog.say(message)
+
+    def log_in(self, name: str, password: str, register: bool) -> None:
+        """The dialog's Log in or Register: on the running session, or a new one."""
+        if self.session is None:
+            self.connect(login=Credentials(name, password, register))
+        else:
+            self.session.login(name, password, register)
+        self.need_name = False
+        self.prompt_var.set("Say:")
+
+    def as_guest(self, name: str) -> None:
+        """The dialog's Guest: with this name, or (none typed) asked for one in the window."""
+        self.close_login()
+        if not name:
+            if not self.state.name:
+                self.ask_name("Type your name and press Enter (or Log in)")
+        elif self.session is None:
+            self.connect(name)
+        elif name != self.state.name:
+            self.need_name = False
+            self.prompt_var.set("Say:")
+            self.session.set_name(name)
+        self.entry.focus_set()
+
+    def close_login(self) -> None:
+        self._login_due = None
+        if self.dialog is not None:
+            focused = self.root.focus_get() is not None
+            self.dialog.close()
+            self.dialog = None
+            # the keyboard back to the window's input: forced when the dialog had it, since
+            # Tk forgets its focus with a grabbed window that dies (and X sees no change)
+            if focused:
+                self.entry.focus_force()
+            else:
+                self.entry.focus_set()
+
+    def on_account(self) -> None:
+        """The button beside Send: Log out when logged in, else the login dialog."""
+        if self.state.account and self.session is not None:
+            self.session.logout()
+        else:
+            self.open_login(self.state.name)
 
     def on_send(self, _event=None) -> str:
         text = self.entry.get().strip()
@@ -163,6 +261,7 @@ class Gui:
             return "break"
         self.entry.delete(0, "end")
         if self.need_name:
+            self.close_login()  # a name typed in the window: a guest (the dialog's Guest)
             problem = name_problem(text)
             if problem:
                 self.show(LogLine(clock_of(None), ERROR, "", problem))
@@ -236,11 +335,44 @@ class Gui:
         title = self.state.title()
         if self.root.title() != title:
             self.root.title(title)
+        topic = f"Topic: {self.state.topic}" if self.state.topic else ""
+        if self.topic_var.get() != topic:
+            self.topic_var.set(topic)
+        who = f"logged in as {self.state.account}" if self.state.account else "guest"
+        if self.who_var.get() != who:
+            self.who_var.set(who)
+            self.account_button.configure(text="Log out" if self.state.account else "Log in")
         self.root.after(POLL_MS, self.poll)
 
     def _note(self, ev) -> None:
         if isinstance(ev, events.NameRefused):
-            self.ask_name(f"{ev.reason}: type another name and press Enter")
+            if ev.registered:
+                self.ask_name(f"{ev.reason}: log in, or type another name and press Enter")
+                self.open_login(ev.name, f"{ev.name} is an account: log in with its password, "
+                                         "or continue as a guest with another name")
+            else:
+                self.ask_name(f"{ev.reason}: type another name and press Enter")
+        elif isinstance(ev, events.LoggedIn):
+            self.close_login()
+            self.need_name = False
+            self.prompt_var.set("Say:")
+            self.status_var.set(f"logged in as {ev.name}")
+            self.entry.focus_set()
+        elif isinstance(ev, events.LoginRefused):
+            if ev.restored:
+                message = (f"Your login as {ev.name} could not be kept ({ev.reason}): log in "
+                           "again, or continue as a guest")
+            else:
+                message = ev.reason
+            if ev.final:
+                self.close_login()
+                self.status_var.set(ev.reason)
+            else:
+                self.open_login(ev.name, message)
+                if self.dialog is not None and ev.code in (errors.NAME_REGISTERED,
+                                                           errors.NAME_TAKEN,
+                                                           errors.INVALID_NAME):
+                    self.dialog.name_entry.focus_set()  # a new account needs another name
         elif isinstance(ev, events.Status):
             text = ev.text if not ev.attempt else f"{ev.text} - reconnect attempts: {ev.attempt}"
             if not self.need_name:
@@ -307,6 +439,119 @@ class Gui:
             self.rooms.insert("end", f"{room} ({n})")
             if room == self.state.room:
                 self.rooms.itemconfigure("end", background="#dbe9f7")
+
+
+class LoginDialog:
+    """The modal login dialog: Name, Password, and Log in, Register or Guest. Enter logs in
+    when a password is typed, else continues as a guest; closing it is Guest. It stays open
+    with the server's refusal until the login succeeds (``Gui`` closes it on ``LoggedIn``)."""
+
+    def __init__(self, gui: Gui, name: str = ""):
+        self.gui = gui
+        self.closed = False
+        root = gui.root
+        top = self.top = tk.Toplevel(root)
+        top.title("Log in")
+        top.transient(root)
+        top.resizable(False, False)
+        top.geometry(f"+{root.winfo_rootx() + 160}+{root.winfo_rooty() + 120}")
+        frame = ttk.Frame(top, padding=14)
+        frame.grid(sticky="nsew")
+        ttk.Label(frame, text="Log in to your account, make one (Register), or chat as a "
+                              "guest.", wraplength=340).grid(row=0, column=0, columnspan=3,
+                                                             sticky="w", pady=(0, 8))
+        ttk.Label(frame, text="Name").grid(row=1, column=0, sticky="w")
+        self.name_var = tk.StringVar(value=name)
+        self.name_entry = ttk.Entry(frame, textvariable=self.name_var, width=28)
+        self.name_entry.grid(row=1, column=1, columnspan=2, sticky="we", pady=2)
+        ttk.Label(frame, text="Password").grid(row=2, column=0, sticky="w")
+        self.password_entry = ttk.Entry(frame, show="*", width=28)
+        self.password_entry.grid(row=2, column=1, columnspan=2, sticky="we", pady=2)
+        self.message_var = tk.StringVar(value="")
+        self.message = ttk.Label(frame, textvariable=self.message_var, foreground="#c62828",
+                                 wraplength=340)
+        self.message.grid(row=3, column=0, columnspan=3, sticky="w", pady=(6, 6))
+        self.login_button = ttk.Button(frame, text="Log in", command=self.on_login)
+        self.login_button.grid(row=4, column=0, sticky="we")
+        self.register_button = ttk.Button(frame, text="Register", command=self.on_register)
+        self.register_button.grid(row=4, column=1, sticky="we", padx=4)
+        self.guest_button = ttk.Button(frame, text="Guest", command=self.on_guest)
+        self.guest_button.grid(row=4, column=2, sticky="we")
+        top.bind("<Return>", self.on_enter)
+        top.protocol("WM_DELETE_WINDOW", self.on_guest)
+        top.bind("<Map>", self._grab)
+        (self.password_entry if name else self.name_entry).focus_set()
+
+    def _grab(self, _event=None) -> None:
+        """Modal once it is on the screen (a grab needs a viewable window)."""
+        if self.closed:
+            return
+        try:
+            self.top.grab_set()
+        except tk.TclError:
+            self.top.after(50, self._grab)
+            return
+        (self.password_entry if self.name_var.get() else self.name_entry).focus_set()
+
+    def say(self, message: str, error: bool = True) -> None:
+        self.message_var.set(message)
+        self.message.configure(foreground="#c62828" if error else "#37474f")
+        if error and message:  # refused: ready for another try
+            self.login_button.state(["!disabled"])
+            self.register_button.state(["!disabled"])
+            self.password_entry.delete(0, "end")
+            self.password_entry.focus_set()
+
+    def _fields(self, new: bool) -> tuple[str, str] | None:
+        """Name and password, or None (and why, in the dialog) when they cannot be sent."""
+        name, password = self.name_var.get().strip(), self.password_entry.get()
+        problem = name_problem(name) if name else "type your name"
+        if not problem:
+            problem = (password_problem(password) if new
+                       else "" if password else "type your password")
+        if problem:
+            self.say(problem)
+            return None
+        return name, password
+
+    def _send(self, register: bool) -> None:
+        fields = self._fields(new=register)
+        if fields is None:
+            return
+        name, password = fields
+        self.login_button.state(["disabled"])
+        self.register_button.state(["disabled"])
+        self.say(f"{'Registering' if register else 'Logging in as'} {name}...", error=False)
+        self.gui.log_in(name, password, register)
+
+    def on_login(self, _event=None) -> None:
+        self._send(register=False)
+
+    def on_register(self, _event=None) -> None:
+        self._send(register=True)
+
+    def on_guest(self, _event=None) -> None:
+        name = self.name_var.get().strip()
+        if name and name_problem(name):
+            self.say(name_problem(name))
+            self.name_entry.focus_set()
+            return
+        self.gui.as_guest(name)
+
+    def on_enter(self, _event=None) -> str:
+        if self.password_entry.get():
+            self.on_login()
+        else:
+            self.on_guest()
+        return "break"
+
+    def close(self) -> None:
+        self.closed = True
+        try:
+            self.top.grab_release()
+            self.top.destroy()
+        except tk.TclError:
+            pass
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,9 +3,11 @@
 ``LagProbe`` schedules itself with ``after(interval)`` and records how late each call came: that
 lateness is the time Tk's thread was busy and could not answer the user. ``StateDump`` writes
 the window's real widget contents (title, log lines, user list with each row's screen box, room
-list, input, status, lag) as JSON to a file, atomically, a few times a second; it runs only when
-``PYCHAT_GUI_STATE_FILE`` names that file. Tests read it to assert on what the widgets hold and
-to find where to click; nothing in it is computed apart from the widgets.
+list, input, status, who we are, the topic, the login dialog's fields and buttons, lag) as JSON
+to a file, atomically, a few times a second; it runs only when ``PYCHAT_GUI_STATE_FILE`` names
+that file. Tests read it to assert on what the widgets hold and to find where to click; nothing
+in it is computed apart from the widgets. The password field's content is never written: only
+its length.
 """
 
 from __future__ import annotations
@@ -65,6 +67,35 @@ def listbox_rows(lb) -> list[dict]:
     return rows
 
 
+def screen_box(widget) -> list[int]:
+    """A widget's box on the screen (root coordinates): x, y, width, height."""
+    return [widget.winfo_rootx(), widget.winfo_rooty(), widget.winfo_width(),
+            widget.winfo_height()]
+
+
+def dialog_state(dialog) -> dict | None:
+    """The login dialog's widgets (None when it is not open); the password only as a length."""
+    if dialog is None or not dialog.top.winfo_exists():
+        return None
+    return {
+        "title": dialog.top.title(),
+        "viewable": bool(dialog.top.winfo_viewable()),
+        "grabbed": str(dialog.top.grab_current() or "") == str(dialog.top),
+        "name": dialog.name_var.get(),
+        "password_length": len(dialog.password_entry.get()),
+        "message": dialog.message_var.get(),
+        "login_enabled": not dialog.login_button.instate(["disabled"]),
+        "focus": str(dialog.top.focus_get() or ""),
+        "name_widget": str(dialog.name_entry),
+        "password_widget": str(dialog.password_entry),
+        "name_screen": screen_box(dialog.name_entry),
+        "password_screen": screen_box(dialog.password_entry),
+        "login_screen": screen_box(dialog.login_button),
+        "register_screen": screen_box(dialog.register_button),
+        "guest_screen": screen_box(dialog.guest_button),
+    }
+
+
 def tagged_text(text, tag: str) -> list[str]:
     ranges = text.tag_ranges(tag)
     return [text.get(ranges[i], ranges[i + 1]) for i in range(0, len(ranges), 2)]
@@ -109,6 +140,11 @@ class StateDump:
             "system": tagged_text(g.log, "system"),
             "users": listbox_rows(g.users),
             "rooms": listbox_rows(g.rooms),
+            "who": g.who_var.get(),
+            "topic": g.topic_var.get(),
+            "account_button": g.account_button.cget("text"),
+            "account_screen": screen_box(g.account_button),
+            "dialog": dialog_state(g.dialog),
             "lines_received": g.lines_received,
             "lag": g.lag.summary(),
         }

@@ -15,13 +15,31 @@ in. A server without ``end`` just never answers them so.
 
 When the connection drops (or stops answering keepalive pings) the session reconnects with
 exponential backoff (0.2 s doubling to 5 s, +-20% jitter) and restores what the user had: it
-re-sends ``/nick <name>`` and ``/join <room>``. The server gives a new uid. A name still held by
-the dead connection (the router drops it after 3 missed acceptor heartbeats) is asked for again
-every half second for ``restore_for`` seconds before the front is told it is refused.
+re-sends ``/nick <name>`` (or, logged in, ``/resume <account> <token>``) and ``/join <room>``.
+The server gives a new uid. A name still held by the dead connection (the router drops it after
+3 missed acceptor heartbeats) is asked for again every half second for ``restore_for`` seconds
+before the front is told it is refused.
+
+Logging in (accounts): given ``Credentials`` (``login=`` or ``login()``), the session sends
+``/login <name> <password>`` after the handshake instead of ``/nick`` (for a new account,
+``/nick <name>`` and, once the server has taken it, ``/register <password>``). On ``OK login``
+or ``OK register`` it forgets the credentials, tells the front ``events.LoggedIn`` and asks
+``/token``, whose ``TOKEN:`` it keeps (not shown); a refusal is ``events.LoginRefused``. A
+reconnect logs in again with ``/resume <account> <token>``, never the password; a refused
+resume (the token expired, or was revoked by a logout or a password change) is a
+``LoginRefused`` with ``restored``, so the front can ask for the password again. A ``/login``,
+``/register`` or ``/password`` the user types (``send()``) is noticed too: its success fetches
+a token (a new password revokes the old tokens). ``BYE kicked:``/``BYE banned:``, and a login
+refused as banned, end the session: it does not reconnect.
 
 Invariants (all on the session thread):
-- ``name`` and ``room`` are what the server last confirmed (``OK nick``, ``ROOM:``): those are
-  restored, never a name the server refused
+- ``name`` and ``room`` are what the server last confirmed (``OK nick``, ``OK login``,
+  ``ROOM:``): those are restored, never a name the server refused; ``account`` is the account
+  logged in to ("" for a guest), ``token`` its resume token
+- the password is held (``_login``) only until the server has answered the login (OK or
+  refused); it is sent again only when the connection dropped before the answer. A reconnect
+  between ``OK login`` and its ``TOKEN:`` has nothing to log in with: the front is told
+  (``LoginRefused``, ``restored``)
 - right behind every ``/join`` it sends, the session asks for the room's history (``history``
   lines), so a front shows recent lines on entry and after a reconnect (``ChatState`` drops
   the ones already shown)
@@ -39,6 +57,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from pychat.wire import commands, errors, replies
 from pychat.wire.errors import ClientError
@@ -57,9 +76,31 @@ RETRY_NAME_EVERY = 0.5
 OnEvent = Callable[[object], object]
 
 
+@dataclass(slots=True)
+class Credentials:
+    """Who to log in as: an account's name and password; ``register``: make the account (the
+    name must be free) and log in to it. The session keeps them only until answered."""
+    name: str
+    password: str = field(repr=False)
+    register: bool = False
+
+
+@dataclass(slots=True)
+class _Auth:
+    """A ``/login``, ``/register`` or ``/resume`` written on a connection, until answered.
+    ``cred``: ours (the session's own login), else typed by the user; ``token``: a resume's;
+    ``restore``: sent to restore the login after a reconnect."""
+    word: str
+    name: str
+    cred: Credentials | None = None
+    token: str = field(default="", repr=False)
+    restore: bool = False
+
+
 class Session:
     def __init__(self, host: str, port: int, on_event: OnEvent, *,
                  name: str = "", room: str = commands.LOBBY, history: int = 20,
+                 login: Credentials | None = None,
                  backoff_first: float = 0.2, backoff_max: float = 5.0,
                  connect_timeout: float = 5.0, keepalive: float = 20.0,
                  restore_for: float = 15.0):
@@ -77,7 +118,13 @@ class Session:
         self.state = events.CONNECTING
         self.attempt = 0
         self.reconnects = 0
-        self._wanted_name = name  # sent on the first connection, confirmed or refused there
+        self.account = ""  # the account logged in to ("" a guest), as the server spells it
+        self.token = ""  # its resume token (a reconnect logs in with it), and until when
+        self.token_expires = ""
+        # sent on the first connection, confirmed or refused there (a login brings its own name)
+        self._wanted_name = "" if login else name
+        self._login = login  # the login to send, until the server has answered it
+        self._stop_why = ""  # the server ended the session for good (kicked, banned)
         self._out: deque[tuple[str, bool]] = deque()  # (line, tell the front when answered)
         self._lock = threading.Lock()
         self._closing = False
@@ -100,6 +147,16 @@ class Session:
 
     def set_name(self, name: str) -> None:
         self.send(f"/nick {name}")
+
+    def login(self, name: str, password: str, register: bool = False) -> None:
+        """Log in to account ``name`` (``register``: make it first) on the current connection,
+        or on the next one; the answer is ``events.LoggedIn`` or ``events.LoginRefused``."""
+        with self._lock:
+            self._login = Credentials(name, password, register)
+        self._wake()
+
+    def logout(self) -> None:
+        self.send("/logout")
 
     def close(self, timeout: float = 3.0) -> None:
         """Say goodbye (``/quit``) when connected, stop reconnecting, wait for the thread."""
@@ -163,7 +220,7 @@ class Session:
             else:
                 self.attempt, delay = 0, self.backoff_first
                 why = self._serve(sock)
-                if why is None:  # we said goodbye
+                if why is None or self._stop_why:  # we said goodbye, or the server did
                     break
             if self._closing:
                 break
@@ -174,7 +231,8 @@ class Session:
                          f"{wait:.1f} s (attempt {self.attempt})")
             if not self._pause(wait):
                 break
-        self._status(events.CLOSED, "disconnected")
+        self._status(events.CLOSED, f"disconnected: {self._stop_why}" if self._stop_why
+                     else "disconnected")
         self._wake_r.close()
         self._wake_w.close()
 
@@ -198,7 +256,7 @@ class _Connection:
         self.buffer = LineBuffer(1 << 20)
         self.outbuf = bytearray()
         self.ready = False      # handshake read and restore sent: user lines may go
-        self.restoring = False  # waiting for the restored name and room
+        self.restoring = False  # waiting for the restored name (or login) and room
         self.pending_nicks: deque[tuple[str, bool]] = deque()  # (name, is a restore)
         self.retry_name_at = 0.0
         self.restore_deadline = 0.0
@@ -208,6 +266,14 @@ class _Connection:
         self.ping_sent = 0.0
         self.ends = False  # /cap end asked: every command written from it on gets an END
         self.asked: deque[tuple[str, bool]] = deque()  # (END word, show) of commands written
+        # logging in
+        self.auths: deque[_Auth] = deque()  # /login, /register, /resume written, unanswered
+        self.written_login: Credentials | None = None  # the session's login sent here
+        self.register_after: Credentials | None = None  # a /register waiting for its /nick
+        self.tokens_asked = 0  # our own /token lines, unanswered (their TOKEN is not shown)
+        self.named = ""  # the name the server confirmed on this connection
+        self.retry_auth_at = 0.0  # the server could not take our login yet: again then
+        self.auth_retries = 0  # ... for at most restore_for
 
     def write(self, line: str, show: bool = False) -> None:
         self.outbuf += line.encode("utf-8") + b"\n"
@@ -219,15 +285,20 @@ class _Connection:
         while True:
             now = time.monotonic()
             if self.ready:
+                self._take_login()
                 self._take_user_lines()
             if self.retry_name_at and now >= self.retry_name_at:
                 self.retry_name_at = 0.0
                 self._nick(s.name or s._wanted_name, restore=True)
+            if self.retry_auth_at and now >= self.retry_auth_at:
+                self.retry_auth_at = 0.0
+                self._retry_auth()
             timeout = self._keepalive(now)
             if timeout is None:
                 return "no answer to keepalive"
-            if self.retry_name_at:
-                timeout = min(timeout, max(0.0, self.retry_name_at - now))
+            for at in (self.retry_name_at, self.retry_auth_at):
+                if at:
+                    timeout = min(timeout, max(0.0, at - now))
             readable, writable, _ = select.select(
                 [self.sock, s._wake_r], [self.sock] if self.outbuf else [], [], timeout)
             if s._wake_r in readable:
@@ -283,6 +354,12 @@ class _Connection:
                 self.pending_nicks.append((cmd.name, False))
             elif isinstance(cmd, commands.Quit):
                 self.quitting = True
+            elif isinstance(cmd, commands.Login):  # typed: its success fetches a token too
+                self.auths.append(_Auth("login", cmd.name))
+            elif isinstance(cmd, commands.Register):
+                self.auths.append(_Auth("register", s.name))
+            elif isinstance(cmd, commands.Resume):
+                self.auths.append(_Auth("resume", cmd.name, token=cmd.token))
             self.write(line, show)
             if isinstance(cmd, commands.Join):
                 self._ask_history()
@@ -296,9 +373,146 @@ class _Connection:
         self.pending_nicks.append((name, restore))
         self.write(f"/nick {name}")
 
+    # ---- logging in ------------------------------------------------------------------------------
+
+    def _take_login(self) -> None:
+        """The session's login, if one is due and not yet written on this connection."""
+        s = self.s
+        with s._lock:
+            cred = s._login
+        if cred is None or cred is self.written_login or self.retry_auth_at:
+            return
+        self._write_login(cred, restore=False)
+
+    def _write_login(self, cred: Credentials, restore: bool) -> None:
+        self.written_login = cred
+        if cred.register and self.named != cred.name:
+            self.register_after = cred  # /register makes the session's name an account
+            self._nick(cred.name, restore=False)
+        elif cred.register:
+            self.auths.append(_Auth("register", cred.name, cred, restore=restore))
+            self.write(f"/register {cred.password}")
+        else:
+            self.auths.append(_Auth("login", cred.name, cred, restore=restore))
+            self.write(f"/login {cred.name} {cred.password}")
+
+    def _resume(self) -> None:
+        s = self.s
+        self.auths.append(_Auth("resume", s.account, token=s.token, restore=True))
+        self.write(f"/resume {s.account} {s.token}")
+
+    def _retry_auth(self) -> None:
+        """Our login or resume again, after the server could not take it (not sent, busy)."""
+        s = self.s
+        with s._lock:
+            cred = s._login
+        if cred is not None:
+            self._write_login(cred, restore=self.restoring)
+        elif s.account and s.token:
+            self._resume()
+
+    def _forget(self, cred: Credentials | None) -> None:
+        """The login ``cred`` is answered: the session no longer holds its password."""
+        s = self.s
+        if cred is None:
+            return
+        with s._lock:
+            if s._login is cred:
+                s._login = None
+        if self.written_login is cred:
+            self.written_login = None
+        if self.register_after is cred:
+            self.register_after = None
+
+    def _logged_in(self, word: str, name: str) -> None:
+        """``OK login <name>`` (a /login or a /resume) or ``OK register <name>``."""
+        s = self.s
+        self.auth_retries = 0
+        heads = ("register",) if word == "register" else ("login", "resume")
+        auth = self.auths.popleft() if self.auths and self.auths[0].word in heads else None
+        s.account = s.name = name
+        if auth is not None and auth.word == "resume":  # the token we resumed with still holds
+            s.token = auth.token
+            s._emit(events.LoggedIn(name, restored=auth.restore))
+            if auth.restore:
+                self._restored()
+            return
+        # a new login: the password is forgotten, a token (for reconnects) asked for
+        restore = auth is not None and auth.restore
+        if auth is not None:
+            self._forget(auth.cred)
+        s.token = ""
+        self._ask_token()
+        s._emit(events.LoggedIn(name, registered=word == "register", restored=restore))
+        if restore:
+            self._restored()
+
+    def _ask_token(self) -> None:
+        self.tokens_asked += 1
+        self.write("/token")
+
+    def _token(self, ev: replies.TokenIssued) -> bool:
+        """A ``TOKEN:`` line: kept; True when it answers our own ``/token`` (not shown)."""
+        s = self.s
+        if ev.name.casefold() == s.account.casefold():
+            s.token, s.token_expires = ev.token, ev.expires
+        if not self.tokens_asked:
+            return False  # the user typed /token: the front shows it
+        self.tokens_asked -= 1
+        return True
+
+    def _auth_refused(self, ev: replies.Error) -> bool:
+        """An ERROR answering a /login, /register or /resume (or our /token): ours are told to
+        the front as ``LoginRefused``. True if swallowed."""
+        s = self.s
+        head = self.asked[0][0] if self.asked else ""
+        if head == "token" and self.tokens_asked:  # logged in, but no token to keep: shown
+            self.tokens_asked -= 1
+            return False
+        if not self.auths or head != self.auths[0].word:
+            return False
+        auth = self.auths.popleft()
+        if auth.cred is None and not auth.restore:
+            return False  # typed by the user: shown as the error it is
+        if ev.code in (errors.NOT_SENT, errors.BUSY) \
+                and self.auth_retries * RETRY_NAME_EVERY < s.restore_for:
+            self.auth_retries += 1  # the router is away or busy: again, in a moment
+            self.retry_auth_at = time.monotonic() + RETRY_NAME_EVERY
+            return False
+        self.auth_retries = 0
+        self._forget(auth.cred)
+        if auth.word == "resume":  # the token is no good any more: a guest, with no name
+            s.account = s.token = s.name = ""
+        if ev.code == errors.BANNED:
+            s._stop_why = ev.message
+        s._emit(events.LoginRefused(auth.name, ev.message, ev.code, restored=auth.restore,
+                                    final=ev.code == errors.BANNED))
+        if auth.restore:
+            self._restored()
+        return True
+
+    def _welcome_login(self, name: str, again: bool) -> None:
+        """After the handshake: our login, or the one to restore, or the guest's name."""
+        s = self.s
+        with s._lock:
+            cred = s._login
+        if cred is not None:
+            self._write_login(cred, restore=again)  # (sent again if it was never answered)
+        elif s.account and s.token:
+            self._resume()
+        elif s.account:  # dropped between OK login and its TOKEN: nothing to log in again with
+            account, s.account, s.name = s.account, "", ""
+            s._emit(events.LoginRefused(account, "the connection dropped before the login "
+                                        "was complete: log in again", None, restored=True))
+        elif name:
+            self._nick(name, restore=again)
+
+    # ---- the handshake and the restore -----------------------------------------------------------
+
     def _on_welcome(self) -> None:
-        """Handshake read: ask for capabilities, restore name and room, then let user lines go.
-        Each capability on its own line: a server that lacks one refuses only that one."""
+        """Handshake read: ask for capabilities, restore name (or login) and room, then let user
+        lines go. Each capability on its own line: a server that lacks one refuses only that
+        one."""
         s = self.s
         self.write("/cap time")
         self.write("/cap codes")
@@ -308,10 +522,9 @@ class _Connection:
         name = s.name or s._wanted_name
         self.want_room = s.room if s.room != commands.LOBBY else ""
         again = s.reconnects > 0
-        self.restoring = bool(again and (name or self.want_room))
+        self.restoring = bool(again and (name or self.want_room or s.account or s._login))
         self.restore_deadline = time.monotonic() + s.restore_for
-        if name:
-            self._nick(name, restore=again)
+        self._welcome_login(name, again)
         if self.want_room:
             self.write(f"/join {self.want_room}")
         else:
@@ -325,13 +538,17 @@ class _Connection:
     def _restored(self) -> None:
         s = self.s
         if self.restoring and not self.want_room and not any(r for _, r in self.pending_nicks) \
-                and not self.retry_name_at:
+                and not self.retry_name_at and not self.retry_auth_at \
+                and not any(a.restore for a in self.auths):
             self.restoring = False
             who = s.name or s.uid
             s._status(events.CONNECTED, f"reconnected as {who} in {s.room}")
 
+    # ---- server lines ----------------------------------------------------------------------------
+
     def _line(self, line: str) -> bool:
-        """Handle one server line; True when the server said goodbye to our /quit."""
+        """Handle one server line; True when the server said goodbye (to our /quit, or for
+        good: kicked, banned)."""
         s = self.s
         ev = replies.parse_server_line(line)
         if isinstance(ev, replies.IdAssigned):
@@ -343,12 +560,20 @@ class _Connection:
         elif isinstance(ev, replies.Pong) and ev.token == KEEPALIVE_TOKEN:
             return False
         elif isinstance(ev, replies.Ok) and ev.what.startswith("nick "):
-            s.name = ev.what[5:]
-            if self.pending_nicks:
-                self.pending_nicks.popleft()
-            s._emit(ev)
-            self._restored()
+            self._nick_ok(ev)
             return False
+        elif isinstance(ev, replies.Ok) and ev.what.startswith(("login ", "register ")):
+            word, _, name = ev.what.partition(" ")
+            self._logged_in(word, name)
+            return False
+        elif isinstance(ev, replies.Ok) and ev.what == "logout":
+            s.account = s.token = s.name = ""
+        elif isinstance(ev, replies.Ok) and ev.what == "password":
+            s.token = ""  # the old tokens are revoked: a new one for the next reconnect
+            self._ask_token()
+        elif isinstance(ev, replies.TokenIssued):
+            if self._token(ev):
+                return False
         elif isinstance(ev, replies.RoomChanged):
             s.room = ev.room
             s._emit(ev)
@@ -356,7 +581,14 @@ class _Connection:
                 self.want_room = ""
                 self._restored()
             return False
-        elif isinstance(ev, replies.Error) and self._nick_refused(ev):
+        elif isinstance(ev, replies.Error) and (self._nick_refused(ev)
+                                                or self._auth_refused(ev)):
+            return False
+        elif isinstance(ev, replies.Error) and self.want_room and self.asked \
+                and self.asked[0][0] == "join":
+            self.want_room = ""  # the room to restore refused us (banned from it): the lobby
+            s._emit(ev)
+            self._restored()
             return False
         elif isinstance(ev, replies.Error) and ev.code == errors.UNKNOWN_CAPABILITY \
                 and self.ends and self.asked and self.asked[0][0] == "cap":
@@ -366,10 +598,25 @@ class _Connection:
             self._ended(ev.word)
             return False
         elif isinstance(ev, replies.Bye):
+            if ev.reason:  # kicked or banned: the server closes, and we do not come back
+                s._stop_why = ev.reason
             s._emit(ev)
-            return self.quitting
+            return self.quitting or bool(ev.reason)
         s._emit(ev)
         return False
+
+    def _nick_ok(self, ev: replies.Ok) -> None:
+        s = self.s
+        s.name = self.named = ev.what[5:]
+        if self.pending_nicks:
+            self.pending_nicks.popleft()
+        s._emit(ev)
+        cred = self.register_after
+        if cred is not None and cred.name == s.name:  # our new account's name is ours now
+            self.register_after = None
+            self.auths.append(_Auth("register", cred.name, cred, restore=self.restoring))
+            self.write(f"/register {cred.password}")
+        self._restored()
 
     def _ended(self, word: str) -> None:
         """The reply to the oldest command written is complete (commands are answered in
@@ -387,10 +634,20 @@ class _Connection:
             return False
         name, restore = self.pending_nicks[0]
         taken = ev.code == errors.NAME_TAKEN
-        if not taken and ev.code not in (errors.INVALID_NAME, errors.USAGE):
+        registered = ev.code == errors.NAME_REGISTERED
+        if ev.code == errors.LOGGED_IN:  # "/logout first": shown as it is
+            self.pending_nicks.popleft()
+            return False
+        if not taken and not registered and ev.code not in (errors.INVALID_NAME, errors.USAGE):
             return False
         self.pending_nicks.popleft()
         s = self.s
+        cred = self.register_after
+        if cred is not None and cred.name == name:  # the new account's name is not to be had
+            self._forget(cred)
+            s._emit(events.LoginRefused(name, f"name {name} is taken" if taken else ev.message,
+                                        ev.code, restored=restore))
+            return True
         if restore and taken and time.monotonic() < self.restore_deadline:
             self.retry_name_at = time.monotonic() + RETRY_NAME_EVERY
             s._status(s.state, f"name {name} is still held by the old connection; retrying",
@@ -400,7 +657,9 @@ class _Connection:
             s.name = ""
         if name == s._wanted_name:
             s._wanted_name = ""
-        s._emit(events.NameRefused(name, f"name {name} is taken: choose another" if taken
-                                   else ev.message))
+        reason = (f"name {name} is taken: choose another" if taken
+                  else f"name {name} is registered: log in to use it" if registered
+                  else ev.message)
+        s._emit(events.NameRefused(name, reason, registered))
         self._restored()
         return True

@@ -15,6 +15,9 @@ Invariants:
 - ``recent`` holds the current room's last ``RECENT_MAX`` public lines (history included)
 - ``rooms`` (from ``ROOMS:``) has our own room's count kept up to date by ``USERS:`` pushes
 - ``history_left`` counts the chat lines still due after ``HISTORY:<k>``; they are marked history
+- ``account`` is the account we are logged in to ("" for a guest; then ``name`` is a guest's
+  name, or ""); ``topic`` is our room's topic ("" for none: reset on entering a room, whose
+  ``TOPIC:`` follows its lists when it has one)
 """
 
 from __future__ import annotations
@@ -75,6 +78,8 @@ class ChatState:
         self.known: dict[str, str] = {}
         self.rooms: tuple[tuple[str, int], ...] = ()
         self.status = "starting"
+        self.account = ""
+        self.topic = ""
         self.history_left = 0
         self.recent: deque[LogLine] = deque(maxlen=RECENT_MAX)  # this room's chat, oldest first
         self._baseline = True  # the next USERS is a new room's list, not arrivals
@@ -97,9 +102,15 @@ class ChatState:
             rows.append((uid, label + ("  (you)" if uid == self.uid else "")))
         return rows
 
+    def who(self) -> str:
+        """Who we are, in words: ``alice (logged in)``, ``alice`` (a guest's name), ``(no
+        name)``."""
+        if self.account:
+            return f"{self.name or self.account} (logged in)"
+        return self.name or "(no name)"
+
     def title(self) -> str:
-        who = self.name or "(no name)"
-        return f"PyChat - {who} - ID {self.uid or '?'} - {self.room}"
+        return f"PyChat - {self.who()} - ID {self.uid or '?'} - {self.room}"
 
     def _set_name(self, name: str) -> None:
         self.name = name
@@ -113,6 +124,7 @@ class ChatState:
         if isinstance(ev, replies.IdAssigned):
             self.uid = ev.uid
             self.users, self.names, self.history_left = (), {}, 0
+            self.topic = ""
             self._baseline = True
             return None
         if isinstance(ev, replies.UserList):
@@ -131,6 +143,7 @@ class ChatState:
         if isinstance(ev, replies.RoomChanged):
             changed = ev.room != self.room
             self.room = ev.room
+            self.topic = ""  # the room's TOPIC follows its lists, when it has one
             self._baseline = True
             if changed:  # entering a room shows its history, even lines seen there before
                 self._seen.clear()
@@ -146,7 +159,43 @@ class ChatState:
             if ev.what.startswith("nick "):
                 self._set_name(ev.what[5:])
                 return self._system(f"you are now {self.name}")
+            if ev.what == "logout":
+                self.account = ""
+                self._set_name("")
+                return self._system("you are logged out: a guest, with no name")
+            if ev.what == "password":
+                return self._system("password changed")
             return None
+        if isinstance(ev, events.LoggedIn):
+            self.account = ev.name
+            self._set_name(ev.name)
+            if ev.restored:  # after a reconnect: the status line says it
+                return None
+            return self._system(f"account {ev.name} made: you are logged in as {ev.name}"
+                                if ev.registered else f"you are logged in as {ev.name}")
+        if isinstance(ev, events.LoginRefused):
+            if ev.restored:
+                self.account = ""
+                self._set_name("")
+                return LogLine(clock_of(None), ERROR, "", f"could not log in again as "
+                               f"{ev.name} ({ev.reason}): you are a guest; log in again")
+            return LogLine(clock_of(None), ERROR, "", ev.reason)
+        if isinstance(ev, replies.Topic):
+            if ev.room != self.room:
+                return None
+            had, self.topic = self.topic, ev.text
+            if ev.text:
+                return self._system(f"topic of {ev.room}: {ev.text}")
+            return self._system(f"the topic of {ev.room} was cleared") if had else None
+        if isinstance(ev, replies.Kicked):
+            return LogLine(clock_of(None), ERROR, "", f"you were kicked from {ev.room}"
+                           + (f": {ev.reason}" if ev.reason else ""))
+        if isinstance(ev, replies.DelayedStart):  # its lines are private lines from names
+            return self._system(f"{ev.count} private message{'s' if ev.count != 1 else ''} "
+                                "came while you were away:")
+        if isinstance(ev, replies.TokenIssued):  # a /token the user typed (the session's own
+            # are not handed on): shown, since it was asked for
+            return self._system(f"token for {ev.name}, valid until {ev.expires}: {ev.token}")
         if isinstance(ev, replies.Error):
             return LogLine(clock_of(None), ERROR, "", ev.message)
         if isinstance(ev, replies.Info):
@@ -162,6 +211,9 @@ class ChatState:
                 return self._system(f"rooms: {listed or 'none'}")
             return None
         if isinstance(ev, replies.Bye):
+            if ev.reason:  # kicked or banned: the server closes the connection
+                return LogLine(clock_of(None), ERROR, "", f"the server closed the connection: "
+                               f"{ev.reason}")
             return self._system("the server said goodbye")
         if isinstance(ev, events.Status):
             self.status = ev.text

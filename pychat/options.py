@@ -535,6 +535,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("--history", "PYCHAT_CLIENT_HISTORY", 20,
            "lines of a room's history shown on entering it (0: none)", CLIENTS,
            type=non_negative),
+    Option("--user", "PYCHAT_USER", "",
+           "log in to this account (its password from $PYCHAT_PASSWORD, or asked for without "
+           "echo; --user wins over --name)", CLIENTS),
+    Option("--register", None, False,
+           "make the --user account (the name must be free) and log in to it", CLIENTS,
+           type=bool),
     Option("--geometry", "PYCHAT_GUI_GEOMETRY", "1000x640+0+0", "window size and place (Tk)",
            (GUI,)),
     Option("--log-limit", "PYCHAT_GUI_LOG_LIMIT", 1000, "lines kept in the log", (GUI,),

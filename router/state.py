@@ -244,8 +244,7 @@ class RouterState:
         ban = self.accounts.banned([address_target(address)], SERVER, self._wall()) \
             if address else None
         if ban is not None:
-            self._out.append((acceptor, bus.Kick(conn, replies.format_error(
-                f"banned: {ban.reason or 'no reason given'}", None))))
+            self._refuse_banned(acceptor, conn, f"banned: {ban.reason or 'no reason given'}")
             return self._take()
         user = User(self._new_uid(), acceptor, conn, LOBBY, address)
         self._add(user)
@@ -280,7 +279,7 @@ class RouterState:
                              "your login could not be restored: log in again"))
         ban = self._server_ban(user, found)
         if ban:
-            self._out.append((acceptor, bus.Kick(conn, replies.format_error(ban, None))))
+            self._refuse_banned(acceptor, conn, ban)
             return self._take()
         self._add(user)
         if found is not None:
@@ -558,7 +557,7 @@ class RouterState:
         self.by_account.succeeded(fold(account.name))
         ban = self._server_ban(user, account)
         if ban:
-            self._out.append((user.acceptor, bus.Kick(user.conn, replies.format_error(ban))))
+            self._refuse_banned(user.acceptor, user.conn, ban)
             return
         if user.account:
             self._log_out(user)
@@ -709,6 +708,12 @@ class RouterState:
     def _seal(self, acceptor: str, conn: int, account_id: int) -> str:
         return hmac.new(self._seal_key, f"{acceptor}\0{conn}\0{account_id}".encode(),
                         hashlib.sha256).hexdigest()
+
+    def _refuse_banned(self, acceptor: str, conn: int, text: str) -> None:
+        """``ERROR: banned: <reason>`` (tagged ``banned`` for a client with codes), then the
+        close."""
+        self._out.append((acceptor, Err(conn, errors.BANNED, text)))
+        self._out.append((acceptor, bus.Kick(conn, "")))
 
     def _targets(self, user: User) -> list[str]:
         """What a ban of this user is recorded against: its account, or a guest's address."""
