@@ -91,7 +91,12 @@ COST_REPORTED = 4096  # a command (or arrival) that made the server send this ma
 TOKEN_DAYS = 30.0  # a resume token's life
 OFFLINE_LIMIT = 100  # private messages kept per offline account
 LOGIN_FAILED = "login failed"
-HASHING_PER_ADDRESS = 4  # passwords of one address in the pool at once
+HASHING_PER_ADDRESS = 4  # passwords of one address in the pool at once ...
+SUSPECT_FAILURES = 5  # ... 1 once it has this many failures counted (of its 20 free)
+# a failed or throttled login costs its connection as much as this much output would (the
+# acceptor charges a flood token per --flood-bytes, 64 KiB: 32 tokens, about 0.6 s of its
+# commands at the default 50 a second), so "try again in N s" is not only advice
+FAILED_LOGIN_COST = 32 * 64 * 1024
 GUEST_COMMANDS = frozenset({Nick, Register, Login, Resume})  # --require-login lets guests do
 
 
@@ -108,17 +113,43 @@ class Throttle:
         self.forget = forget
         self.keys = keys
         self._state: OrderedDict[str, tuple[int, float, float]] = OrderedDict()  # n, last, until
+        self._pending: dict[str, int] = {}  # attempts being checked (their result not known)
+
+    def failures(self, key: str, now: float) -> int:
+        entry = self._state.get(key)
+        if entry is None or now - entry[1] > self.forget:
+            return 0
+        return entry[0]
 
     def wait(self, key: str, now: float) -> float:
-        """Seconds ``key`` must still wait before its next attempt (0: none)."""
+        """Seconds ``key`` must still wait before its next attempt (0: none). Attempts still
+        being checked count as failures to come: with ``free`` of them in flight, or fewer
+        beside the failures already counted, the next waits (1 s) for their results, so that
+        simultaneous guesses get no more than the free ones."""
         entry = self._state.get(key)
+        pending = self._pending.get(key, 0)
         if entry is None:
-            return 0.0
-        _, last, until = entry
+            return 1.0 if pending >= self.free else 0.0
+        n, last, until = entry
         if now - last > self.forget:
             del self._state[key]
-            return 0.0
-        return max(0.0, until - now)
+            return 1.0 if pending >= self.free else 0.0
+        wait = max(0.0, until - now)
+        if not wait and n + pending >= self.free:
+            return 1.0
+        return wait
+
+    def begin(self, key: str) -> None:
+        """An attempt of ``key`` is being checked."""
+        self._pending[key] = self._pending.get(key, 0) + 1
+
+    def end(self, key: str) -> None:
+        """Its check is over (``failed`` or ``succeeded`` says how)."""
+        left = self._pending.get(key, 1) - 1
+        if left > 0:
+            self._pending[key] = left
+        else:
+            self._pending.pop(key, None)
 
     def failed(self, key: str, now: float) -> None:
         n, last, _ = self._state.pop(key, (0, now, 0.0))
@@ -527,9 +558,15 @@ class RouterState:
             return
         account = self.accounts.get(cmd.name)
         stored = account.hash if account is not None else None
-        name = cmd.name
-        if not self._submit(user, self.passwords.verify, (stored, cmd.password),
-                            lambda ok: self._checked(user, name, account, bool(ok))):
+        name, key = cmd.name, fold(cmd.name)
+
+        def checked(ok: Any) -> None:
+            self.by_account.end(key)
+            self._checked(user, name, account, bool(ok))
+
+        if self._submit(user, self.passwords.verify, (stored, cmd.password), checked):
+            self.by_account.begin(key)
+        else:
             self._done(user)
 
     def _checked(self, user: User, name: str, account: Account | None, ok: bool) -> None:
@@ -543,18 +580,22 @@ class RouterState:
         self._done(user)
 
     def on_resume(self, user: User, cmd: Resume) -> None:
-        if self._throttled(user, cmd.name):
+        """A token is 256 random bits: no name's throttle applies (an account under a password
+        guessing attack still resumes its devices), only the address's, against scanning."""
+        if self._throttled(user, cmd.name, by_name=False):
             return
         digest = token_digest(cmd.token)
         account_id = self.accounts.token_account(digest, self._wall())
         account = self.accounts.by_id(account_id) if account_id is not None else None
         if account is None or fold(account.name) != fold(cmd.name):
-            self._login_failed(user, cmd.name)
+            self._login_failed(user, cmd.name, by_name=False)
             return
-        self._login_ok(user, account, token=digest)
+        self._login_ok(user, account, token=digest)  # (the name's failures stay counted)
 
     def _login_ok(self, user: User, account: Account, token: str = "") -> None:
-        self.by_account.succeeded(fold(account.name))
+        """A password (``token`` empty: it clears the name's failures) or a token was right."""
+        if not token:
+            self.by_account.succeeded(fold(account.name))
         ban = self._server_ban(user, account)
         if ban:
             self._refuse_banned(user.acceptor, user.conn, ban)
@@ -564,23 +605,27 @@ class RouterState:
         self._log_in(user, account, word="login")
         user.token = token
 
-    def _login_failed(self, user: User, name: str) -> None:
+    def _login_failed(self, user: User, name: str, by_name: bool = True) -> None:
         now = self._mono()
         self.logins_failed += 1
-        self.by_account.failed(fold(name), now)
+        if by_name:
+            self.by_account.failed(fold(name), now)
         if user.address:
             self.by_address.failed(user.address, now)
         self._error(user, errors.LOGIN_FAILED, LOGIN_FAILED)
+        self._out.append((user.acceptor, Cost(user.conn, FAILED_LOGIN_COST)))
 
-    def _throttled(self, user: User, name: str) -> bool:
-        """Too many failed logins lately for this name or this address: told, True."""
+    def _throttled(self, user: User, name: str, by_name: bool = True) -> bool:
+        """Too many failed logins lately for this name or this address: told (and its
+        connection slowed: the answer costs it tokens), True."""
         now = self._mono()
-        wait = max(self.by_account.wait(fold(name), now),
+        wait = max(self.by_account.wait(fold(name), now) if by_name else 0.0,
                    self.by_address.wait(user.address, now) if user.address else 0.0)
         if wait <= 0:
             return False
         self._error(user, errors.LOGIN_THROTTLED,
                     f"{LOGIN_FAILED}: too many attempts, try again in {math.ceil(wait)} s")
+        self._out.append((user.acceptor, Cost(user.conn, FAILED_LOGIN_COST)))
         return True
 
     def on_logout(self, user: User, cmd: Logout) -> None:
@@ -605,9 +650,14 @@ class RouterState:
             def change(stored: str, old: str, new: str) -> str | None:
                 return passwords.hash(new) if passwords.verify(stored, old) else None
 
-            known = account
-            if self._submit(user, change, (account.hash, cmd.old, cmd.new),
-                            lambda digest: self._password_changed(user, known, digest)):
+            known, key = account, fold(account.name)
+
+            def changed(digest: Any) -> None:
+                self.by_account.end(key)
+                self._password_changed(user, known, digest)
+
+            if self._submit(user, change, (account.hash, cmd.old, cmd.new), changed):
+                self.by_account.begin(key)
                 return
         self._done(user)
 
@@ -639,7 +689,9 @@ class RouterState:
         logins), or when the queue is full."""
         address = user.address
         hashing = self._hashing
-        if hashing.get(address, 0) >= HASHING_PER_ADDRESS:
+        failing = self.by_address.failures(address, self._mono()) >= SUSPECT_FAILURES
+        limit = 1 if failing else HASHING_PER_ADDRESS
+        if hashing.get(address, 0) >= limit:
             self._error(user, errors.LOGIN_THROTTLED, f"{LOGIN_FAILED}: too many logins from "
                                                       f"your address at once, try again in 1 s")
             return False

@@ -217,3 +217,44 @@ def test_throttle_waits_double_after_the_free_failures_and_forget(free):
     assert t.wait("a", 0.0) == 0.0 and len(t._state) == 3  # bounded: the oldest went
     t.succeeded("d")
     assert "d" not in t._state
+
+
+def test_simultaneous_guesses_get_no_more_than_the_free_ones():
+    """Guesses in flight count against the name before their results are known: 10 at once,
+    from 10 addresses, get 5 checks; the others wait for the results ("try again in 1 s")."""
+    net = AccountsNet()
+    net.account("lena")
+    keys = []
+    for i in range(10):
+        key = ("B", 100 + i)
+        net.deliver(net.state.open(*key, f"10.0.0.{i}:5000"))
+        keys.append(key)
+    net.turn()
+    net.clear()
+    for key in keys:  # all in one turn: none of the checks has finished
+        net.cmd(key, Login("lena", "guess-guess"), turn=False)
+    throttled = [k for k in keys if net.lines(k) == [
+        "ERROR: login failed: too many attempts, try again in 1 s"]]
+    assert len(throttled) == 5 and net.state.jobs.running == 5
+    net.turn()  # the checks finish: 5 failures, and the name waits from now on
+    assert sum(net.lines(k) == ["ERROR: login failed"] for k in keys) == 5
+    assert all(net.costs[k] > 0 for k in keys)  # every failed or throttled try slows its sender
+
+
+def test_a_resume_is_not_held_up_by_its_name_s_failed_passwords():
+    net = AccountsNet()
+    owner = net.account("mia")
+    net.cmd(owner, "/token")
+    token = net.lines(owner)[0].split()[2]
+    attacker = net.member()
+    for _ in range(6):
+        net.cmd(attacker, Login("mia", "guess-guess"))
+    assert net.lines(attacker)[-1].startswith("ERROR: login failed: too many attempts")
+    device = net.member()
+    net.clear()
+    net.cmd(device, f"/resume mia {token}")
+    assert net.lines(device)[0] == "OK login mia"
+    net.cmd(device, "/logout")
+    guest = net.member()
+    net.cmd(guest, f"/login mia {PASSWORD}")  # a password still waits, the owner's too
+    assert net.lines(guest)[0].startswith("ERROR: login failed: too many attempts")

@@ -76,6 +76,7 @@ class Net:
         self.sessions: dict[tuple[str, int], SessionSet] = {}
         self.seen: dict[tuple[str, int], list[str]] = defaultdict(list)
         self.done: Counter[tuple[str, int]] = Counter()  # Done (awaited commands answered)
+        self.costs: Counter[tuple[str, int]] = Counter()  # Cost reported per session
         self._conns: Counter[str] = Counter()
 
     # -- driving -------------------------------------------------------------------------------
@@ -92,6 +93,8 @@ class Net:
                 self.seen[(acc, msg.conn)].append(f"ERROR: {msg.text}")
             elif isinstance(msg, Done):
                 self.done[(acc, msg.conn)] += 1
+            elif isinstance(msg, Cost):
+                self.costs[(acc, msg.conn)] += msg.bytes
             elif isinstance(msg, (ToRoom, ChatRoom, Notice)):
                 local = [k for k, s in self.sessions.items() if k[0] == acc and s.room == msg.room]
                 assert local, f"{msg} sent to {acc}, which has nobody in {msg.room}"
