@@ -89,9 +89,11 @@ async def serve(args: argparse.Namespace, tls=None, curve=None) -> int:
     acceptor = Acceptor(loop, name=name, router=args.router, limits=limits,
                         heartbeat=args.heartbeat, bus_hwm=args.bus_hwm, curve=curve)
     try:
-        await acceptor.start(args.host, args.port, args.reuse_port, ssl=tls)
+        await acceptor.start(args.host, args.port, args.reuse_port, ssl=tls,
+                             irc_port=args.irc_port)
     except OSError as e:
-        log.error("cannot listen on %s:%d: %s", args.host, args.port, e)
+        log.error("cannot listen on %s:%d%s: %s", args.host, args.port,
+                  f" (IRC {args.irc_port})" if args.irc_port else "", e)
         acceptor.bus.close()
         return 1
     if args.metrics_port:
@@ -106,6 +108,8 @@ async def serve(args: argparse.Namespace, tls=None, curve=None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     where = ", ".join(f"{h}:{p}" for h, p in acceptor.ports())
+    if args.irc_port:
+        where += f", IRC {args.host}:{args.irc_port}"
     log.info("acceptor %s listening on %s%s, router %s%s (%s)", name, where,
              " (TLS)" if tls else "", args.router, " (CurveZMQ)" if curve else "",
              type(loop).__module__.split(".")[0])

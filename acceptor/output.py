@@ -53,7 +53,8 @@ class Output:
         self.stats = stats
         self.on_drop = on_drop  # a client over its send queue: the acceptor closes it
         self.before_slice = before_slice  # what was read goes to the router before each slice
-        self.rooms: dict[str, dict[Session, None]] = {}
+        self.rooms: dict[str, dict[Session, None]] = {}  # line-protocol members
+        self.doors: dict[str, dict[Session, None]] = {}  # IRC members (``s.door`` set)
         self._dirty: list[Session] = []
         self._flush_handle: asyncio.Handle | None = None
         self._coalesce_max = limits.coalesce_ms / 1000.0
@@ -72,14 +73,19 @@ class Output:
         """``s`` is now a member of ``room`` (the router said so)."""
         if s.room != room:
             self.leave(s)
-            self.rooms.setdefault(room, {})[s] = None
+            (self.rooms if s.door is None else self.doors).setdefault(room, {})[s] = None
 
     def leave(self, s: Session) -> None:
-        members = self.rooms.get(s.room)
+        rooms = self.rooms if s.door is None else self.doors
+        members = rooms.get(s.room)
         if members is not None:
             members.pop(s, None)
             if not members:
-                del self.rooms[s.room]
+                del rooms[s.room]
+
+    def members(self, room: str) -> list[Session]:
+        """Every local member of ``room``, of every door."""
+        return [*self.rooms.get(room, ()), *self.doors.get(room, ())]
 
     def forget(self, s: Session) -> None:
         """``s`` is closed: out of its room and of the send-queue watch."""
@@ -100,7 +106,10 @@ class Output:
         """Queue ``data`` for every local member of ``room``: the hot path, so the queueing of
         ``queue`` is inlined (one flush scheduled per message, not a call per member). With
         ``tagged`` = (stamp, text), members with ``/cap time`` get the tagged line instead,
-        encoded once, when the first of them is met."""
+        encoded once, when the first of them is met. IRC members (``doors``) get the line
+        translated once for all of them (``_fan_out_doors``)."""
+        if room in self.doors:
+            self._fan_out_doors(self.doors[room], data, tagged)
         members = self.rooms.get(room)
         if not members:
             return
@@ -119,9 +128,45 @@ class Output:
         if self._flush_handle is None:
             self._schedule_flush()
 
+    def _fan_out_doors(self, members: dict[Session, None], data: bytes,
+                       tagged: tuple[str, str] | None) -> None:
+        """A room line for the room's IRC members: a chat line is translated once (twice at
+        most: with and without ``@time=``) and skips its sender (IRC clients do not expect
+        their own echo); any other line goes through each member's translator."""
+        text = tagged[1] if tagged is not None else data.decode("utf-8").rstrip("\n")
+        event = replies.parse_server_line(text)
+        if type(event) is not replies.Chat or event.private:
+            for s in members:
+                s.send_line(text)
+            return
+        assert isinstance(event, replies.Chat)
+        stamp = tagged[0] if tagged is not None else None
+        plain: bytes | None = None
+        timed: bytes | None = None
+        for s in members:
+            door = s.door
+            if s.uid == event.uid or door is None or not door.registered:
+                continue
+            if stamp and "server-time" in door.caps:
+                if timed is None:
+                    timed = "".join(f"{line}\r\n" for line in door.public(
+                        stamp, event.uid, event.text)).encode("utf-8")
+                self.queue(s, timed)
+            else:
+                if plain is None:
+                    plain = "".join(f"{line}\r\n" for line in door.public(
+                        None, event.uid, event.text)).encode("utf-8")
+                self.queue(s, plain)
+
     def roster(self, room: str, text: str, delta: str) -> None:
         """A room's USERS/NAMES push: the whole lists, or to members with ``/cap deltas`` that
         have a list to apply it to, the change (``delta``; when empty, the lists too)."""
+        for s in self.doors.get(room, ()):
+            if s.conn.cap_deltas and not s.fresh and delta:
+                s.send_line(delta)
+            else:
+                s.fresh = False
+                s.send_line(text)
         members = self.rooms.get(room)
         if not members:
             return

@@ -35,6 +35,7 @@ from pychat.wire.errors import BusError
 from pychat.wire.link import AcceptorLink, Answered, Missed, ResyncNeeded
 
 from .connection import Connection
+from .irc_session import IrcSession
 from .limits import Limits, TokenBucket, exempt_addresses
 from .link import BusPump
 from .output import Output
@@ -73,6 +74,7 @@ class Acceptor:
         self._beat_handle: asyncio.TimerHandle | None = None
         self._sweep_handle: asyncio.TimerHandle | None = None
         self.server: asyncio.Server | None = None
+        self.irc_server: asyncio.Server | None = None
         self.tls: ssl_module.SSLContext | None = None
         self._listening: socket.socket | None = None  # the TLS door's own listening socket
         link = AcceptorLink(name, self.epoch, heartbeat=heartbeat, now=loop.time())
@@ -85,8 +87,12 @@ class Acceptor:
         return self.bus.link.router_alive
 
     async def start(self, host: str, port: int, reuse_port: bool,
-                    ssl: ssl_module.SSLContext | None = None) -> None:
+                    ssl: ssl_module.SSLContext | None = None, irc_port: int = 0) -> None:
         self.tls = ssl
+        if irc_port:  # the IRC door (acceptor/irc.py), plain TCP
+            self.irc_server = await self.loop.create_server(
+                lambda: IrcSession(self, next(self._ids)), host, irc_port,
+                reuse_port=reuse_port or None, backlog=4096)
         if ssl is None:
             self.server = await self.loop.create_server(
                 lambda: Session(self, next(self._ids)), host, port,
@@ -342,7 +348,7 @@ class Acceptor:
                 self._resync(msg.why)
             elif kind is Missed:
                 assert isinstance(msg, Missed)
-                for s in output.rooms.get(msg.room, ()):
+                for s in output.members(msg.room):
                     s.fresh = True
             else:
                 log.warning("router sent an acceptor-bound %r; dropped", msg)
@@ -413,8 +419,9 @@ class Acceptor:
 
     async def shutdown(self, grace: float = 2.0) -> None:
         """SIGTERM: stop accepting, tell every client, close, let the router know."""
-        if self.server is not None:
-            self.server.close()
+        for server in (self.server, self.irc_server):
+            if server is not None:
+                server.close()
         if self._listening is not None:
             self.loop.remove_reader(self._listening.fileno())
             self._listening.close()
@@ -429,7 +436,8 @@ class Acceptor:
             self.output.write_now(s)
             if s.transport is not None and not s.transport.is_closing():
                 line = replies.format_error(SHUTDOWN, errors.SHUTTING_DOWN if s.conn.cap_codes
-                                            else None)
+                                            else None) if s.door is None \
+                    else f"ERROR :Closing link: {SHUTDOWN}\r"
                 s.transport.write((line + "\n").encode())
                 s.transport.close()
         deadline = self.loop.time() + grace

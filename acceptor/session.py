@@ -24,6 +24,7 @@ from pychat.wire import bus, replies
 from .connection import CUT, PAUSE, RESUME, Action, Close, Connection, Route, Write
 
 if TYPE_CHECKING:
+    from .irc import IrcDoor
     from .server import Acceptor
 
 log = logging.getLogger("pychat.acceptor")
@@ -37,8 +38,8 @@ WELCOME = (replies.WELCOME + "\n").encode()
 
 class Session(asyncio.Protocol):
     __slots__ = ("_armed", "_timer", "acceptor", "account", "blocked", "cap_time", "conn",
-                 "counted", "fd", "fresh", "greeting", "host", "id", "name", "open", "out", "peer",
-                 "room", "seal", "tls", "transport", "uid")
+                 "counted", "door", "fd", "fresh", "greeting", "host", "id", "name", "open", "out",
+                 "peer", "room", "seal", "tls", "transport", "uid")
 
     def __init__(self, acceptor: Acceptor, conn_id: int):
         self.acceptor = acceptor
@@ -63,6 +64,7 @@ class Session(asyncio.Protocol):
         # no list of its room that the router's next change applies to (new, moved, resynced):
         # its next USERS/NAMES push is the whole list even with /cap deltas
         self.fresh = True
+        self.door: IrcDoor | None = None  # the IRC door's translator (None: the line protocol)
         self._timer: asyncio.TimerHandle | None = None
         self._armed: float | None = None
 

@@ -340,8 +340,9 @@ def main(argv: list[str] | None = None) -> int:
             sup._hold.close()
             sup._hold = None
         n = sum(c.role.startswith("acceptor") for c in sup.children)
+        irc = f", IRC on port {args.irc_port}" if args.irc_port else ""
         print(f"pychat: serving on {args.host}:{sup.port} ({n} acceptor{'s' * (n > 1)}, "
-              f"bus {sup.bus})", flush=True)
+              f"bus {sup.bus}{irc})", flush=True)
         sup.supervise()
         return 0
     except OSError as e:

@@ -39,6 +39,7 @@ from pychat.wire.commands import (
     handler_names,
     help_lines,
     parse_line,
+    valid_name,
     word_of,
 )
 from pychat.wire.errors import ClientError, InvalidUTF8, LineTooLong
@@ -254,6 +255,7 @@ def _check_parse(line: str):
         assert 0 <= cmd.count <= HISTORY_MAX
     elif isinstance(cmd, Nick):
         assert re.fullmatch(r"[A-Za-z0-9_-]{1,24}", cmd.name)
+        assert not re.fullmatch(r"[uU]?[0-9]{6}", cmd.name)
     elif isinstance(cmd, Join):
         assert re.fullmatch(r"#[A-Za-z0-9_-]{1,32}", cmd.room)
 
@@ -289,6 +291,17 @@ def test_a_name_of_six_digits_is_refused_since_it_would_read_as_a_uid():
     assert e.value.message == "invalid name 123456: six digits would read as a user ID"
     assert parse_line("/nick 12345") == Nick("12345")
     assert parse_line("/nick 1234567") == Nick("1234567")
+
+
+@pytest.mark.parametrize("name", ["u123456", "U654321"])
+def test_a_name_of_u_and_six_digits_is_refused_since_it_would_read_as_an_irc_stand_in(name):
+    with pytest.raises(ClientError) as e:
+        parse_line(f"/nick {name}")
+    assert e.value.message == f"invalid name {name}: u and six digits would read as a user ID"
+    assert not valid_name(name)
+    assert parse_line("/nick u12345") == Nick("u12345")
+    assert parse_line("/nick u1234567") == Nick("u1234567")
+    assert parse_line("/nick x123456") == Nick("x123456")
 
 
 def test_room_names_ignore_case():

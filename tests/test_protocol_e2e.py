@@ -364,7 +364,8 @@ def test_nick_valid_names(shared_serve, connect, shape):
     assert names_of(a.read_line()) == {a.uid: name}
 
 
-@pytest.mark.parametrize("name", ["x" * 25, "bad!name", "dot.ted", "sp ace", "#room"])
+@pytest.mark.parametrize("name", ["x" * 25, "bad!name", "dot.ted", "sp ace", "#room",
+                                  "u123456"])
 def test_nick_invalid_names_are_refused(shared_serve, connect, name):
     _, (a,) = make_room(connect, shared_serve, 1)
     a.send(f"/nick {name}")

@@ -10,7 +10,8 @@ in one place). The server of each command (``Spec.served_by``) builds its dispat
 
 Invariants:
 - a name matches ``NAME_RE`` (1-24 ASCII letters, digits, ``_``, ``-``) and is not six digits
-  (it would read as a uid); uniqueness, ignoring case, is the router's
+  (it would read as a uid), nor ``u`` and six digits (the IRC door's stand-in nick for a user
+  without a name); uniqueness, ignoring case, is the router's
 - a room matches ``ROOM_RE`` (``#`` and 1-32 of the same) and is lower case: ``/join #Dev`` is
   ``#dev``, so rooms, like names, ignore case
 - ``History.count`` is within 0..HISTORY_MAX
@@ -203,6 +204,9 @@ def _nick(rest: str) -> Command:
                           errors.INVALID_NAME, "nick")
     if len(rest) == 6 and rest.isdigit():
         raise ClientError(f"invalid name {rest}: six digits would read as a user ID",
+                          errors.INVALID_NAME, "nick")
+    if stand_in_name(rest):
+        raise ClientError(f"invalid name {rest}: u and six digits would read as a user ID",
                           errors.INVALID_NAME, "nick")
     return Nick(rest)
 
@@ -472,7 +476,13 @@ def command_fields(cmd: Command) -> list[str]:
 
 def valid_name(name: str) -> bool:
     """A display name as ``/nick`` takes it (the router keeps uniqueness)."""
-    return bool(NAME_RE.match(name)) and not (len(name) == 6 and name.isdigit())
+    return (bool(NAME_RE.match(name)) and not (len(name) == 6 and name.isdigit())
+            and not stand_in_name(name))
+
+
+def stand_in_name(name: str) -> bool:
+    """``u`` and six digits (either case): the IRC door's nick for a user without a name."""
+    return len(name) == 7 and name[0] in "uU" and name[1:].isascii() and name[1:].isdigit()
 
 
 def valid_room(room: str) -> bool:

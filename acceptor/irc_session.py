@@ -1,0 +1,56 @@
+"""The IRC door's pump: a ``Session`` whose bytes pass through an ``IrcDoor`` (acceptor/irc.py).
+
+Everything else is the TCP door's: the same ``Connection`` (flood, limits, order), the same
+output queues and send-queue limits, the same router. What differs: the bytes read are IRC
+lines, translated into PyChat lines fed to ``Connection.receive_line``; the lines the session
+would be sent are translated into IRC lines (``send_line``); there is no Welcome line; and the
+core is asked for ``/cap time codes end deltas`` as the session opens, invisibly to the client.
+Room chat lines reach IRC members through ``Output.fan_out``, translated once per message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from .irc import START, IrcDoor
+from .session import Session
+
+if TYPE_CHECKING:
+    from .server import Acceptor
+
+
+class IrcSession(Session):
+    __slots__ = ("irc",)
+
+    def __init__(self, acceptor: Acceptor, conn_id: int):
+        super().__init__(acceptor, conn_id)
+        self.irc = IrcDoor()
+        self.door = self.irc
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        if self.open:
+            self.greeting = False  # no Welcome line on this door
+            self.pump(self.conn.receive_line, START)
+
+    def data_received(self, data: bytes) -> None:
+        if not self.open:
+            return
+        core, out = self.irc.receive(data)
+        for reply in out:
+            self.queue_irc(reply)
+        for line in core:
+            if not self.open or self.conn.quitting:
+                break
+            self.pump(self.conn.receive_line, line)
+
+    def send_line(self, text: str) -> None:
+        for line in self.irc.from_core(text):
+            self.queue_irc(line)
+
+    def queue_irc(self, line: str) -> None:
+        self.acceptor.output.queue(self, (line + "\r\n").encode("utf-8"))
+
+    def greet(self) -> None:
+        self.greeting = False

@@ -1,0 +1,284 @@
+"""The IRC door's translator (acceptor/irc.py), pure: IRC bytes in, PyChat lines and IRC lines
+out; PyChat server lines in, IRC lines out. Compliance cases in the manner of irctest."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pychat.acceptor.irc import MAX_LINE, START, IrcDoor, parse_irc, split_text
+
+ME = "100001"
+BOB = "200002"
+
+
+def numerics(lines: list[str]) -> list[str]:
+    return [line.split()[1] for line in lines if line.startswith(":pychat ")]
+
+
+def started() -> IrcDoor:
+    """A door whose session has its ID and the core's answer to START."""
+    d = IrcDoor()
+    assert d.from_core(f"ID:{ME}\nUSERS:{BOB},{ME}\nNAMES:{BOB}=bob") == []
+    assert d.from_core("OK cap time codes end deltas") == []
+    assert d.from_core("END cap") == []
+    return d
+
+
+def registered(nick: str = "alice") -> IrcDoor:
+    d = started()
+    core, out = d.receive(f"NICK {nick}\r\nUSER a 0 * :Alice A\r\n".encode())
+    assert (core, out) == ([f"/nick {nick}".encode()], [])
+    out = d.from_core(f"OK nick {nick}")
+    out += d.from_core(f"NAMES:{BOB}=bob,{ME}={nick}")
+    out += d.from_core("END nick")
+    assert d.registered
+    return d
+
+
+def test_the_core_is_asked_for_its_capabilities_first():
+    assert START == b"/cap time codes end deltas"
+
+
+@pytest.mark.parametrize("order", [("NICK alice", "USER a 0 * :A"),
+                                   ("USER a 0 * :A", "NICK alice")])
+def test_registration_in_either_order_then_the_welcome(order):
+    d = started()
+    core, out = d.receive(f"{order[0]}\r\n".encode())
+    assert (core, out) == ([], [])
+    core, out = d.receive(f"{order[1]}\r\n".encode())
+    assert core == [b"/nick alice"] and out == []
+    out = d.from_core("OK nick alice")
+    assert numerics(out)[:6] == ["001", "002", "003", "004", "005", "422"]
+    assert out[0] == ":pychat 001 alice :Welcome to PyChat, alice"
+    isupport = out[4]
+    for token in ("CHANTYPES=#", "NICKLEN=24", "CHANNELLEN=33", "CASEMAPPING=ascii",
+                  "PREFIX=()", "NETWORK=PyChat"):
+        assert f" {token} " in isupport
+    assert f":alice!{ME}@pychat JOIN #lobby" in out
+    names = [line for line in out if " 353 " in line]
+    assert names == [":pychat 353 alice = #lobby :bob alice"]
+    assert out[-1] == ":pychat 366 alice #lobby :End of /NAMES list"
+
+
+def test_cap_ls_holds_registration_until_cap_end():
+    d = started()
+    core, out = d.receive(b"CAP LS 302\r\nNICK alice\r\nUSER a 0 * :A\r\n")
+    assert core == []
+    assert out == [":pychat CAP * LS :server-time message-tags"]
+    core, out = d.receive(b"CAP REQ :server-time message-tags\r\n")
+    assert out == [":pychat CAP alice ACK :server-time message-tags"]
+    core, out = d.receive(b"CAP REQ :server-time sasl\r\n")
+    assert out == [":pychat CAP alice NAK :server-time sasl"]
+    assert core == []
+    core, out = d.receive(b"CAP END\r\n")
+    assert core == [b"/nick alice"]
+
+
+def test_server_time_tags_chat_lines_when_asked():
+    d = registered()
+    d.caps.add("server-time")
+    stamp = "2026-12-06T20:00:00.123Z"
+    assert d.from_core(f"@time={stamp} [Private] {BOB}: psst") == [
+        f"@time={stamp} :bob!{BOB}@pychat PRIVMSG alice :psst"]
+    assert d.public(stamp, BOB, "hi") == [f"@time={stamp} :bob!{BOB}@pychat PRIVMSG #lobby :hi"]
+    d.caps.clear()
+    assert d.public(stamp, BOB, "hi") == [f":bob!{BOB}@pychat PRIVMSG #lobby :hi"]
+
+
+@pytest.mark.parametrize("nick", ["bad!nick", "u123456", "123456", "x" * 25])
+def test_an_invalid_nick_is_432_and_registration_waits(nick):
+    d = started()
+    core, out = d.receive(f"USER a 0 * :A\r\nNICK {nick}\r\n".encode())
+    assert core == [] and numerics(out) == ["432"]
+    core, out = d.receive(b"NICK good\r\n")
+    assert core == [b"/nick good"]
+
+
+def test_a_taken_nick_is_433_and_registration_waits_for_another():
+    d = started()
+    core, out = d.receive(b"NICK bob\r\nUSER a 0 * :A\r\n")
+    assert core == [b"/nick bob"]
+    out = d.from_core("@code=name-taken ERROR: name bob is taken")
+    assert out == [":pychat 433 * bob :Nickname is already in use"]
+    assert d.from_core("END nick") == []
+    assert not d.registered
+    core, out = d.receive(b"NICK carol\r\n")
+    assert core == [b"/nick carol"]
+    assert numerics(d.from_core("OK nick carol"))[0] == "001"
+
+
+def test_a_taken_nick_after_registration_is_433():
+    d = registered()
+    core, _ = d.receive(b"NICK bob\r\n")
+    assert core == [b"/nick bob"]
+    assert d.from_core("@code=name-taken ERROR: name bob is taken") == [
+        ":pychat 433 alice bob :Nickname is already in use"]
+
+
+def test_missing_parameters_are_461():
+    d = started()
+    _, out = d.receive(b"USER a\r\n")
+    assert out == [":pychat 461 * USER :Not enough parameters"]
+    d = registered()
+    for line in (b"JOIN\r\n", b"PART\r\n", b"KICK #lobby\r\n", b"TOPIC\r\n"):
+        assert numerics(d.receive(line)[1]) == ["461"], line
+
+
+def test_unknown_commands_are_421_and_commands_before_registration_451():
+    d = started()
+    core, out = d.receive(b"JOIN #dev\r\nFROB x\r\n")
+    assert core == [] and numerics(out) == ["451", "451"]
+    d = registered()
+    core, out = d.receive(b"FROB x\r\n")
+    assert core == [] and out == [":pychat 421 alice FROB :Unknown command"]
+
+
+def test_ping_is_answered_by_the_door_at_once():
+    d = IrcDoor()
+    assert d.receive(b"PING :abc def\r\n") == ([], [":pychat PONG pychat :abc def"])
+
+
+def test_a_line_split_across_packets_is_one_line():
+    d = started()
+    core: list[bytes] = []
+    for piece in (b"NI", b"CK ali", b"ce\r", b"\nUSER a 0 ", b"* :A\n"):
+        c, out = d.receive(piece)
+        core += c
+        assert out == []
+    assert core == [b"/nick alice"]
+
+
+def test_a_line_over_512_bytes_is_417_and_dropped_and_the_next_is_read():
+    d = registered()
+    longest = b"PRIVMSG #lobby :" + b"x" * (MAX_LINE - 2 - 16)
+    core, out = d.receive(longest + b"\r\n")
+    assert out == [] and core == [b"x" * (MAX_LINE - 18)]
+    core, out = d.receive(longest + b"y\r\nPRIVMSG #lobby :after\r\n")
+    assert out == [":pychat 417 alice :Input line was too long"] and core == [b"after"]
+    # the longest line, its CRLF split from it
+    assert d.receive(longest + b"\r") == ([], [])
+    assert d.receive(b"\n") == ([b"x" * (MAX_LINE - 18)], [])
+    # one that never ends: said once, dropped up to its end, in whatever pieces it comes
+    _, out = d.receive(b"PRIVMSG #lobby :" + b"z" * 600)
+    assert numerics(out) == ["417"]
+    assert d.receive(b"z" * 600) == ([], [])
+    assert d.receive(b"zz\r\nPRIVMSG #lobby :next\r\n") == ([b"next"], [])
+
+
+def test_utf8_split_across_packets_and_latin1_fallback():
+    d = registered()
+    data = "PRIVMSG #lobby :héllo wörld ✓\r\n".encode()
+    cut = data.index("✓".encode()) + 1  # inside the three bytes of the check mark
+    assert d.receive(data[:cut]) == ([], [])
+    assert d.receive(data[cut:]) == (["héllo wörld ✓".encode()], [])
+    assert d.receive(b"PRIVMSG #lobby :caf\xe9\r\n") == (["café".encode()], [])
+
+
+def test_messages_cross_as_pychat_lines():
+    d = registered()
+    assert d.receive(b"PRIVMSG #lobby :hello\r\n")[0] == [b"hello"]
+    assert d.receive(b"PRIVMSG #lobby :/not a command\r\n")[0] == [b"//not a command"]
+    assert d.receive(b"PRIVMSG bob :psst\r\n")[0] == [b"/msg bob psst"]
+    assert d.receive(f"PRIVMSG u{BOB} :psst\r\n".encode())[0] == [f"/msg {BOB} psst".encode()]
+    assert d.receive(b"PRIVMSG #other :hi\r\n") == (
+        [], [":pychat 404 alice #other :Cannot send to channel"])
+    assert d.receive(b"NOTICE #other :hi\r\n") == ([], [])
+    assert d.receive(b"QUIT :gone\r\n")[0] == [b"/quit gone"]
+
+
+def test_errors_of_a_notice_are_not_answered():
+    d = registered()
+    assert d.receive(b"NOTICE nobody :hi\r\n")[0] == [b"/msg nobody hi"]
+    assert d.from_core("@code=no-such-user ERROR: no such user nobody") == []
+    assert d.from_core("END msg") == []
+    assert d.receive(b"PRIVMSG nobody :hi\r\n")[0] == [b"/msg nobody hi"]
+    assert d.from_core("@code=no-such-user ERROR: no such user nobody") == [
+        ":pychat 401 alice nobody :No such nick/channel"]
+
+
+def test_own_echoes_are_not_sent_back():
+    d = registered()
+    assert d.from_core(f"{ME}: hello") == []
+    assert d.from_core(f"[Private] To {BOB}: psst") == []
+    assert d.from_core(f"{BOB}: hi") == [f":bob!{BOB}@pychat PRIVMSG #lobby :hi"]
+
+
+def test_a_long_pychat_line_is_split_within_512_bytes():
+    d = registered()
+    out = d.public(None, BOB, "é" * 1000)
+    assert len(out) > 1
+    assert all(len(line.encode()) + 2 <= MAX_LINE for line in out)
+    assert "".join(line.split(" :", 1)[1] for line in out) == "é" * 1000
+    assert split_text("abc", 10) == ["abc"]
+
+
+def test_joining_a_room_parts_the_old_one_and_names_the_new():
+    d = registered()
+    assert d.receive(b"JOIN #a,#dev\r\n")[0] == [b"/join #dev"]  # the last one counts
+    out = d.from_core("ROOM:#dev")
+    assert out == [f":alice!{ME}@pychat PART #lobby", f":alice!{ME}@pychat JOIN #dev"]
+    assert d.from_core(f"USERS:{ME}") == []
+    assert d.from_core(f"NAMES:{ME}=alice") == [":pychat 353 alice = #dev :alice",
+                                                 ":pychat 366 alice #dev :End of /NAMES list"]
+    assert d.from_core("END join") == []
+    # others arrive, take a name, leave: JOIN, NICK, PART
+    assert d.from_core(f"JOINED:{BOB}") == [f":u{BOB}!{BOB}@pychat JOIN #dev"]
+    assert d.from_core(f"NAMED:{BOB}=bob") == [f":u{BOB}!{BOB}@pychat NICK :bob"]
+    assert d.from_core(f"LEFT:{BOB}") == [f":bob!{BOB}@pychat PART #dev"]
+    # PART goes back to the lobby
+    assert d.receive(b"PART #dev\r\n")[0] == [b"/join #lobby"]
+    assert d.from_core("ROOM:#lobby")[-1] == f":alice!{ME}@pychat JOIN #lobby"
+
+
+def test_who_whois_names_mode_away_list_topic():
+    d = registered()
+    _, out = d.receive(b"WHO #lobby\r\n")
+    assert numerics(out) == ["352", "352", "315"]
+    _, out = d.receive(b"WHOIS bob\r\nWHOIS nobody\r\n")
+    assert numerics(out) == ["311", "319", "318", "401", "318"]
+    _, out = d.receive(b"MODE #lobby\r\nMODE alice\r\nMODE alice +i\r\nMODE #lobby +o bob\r\n")
+    assert numerics(out) == ["324", "221", "501", "472"]
+    _, out = d.receive(b"AWAY :lunch\r\nAWAY\r\n")
+    assert numerics(out) == ["306", "305"]
+    core, _ = d.receive(b"LIST\r\n")
+    assert core == [b"/rooms"]
+    assert numerics(d.from_core("ROOMS:#dev=1,#lobby=2")) == ["321", "322", "322", "323"]
+    d.from_core("END rooms")
+    core, _ = d.receive(b"TOPIC #lobby\r\n")
+    assert core == [b"/topic"]
+    assert d.from_core("TOPIC:#lobby") == [":pychat 331 alice #lobby :No topic is set"]
+    d.from_core("END topic")
+    core, _ = d.receive(b"TOPIC #lobby :new topic\r\n")
+    assert core == [b"/topic new topic"]
+    assert d.from_core("TOPIC:#lobby new topic") == [":pychat TOPIC #lobby :new topic"]
+
+
+def test_bye_closes_the_link_and_unknown_lines_are_notices():
+    d = registered()
+    assert d.from_core("BYE") == ["ERROR :Closing link"]
+    assert d.from_core("HELP: /nick <name>") == [":pychat NOTICE alice :HELP: /nick <name>"]
+
+
+def test_parse_irc_drops_tags_and_prefix():
+    assert parse_irc("@label=1 :nick!u@h PRIVMSG #a :hi there") == ("PRIVMSG", ["#a", "hi there"])
+    assert parse_irc("privmsg #a hi") == ("PRIVMSG", ["#a", "hi"])
+    assert parse_irc("") == ("", [])
+
+
+_irc_like = st.lists(st.sampled_from([b"NICK ", b"USER ", b"CAP ", b"LS", b"REQ :", b"END",
+                                      b"JOIN ", b"PRIVMSG ", b"#a", b"u123456", b":", b" ",
+                                      b"\r", b"\n", b"\xc3", b"\xa9", b"x" * 300, b"@t=1 ",
+                                      b"MODE ", b"PART ", b"WHOIS ", b"TOPIC ", b"KICK "]))
+
+
+@given(st.lists(st.one_of(st.binary(), _irc_like.map(b"".join))))
+def test_any_bytes_give_lines_for_the_core_and_the_client_never_an_exception(chunks):
+    d = started()
+    for chunk in chunks:
+        core, out = d.receive(chunk)
+        assert all(isinstance(line, bytes) and b"\n" not in line for line in core)
+        assert all("\n" not in line and "\r" not in line for line in out)
+        if not d.registered and d.sent_nick:  # the core says yes: registered from then on
+            d.from_core(f"OK nick {d.sent_nick}")

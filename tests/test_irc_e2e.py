@@ -1,0 +1,316 @@
+"""The IRC door end to end: ``pychat serve --irc-port P``, raw IRC sockets, the `irc` library
+(jaraco's) and Debian's ``ii``, each talking to PyChat TCP clients in the same rooms."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Callable
+
+import pytest
+
+from support.client import Connection
+from support.procs import free_port, start_serve
+
+pytestmark = pytest.mark.e2e
+TIMEOUT = 10.0
+
+
+@pytest.fixture(scope="module")
+def irc_serve():
+    """One server with its IRC door: (line port, IRC port)."""
+    irc_port = free_port()
+    p, port = start_serve("--irc-port", str(irc_port), "--history", "memory",
+                          "--accounts", "memory")
+    yield port, irc_port
+    p.stop()
+
+
+def unique(prefix: str) -> str:
+    return prefix + uuid.uuid4().hex[:8]
+
+
+class Irc:
+    """A raw IRC client: lines out with CRLF, lines in read up to the one expected."""
+
+    def __init__(self, port: int):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+        self.buf = b""
+        self.seen: list[str] = []
+        self.nick = ""
+
+    def send(self, line: str) -> None:
+        self.sock.sendall(line.encode() + b"\r\n")
+
+    def read_line(self, deadline: float) -> str:
+        while b"\r\n" not in self.buf:
+            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no line; seen: {self.seen[-10:]}")
+            data = self.sock.recv(65536)
+            if not data:
+                raise ConnectionError(f"closed; seen: {self.seen[-10:]}")
+            self.buf += data
+        line, self.buf = self.buf.split(b"\r\n", 1)
+        text = line.decode()
+        self.seen.append(text)
+        return text
+
+    def expect(self, match: str | Callable[[str], bool]) -> str:
+        pred = (lambda line: re.search(match, line) is not None) if isinstance(match, str) \
+            else match
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            line = self.read_line(deadline)
+            if pred(line):
+                return line
+
+    def register(self, nick: str, caps: str = "") -> list[str]:
+        """Registration up to the lobby's 366; returns the lines read."""
+        start = len(self.seen)
+        if caps:
+            self.send("CAP LS 302")
+        self.send(f"NICK {nick}")
+        self.send(f"USER {nick} 0 * :{nick} the tester")
+        if caps:
+            self.expect(r" CAP \* LS ")
+            self.send(f"CAP REQ :{caps}")
+            self.expect(r" CAP \S+ ACK ")
+            self.send("CAP END")
+        self.expect(rf"^:pychat 366 {nick} #lobby ")
+        self.nick = nick
+        return self.seen[start:]
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def clients():
+    made: list = []
+    yield made
+    for c in made:
+        c.close()
+
+
+def irc(port: int, clients: list) -> Irc:
+    c = Irc(port)
+    clients.append(c)
+    return c
+
+
+def pychat(port: int, clients: list, name: str) -> Connection:
+    c = Connection("127.0.0.1", port, timeout=TIMEOUT)
+    clients.append(c)
+    c.handshake()
+    c.send(f"/nick {name}")
+    c.expect(f"OK nick {name}")
+    return c
+
+
+def test_registration_gets_the_welcome_and_the_lobby(irc_serve, clients):
+    _, irc_port = irc_serve
+    nick = unique("i")
+    a = irc(irc_port, clients)
+    lines = a.register(nick, caps="server-time")
+    codes = [line.split()[1] for line in lines if line.startswith(":pychat ")]
+    for code in ("001", "002", "003", "004", "005", "422", "353", "366"):
+        assert code in codes, lines
+    assert f":pychat 001 {nick} :Welcome to PyChat, {nick}" in lines
+    assert any(re.fullmatch(rf":{nick}!\d{{6}}@pychat JOIN #lobby", line) for line in lines)
+    a.send("PING :tok 1")
+    assert a.expect(" PONG ") == ":pychat PONG pychat :tok 1"
+
+
+def test_irc_and_pychat_chat_in_the_lobby_and_in_a_room(irc_serve, clients):
+    port, irc_port = irc_serve
+    nick, name = unique("i"), unique("p")
+    a = irc(irc_port, clients)
+    a.register(nick)
+    b = pychat(port, clients, name)
+    a.expect(rf"^:u{b.uid}!{b.uid}@pychat JOIN #lobby|NICK :{name}$")
+    # the PyChat client sees the IRC user's nick as its name, and its lines as `<uid>: text`
+    b.send("/users")
+    b.expect_prefix("NAMES:")
+    irc_uid = next(uid for uid, n in b.names.items() if n == nick)
+    a.send("PRIVMSG #lobby :hello from irc")
+    b.expect(f"{irc_uid}: hello from irc")
+    b.send("hello from pychat")
+    assert a.expect("hello from pychat") == \
+        f":{name}!{b.uid}@pychat PRIVMSG #lobby :hello from pychat"
+    # a room of their own
+    room = "#" + unique("r")
+    a.send(f"JOIN {room}")
+    a.expect(rf"^:{nick}!{irc_uid}@pychat PART #lobby$")
+    a.expect(rf"^:{nick}!{irc_uid}@pychat JOIN {room}$")
+    a.expect(rf"^:pychat 366 {nick} {room} ")
+    b.send(f"/join {room}")
+    b.expect(f"ROOM:{room}")
+    a.expect(rf"^:{name}!{b.uid}@pychat JOIN {room}$")
+    a.send(f"PRIVMSG {room} :in the room")
+    b.expect(f"{irc_uid}: in the room")
+    b.send("back at you")
+    a.expect(rf"^:{name}!{b.uid}@pychat PRIVMSG {room} :back at you$")
+    # the IRC client's own lines are not echoed to it: the next line it gets is b's
+    a.send(f"PRIVMSG {room} :no echo")
+    b.expect(f"{irc_uid}: no echo")
+    b.send("marker")
+    assert "no echo" not in a.expect("marker|no echo")
+    # PART goes back to the lobby, and the PyChat client sees it leave
+    a.send(f"PART {room}")
+    a.expect(rf"^:{nick}!{irc_uid}@pychat PART {room}$")
+    a.expect(rf"^:{nick}!{irc_uid}@pychat JOIN #lobby$")
+    b.expect(lambda line: line.startswith(("USERS:", "LEFT:")) and irc_uid not in line)
+
+
+def test_private_messages_both_ways(irc_serve, clients):
+    port, irc_port = irc_serve
+    nick, name = unique("i"), unique("p")
+    a = irc(irc_port, clients)
+    a.register(nick, caps="server-time")
+    b = pychat(port, clients, name)
+    a.send(f"PRIVMSG {name} :psst pychat")
+    line = b.expect(lambda s: s.endswith(": psst pychat"))
+    irc_uid = re.fullmatch(r"\[Private\] (\d{6}): psst pychat", line).group(1)
+    b.send(f"/msg {nick} psst irc")
+    line = a.expect("psst irc")
+    assert re.fullmatch(rf"@time=\S+Z :{name}!{b.uid}@pychat PRIVMSG {nick} :psst irc", line)
+    # to a user without a name: its stand-in nick
+    c = Connection("127.0.0.1", port, timeout=TIMEOUT)
+    clients.append(c)
+    c.handshake()
+    a.send(f"PRIVMSG u{c.uid} :to the nameless")
+    c.expect(f"[Private] {irc_uid}: to the nameless")
+    a.send("PRIVMSG nobody-here :hello?")
+    a.expect(rf"^:pychat 401 {nick} nobody-here ")
+
+
+def test_a_nick_clash_is_433(irc_serve, clients):
+    port, irc_port = irc_serve
+    name = unique("p")
+    pychat(port, clients, name)
+    a = irc(irc_port, clients)
+    a.send(f"NICK {name}")
+    a.send("USER x 0 * :x")
+    assert a.expect(" 433 ") == f":pychat 433 * {name} :Nickname is already in use"
+    nick = unique("i")
+    a.send(f"NICK {nick}")
+    a.expect(rf"^:pychat 001 {nick} ")
+    # and once registered
+    a.send(f"NICK {name}")
+    a.expect(rf"^:pychat 433 {nick} {name} :")
+    a.send("NICK u123456")
+    a.expect(rf"^:pychat 432 {nick} u123456 :")
+
+
+def test_quit_is_seen_by_the_others(irc_serve, clients):
+    port, irc_port = irc_serve
+    nick, name = unique("i"), unique("p")
+    room = "#" + unique("q")
+    b = pychat(port, clients, name)
+    b.send(f"/join {room}")
+    b.expect(f"ROOM:{room}")
+    a = irc(irc_port, clients)
+    a.register(nick)
+    a.send(f"JOIN {room}")
+    a.expect(rf"^:pychat 366 {nick} {room} ")
+    b.expect(lambda line: nick in line and line.startswith(("NAMES:", "NAMED:")))
+    irc_uid = next(uid for uid, n in b.names.items() if n == nick)
+    a.send("QUIT :gone fishing")
+    assert a.expect("^ERROR ").startswith("ERROR :Closing link")
+    b.expect(lambda line: line.startswith(("USERS:", "LEFT:")) and irc_uid in line
+             if line.startswith("LEFT:") else line.startswith("USERS:") and irc_uid not in line)
+
+
+def test_the_irc_library_joins_and_talks_to_a_pychat_client(irc_serve, clients):
+    irc_client = pytest.importorskip("irc.client")
+    port, irc_port = irc_serve
+    nick, name = unique("j"), unique("p")
+    room = "#" + unique("lib")
+    b = pychat(port, clients, name)
+    b.send(f"/join {room}")
+    b.expect(f"ROOM:{room}")
+    reactor = irc_client.Reactor()
+    got: list[str] = []
+    joined = threading.Event()
+    heard = threading.Event()
+
+    def on_welcome(conn, event):
+        conn.join(room)
+
+    def on_join(conn, event):
+        if event.source.nick == nick:
+            joined.set()
+
+    def on_pubmsg(conn, event):
+        got.append(f"{event.source.nick}: {event.arguments[0]}")
+        conn.privmsg(room, "hello back from the library")
+        heard.set()
+
+    conn = reactor.server().connect("127.0.0.1", irc_port, nick)
+    conn.add_global_handler("welcome", on_welcome)
+    conn.add_global_handler("join", on_join)
+    conn.add_global_handler("pubmsg", on_pubmsg)
+    stop = threading.Event()
+
+    def loop():
+        while not stop.is_set():
+            reactor.process_once(0.05)
+
+    t = threading.Thread(target=loop, daemon=True)
+    t.start()
+    try:
+        assert joined.wait(TIMEOUT)
+        b.expect(lambda line: nick in line and line.startswith(("NAMES:", "NAMED:")))
+        irc_uid = next(uid for uid, n in b.names.items() if n == nick)
+        b.send("hi library")
+        assert heard.wait(TIMEOUT)
+        assert got == [f"{name}: hi library"]
+        b.expect(f"{irc_uid}: hello back from the library")
+    finally:
+        stop.set()
+        t.join(5)
+        conn.disconnect("bye")
+
+
+@pytest.mark.skipif(shutil.which("ii") is None, reason="Debian's ii is not installed")
+def test_ii_from_debian_joins_and_talks(irc_serve, clients, tmp_path):
+    port, irc_port = irc_serve
+    nick, name = unique("ii"), unique("p")
+    room = "#" + unique("ii")
+    b = pychat(port, clients, name)
+    b.send(f"/join {room}")
+    b.expect(f"ROOM:{room}")
+    proc = subprocess.Popen(["ii", "-s", "127.0.0.1", "-p", str(irc_port), "-n", nick,
+                             "-i", str(tmp_path)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        server_in = tmp_path / "127.0.0.1" / "in"
+        deadline = time.monotonic() + TIMEOUT
+        while not server_in.exists():  # ii makes its fifo once connected
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)  # polling ii's files: it reports nothing else
+        with open(server_in, "w") as f:
+            f.write(f"/j {room}\n")
+        b.expect(lambda line: nick in line and line.startswith(("NAMES:", "NAMED:")))
+        irc_uid = next(uid for uid, n in b.names.items() if n == nick)
+        room_in = tmp_path / "127.0.0.1" / room / "in"
+        while not room_in.exists():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        with open(room_in, "w") as f:
+            f.write("hello from ii\n")
+        b.expect(f"{irc_uid}: hello from ii")
+        b.send("hello ii")
+        out = tmp_path / "127.0.0.1" / room / "out"
+        while not (out.exists() and f"<{name}> hello ii" in out.read_text()):
+            assert time.monotonic() < deadline, out.read_text() if out.exists() else "no out"
+            time.sleep(0.05)
+    finally:
+        proc.terminate()
+        proc.wait(5)
