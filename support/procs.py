@@ -42,6 +42,7 @@ class Proc:
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.output: list[str] = []
         self._lock = threading.Lock()
+        self._grew = threading.Condition(self._lock)  # notified at each line read
         self._open = 2
         for stream in (self.proc.stdout, self.proc.stderr):
             threading.Thread(target=self._pump, args=(stream,), daemon=True).start()
@@ -51,6 +52,7 @@ class Proc:
             line = raw.decode("utf-8", "replace").rstrip("\n")
             with self._lock:
                 self.output.append(line)
+                self._grew.notify_all()
             self.lines.put(line)
         with self._lock:
             self._open -= 1
@@ -76,6 +78,25 @@ class Proc:
             m = rx.search(line)
             if m:
                 return m
+
+    def seen(self, pattern: str, count: int = 1, timeout: float = 20.0) -> list[str]:
+        """Wait until at least ``count`` lines of all the output so far (whether or not
+        ``wait_for`` passed them: stdout and stderr are read by two threads, so a line printed
+        before another may be read after it) match ``pattern``; return the matching lines."""
+        rx = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        with self._grew:
+            while True:
+                found = [line for line in self.output if rx.search(line)]
+                left = deadline - time.monotonic()
+                if len(found) >= count or left <= 0 or self._open == 0:
+                    break
+                self._grew.wait(left)
+        if len(found) < count:
+            raise TimeoutError(f"{self.name}: {len(found)} of {count} lines matching "
+                               f"{pattern!r} in {timeout}s; output so far:\n"
+                               + "\n".join(self.output[-40:]))
+        return found
 
     def alive(self) -> bool:
         return self.proc.poll() is None

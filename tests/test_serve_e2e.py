@@ -214,9 +214,7 @@ def test_the_acceptor_serves_the_same_on_either_event_loop(loop, procs, connect)
     procs.append(p)
     # its listening line (stderr) may be read before or after "serving on" (stdout), which
     # start_serve waited for: look at what came, else wait for it
-    listening = rf"acceptor .* listening on .*\({loop}\)$"
-    if not any(re.search(listening, ln) for ln in p.output):
-        p.wait_for(listening, timeout=10)
+    p.seen(rf"acceptor .* listening on .*\({loop}\)$", timeout=10)
     a, b = connect(port), connect(port)
     a.handshake()
     b.handshake()
