@@ -19,6 +19,8 @@ shown as the one channel it has joined. State is the session's own: the room's m
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from collections import deque
 
@@ -28,7 +30,9 @@ from pychat.wire.framing import sanitize
 
 SERVER = "pychat"
 MAX_LINE = 512  # bytes, with the line end (RFC 1459)
-CAPS = ("server-time", "message-tags")
+CAPS = ("server-time", "message-tags", "sasl")
+SASL_CHUNK = 400  # AUTHENTICATE's payload comes in pieces of this size (the last shorter, or +)
+SASL_MAX = 2048  # bytes of base64: an account name and a password are far less
 START = b"/cap time codes end deltas"
 NICKLEN = 24
 CHANNELLEN = 33
@@ -81,9 +85,9 @@ def split_text(text: str, budget: int) -> list[str]:
 
 
 class IrcDoor:
-    __slots__ = ("away", "buffer", "cap_ls", "caps", "discarding", "expect", "names_due",
-                 "nick", "parting", "quiet", "registered", "room", "roster", "sent_nick",
-                 "uid", "user")
+    __slots__ = ("account", "away", "buffer", "cap_ls", "caps", "discarding", "expect",
+                 "names_due", "nick", "parting", "quiet", "registered", "room", "roster", "sasl",
+                 "sasl_data", "sent_nick", "uid", "user")
 
     def __init__(self) -> None:
         self.buffer = b""
@@ -100,6 +104,9 @@ class IrcDoor:
         self.names_due = False  # entered a room: its names go out when its lists are in
         self.parting = False
         self.away = False
+        self.account = ""  # the account SASL logged in to ("": none)
+        self.sasl = ""  # "PLAIN": its payload is coming; "checking": the core has the /login
+        self.sasl_data = ""
         # words of the core commands whose END has not come, and whether their errors are quiet
         self.expect: deque[str] = deque(["cap"])
         self.quiet: deque[bool] = deque([True])
@@ -168,7 +175,7 @@ class IrcDoor:
                 out.append(self.num("451", "You have not registered"))
             return
         if not self.registered and cmd not in ("CAP", "NICK", "USER", "PASS", "PING", "QUIT",
-                                               "PONG"):
+                                               "PONG", "AUTHENTICATE"):
             out.append(self.num("451", "You have not registered"))
             return
         handler(params, core, out)
@@ -247,9 +254,62 @@ class IrcDoor:
         self._register(core, out)
 
     def _register(self, core: list[bytes], out: list[str]) -> None:
-        if self.nick and self.user and not self.cap_ls and not self.sent_nick:
-            self.sent_nick = self.nick
-            self._send(f"/nick {self.nick}", "nick", core)
+        if not (self.nick and self.user and not self.cap_ls and not self.sent_nick) \
+                or self.sasl == "checking":
+            return
+        if self.account:  # logged in by SASL: the account's name is the nick
+            self._nick_ok(self.account, out)
+            return
+        self.sent_nick = self.nick
+        self._send(f"/nick {self.nick}", "nick", core)
+
+    # SASL PLAIN (IRCv3): an account of PROTOCOL Part 3, logged in through the core's /login
+
+    def on_authenticate(self, params, core, out) -> None:
+        if not self._need(params, 1, "AUTHENTICATE", out):
+            return
+        arg = params[0]
+        if arg == "*":
+            if self.sasl:
+                self.sasl, self.sasl_data = "", ""
+                out.append(self.num("906", "SASL authentication aborted"))
+            return
+        if self.account:
+            out.append(self.num("907", "You have already authenticated using SASL"))
+        elif not self.sasl:
+            if arg.upper() != "PLAIN":
+                out.append(self.num("908", "PLAIN", "are available SASL mechanisms"))
+                out.append(self.num("904", "SASL authentication failed"))
+                return
+            self.sasl = "PLAIN"
+            out.append("AUTHENTICATE +")
+        elif self.sasl == "PLAIN":
+            self.sasl_data += "" if arg == "+" else arg
+            if len(self.sasl_data) > SASL_MAX:
+                self._sasl_failed(out, "905", "SASL message too long")
+            elif len(arg) < SASL_CHUNK:
+                self._sasl_plain(core, out)
+
+    def _sasl_plain(self, core: list[bytes], out: list[str]) -> None:
+        """authzid NUL authcid NUL password: log in as authcid (an authzid, if any, must be
+        the same: nobody logs in as someone else here)."""
+        try:
+            fields = base64.b64decode(self.sasl_data, validate=True).decode("utf-8").split("\0")
+        except (binascii.Error, UnicodeDecodeError):
+            fields = []
+        self.sasl_data = ""
+        if len(fields) != 3 or not fields[1] or (fields[0] and fields[0] != fields[1]) \
+                or not valid_name(fields[1]) or not fields[2] or any(
+                    c.isspace() for c in fields[2]):
+            self._sasl_failed(out)
+            return
+        self.sasl = "checking"
+        self._send(f"/login {fields[1]} {fields[2]}", "login", core)
+
+    def _sasl_failed(self, out: list[str], code: str = "904",
+                     text: str = "SASL authentication failed") -> None:
+        self.sasl, self.sasl_data = "", ""
+        out.append(self.num(code, text))
 
     def _welcome(self) -> list[str]:
         nick = self.nick
@@ -471,6 +531,8 @@ class IrcDoor:
             assert isinstance(event, replies.Ok)
             if event.what.startswith("nick "):
                 self._nick_ok(event.what[5:], out)
+            elif event.what.startswith("login "):
+                self._logged_in(event.what[6:], out)
         elif kind is replies.End:
             assert isinstance(event, replies.End)
             if self.expect:
@@ -512,6 +574,21 @@ class IrcDoor:
         elif self.registered and event.raw:
             out.append(f":{SERVER} NOTICE {self.nick} :{event.raw}")
 
+    def _logged_in(self, account: str, out: list[str]) -> None:
+        """SASL's /login succeeded: 900 and 903; the nick is the account's name (the welcome
+        comes at CAP END, or a NICK change now for a client already registered)."""
+        self.account = account
+        self.sasl = ""
+        nick = self.nick or "*"
+        out.append(self.num("900", f"{nick}!{self.uid}@{SERVER}", account,
+                            f"You are now logged in as {account}"))
+        out.append(self.num("903", "SASL authentication successful"))
+        if self.registered and account != self.nick:
+            out.append(f":{self.nick}!{self.uid}@{SERVER} NICK :{account}")
+            self.nick = account
+        elif not self.registered and self.nick and self.user and not self.cap_ls:
+            self._nick_ok(account, out)  # its CAP END came before the answer
+
     def _nick_ok(self, nick: str, out: list[str]) -> None:
         if not self.registered:
             self.registered = True
@@ -545,6 +622,11 @@ class IrcDoor:
         word = self.expect[0] if self.expect else ""
         code = event.code or ""
         message = event.message
+        if word == "login" and self.sasl == "checking":  # wrong password, throttled, banned
+            self._sasl_failed(out)
+            if code in (errors.LOGIN_THROTTLED, errors.BANNED, errors.BUSY):
+                out.append(f":{SERVER} NOTICE {self.me()} :{message}")
+            return
         if not self.registered and word == "nick" and self.sent_nick:
             nick, self.sent_nick = self.sent_nick, ""
             self.nick = ""

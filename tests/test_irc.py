@@ -66,11 +66,11 @@ def test_cap_ls_holds_registration_until_cap_end():
     d = started()
     core, out = d.receive(b"CAP LS 302\r\nNICK alice\r\nUSER a 0 * :A\r\n")
     assert core == []
-    assert out == [":pychat CAP * LS :server-time message-tags"]
+    assert out == [":pychat CAP * LS :server-time message-tags sasl"]
     core, out = d.receive(b"CAP REQ :server-time message-tags\r\n")
     assert out == [":pychat CAP alice ACK :server-time message-tags"]
-    core, out = d.receive(b"CAP REQ :server-time sasl\r\n")
-    assert out == [":pychat CAP alice NAK :server-time sasl"]
+    core, out = d.receive(b"CAP REQ :server-time batch\r\n")
+    assert out == [":pychat CAP alice NAK :server-time batch"]
     assert core == []
     core, out = d.receive(b"CAP END\r\n")
     assert core == [b"/nick alice"]
@@ -282,3 +282,85 @@ def test_any_bytes_give_lines_for_the_core_and_the_client_never_an_exception(chu
         assert all("\n" not in line and "\r" not in line for line in out)
         if not d.registered and d.sent_nick:  # the core says yes: registered from then on
             d.from_core(f"OK nick {d.sent_nick}")
+
+
+# ---- SASL PLAIN ------------------------------------------------------------------------------
+
+def _plain(authzid: str, authcid: str, password: str) -> bytes:
+    import base64
+    return base64.b64encode(f"{authzid}\0{authcid}\0{password}".encode())
+
+
+def test_sasl_plain_logs_in_through_the_core_and_the_nick_is_the_account():
+    d = started()
+    core, out = d.receive(b"CAP LS 302\r\nNICK whoever\r\nUSER a 0 * :A\r\nCAP REQ :sasl\r\n")
+    assert out[-1] == ":pychat CAP whoever ACK :sasl"
+    core, out = d.receive(b"AUTHENTICATE PLAIN\r\n")
+    assert (core, out) == ([], ["AUTHENTICATE +"])
+    core, out = d.receive(b"AUTHENTICATE " + _plain("", "alice", "correct-horse-9") + b"\r\n")
+    assert core == [b"/login alice correct-horse-9"] and out == []
+    out = d.from_core("OK login alice")
+    out += d.from_core(f"NAMES:{BOB}=bob,{ME}=alice")
+    out += d.from_core("END login")
+    assert numerics(out) == ["900", "903"]
+    assert out[0] == (f":pychat 900 whoever whoever!{ME}@pychat alice "
+                      f":You are now logged in as alice")
+    core, out = d.receive(b"CAP END\r\n")
+    assert core == []  # no /nick: the account's name is the nick
+    assert out[0] == ":pychat 001 alice :Welcome to PyChat, alice"
+    assert f":alice!{ME}@pychat JOIN #lobby" in out
+
+
+@pytest.mark.parametrize("payload", [
+    _plain("", "alice", "wrong-password"),  # the core says no
+])
+def test_sasl_with_a_wrong_password_is_904_and_registration_goes_on_as_a_guest(payload):
+    d = started()
+    d.receive(b"CAP LS\r\nNICK guest1\r\nUSER a 0 * :A\r\nCAP REQ sasl\r\n")
+    d.receive(b"AUTHENTICATE PLAIN\r\n")
+    core, _ = d.receive(b"AUTHENTICATE " + payload + b"\r\n")
+    assert core == [b"/login alice wrong-password"]
+    out = d.from_core("@code=login-failed ERROR: login failed")
+    out += d.from_core("END login")
+    assert out == [":pychat 904 guest1 :SASL authentication failed"]
+    core, out = d.receive(b"CAP END\r\n")
+    assert core == [b"/nick guest1"]
+
+
+@pytest.mark.parametrize("lines, expected", [
+    ([b"AUTHENTICATE SCRAM-SHA-256"], ["908", "904"]),
+    ([b"AUTHENTICATE PLAIN", b"AUTHENTICATE !!notbase64!!"], ["904"]),
+    ([b"AUTHENTICATE PLAIN", b"AUTHENTICATE " + _plain("bob", "alice", "pw-pw-pw-pw")],
+     ["904"]),  # as someone else: no
+    ([b"AUTHENTICATE PLAIN", b"AUTHENTICATE " + _plain("", "not a name", "pw-pw-pw-pw")],
+     ["904"]),
+    ([b"AUTHENTICATE PLAIN", b"AUTHENTICATE *"], ["906"]),
+    ([b"AUTHENTICATE PLAIN"] + [b"AUTHENTICATE " + b"A" * 400] * 6, ["905"]),
+    ([b"AUTHENTICATE"], ["461"]),
+])
+def test_sasl_refusals_never_reach_the_core(lines, expected):
+    d = started()
+    d.receive(b"CAP LS\r\nNICK carol\r\n")
+    got_core, got = [], []
+    for line in lines:
+        core, out = d.receive(line + b"\r\n")
+        got_core += core
+        got += out
+    assert got_core == []
+    assert numerics(got) == expected
+
+
+def test_a_long_sasl_payload_comes_in_400_byte_pieces():
+    d = started()
+    d.receive(b"CAP LS\r\nNICK dave\r\nUSER a 0 * :A\r\n")
+    d.receive(b"AUTHENTICATE PLAIN\r\n")
+    password = "p" * 300  # 300 + names: more than one piece of base64
+    payload = _plain("dave", "dave", password)
+    pieces = [payload[i:i + 400] for i in range(0, len(payload), 400)]
+    if len(pieces[-1]) == 400:
+        pieces.append(b"+")
+    core = []
+    for piece in pieces:
+        core += d.receive(b"AUTHENTICATE " + piece + b"\r\n")[0]
+    assert core == [f"/login dave {password}".encode()]
+

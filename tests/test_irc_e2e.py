@@ -314,3 +314,90 @@ def test_ii_from_debian_joins_and_talks(irc_serve, clients, tmp_path):
     finally:
         proc.terminate()
         proc.wait(5)
+
+
+def _registered_account(port: int, clients: list, name: str, password: str) -> None:
+    c = pychat(port, clients, name)
+    c.send(f"/register {password}")
+    c.expect(f"OK register {name}")
+    c.send("/quit")
+    c.read_until_closed()
+
+
+def test_sasl_plain_logs_in_to_an_account(irc_serve, clients):
+    """An account made by a PyChat client, logged in to from IRC with SASL PLAIN: 900 and
+    903, the account's name as nick whatever NICK said, and PyChat users see that name; a wrong
+    password is 904 and the client goes on as a guest; a registered nick without SASL is 433."""
+    import base64
+    port, irc_port = irc_serve
+    name, password = unique("acct"), "correct-horse-9"
+    _registered_account(port, clients, name, password)
+    c = irc(irc_port, clients)
+    c.send("CAP LS 302")
+    c.send("NICK somebody")
+    c.send("USER x 0 * :x")
+    c.expect(r" CAP \* LS :.*\bsasl\b")
+    c.send("CAP REQ :sasl")
+    c.expect(r" CAP \S+ ACK :sasl")
+    c.send("AUTHENTICATE PLAIN")
+    c.expect(r"^AUTHENTICATE \+$")
+    c.send("AUTHENTICATE " + base64.b64encode(f"\0{name}\0{password}".encode()).decode())
+    assert re.search(rf" 900 \S+ \S+ {name} :You are now logged in as {name}$",
+                     c.expect(r"^:pychat 900 "))
+    c.expect(r"^:pychat 903 ")
+    c.send("CAP END")
+    assert c.expect(r"^:pychat 001 ") == f":pychat 001 {name} :Welcome to PyChat, {name}"
+    c.expect(rf"^:pychat 366 {name} #lobby ")
+    b = pychat(port, clients, unique("see"))
+    b.send("/users")
+    assert name in b.expect_prefix("NAMES:")
+
+    wrong = irc(irc_port, clients)
+    wrong.send("CAP LS 302")
+    wrong.send("NICK " + (guest := unique("g")))
+    wrong.send("USER x 0 * :x")
+    wrong.send("CAP REQ :sasl")
+    wrong.send("AUTHENTICATE PLAIN")
+    wrong.expect(r"^AUTHENTICATE \+$")
+    wrong.send("AUTHENTICATE " + base64.b64encode(f"\0{name}\0bad-password".encode()).decode())
+    wrong.expect(r"^:pychat 904 ")
+    wrong.send("CAP END")
+    wrong.expect(rf"^:pychat 001 {guest} ")
+
+    taken = irc(irc_port, clients)
+    taken.send(f"NICK {name}")
+    taken.send("USER x 0 * :x")
+    taken.expect(rf"^:pychat 433 \* {name} ")
+
+
+def test_the_irc_library_logs_in_with_sasl(irc_serve, clients):
+    irc_client = pytest.importorskip("irc.client")
+    port, irc_port = irc_serve
+    name, password = unique("lib"), "correct-horse-9"
+    _registered_account(port, clients, name, password)
+    reactor = irc_client.Reactor()
+    welcomed = threading.Event()
+    as_nick: list[str] = []
+
+    def on_welcome(conn, event):
+        as_nick.append(event.target)
+        welcomed.set()
+
+    conn = reactor.server().connect("127.0.0.1", irc_port, "anything", password=password,
+                                    sasl_login=name)
+    conn.add_global_handler("welcome", on_welcome)
+    stop = threading.Event()
+
+    def loop():
+        while not stop.is_set():
+            reactor.process_once(0.05)
+
+    t = threading.Thread(target=loop, daemon=True)
+    t.start()
+    try:
+        assert welcomed.wait(TIMEOUT)
+        assert as_nick == [name]
+    finally:
+        stop.set()
+        t.join(5)
+        conn.disconnect("bye")
