@@ -32,6 +32,7 @@ SERVER = "pychat"
 MAX_LINE = 512  # bytes, with the line end (RFC 1459)
 CAPS = ("server-time", "message-tags", "sasl")
 SASL_CHUNK = 400  # AUTHENTICATE's payload comes in pieces of this size (the last shorter, or +)
+HISTORY_ON_JOIN = 20  # lines of a room's history played back on joining it (with server-time)
 SASL_MAX = 2048  # bytes of base64: an account name and a password are far less
 START = b"/cap time codes end deltas"
 NICKLEN = 24
@@ -86,8 +87,8 @@ def split_text(text: str, budget: int) -> list[str]:
 
 class IrcDoor:
     __slots__ = ("account", "away", "buffer", "cap_ls", "caps", "discarding", "expect",
-                 "names_due", "nick", "parting", "quiet", "registered", "room", "roster", "sasl",
-                 "sasl_data", "sent_nick", "uid", "user")
+                 "history_left", "names_due", "nick", "parting", "quiet", "registered", "room",
+                 "roster", "sasl", "sasl_data", "sent_nick", "to_core", "uid", "user")
 
     def __init__(self) -> None:
         self.buffer = b""
@@ -107,6 +108,8 @@ class IrcDoor:
         self.account = ""  # the account SASL logged in to ("": none)
         self.sasl = ""  # "PLAIN": its payload is coming; "checking": the core has the /login
         self.sasl_data = ""
+        self.history_left = 0  # lines of a HISTORY: block still to come (played back)
+        self.to_core: list[bytes] = []  # lines for the core that a server line led to
         # words of the core commands whose END has not come, and whether their errors are quiet
         self.expect: deque[str] = deque(["cap"])
         self.quiet: deque[bool] = deque([True])
@@ -569,7 +572,10 @@ class IrcDoor:
             assert isinstance(event, replies.Bye)
             reason = f": {event.reason}" if event.reason else ""
             out.append(f"ERROR :Closing link{reason}")
-        elif kind in (replies.Welcome, replies.Pong, replies.HistoryStart):
+        elif kind is replies.HistoryStart:
+            assert isinstance(event, replies.HistoryStart)
+            self.history_left = event.count
+        elif kind in (replies.Welcome, replies.Pong):
             pass
         elif self.registered and event.raw:
             out.append(f":{SERVER} NOTICE {self.nick} :{event.raw}")
@@ -616,6 +622,10 @@ class IrcDoor:
         self.room = room
         out.append(f"{me} JOIN {room}")
         self.names_due = True
+        if "server-time" in self.caps:  # the room's recent lines, played back with their times
+            self.to_core.append(f"/history {HISTORY_ON_JOIN}".encode())
+            self.expect.append("history")
+            self.quiet.append(True)
 
     def _error(self, event: replies.Error, out: list[str]) -> None:
         quiet = bool(self.quiet) and self.quiet[0]
@@ -654,9 +664,13 @@ class IrcDoor:
             out.append(f":{SERVER} NOTICE {self.me()} :{message}")
 
     def _chat(self, event: replies.Chat, out: list[str]) -> None:
+        tag = self._tag(event.time)
+        if self.history_left and not event.private:  # played back: our own lines too
+            self.history_left -= 1
+            out.extend(chat_lines(tag, self.source(event.uid), self.room, event.text))
+            return
         if event.to is not None:
             return  # our own private echo
-        tag = self._tag(event.time)
         if event.private:
             source = (self.source(event.uid) if event.uid.isdigit()
                       else f"{event.uid}!{event.uid}@{SERVER}")

@@ -37,6 +37,7 @@ class IrcSession(Session):
     def data_received(self, data: bytes) -> None:
         if not self.open:
             return
+        self.conn.seen = self.acceptor.loop.time()  # (a PING the door answers is not silence)
         core, out = self.irc.receive(data)
         for reply in out:
             self.queue_irc(reply)
@@ -46,8 +47,14 @@ class IrcSession(Session):
             self.pump(self.conn.receive_line, line)
 
     def send_line(self, text: str) -> None:
-        for line in self.irc.from_core(text):
+        irc = self.irc
+        for line in irc.from_core(text):
             self.queue_irc(line)
+        if irc.to_core:  # a server line led to a command (the history of a room entered)
+            commands, irc.to_core = irc.to_core, []
+            for command in commands:
+                if self.open and not self.conn.quitting:
+                    self.pump(self.conn.receive_line, command)
 
     def queue_irc(self, line: str) -> None:
         self.acceptor.output.queue(self, (line + "\r\n").encode("utf-8"))

@@ -364,3 +364,30 @@ def test_a_long_sasl_payload_comes_in_400_byte_pieces():
         core += d.receive(b"AUTHENTICATE " + piece + b"\r\n")[0]
     assert core == [f"/login dave {password}".encode()]
 
+
+def test_a_room_entered_with_server_time_plays_its_history_back():
+    d = started()
+    d.receive(b"CAP LS\r\nNICK alice\r\nUSER a 0 * :A\r\nCAP REQ server-time\r\nCAP END\r\n")
+    d.from_core("OK nick alice")
+    assert d.to_core == [b"/history 20"]  # the lobby's, on registration
+    d.to_core.clear()
+    d.from_core(f"NAMES:{BOB}=bob,{ME}=alice")
+    d.from_core("END nick")
+    out = d.from_core("ROOM:#dev")
+    assert out[-1] == f":alice!{ME}@pychat JOIN #dev" and d.to_core == [b"/history 20"]
+    d.from_core(f"USERS:{ME}\nNAMES:{ME}=alice")
+    d.from_core("END join")
+    out = d.from_core("HISTORY:2\n@time=2026-12-06T10:00:00.000Z 555555: before you came\n"
+                      f"@time=2026-12-06T10:00:01.000Z {ME}: and your own line")
+    assert out == [
+        "@time=2026-12-06T10:00:00.000Z :u555555!555555@pychat PRIVMSG #dev :before you came",
+        f"@time=2026-12-06T10:00:01.000Z :alice!{ME}@pychat PRIVMSG #dev :and your own line"]
+    assert d.from_core("END history") == []
+    assert d.from_core(f"@time=2026-12-06T10:00:02.000Z {ME}: live echo") == []  # not played
+
+
+def test_without_server_time_no_history_is_asked():
+    d = registered()
+    d.from_core("ROOM:#dev")
+    assert d.to_core == []
+

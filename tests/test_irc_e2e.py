@@ -401,3 +401,20 @@ def test_the_irc_library_logs_in_with_sasl(irc_serve, clients):
         stop.set()
         t.join(5)
         conn.disconnect("bye")
+
+
+def test_joining_a_room_with_server_time_plays_back_its_history(irc_serve, clients):
+    port, irc_port = irc_serve
+    room, name = "#" + unique("h"), unique("said")
+    b = pychat(port, clients, name)
+    b.send(f"/join {room}")
+    b.expect(f"ROOM:{room}")
+    b.send("said before the IRC user came")
+    b.expect(f"{b.uid}: said before the IRC user came")
+    c = irc(irc_port, clients)
+    c.register(unique("late"), caps="server-time")
+    c.send(f"JOIN {room}")
+    line = c.expect(r"PRIVMSG " + re.escape(room) + " :said before")
+    assert re.fullmatch(r"@time=\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z "
+                        + re.escape(f":{name}!{b.uid}@pychat PRIVMSG {room} "
+                                    ":said before the IRC user came"), line), line
