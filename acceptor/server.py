@@ -28,6 +28,7 @@ import socket
 import ssl as ssl_module
 import uuid
 from collections import deque
+from collections.abc import Callable
 
 from pychat.wire import bus, errors, replies
 from pychat.wire.commands import describe
@@ -76,7 +77,8 @@ class Acceptor:
         self.server: asyncio.Server | None = None
         self.irc_server: asyncio.Server | None = None
         self.tls: ssl_module.SSLContext | None = None
-        self._listening: socket.socket | None = None  # the TLS door's own listening socket
+        # the TLS doors' own listening sockets (the line door's first, then the IRC door's)
+        self._listening: list[socket.socket] = []
         link = AcceptorLink(name, self.epoch, heartbeat=heartbeat, now=loop.time())
         self.bus = BusPump(loop, router, link, self.on_batch, self.on_change, hwm=bus_hwm,
                            curve=curve)
@@ -89,34 +91,42 @@ class Acceptor:
     async def start(self, host: str, port: int, reuse_port: bool,
                     ssl: ssl_module.SSLContext | None = None, irc_port: int = 0) -> None:
         self.tls = ssl
-        if irc_port:  # the IRC door (acceptor/irc.py), plain TCP
-            self.irc_server = await self.loop.create_server(
-                lambda: IrcSession(self, next(self._ids)), host, irc_port,
-                reuse_port=reuse_port or None, backlog=4096)
         if ssl is None:
             self.server = await self.loop.create_server(
                 lambda: Session(self, next(self._ids)), host, port,
                 reuse_port=reuse_port or None, backlog=4096)
+            if irc_port:  # the IRC door (acceptor/irc.py)
+                self.irc_server = await self.loop.create_server(
+                    lambda: IrcSession(self, next(self._ids)), host, irc_port,
+                    reuse_port=reuse_port or None, backlog=4096)
         else:  # we accept, admit and count each connection before its handshake
-            self._listening = listening_socket(host, port, reuse_port)
-            self.loop.add_reader(self._listening.fileno(), self._accept_tls)
+            self._listen_tls(host, port, reuse_port, Session)
+            if irc_port:  # the IRC door takes the same certificate
+                self._listen_tls(host, irc_port, reuse_port, IrcSession)
         self.bus.link.hello([], self.loop.time())
         self.bus.flush()
         self._beat()
         self._sweep_handle = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
 
     def ports(self) -> list[tuple[str, int]]:
-        if self._listening is not None:
-            return [self._listening.getsockname()[:2]]
+        if self._listening:
+            return [self._listening[0].getsockname()[:2]]
         return [s.getsockname()[:2] for s in self.server.sockets] if self.server else []
 
     # ---- the TLS door: admitted at accept, a session once its handshake is done ------------
 
-    def _accept_tls(self) -> None:
-        assert self._listening is not None and self.tls is not None
+    def _listen_tls(self, host: str, port: int, reuse_port: bool,
+                    factory: Callable[[Acceptor, int], Session]) -> None:
+        listening = listening_socket(host, port, reuse_port)
+        self._listening.append(listening)
+        self.loop.add_reader(listening.fileno(), self._accept_tls, listening, factory)
+
+    def _accept_tls(self, listening: socket.socket,
+                    factory: Callable[[Acceptor, int], Session]) -> None:
+        assert self.tls is not None
         for _ in range(ACCEPTS_PER_CALLBACK):
             try:
-                sock, addr = self._listening.accept()
+                sock, addr = listening.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as e:  # out of file descriptors, ...: the next wake-up retries
@@ -129,12 +139,13 @@ class Acceptor:
             sock.setblocking(False)
             self.per_address[host] = self.per_address.get(host, 0) + 1
             self.handshaking += 1
-            self.loop.create_task(self._tls_session(sock, host))
+            self.loop.create_task(self._tls_session(sock, host, factory))
 
-    async def _tls_session(self, sock: socket.socket, host: str) -> None:
+    async def _tls_session(self, sock: socket.socket, host: str,
+                           factory: Callable[[Acceptor, int], Session]) -> None:
         """The handshake, within ``tls_handshake_timeout`` of the accept, by the loop's own TLS
         (``connect_accepted_socket``); the session is admitted already (counted)."""
-        s = Session(self, next(self._ids))
+        s = factory(self, next(self._ids))
         s.counted = True
         s.host = host
         limit = self.limits.tls_handshake_timeout
@@ -422,9 +433,9 @@ class Acceptor:
         for server in (self.server, self.irc_server):
             if server is not None:
                 server.close()
-        if self._listening is not None:
-            self.loop.remove_reader(self._listening.fileno())
-            self._listening.close()
+        for listening in self._listening:
+            self.loop.remove_reader(listening.fileno())
+            listening.close()
         for handle in (self._beat_handle, self._sweep_handle, self._greet_handle):
             if handle is not None:
                 handle.cancel()

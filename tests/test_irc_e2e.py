@@ -291,8 +291,12 @@ def test_ii_from_debian_joins_and_talks(irc_serve, clients, tmp_path):
                             stderr=subprocess.DEVNULL)
     try:
         server_in = tmp_path / "127.0.0.1" / "in"
+        server_out = tmp_path / "127.0.0.1" / "out"
         deadline = time.monotonic() + TIMEOUT
-        while not server_in.exists():  # ii makes its fifo once connected
+        # ii makes its fifo as soon as it connects, before the welcome: a JOIN written then
+        # would come before registration (451), so wait for the welcome in its log
+        while not (server_in.exists() and server_out.exists()
+                   and "Welcome to PyChat" in server_out.read_text()):
             assert time.monotonic() < deadline and proc.poll() is None
             time.sleep(0.05)  # polling ii's files: it reports nothing else
         with open(server_in, "w") as f:
@@ -418,3 +422,40 @@ def test_joining_a_room_with_server_time_plays_back_its_history(irc_serve, clien
     assert re.fullmatch(r"@time=\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z "
                         + re.escape(f":{name}!{b.uid}@pychat PRIVMSG {room} "
                                     ":said before the IRC user came"), line), line
+
+
+def test_the_irc_door_speaks_tls_with_the_line_door_s_certificate(procs, tmp_path, clients):
+    """`--tls-cert`/`--tls-key` put both doors behind TLS: an IRC client verifying the
+    certificate registers and talks with a TLS line client; plain IRC on that port gets no
+    welcome (the handshake fails and the connection closes)."""
+    import ssl
+
+    from tests.test_tls_e2e import TlsClient, make_certificates
+    ca, cert, key = make_certificates(tmp_path)
+    irc_port = free_port()
+    p, port = start_serve("--tls-cert", cert, "--tls-key", key, "--irc-port", str(irc_port),
+                          "--history", "memory", "--accounts", "memory")
+    procs.append(p)
+    line_client = TlsClient(port, ca)
+    clients.append(line_client)
+    line_client.handshake()
+    c = Irc.__new__(Irc)
+    ctx = ssl.create_default_context(cafile=ca)
+    c.sock = ctx.wrap_socket(socket.create_connection(("127.0.0.1", irc_port), timeout=TIMEOUT),
+                             server_hostname="127.0.0.1")
+    c.buf, c.seen, c.nick = b"", [], ""
+    clients.append(c)
+    nick = unique("tls")
+    c.register(nick)
+    line_client.send(f"/msg {nick} over tls, both doors")
+    assert c.expect(r"PRIVMSG ").endswith(f"PRIVMSG {nick} :over tls, both doors")
+    plain = socket.create_connection(("127.0.0.1", irc_port), timeout=TIMEOUT)
+    plain.sendall(b"NICK plain\r\nUSER p 0 * :p\r\n")
+    got = b""
+    try:
+        while chunk := plain.recv(4096):
+            got += chunk
+    except (ConnectionResetError, TimeoutError):
+        pass
+    plain.close()
+    assert b" 001 " not in got
