@@ -185,8 +185,9 @@ class Acceptor:
         t = s.transport
         assert t is not None
         problem = self._admission_problem(s.host, s.peer)
-        if problem is not None:
-            t.write(replies.format_error(problem).encode() + b"\n")
+        if problem is not None:  # in the door's own words (an IRC client: its ERROR line)
+            t.write((replies.format_error(problem) + "\n" if s.door is None
+                     else f"ERROR :Closing link: {problem}\r\n").encode())
             t.close()
             return False
         s.counted = True

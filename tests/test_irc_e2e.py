@@ -7,6 +7,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -459,3 +460,42 @@ def test_the_irc_door_speaks_tls_with_the_line_door_s_certificate(procs, tmp_pat
         pass
     plain.close()
     assert b" 001 " not in got
+
+
+def test_a_refusal_at_connect_is_an_irc_error_line(procs, clients):
+    irc_port = free_port()
+    p, _ = start_serve("--irc-port", str(irc_port), "--max-per-address", "1",
+                       "--per-address-exempt", "none", "--accounts", "memory",
+                       acceptors=1)  # (the limit is each acceptor's)
+    procs.append(p)
+    first = irc(irc_port, clients)
+    first.register(unique("one"))
+    second = irc(irc_port, clients)
+    assert second.expect(r"^ERROR ") == (
+        "ERROR :Closing link: too many connections from your address (max 1)")
+
+
+def test_an_operator_kicks_an_irc_user_out_of_a_room(procs, clients, tmp_path):
+    data = str(tmp_path / "data")
+    irc_port = free_port()
+    p, port = start_serve("--irc-port", str(irc_port), "--data-dir", data)
+    procs.append(p)
+    op_name = unique("op")
+    op = pychat(port, clients, op_name)
+    op.send("/register correct-horse-9")
+    op.expect(f"OK register {op_name}")
+    done = subprocess.run([sys.executable, "-m", "pychat", "admin", "op", op_name,
+                           "--data-dir", data], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    room = "#" + unique("k")
+    op.send(f"/join {room}")
+    op.expect(f"ROOM:{room}")
+    c = irc(irc_port, clients)
+    nick = unique("kicked")
+    c.register(nick)
+    c.send(f"JOIN {room}")
+    c.expect(rf"^:pychat 366 {nick} {re.escape(room)} ")
+    op.expect(lambda line: nick in line and line.startswith("NAMES:"))
+    op.send(f"/kick {nick} enough")
+    assert c.expect(r" KICK ") == f":pychat KICK {room} {nick} :enough"
+    c.expect(r" JOIN #lobby$")  # moved to the lobby, as a PyChat user is
