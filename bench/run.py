@@ -65,7 +65,8 @@ class Server:
         self.tmp = tempfile.mkdtemp(prefix="pychat-bench-")
         self.proc: subprocess.Popen | None = None
         self.port = 0
-        self.proto = "irc" if kind == "ngircd" else "pychat"
+        # pychat-N-irc: pychat serve with N acceptors, the load through its IRC door
+        self.proto = "irc" if kind == "ngircd" or kind.endswith("-irc") else "pychat"
 
     def start(self) -> None:
         if self.kind == "ngircd":
@@ -92,16 +93,17 @@ class Server:
             self.port = int(line.rsplit(":", 1)[1])
             return
         acceptors = self.kind.split("-")[1]
+        irc = ["--irc-port", str(free_port())] if self.kind.endswith("-irc") else []
         self.log = open(os.path.join(self.tmp, "serve.log"), "w+")  # noqa: SIM115 (kept open for the server's life)
         self.proc = subprocess.Popen(
             [self.python, "-m", "pychat", "serve", "--port", "0", "--acceptors", acceptors,
-             "--data-dir", self.tmp, "--log-level", "warning"],
+             "--data-dir", self.tmp, "--log-level", "warning", *irc],
             stdout=subprocess.PIPE, stderr=self.log, env=ENV, text=True, cwd=self.tmp)
         line = self.proc.stdout.readline()
         if "serving on" not in line:
             self.log.seek(0)
             raise RuntimeError(f"pychat serve did not start: {line!r}\n{self.log.read()[-2000:]}")
-        self.port = int(line.split("127.0.0.1:")[1].split()[0])
+        self.port = int(irc[1]) if irc else int(line.split("127.0.0.1:")[1].split()[0])
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
