@@ -101,7 +101,7 @@ class IrcDoor:
         self.registered = False
         self.uid = ""
         self.room = ""
-        self.roster = replies.Roster()
+        self.roster = DoorRoster()
         self.names_due = False  # entered a room: its names go out when its lists are in
         self.parting = False
         self.away = False
@@ -478,41 +478,42 @@ class IrcDoor:
     # ---- output: what the core sends, as IRC lines --------------------------------------------
 
     def from_core(self, text: str) -> list[str]:
-        """A PyChat server line (or several joined by ``\\n``) as IRC lines for this client."""
+        """A PyChat server line (or several joined by ``\\n``) as IRC lines for this client.
+        List changes cost what changed, not the room's size: a push's changes are gathered as
+        they are applied and shown at the end as JOIN, PART and NICK lines (in a room of
+        1,000 every member takes every arrival: copying and diffing the list per push made a
+        room filling up cost the cube of its size)."""
         out: list[str] = []
-        before = (list(self.roster.uids), dict(self.roster.names))
         room, due = self.room, self.names_due  # entering a room: its lists are no change
-        roster_changed = False
+        changes: Changes | None = None
         for line in text.split("\n"):
             event = replies.parse_server_line(line)
-            if self.roster.apply(event):
-                roster_changed = True
+            if type(event) in ROSTER_EVENTS:
+                if changes is None:
+                    changes = Changes()
+                self.roster.apply(event, changes)
                 if isinstance(event, replies.NameList) and self.names_due:
                     self._names_now(out)
                 continue
             self._event(event, out)
-        if (roster_changed and self.registered and not due and not self.names_due
+        if (changes is not None and self.registered and not due and not self.names_due
                 and self.room == room):
-            self._roster_diff(before, out)
+            self._announce(changes, out)
         return out
 
-    def _roster_diff(self, before: tuple[list[str], dict[str, str]], out: list[str]) -> None:
-        uids, names = before
-        now = self.roster.uids
-        old = set(uids)
-        new = set(now)
-        for uid in uids:
-            if uid not in new and uid != self.uid:
-                nick = names.get(uid) or stand_in(uid)
-                out.append(f":{nick}!{uid}@{SERVER} PART {self.room}")
-        for uid in now:
-            if uid in old:
-                was = names.get(uid) or stand_in(uid)
-                is_ = self.nick_of(uid)
-                if was != is_ and uid != self.uid:
+    def _announce(self, changes: Changes, out: list[str]) -> None:
+        me, room = self.uid, self.room
+        for uid, name in changes.left.items():
+            if uid != me:
+                out.append(f":{name or stand_in(uid)}!{uid}@{SERVER} PART {room}")
+        for uid, old in changes.renamed.items():
+            if uid != me and uid not in changes.joined and uid in self.roster.uids:
+                was, is_ = old or stand_in(uid), self.nick_of(uid)
+                if was != is_:
                     out.append(f":{was}!{uid}@{SERVER} NICK :{is_}")
-            elif uid != self.uid:
-                out.append(f":{self.source(uid)} JOIN {self.room}")
+        for uid in changes.joined:
+            if uid != me:
+                out.append(f":{self.source(uid)} JOIN {room}")
 
     def _names_now(self, out: list[str]) -> None:
         self.names_due = False
@@ -688,3 +689,84 @@ def chat_lines(tag: str, source: str, target: str, text: str) -> list[str]:
     head = f":{source} PRIVMSG {target} :"
     budget = MAX_LINE - 2 - len(head.encode("utf-8"))
     return [f"{tag}{head}{piece}" for piece in split_text(text, budget)]
+
+
+ROSTER_EVENTS = (replies.UserList, replies.NameList, replies.Joined, replies.Left, replies.Named)
+
+
+class Changes:
+    """What a push changed in a room's list, gathered while it is applied: who left (with the
+    name they had), who arrived, whose name changed (with the first name they had)."""
+    __slots__ = ("joined", "left", "renamed")
+
+    def __init__(self) -> None:
+        self.joined: dict[str, None] = {}
+        self.left: dict[str, str | None] = {}
+        self.renamed: dict[str, str | None] = {}
+
+    def arrived(self, uid: str) -> None:
+        if uid in self.left:  # left and came back within one push: no change
+            del self.left[uid]
+        else:
+            self.joined[uid] = None
+
+    def departed(self, uid: str, name: str | None) -> None:
+        if uid in self.joined:  # came and went within one push: nothing to show
+            del self.joined[uid]
+        else:
+            self.left[uid] = name
+
+    def named(self, uid: str, old: str | None) -> None:
+        self.renamed.setdefault(uid, old)
+
+
+class DoorRoster:
+    """A room's members as the door keeps them: ``uids`` an ordered set (a dict), ``names``.
+    A change (``JOINED:``, ``LEFT:``, ``NAMED:``) costs what it changes; a whole list
+    (``USERS:``, ``NAMES:``: a session's first, or after a restart) is diffed."""
+    __slots__ = ("names", "uids")
+
+    def __init__(self) -> None:
+        self.uids: dict[str, None] = {}
+        self.names: dict[str, str] = {}
+
+    def apply(self, event: replies.Event, changes: Changes) -> None:
+        uids, names = self.uids, self.names
+        if isinstance(event, replies.UserList):
+            new = dict.fromkeys(event.uids)
+            for uid in uids:
+                if uid not in new:
+                    changes.departed(uid, names.get(uid))
+            for uid in new:
+                if uid not in uids:
+                    changes.arrived(uid)
+            self.uids = new
+            self.names = {u: n for u, n in names.items() if u in new}
+        elif isinstance(event, replies.NameList):
+            new_names = {u: n for u, n in event.names if n}
+            for uid in names.keys() | new_names.keys():
+                if names.get(uid) != new_names.get(uid):
+                    changes.named(uid, names.get(uid))
+            self.names = new_names
+        elif isinstance(event, replies.Left):
+            for uid in event.uids:
+                if uid in uids:
+                    del uids[uid]
+                    changes.departed(uid, names.pop(uid, None))
+        elif isinstance(event, replies.Joined):
+            for uid in event.uids:
+                if uid in uids:
+                    del uids[uid]  # (back at the end, in the room's order)
+                else:
+                    changes.arrived(uid)
+                uids[uid] = None
+        elif isinstance(event, replies.Named):
+            for uid, name in event.names:
+                old = names.get(uid)
+                if name:
+                    names[uid] = name
+                else:
+                    names.pop(uid, None)
+                if old != (name or None):
+                    changes.named(uid, old)
+
