@@ -697,12 +697,13 @@ ROSTER_EVENTS = (replies.UserList, replies.NameList, replies.Joined, replies.Lef
 class Changes:
     """What a push changed in a room's list, gathered while it is applied: who left (with the
     name they had), who arrived, whose name changed (with the first name they had)."""
-    __slots__ = ("joined", "left", "renamed")
+    __slots__ = ("gone", "joined", "left", "renamed")
 
     def __init__(self) -> None:
         self.joined: dict[str, None] = {}
         self.left: dict[str, str | None] = {}
         self.renamed: dict[str, str | None] = {}
+        self.gone: dict[str, str | None] = {}  # the names of those who left (even if back)
 
     def arrived(self, uid: str) -> None:
         if uid in self.left:  # left and came back within one push: no change
@@ -711,13 +712,14 @@ class Changes:
             self.joined[uid] = None
 
     def departed(self, uid: str, name: str | None) -> None:
+        self.gone.setdefault(uid, name)
         if uid in self.joined:  # came and went within one push: nothing to show
             del self.joined[uid]
         else:
             self.left[uid] = name
 
     def named(self, uid: str, old: str | None) -> None:
-        self.renamed.setdefault(uid, old)
+        self.renamed.setdefault(uid, old if old is not None else self.gone.get(uid))
 
 
 class DoorRoster:

@@ -391,3 +391,18 @@ def test_without_server_time_no_history_is_asked():
     d.from_core("ROOM:#dev")
     assert d.to_core == []
 
+
+
+def test_a_push_shows_each_change_once_with_the_names_it_ends_with():
+    d = registered()
+    out = d.from_core("JOINED:333333\nNAMED:333333=carol")  # arrived and named: one JOIN
+    assert out == [":carol!333333@pychat JOIN #lobby"]
+    # left and came back (its name comes again, as for every arrival): nothing
+    assert d.from_core("LEFT:333333\nJOINED:333333\nNAMED:333333=carol") == []
+    assert d.from_core("NAMED:333333=caz") == [":carol!333333@pychat NICK :caz"]
+    assert d.from_core("JOINED:444444\nLEFT:444444") == []  # came and went: nothing
+    assert d.from_core("LEFT:333333") == [":caz!333333@pychat PART #lobby"]
+    assert list(d.roster.uids) == [BOB, ME] and d.roster.names == {BOB: "bob", ME: "alice"}
+    # a whole list (after a restart) is diffed against the one the door has
+    out = d.from_core(f"USERS:{ME},555555\nNAMES:{ME}=alice,555555=eve")
+    assert out == [":bob!%s@pychat PART #lobby" % BOB, ":eve!555555@pychat JOIN #lobby"]
