@@ -8,6 +8,7 @@ built from this checkout and its file list read: nothing generic (`router`, `cli
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -20,9 +21,15 @@ from support.procs import ROOT
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> zipfile.ZipFile:
+    """Built from a copy of the checkout: setuptools writes build/ and *.egg-info into the
+    source folder, and two xdist workers building in the same one collide there."""
     out = tmp_path_factory.mktemp("wheel")
+    source = tmp_path_factory.mktemp("source") / "pychat"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "*.egg-info", "__pycache__", ".hypothesis", ".pytest_cache",
+        ".mypy_cache", ".ruff_cache"))
     r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet",
-                        "--wheel-dir", str(out), ROOT], capture_output=True, text=True,
+                        "--wheel-dir", str(out), str(source)], capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     (path,) = out.glob("pychat-*.whl")
