@@ -23,6 +23,7 @@ import base64
 import binascii
 import re
 from collections import deque
+from sys import intern
 
 from pychat.wire import errors, replies
 from pychat.wire.commands import valid_name
@@ -761,12 +762,12 @@ class DoorRoster:
                     del uids[uid]  # (back at the end, in the room's order)
                 else:
                     changes.arrived(uid)
-                uids[uid] = None
+                uids[intern(uid)] = None  # one string for every member's copy
         elif isinstance(event, replies.Named):
             for uid, name in event.names:
                 old = names.get(uid)
                 if name:
-                    names[uid] = name
+                    names[intern(uid)] = intern(name)
                 else:
                     names.pop(uid, None)
                 if old != (name or None):
