@@ -59,5 +59,8 @@ class IrcSession(Session):
     def queue_irc(self, line: str) -> None:
         self.acceptor.output.queue(self, (line + "\r\n").encode("utf-8"))
 
+    def last_words(self, text: str, code: str | None = None) -> bytes:
+        return f"ERROR :Closing link: {text}\r\n".encode()
+
     def greet(self) -> None:
         self.greeting = False

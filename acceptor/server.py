@@ -185,9 +185,8 @@ class Acceptor:
         t = s.transport
         assert t is not None
         problem = self._admission_problem(s.host, s.peer)
-        if problem is not None:  # in the door's own words (an IRC client: its ERROR line)
-            t.write((replies.format_error(problem) + "\n" if s.door is None
-                     else f"ERROR :Closing link: {problem}\r\n").encode())
+        if problem is not None:
+            t.write(s.last_words(problem))
             t.close()
             return False
         s.counted = True
@@ -447,10 +446,8 @@ class Acceptor:
                 s.greet()
             self.output.write_now(s)
             if s.transport is not None and not s.transport.is_closing():
-                line = replies.format_error(SHUTDOWN, errors.SHUTTING_DOWN if s.conn.cap_codes
-                                            else None) if s.door is None \
-                    else f"ERROR :Closing link: {SHUTDOWN}\r"
-                s.transport.write((line + "\n").encode())
+                s.transport.write(s.last_words(
+                    SHUTDOWN, errors.SHUTTING_DOWN if s.conn.cap_codes else None))
                 s.transport.close()
         deadline = self.loop.time() + grace
         while any(s.transport is not None for s in sessions) and self.loop.time() < deadline:

@@ -213,6 +213,11 @@ class Session(asyncio.Protocol):
             self.greet()
         self.acceptor.output.queue(self, (text + "\n").encode("utf-8"))
 
+    def last_words(self, text: str, code: str | None = None) -> bytes:
+        """The line that tells this client why the server closes it (``ERROR: text``, tagged
+        with ``code`` when given), in this door's own words, ready to write."""
+        return (replies.format_error(text, code) + "\n").encode("utf-8")
+
     def greet(self) -> None:
         """The Welcome line, which waited to share a write with the ID; first in the queue."""
         self.greeting = False

@@ -104,8 +104,9 @@ class AccountStore:
         self._db: sqlite3.Connection | None = None
 
     @classmethod
-    def in_folder(cls, data_dir: str, **kw: object) -> AccountStore:
-        return cls(os.path.join(data_dir, FILENAME), **kw)  # type: ignore[arg-type]
+    def in_folder(cls, data_dir: str, *, durable: bool = False,
+                  busy_ms: int = 2000) -> AccountStore:
+        return cls(os.path.join(data_dir, FILENAME), durable=durable, busy_ms=busy_ms)
 
     # ---- opening, versions ----------------------------------------------------------------------
 

@@ -78,7 +78,6 @@ class Jobs:
         self.limit = limit
         self.on_done = on_done
         self.running = 0  # submitted, not drained (loop thread only)
-        self.done = 0  # drained, in all
         self.refused = 0
         self._finished: deque[tuple[Then, Any, BaseException | None]] = deque()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="passwords") \
@@ -117,7 +116,6 @@ class Jobs:
         while finished:
             then, result, error = finished.popleft()
             self.running -= 1
-            self.done += 1
             n += 1
             then(None if error is not None else result)
         return n

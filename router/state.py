@@ -558,15 +558,9 @@ class RouterState:
             return
         account = self.accounts.get(cmd.name)
         stored = account.hash if account is not None else None
-        name, key = cmd.name, fold(cmd.name)
-
-        def checked(ok: Any) -> None:
-            self.by_account.end(key)
-            self._checked(user, name, account, bool(ok))
-
-        if self._submit(user, self.passwords.verify, (stored, cmd.password), checked):
-            self.by_account.begin(key)
-        else:
+        name = cmd.name
+        if not self._submit(user, self.passwords.verify, (stored, cmd.password),
+                            lambda ok: self._checked(user, name, account, bool(ok)), name):
             self._done(user)
 
     def _checked(self, user: User, name: str, account: Account | None, ok: bool) -> None:
@@ -650,14 +644,10 @@ class RouterState:
             def change(stored: str, old: str, new: str) -> str | None:
                 return passwords.hash(new) if passwords.verify(stored, old) else None
 
-            known, key = account, fold(account.name)
-
-            def changed(digest: Any) -> None:
-                self.by_account.end(key)
-                self._password_changed(user, known, digest)
-
-            if self._submit(user, change, (account.hash, cmd.old, cmd.new), changed):
-                self.by_account.begin(key)
+            known = account
+            if self._submit(user, change, (account.hash, cmd.old, cmd.new),
+                            lambda digest: self._password_changed(user, known, digest),
+                            account.name):
                 return
         self._done(user)
 
@@ -683,10 +673,11 @@ class RouterState:
         self._to(user, replies.format_token(user.account, token, replies.format_time(expires)))
 
     def _submit(self, user: User, fn: Callable[..., Any], args: tuple[Any, ...],
-                then: Callable[[Any], None]) -> bool:
+                then: Callable[[Any], None], name: str = "") -> bool:
         """Hash off the loop; False (the user told) when its address has ``HASHING_PER_ADDRESS``
         hashes in the pool already (one address cannot fill the queue and starve the others'
-        logins), or when the queue is full."""
+        logins), or when the queue is full. ``name``: the account whose password is checked,
+        a guess in flight for its throttle until the result is in."""
         address = user.address
         hashing = self._hashing
         failing = self.by_address.failures(address, self._mono()) >= SUSPECT_FAILURES
@@ -696,16 +687,22 @@ class RouterState:
                                                       f"your address at once, try again in 1 s")
             return False
 
+        key = fold(name)
+
         def finished(result: Any) -> None:
             left = hashing.get(address, 1) - 1
             if left > 0:
                 hashing[address] = left
             else:
                 hashing.pop(address, None)
+            if key:
+                self.by_account.end(key)
             then(result)
 
         if self.jobs.submit(fn, args, finished):
             hashing[address] = hashing.get(address, 0) + 1
+            if key:
+                self.by_account.begin(key)
             return True
         self._error(user, errors.BUSY, "the server is busy with other logins: try again")
         return False

@@ -55,6 +55,16 @@ def connect():
 
 
 @pytest.fixture
+def sessions():
+    """The clients' reconnecting ``Session``s a test starts (append them); all are closed at
+    the end."""
+    made: list = []
+    yield made
+    for s in made:
+        s.close()
+
+
+@pytest.fixture
 def opened(tmp_path):
     """``opened(**kw)`` opens a SqliteHistory on tmp_path/data; all are closed at the end."""
     made = []

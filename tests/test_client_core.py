@@ -10,8 +10,6 @@ from __future__ import annotations
 import queue
 import time
 
-import pytest
-
 from pychat.clients import events
 from pychat.clients.session import Session
 from pychat.clients.state import ERROR, OWN, PRIVATE, PUBLIC, ChatState
@@ -106,14 +104,6 @@ class Collector:
 
 def is_status(text: str):
     return lambda ev: isinstance(ev, events.Status) and text in ev.text
-
-
-@pytest.fixture
-def sessions():
-    made: list[Session] = []
-    yield made
-    for s in made:
-        s.close()
 
 
 def test_session_connects_names_itself_and_chats_with_timestamps(serve, connect, sessions):

@@ -212,14 +212,6 @@ def relay():
         r.close()
 
 
-@pytest.fixture
-def sessions():
-    made: list[Session] = []
-    yield made
-    for s in made:
-        s.close()
-
-
 def start_session(sessions, port: int, got: Collector, **kw) -> Session:
     s = Session("127.0.0.1", port, got, backoff_first=0.1, backoff_max=0.5, **kw)
     sessions.append(s.start())

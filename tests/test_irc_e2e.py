@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import socket
@@ -11,7 +12,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -89,6 +90,26 @@ class Irc:
 
     def close(self) -> None:
         self.sock.close()
+
+
+@contextlib.contextmanager
+def reactor_running(reactor, conn) -> Iterator[None]:
+    """The irc library's reactor turned by a thread while the block runs; then the connection
+    says goodbye and the thread ends."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.is_set():
+            reactor.process_once(0.05)
+
+    t = threading.Thread(target=loop, daemon=True)
+    t.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        t.join(5)
+        conn.disconnect("bye")
 
 
 @pytest.fixture
@@ -257,15 +278,7 @@ def test_the_irc_library_joins_and_talks_to_a_pychat_client(irc_serve, clients):
     conn.add_global_handler("welcome", on_welcome)
     conn.add_global_handler("join", on_join)
     conn.add_global_handler("pubmsg", on_pubmsg)
-    stop = threading.Event()
-
-    def loop():
-        while not stop.is_set():
-            reactor.process_once(0.05)
-
-    t = threading.Thread(target=loop, daemon=True)
-    t.start()
-    try:
+    with reactor_running(reactor, conn):
         assert joined.wait(TIMEOUT)
         b.expect(lambda line: nick in line and line.startswith(("NAMES:", "NAMED:")))
         irc_uid = next(uid for uid, n in b.names.items() if n == nick)
@@ -273,10 +286,6 @@ def test_the_irc_library_joins_and_talks_to_a_pychat_client(irc_serve, clients):
         assert heard.wait(TIMEOUT)
         assert got == [f"{name}: hi library"]
         b.expect(f"{irc_uid}: hello back from the library")
-    finally:
-        stop.set()
-        t.join(5)
-        conn.disconnect("bye")
 
 
 @pytest.mark.skipif(shutil.which("ii") is None, reason="Debian's ii is not installed")
@@ -391,21 +400,9 @@ def test_the_irc_library_logs_in_with_sasl(irc_serve, clients):
     conn = reactor.server().connect("127.0.0.1", irc_port, "anything", password=password,
                                     sasl_login=name)
     conn.add_global_handler("welcome", on_welcome)
-    stop = threading.Event()
-
-    def loop():
-        while not stop.is_set():
-            reactor.process_once(0.05)
-
-    t = threading.Thread(target=loop, daemon=True)
-    t.start()
-    try:
+    with reactor_running(reactor, conn):
         assert welcomed.wait(TIMEOUT)
         assert as_nick == [name]
-    finally:
-        stop.set()
-        t.join(5)
-        conn.disconnect("bye")
 
 
 def test_joining_a_room_with_server_time_plays_back_its_history(irc_serve, clients):
