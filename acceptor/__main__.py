@@ -87,10 +87,13 @@ async def serve(args: argparse.Namespace, tls=None, curve=None) -> int:
     limits = Limits(**limit_values(args))
     name = args.name or f"{socket.gethostname()}-{os.getpid()}-{os.urandom(2).hex()}"
     acceptor = Acceptor(loop, name=name, router=args.router, limits=limits,
-                        heartbeat=args.heartbeat, bus_hwm=args.bus_hwm, curve=curve)
+                        heartbeat=args.heartbeat, bus_hwm=args.bus_hwm, curve=curve,
+                        web_origins=tuple(filter(None, (o.strip() for o in
+                                                        args.web_origins.split(",")))))
     try:
         await acceptor.start(args.host, args.port, args.reuse_port, ssl=tls,
-                             irc_port=args.irc_port)
+                             irc_port=args.irc_port,
+                             web_port=args.web_port if args.web else None)
     except OSError as e:
         log.error("cannot listen on %s:%d%s: %s", args.host, args.port,
                   f" (IRC {args.irc_port})" if args.irc_port else "", e)
@@ -110,6 +113,9 @@ async def serve(args: argparse.Namespace, tls=None, curve=None) -> int:
     where = ", ".join(f"{h}:{p}" for h, p in acceptor.ports())
     if args.irc_port:
         where += f", IRC {args.host}:{args.irc_port}"
+    if args.web:
+        scheme = "https" if tls else "http"
+        where += f", web {scheme}://{args.host}:{acceptor.web_port()}/"
     log.info("acceptor %s listening on %s%s, router %s%s (%s)", name, where,
              " (TLS)" if tls else "", args.router, " (CurveZMQ)" if curve else "",
              type(loop).__module__.split(".")[0])

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 
 class IrcSession(Session):
+    KIND = 1
     __slots__ = ("irc",)
 
     def __init__(self, acceptor: Acceptor, conn_id: int):

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 
 from pychat.wire import replies
 
+from . import web
 from .limits import Limits
 
 if TYPE_CHECKING:
@@ -55,6 +56,8 @@ class Output:
         self.before_slice = before_slice  # what was read goes to the router before each slice
         self.rooms: dict[str, dict[Session, None]] = {}  # line-protocol members
         self.doors: dict[str, dict[Session, None]] = {}  # IRC members (``s.door`` set)
+        self.webs: dict[str, dict[Session, None]] = {}  # WebSocket members (frames)
+        self._kinds = (self.rooms, self.doors, self.webs)  # by ``Session.KIND``
         self._dirty: list[Session] = []
         self._flush_handle: asyncio.Handle | None = None
         self._coalesce_max = limits.coalesce_ms / 1000.0
@@ -73,10 +76,10 @@ class Output:
         """``s`` is now a member of ``room`` (the router said so)."""
         if s.room != room:
             self.leave(s)
-            (self.rooms if s.door is None else self.doors).setdefault(room, {})[s] = None
+            self._kinds[s.KIND].setdefault(room, {})[s] = None
 
     def leave(self, s: Session) -> None:
-        rooms = self.rooms if s.door is None else self.doors
+        rooms = self._kinds[s.KIND]
         members = rooms.get(s.room)
         if members is not None:
             members.pop(s, None)
@@ -85,7 +88,7 @@ class Output:
 
     def members(self, room: str) -> list[Session]:
         """Every local member of ``room``, of every door."""
-        return [*self.rooms.get(room, ()), *self.doors.get(room, ())]
+        return [*self.rooms.get(room, ()), *self.doors.get(room, ()), *self.webs.get(room, ())]
 
     def forget(self, s: Session) -> None:
         """``s`` is closed: out of its room and of the send-queue watch."""
@@ -107,9 +110,12 @@ class Output:
         ``queue`` is inlined (one flush scheduled per message, not a call per member). With
         ``tagged`` = (stamp, text), members with ``/cap time`` get the tagged line instead,
         encoded once, when the first of them is met. IRC members (``doors``) get the line
-        translated once for all of them (``_fan_out_doors``)."""
+        translated once for all of them (``_fan_out_doors``); WebSocket members, framed once
+        (``_fan_out_frames``)."""
         if room in self.doors:
             self._fan_out_doors(self.doors[room], data, tagged)
+        if room in self.webs:
+            self._fan_out_frames(self.webs[room], data, tagged)
         members = self.rooms.get(room)
         if not members:
             return
@@ -127,6 +133,22 @@ class Output:
                 out.append(data)
         if self._flush_handle is None:
             self._schedule_flush()
+
+    def _fan_out_frames(self, members: dict[Session, None], data: bytes,
+                        tagged: tuple[str, str] | None) -> None:
+        """A room line for its WebSocket members: one text frame, made once (twice at most)."""
+        plain: bytes | None = None
+        timed: bytes | None = None
+        queue = self.queue
+        for s in members:
+            if tagged is not None and s.cap_time:
+                if timed is None:
+                    timed = web.frame(replies.tagged(*tagged).encode("utf-8"))
+                queue(s, timed)
+            else:
+                if plain is None:
+                    plain = web.frames(data)
+                queue(s, plain)
 
     def _fan_out_doors(self, members: dict[Session, None], data: bytes,
                        tagged: tuple[str, str] | None) -> None:
@@ -167,11 +189,16 @@ class Output:
             else:
                 s.fresh = False
                 s.send_line(text)
-        members = self.rooms.get(room)
+        self._roster(self.rooms.get(room), (text + "\n").encode("utf-8"),
+                     (delta + "\n").encode("utf-8") if delta else b"")
+        if room in self.webs:  # the same, framed once
+            self._roster(self.webs[room], web.frames(text.encode("utf-8")),
+                         web.frames(delta.encode("utf-8")) if delta else b"")
+
+    def _roster(self, members: dict[Session, None] | None, full: bytes, change: bytes) -> None:
         if not members:
             return
-        full = (text + "\n").encode("utf-8")
-        change = (delta + "\n").encode("utf-8") if delta else full
+        change = change or full
         for s in members:
             if s.conn.cap_deltas and not s.fresh:
                 self.queue(s, change)

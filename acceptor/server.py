@@ -41,6 +41,8 @@ from .limits import Limits, TokenBucket, exempt_addresses
 from .link import BusPump
 from .output import Output
 from .session import Session
+from .web import Static
+from .web_session import WebSession
 
 log = logging.getLogger("pychat.acceptor")
 
@@ -53,7 +55,8 @@ ACCEPTS_PER_CALLBACK = 64  # TLS connections accepted per wake-up before others 
 class Acceptor:
     def __init__(self, loop: asyncio.AbstractEventLoop, *, name: str, router: str,
                  limits: Limits, heartbeat: float = 1.0, bus_hwm: int = 100_000,
-                 curve: tuple[bytes, bytes, bytes] | None = None):
+                 curve: tuple[bytes, bytes, bytes] | None = None,
+                 web_origins: tuple[str, ...] = ()):
         limits.check()
         self.loop = loop
         self.name = name
@@ -76,9 +79,15 @@ class Acceptor:
         self._sweep_handle: asyncio.TimerHandle | None = None
         self.server: asyncio.Server | None = None
         self.irc_server: asyncio.Server | None = None
+        self.web_server: asyncio.Server | None = None
+        self.web_static = Static()  # the browser client's files (acceptor/web/)
+        self.web_origins = web_origins  # allowed besides a page's own (acceptor/web.py)
+        # a WebSocket message's longest: a line too long for the core still gets its ERROR:
+        self.web_max_frame = max(65536, 4 * limits.max_line)
         self.tls: ssl_module.SSLContext | None = None
         # the TLS doors' own listening sockets (the line door's first, then the IRC door's)
         self._listening: list[socket.socket] = []
+        self._web_tls: socket.socket | None = None  # the web door's among them
         link = AcceptorLink(name, self.epoch, heartbeat=heartbeat, now=loop.time())
         self.bus = BusPump(loop, router, link, self.on_batch, self.on_change, hwm=bus_hwm,
                            curve=curve)
@@ -89,7 +98,10 @@ class Acceptor:
         return self.bus.link.router_alive
 
     async def start(self, host: str, port: int, reuse_port: bool,
-                    ssl: ssl_module.SSLContext | None = None, irc_port: int = 0) -> None:
+                    ssl: ssl_module.SSLContext | None = None, irc_port: int = 0,
+                    web_port: int | None = None) -> None:
+        """Listen on ``port`` (the line protocol), ``irc_port`` (IRC; 0: none) and ``web_port``
+        (HTTP and WebSocket; None: none)."""
         self.tls = ssl
         if ssl is None:
             self.server = await self.loop.create_server(
@@ -99,10 +111,16 @@ class Acceptor:
                 self.irc_server = await self.loop.create_server(
                     lambda: IrcSession(self, next(self._ids)), host, irc_port,
                     reuse_port=reuse_port or None, backlog=4096)
+            if web_port is not None:  # the web door (acceptor/web_session.py)
+                self.web_server = await self.loop.create_server(
+                    lambda: WebSession(self, next(self._ids)), host, web_port,
+                    reuse_port=reuse_port or None, backlog=4096)
         else:  # we accept, admit and count each connection before its handshake
             self._listen_tls(host, port, reuse_port, Session)
             if irc_port:  # the IRC door takes the same certificate
                 self._listen_tls(host, irc_port, reuse_port, IrcSession)
+            if web_port is not None:  # and the web door (https:// and wss://)
+                self._web_tls = self._listen_tls(host, web_port, reuse_port, WebSession)
         self.bus.link.hello([], self.loop.time())
         self.bus.flush()
         self._beat()
@@ -113,13 +131,20 @@ class Acceptor:
             return [self._listening[0].getsockname()[:2]]
         return [s.getsockname()[:2] for s in self.server.sockets] if self.server else []
 
+    def web_port(self) -> int:
+        """The web door's port (0: none)."""
+        if self.web_server is not None:
+            return int(self.web_server.sockets[0].getsockname()[1])
+        return int(self._web_tls.getsockname()[1]) if self._web_tls is not None else 0
+
     # ---- the TLS door: admitted at accept, a session once its handshake is done ------------
 
     def _listen_tls(self, host: str, port: int, reuse_port: bool,
-                    factory: Callable[[Acceptor, int], Session]) -> None:
+                    factory: Callable[[Acceptor, int], Session]) -> socket.socket:
         listening = listening_socket(host, port, reuse_port)
         self._listening.append(listening)
         self.loop.add_reader(listening.fileno(), self._accept_tls, listening, factory)
+        return listening
 
     def _accept_tls(self, listening: socket.socket,
                     factory: Callable[[Acceptor, int], Session]) -> None:
@@ -281,6 +306,13 @@ class Acceptor:
         full = [host for host, bucket in self.connects.items() if bucket.full(now)]
         for host in full:  # an address that paid its connections back needs no bucket
             del self.connects[host]
+        if self.limits.web_ping:  # web clients: a ping keeps proxies and idle at bay
+            quiet = now - self.limits.web_ping
+            for s in self.sessions.values():
+                if s.KIND == 2 and s.conn.seen < quiet:
+                    assert isinstance(s, WebSession)
+                    if s.pinged < quiet:
+                        s.ping(now)
         idle, unfinished = self.limits.idle_timeout, self.limits.partial_line_timeout
         if not idle and not unfinished:
             return
@@ -430,7 +462,7 @@ class Acceptor:
 
     async def shutdown(self, grace: float = 2.0) -> None:
         """SIGTERM: stop accepting, tell every client, close, let the router know."""
-        for server in (self.server, self.irc_server):
+        for server in (self.server, self.irc_server, self.web_server):
             if server is not None:
                 server.close()
         for listening in self._listening:

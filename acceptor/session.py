@@ -37,6 +37,7 @@ WELCOME = (replies.WELCOME + "\n").encode()
 
 
 class Session(asyncio.Protocol):
+    KIND = 0  # Output keeps a room's members by kind: 0 lines, 1 IRC (translated), 2 frames
     __slots__ = ("_armed", "_timer", "acceptor", "account", "blocked", "cap_time", "conn",
                  "counted", "door", "fd", "fresh", "greeting", "host", "id", "name", "open", "out",
                  "peer", "room", "seal", "tls", "transport", "uid")
@@ -71,6 +72,12 @@ class Session(asyncio.Protocol):
     # ---- asyncio callbacks ---------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.admit(transport):
+            self.acceptor.session_opened(self)
+
+    def admit(self, transport: asyncio.BaseTransport) -> bool:
+        """The socket's options, and the acceptor's admission: False if it refused (and closed)
+        the connection."""
         # a stream transport (uvloop's is one too, without subclassing asyncio.Transport)
         self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
@@ -97,7 +104,7 @@ class Session(asyncio.Protocol):
         # a TLS session was admitted (and counted) at its accept, before its handshake
         # (Acceptor._accept_tls); a plain one is admitted here
         if not self.counted and not self.acceptor.session_accepted(self):
-            return
+            return False
         # pause_writing as soon as a write leaves bytes unsent (the kernel buffer is full): the
         # lines that follow wait in ``out`` (shared with the room's other members) and go in
         # one write on resume_writing, not one transport write (a uvloop request) per flush.
@@ -108,7 +115,7 @@ class Session(asyncio.Protocol):
         if sock is not None and not self.tls:
             self.fd = sock.fileno()
         self.transport.set_write_buffer_limits(high=1 if self.tls else 0, low=0)
-        self.acceptor.session_opened(self)
+        return True
 
     def pause_writing(self) -> None:
         self.blocked = True

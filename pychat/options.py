@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import enum
 import os
+import re
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -88,6 +89,13 @@ def bus_name(text: str) -> str:
     if text and not bus.valid_token(text):
         raise BadValue(f"not a name the bus takes (1-255 letters, digits and . _ : @ + -): "
                        f"{text!r}")
+    return text
+
+
+def origin_list(text: str) -> str:
+    for origin in filter(None, (o.strip() for o in text.split(","))):
+        if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
+            raise BadValue(f"not an origin (scheme://host[:port], no path) or *: {origin!r}")
     return text
 
 
@@ -246,6 +254,22 @@ OPTIONS: tuple[Option, ...] = (
            "TCP port for IRC clients (0: off); every acceptor shares it, on --host",
            (SERVE, ACCEPTOR), type=port, forward=Forward.ACCEPTORS,
            doc="the IRC door's port (docs/PROTOCOL.md, The IRC door)", doc_default="`0` (off)"),
+    Option("--web", "PYCHAT_WEB", True,
+           "serve the browser client and the WebSocket door on --web-port", (SERVE, ACCEPTOR),
+           type=bool, forward=Forward.BY_SERVE, variants={ACCEPTOR: Variant(default=False)},
+           doc="the web door: the browser client at `/`, the line protocol over WebSocket at "
+               "`/ws` (docs/PROTOCOL.md, The web door)",
+           doc_default="on (`serve`), off (`acceptor`)"),
+    Option("--web-port", "PYCHAT_WEB_PORT", 65433,
+           "the web door's TCP port (0: any free port, printed when ready); every acceptor "
+           "shares it, on --host", (SERVE, ACCEPTOR), type=port, forward=Forward.BY_SERVE,
+           doc="the web door's port; `0` picks a free one, printed"),
+    Option("--web-origins", "PYCHAT_WEB_ORIGINS", "",
+           "web pages (origins, e.g. https://chat.example.org) allowed to open the WebSocket "
+           "besides the door's own pages, comma-separated; * allows any", (SERVE, ACCEPTOR),
+           type=origin_list, forward=Forward.ACCEPTORS,
+           doc="other web origins allowed to open `/ws` (a page the door served always may)",
+           doc_default="none"),
     Option("--acceptors", "PYCHAT_ACCEPTORS", 2, "acceptor processes sharing the port", (SERVE,),
            type=positive(int), doc="acceptor processes under `pychat serve`"),
     Option("--bus", "PYCHAT_BUS", "",
@@ -336,6 +360,10 @@ OPTIONS: tuple[Option, ...] = (
            seconds_or_off, "until a client's first newline, seconds after which an unfinished "
                            "piece is taken as a line (for clients that send one message per "
                            "packet with no newline); `0`: never"),
+    _limit("--web-ping", "seconds a WebSocket client may be silent before the server pings it "
+                         "(a browser answers by itself; 0: never)",
+           seconds_or_off, "seconds of silence before a WebSocket client is pinged (keeps "
+                           "proxies from closing it); `0`: never"),
     _limit("--keepalive-idle", "TCP keepalive: seconds of silence before the kernel probes a "
                                "client (finds half-open connections)",
            positive(int), "TCP keepalive on client sockets: seconds of silence before the first "

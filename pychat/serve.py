@@ -180,22 +180,25 @@ class Supervisor:
         self._wake_w.setblocking(False)
         self.children: list[Child] = []
         self.port = args.port
-        self._hold: socket.socket | None = None
+        self.web_port = args.web_port if args.web else None
+        self._hold: list[socket.socket] = []
         self.keys = BusKeys()  # the children's CurveZMQ keys (see bus_keys)
 
-    def reserve_port(self, reuse: bool) -> None:
-        """For ``--port 0``: pick a free port once, so every acceptor binds the same one."""
-        if self.port != 0:
-            return
+    def reserve_port(self, reuse: bool, port: int) -> int:
+        """For ``--port 0`` (or ``--web-port 0``): pick a free port once, so every acceptor
+        binds the same one."""
+        if port != 0:
+            return port
         s = socket.socket(socket.AF_INET6 if ":" in self.args.host else socket.AF_INET)
         if reuse:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         s.bind((self.args.host, 0))
-        self.port = s.getsockname()[1]
+        port = s.getsockname()[1]
         if reuse:
-            self._hold = s  # bound, never listening: keeps the port ours until they listen
+            self._hold.append(s)  # bound, never listening: keeps the port ours until they listen
         else:
             s.close()
+        return int(port)
 
     def plan(self) -> None:
         a = self.args
@@ -204,7 +207,11 @@ class Supervisor:
         if n > 1 and not reuse:
             log.warning("this OS has no SO_REUSEPORT: running one acceptor, not %d", n)
             n = 1
-        self.reserve_port(reuse)
+        self.port = self.reserve_port(reuse, self.port)
+        if self.web_port is not None:
+            self.web_port = self.reserve_port(reuse, self.web_port)
+        web = (["--web", f"--web-port={self.web_port}"] if self.web_port is not None
+               else ["--no-web"])
         # the children's options come from serve's as the table forwards them
         # (pychat/options.py); serve sets the rest: the bus, the port, names, metrics ports
         if not a.router:
@@ -215,7 +222,7 @@ class Supervisor:
         for i in range(n):
             argv = ["pychat.acceptor", "--port", str(self.port), "--router", self.bus,
                     "--name", f"{socket.gethostname()}-{os.getpid()}-a{i + 1}",
-                    "--reuse-port" if reuse else "--no-reuse-port", *shared,
+                    "--reuse-port" if reuse else "--no-reuse-port", *web, *shared,
                     "--metrics-port", str(a.metrics_port + i + 1 if a.metrics_port else 0)]
             self.children.append(Child(f"acceptor {i + 1}", argv))
 
@@ -311,8 +318,8 @@ class Supervisor:
                 log.warning("pid %d ignored SIGTERM; killing it", proc.pid)
                 proc.kill()
                 proc.wait()
-        if self._hold is not None:
-            self._hold.close()
+        for held in self._hold:
+            held.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
@@ -336,11 +343,14 @@ def main(argv: list[str] | None = None) -> int:
             log.error("%s did not start; see its log above",
                       ", ".join(failed) if failed else "a child")
             return 1
-        if sup._hold is not None:
-            sup._hold.close()
-            sup._hold = None
+        for held in sup._hold:
+            held.close()
+        sup._hold.clear()
         n = sum(c.role.startswith("acceptor") for c in sup.children)
         irc = f", IRC on port {args.irc_port}" if args.irc_port else ""
+        if sup.web_port is not None:
+            scheme = "https" if args.tls_cert else "http"
+            irc += f", web {scheme}://{args.host}:{sup.web_port}/"
         print(f"pychat: serving on {args.host}:{sup.port} ({n} acceptor{'s' * (n > 1)}, "
               f"bus {sup.bus}{irc})", flush=True)
         sup.supervise()

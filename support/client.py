@@ -163,3 +163,73 @@ class Connection:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class WsConnection(Connection):
+    """The same client over the web door's WebSocket (``/ws``): one text frame per line.
+
+    ``port`` is the server's line-protocol port; the web door of the same server is found in
+    ``support.procs.WEB_PORTS`` (or give ``web_port``). ``send_raw`` takes the bytes a TCP
+    client would send: each complete line becomes one frame (a text frame if it is UTF-8, else
+    a binary one, which the door takes as TCP's bytes), and a piece without its newline waits
+    for the rest, as it would in a client's line editor."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 65432, *,
+                 timeout: float = DEFAULT_TIMEOUT, max_line: int = 1 << 20, source: str = "",
+                 web_port: int = 0, origin: str | None = None):
+        from websockets.sync.client import connect  # (a test dependency: only for these)
+
+        from support.procs import WEB_PORTS
+        web = web_port or WEB_PORTS[port]
+        sock = socket.create_connection((host, web), timeout=timeout,
+                                        source_address=(source, 0) if source else None)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.ws = connect(f"ws://{host}:{web}/ws", sock=sock, open_timeout=timeout,
+                          max_size=None, origin=origin,  # type: ignore[arg-type]
+                          compression=None, ping_interval=None, close_timeout=2).__enter__()
+        self.sock = sock
+        self.timeout = timeout
+        self._buffer = LineBuffer(max_line)
+        self._pending = b""
+        self._lines = deque()
+        self.seen = []
+        self.closed = False
+        self.uid = ""
+        self.users = ()
+        self.names = {}
+        self.room = "#lobby"
+
+    def send_raw(self, data: bytes) -> None:
+        data = self._pending + data
+        *lines, self._pending = data.split(b"\n")
+        for line in lines:
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            try:
+                self.ws.send(line.decode("utf-8"))
+            except UnicodeDecodeError:
+                self.ws.send(line)
+
+    def _fill(self, deadline: float) -> None:
+        from websockets.exceptions import ConnectionClosed as WsClosed
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise Timeout("no line in time")
+        try:
+            message = self.ws.recv(timeout=left)
+        except TimeoutError:
+            raise Timeout("no line in time") from None
+        except WsClosed as e:
+            self.closed = True
+            raise ConnectionClosed(str(e)) from None
+        line = message if isinstance(message, str) else message.decode("utf-8", "replace")
+        self._lines.append(line)
+        self.seen.append(line)
+        self._track(replies.parse_server_line(line))
+
+    def close(self) -> None:
+        self.closed = True
+        try:
+            self.ws.close()
+        except Exception:
+            pass

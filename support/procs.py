@@ -20,6 +20,11 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+# a server's line-protocol port -> its web door's port, for the servers this process started (so
+# that a test written for TCP ports can reach the same server over WebSocket: support/client.py)
+WEB_PORTS: dict[int, int] = {}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -135,12 +140,27 @@ def start_serve(*extra: str, acceptors: int = 2, env: dict | None = None,
     another interpreter whose installed pychat serves (a benchmark's "before"), run from a
     folder of its own so that this checkout's ``pychat`` is not found first."""
     argv = ["pychat", "serve", "--port", "0", "--acceptors", str(acceptors), *extra]
+    if not python and not any(a.startswith(("--web-port", "--no-web")) for a in extra):
+        argv += ["--web-port", "0"]  # the web door is on by default: on a free port of its own
     if python:
         p = Proc([python, "-m", *argv], env=env, name="pychat serve", cwd=tempfile.gettempdir())
     else:
         p = Proc(python_m(*argv), env=env, name="pychat serve")
     m = p.wait_for(r"serving on 127\.0\.0\.1:(\d+)")
-    return p, int(m.group(1))
+    port = int(m.group(1))
+    web = re.search(r"web https?://[^\s:]+:(\d+)/", m.string)
+    if web:
+        WEB_PORTS[port] = int(web.group(1))
+    return p, port
+
+
+def web_port(p: Proc) -> int:
+    """The web door's port, from what ``pychat serve`` (or an acceptor) said when ready."""
+    for line in p.output:
+        m = re.search(r"web https?://[^\s:]+:(\d+)/", line)
+        if m:
+            return int(m.group(1))
+    raise AssertionError(f"{p.name} named no web port: {p.output[-5:]}")
 
 
 def start_router(*extra: str, env: dict | None = None) -> tuple[Proc, str]:
@@ -151,11 +171,17 @@ def start_router(*extra: str, env: dict | None = None) -> tuple[Proc, str]:
 
 
 def start_acceptor(endpoint: str, *extra: str, env: dict | None = None) -> tuple[Proc, int]:
+    """``pychat acceptor`` on a free port, its web door on another (``WEB_PORTS``)."""
     port = free_port()
-    p = Proc(python_m("pychat.acceptor", "--port", str(port), "--router", endpoint, *extra),
+    web = () if any(a.startswith(("--web", "--no-web")) for a in extra) else (
+        "--web", "--web-port", "0")
+    p = Proc(python_m("pychat.acceptor", "--port", str(port), "--router", endpoint, *web,
+                      *extra),
              env=env,
              name=f"acceptor :{port}")
     p.wait_for(r"router \w+ is alive")
+    if web:
+        WEB_PORTS[port] = web_port(p)
     return p, port
 
 

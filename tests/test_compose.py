@@ -109,10 +109,12 @@ def test_the_services_are_what_the_issue_asks():
     # the router keeps its history on a named volume mounted where PYCHAT_DATA_DIR points
     assert router.volumes["pychat-data"] == router.env["PYCHAT_DATA_DIR"]
     assert router.env["PYCHAT_ROUTER_BIND"] == "tcp://0.0.0.0:65431"
-    # the acceptor reaches the router by its service name and publishes 65432
+    # the acceptor reaches the router by its service name and publishes 65432, and the web
+    # door's 65433
     assert acceptor.env["PYCHAT_ROUTER"] == "tcp://router:65431"
     assert acceptor.env["PYCHAT_HOST"] == "0.0.0.0"
-    assert acceptor.raw["ports"] == ["65432:65432"]
+    assert acceptor.raw["ports"] == ["65432:65432", "65433:65433"]
+    assert acceptor.env["PYCHAT_WEB_PORT"] == "65433"
     assert acceptor.depends_on == {"router": "service_healthy"}
     for svc in (router, acceptor):
         assert svc.raw["restart"] in ("unless-stopped", "always")
@@ -186,7 +188,7 @@ NOT_IN_THE_FILE = {
     "keys": set(),
 }
 # Fixed by the deployment, not taken from the shell: container paths and in-container ports.
-FIXED = {"PYCHAT_DATA_DIR", "PYCHAT_HOST", "PYCHAT_PORT"}
+FIXED = {"PYCHAT_DATA_DIR", "PYCHAT_HOST", "PYCHAT_PORT", "PYCHAT_WEB_PORT"}
 # Shell variables named after the role where the two services need different values.
 RENAMED = {("router", "PYCHAT_CURVE_SECRET"): "PYCHAT_ROUTER_CURVE_SECRET",
            ("acceptor", "PYCHAT_CURVE_SECRET"): "PYCHAT_ACCEPTOR_CURVE_SECRET",

@@ -81,7 +81,7 @@ def rewrite(svcs: dict[str, Service], volumes_root) -> tuple[dict[int, int], int
                            lambda m: "tcp://" + ("127.0.0.1" if m.group(1) in svcs or
                                                  m.group(1) == "0.0.0.0" else m.group(1))
                                      + ":" + local_port(m.group(2)), value)
-            if key == "PYCHAT_PORT":
+            if key in ("PYCHAT_PORT", "PYCHAT_WEB_PORT"):
                 value = local_port(value)
             if key == "PYCHAT_HOST" and value == "0.0.0.0":
                 value = "127.0.0.1"
@@ -197,8 +197,9 @@ def test_compose_up_gives_a_working_server(tmp_path, procs, connect, container_e
     assert set(running) == {"router", "acceptor"}
     want = int(acceptor.env["PYCHAT_ACCEPTORS"])
     serving = said(running["acceptor"], r"serving on 127\.0\.0\.1:(\d+) \((\d+) acceptors?, "
-                                        r"bus (\S+)\)")
-    assert serving.groups() == (str(port), str(want), f"tcp://127.0.0.1:{ports[65431]}")
+                                        r"bus (\S+), web http://127\.0\.0\.1:(\d+)/\)")
+    assert serving.groups() == (str(port), str(want), f"tcp://127.0.0.1:{ports[65431]}",
+                                str(ports[65433]))
     assert "started router" not in "\n".join(running["acceptor"].output)  # no second router
     # the bus has the keys the keys service made in its volume, on both ends
     keys = svcs["keys"].argv[-2]

@@ -316,7 +316,7 @@ def test_an_unusable_history_file_stops_the_start_with_one_clear_line(tmp_path, 
     errors = [ln for ln in r.stderr.splitlines() if " ERROR " in ln]
     assert len(errors) == 1 and says in errors[0], r.stderr
     assert "Traceback" not in r.stderr
-    r = run_to_exit(["pychat", "serve", "--port", "0", "--data-dir", str(data)])
+    r = run_to_exit(["pychat", "serve", "--port", "0", "--web-port", "0", "--data-dir", str(data)])
     assert r.returncode == 1
     assert says in r.stderr
     assert re.search(r"router \(exit code 1\) did not start", r.stderr), r.stderr

@@ -48,7 +48,10 @@ def test_every_mapped_folder_is_in_the_wheel_under_pychat(wheel):
     for package, folder in mapping.items():
         assert f"{package.replace('.', '/')}/__init__.py" in names, (package, folder)
     for must in ("pychat/acceptor/server.py", "pychat/router/state.py", "pychat/wire/bus.py",
-                 "pychat/clients/gui.py", "pychat/cli.py"):
+                 "pychat/clients/gui.py", "pychat/cli.py",
+                 # the browser client, served from the package by the web door
+                 "pychat/acceptor/web/index.html", "pychat/acceptor/web/app.js",
+                 "pychat/acceptor/web/style.css"):
         assert must in names
     # test support stays out of the installed package
     assert not any(n.startswith(("pychat/support", "support/", "tests/")) for n in names)

@@ -24,6 +24,7 @@ from datetime import datetime, timezone
 
 import pytest
 
+from support.client import Connection, WsConnection
 from support.procs import start_serve
 
 pytestmark = pytest.mark.e2e
@@ -149,6 +150,31 @@ class RawClient:
 
     def close(self) -> None:
         self.sock.close()
+
+
+@pytest.fixture(params=["tcp", "ws"])
+def connect(request):
+    """One suite, two transports: every test of this file that opens clients with ``connect``
+    runs over TCP and over the web door's WebSocket (``/ws``, one text frame per line:
+    support/client.py ``WsConnection``), against the same kinds of servers."""
+    opened: list[Connection] = []
+    kind = Connection if request.param == "tcp" else WsConnection
+
+    def make(port: int, **kw) -> Connection:
+        c = kind("127.0.0.1", port, **kw)
+        opened.append(c)
+        return c
+
+    make.transport = request.param  # type: ignore[attr-defined]
+    yield make
+    for c in opened:
+        c.close()
+
+
+def tcp_only(connect, why: str) -> None:
+    """A test of the TCP door's byte stream (packets, line ends): a WebSocket frame is a line."""
+    if connect.transport != "tcp":
+        pytest.skip(f"TCP framing: {why}")
 
 
 @pytest.fixture
@@ -803,6 +829,7 @@ def test_too_long_line_and_next_line_in_one_packet(shared_serve, connect):
 
 
 def test_too_long_line_in_pieces_is_discarded_up_to_its_newline(shared_serve, connect):
+    tcp_only(connect, "a line refused before its newline comes")
     _, (a, b) = make_room(connect, shared_serve, 2)
     a.send_raw(b"d" * (MAX_LINE + 100))  # already too long: refused without waiting for \n
     assert a.read_line() == TOO_LONG

@@ -1,0 +1,244 @@
+"""The web door's pump: HTTP requests, then (on ``GET /ws``) a ``Session`` over WebSocket frames.
+
+A connection starts in HTTP (acceptor/web.py parses the heads): the browser client's files are
+served, with keep-alive, and the connection is admitted and counted like any other (it counts
+with the TLS handshakes in ``Acceptor.handshaking`` until it upgrades) and has
+``tls_handshake_timeout`` seconds per request before it is closed. A ``GET /ws`` with an
+allowed origin is handed to websockets' sans-I/O ``ServerProtocol`` for the handshake; once it
+answers 101 the connection becomes a session like the TCP door's: the same ``Connection``
+(flood, limits, order), output queues, send-queue limits and router.
+
+What differs from the TCP door: each text frame the client sends is a line (a frame that ends
+with a line end loses it; one with several lines is several lines, each a line for the core's
+limits; fragmented messages are put together, up to ``web_max_frame``; a binary frame's bytes
+are taken as TCP's are, invalid UTF-8 included); every line for the client is a text frame
+(``web.frames``), and a room's lines are framed once for all its web members
+(``Output._fan_out_frames``). websockets answers pings
+and close frames and enforces the frame size, UTF-8 and the protocol's rules; a violation
+closes the connection with its close code. The acceptor pings a web session quiet for
+``Limits.web_ping`` seconds (a browser answers by itself), so proxies keep it open and the idle
+deadline sees it alive. The session ends with a close frame after its last line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Request
+from websockets.protocol import State
+from websockets.server import ServerProtocol
+
+from pychat.wire import replies
+
+from . import web
+from .session import Session
+
+if TYPE_CHECKING:
+    from .server import Acceptor
+
+log = logging.getLogger("pychat.acceptor")
+ws_log = logging.getLogger("pychat.acceptor.websocket")
+ws_log.setLevel(logging.WARNING)  # websockets' own debug lines are one per frame
+
+WELCOME_FRAME = web.frame(replies.WELCOME.encode("utf-8"))
+
+
+class WebSession(Session):
+    KIND = 2
+    __slots__ = ("buf", "deadline", "http", "parts", "pinged", "ws")
+
+    def __init__(self, acceptor: Acceptor, conn_id: int):
+        super().__init__(acceptor, conn_id)
+        self.buf: bytearray | None = bytearray()  # HTTP bytes read, not parsed yet
+        self.http = False  # admitted, in HTTP (counted in acceptor.handshaking)
+        self.deadline: asyncio.TimerHandle | None = None
+        self.ws: ServerProtocol | None = None
+        self.parts: list[bytes] | None = None  # a fragmented text message's frames so far
+        self.pinged = 0.0  # when the last ping left
+
+    # ---- HTTP --------------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if not self.admit(transport):
+            return
+        self.http = True
+        self.acceptor.handshaking += 1
+        self._arm_deadline()
+
+    def _arm_deadline(self) -> None:
+        if self.deadline is not None:
+            self.deadline.cancel()
+        self.deadline = self.acceptor.loop.call_later(
+            self.acceptor.limits.tls_handshake_timeout, self._expired)
+
+    def _expired(self) -> None:
+        self.deadline = None
+        if self.http and self.transport is not None:
+            self.transport.abort()
+
+    def _end_http(self) -> None:
+        if self.http:
+            self.http = False
+            self.acceptor.handshaking -= 1
+        if self.deadline is not None:
+            self.deadline.cancel()
+            self.deadline = None
+
+    def data_received(self, data: bytes) -> None:
+        if self.open:
+            self._frames_in(data)
+        elif self.http:
+            assert self.buf is not None
+            self.buf += data
+            self._requests()
+
+    def _requests(self) -> None:
+        t = self.transport
+        buf = self.buf
+        while t is not None and not t.is_closing() and self.http and buf is not None:
+            try:
+                head = web.take_head(buf)
+            except web.HttpError as e:
+                t.write(web.error_response(e.status, e.text, self.tls))
+                t.close()
+                return
+            if head is None:
+                return
+            if head.path == "/ws" and head.upgrade and head.method == "GET":
+                self._upgrade(head)
+                return
+            answer, keep = self.acceptor.web_static.serve(head, self.tls)
+            t.write(answer)
+            if not keep:
+                t.close()
+                return
+            self._arm_deadline()
+
+    def _upgrade(self, head: web.Head) -> None:
+        t = self.transport
+        assert t is not None and self.buf is not None
+        if not web.origin_allowed(head, self.acceptor.web_origins):
+            log.info("conn %d (%s): WebSocket refused, origin %r not allowed", self.id,
+                     self.peer, head.headers.get("origin"))
+            t.write(web.error_response(403, "origin not allowed", self.tls))
+            t.close()
+            return
+        ws = ServerProtocol(max_size=self.acceptor.web_max_frame, logger=ws_log)
+        ws.receive_data(head.raw)
+        events = ws.events_received()
+        if len(events) != 1 or not isinstance(events[0], Request):
+            t.write(web.error_response(400, "bad WebSocket handshake", self.tls))
+            t.close()
+            return
+        answer = ws.accept(events[0])
+        answer.headers["Server"] = "pychat"
+        ws.send_response(answer)
+        t.write(b"".join(ws.data_to_send()))
+        if answer.status_code != 101:
+            t.close()
+            return
+        rest = bytes(self.buf)
+        self.buf = None
+        self.ws = ws
+        self._end_http()
+        self.acceptor.session_opened(self)
+        if rest:
+            self._frames_in(rest)
+
+    # ---- WebSocket ---------------------------------------------------------------------------
+
+    def _frames_in(self, data: bytes) -> None:
+        ws = self.ws
+        assert ws is not None
+        conn = self.conn
+        conn.seen = self.acceptor.loop.time()  # (a pong is not silence)
+        ws.receive_data(data)
+        events = ws.events_received()
+        self._send_control()
+        for event in events:
+            if not self.open or conn.quitting:
+                break
+            if not isinstance(event, Frame):  # (only frames, once the handshake is done)
+                continue
+            op = event.opcode
+            if op is Opcode.TEXT or op is Opcode.BINARY:  # (binary: bytes, as TCP's are)
+                if event.fin:
+                    self._lines(bytes(event.data))
+                else:
+                    self.parts = [bytes(event.data)]
+            elif op is Opcode.CONT and self.parts is not None:
+                self.parts.append(bytes(event.data))
+                if event.fin:
+                    whole, self.parts = b"".join(self.parts), None
+                    self._lines(whole)
+            elif op is Opcode.CLOSE:
+                self.pump(conn.receive_eof)  # what was read is served, then the close
+        if ws.parser_exc is not None and self.open:  # websockets closed it (code and reason)
+            log.info("conn %d (%s): WebSocket closed: %s", self.id, self.peer, ws.parser_exc)
+            self.close()
+
+    def _lines(self, payload: bytes) -> None:
+        if payload.endswith(b"\n"):
+            payload = payload[:-2] if payload.endswith(b"\r\n") else payload[:-1]
+        for line in payload.split(b"\n") if b"\n" in payload else (payload,):
+            if not self.open or self.conn.quitting:
+                return
+            self.pump(self.conn.receive_line, line)
+
+    def _send_control(self) -> None:
+        """What websockets wrote (pongs, the answer to a close, a failure's close frame)."""
+        ws = self.ws
+        assert ws is not None
+        for chunk in ws.data_to_send():
+            if chunk:
+                self.acceptor.output.queue(self, chunk)
+
+    def ping(self, now: float) -> None:
+        if self.ws is not None and self.ws.state is State.OPEN:
+            self.pinged = now
+            self.acceptor.output.queue(self, web.PING)
+
+    # ---- output ------------------------------------------------------------------------------
+
+    def send_line(self, text: str) -> None:
+        if self.greeting:
+            self.greet()
+        self.acceptor.output.queue(self, web.frames(text.encode("utf-8")))
+
+    def greet(self) -> None:
+        self.greeting = False
+        self.acceptor.output.queue(self, WELCOME_FRAME)
+
+    def last_words(self, text: str, code: str | None = None) -> bytes:
+        words = web.frame(replies.format_error(text, code).encode("utf-8"))
+        if self.ws is None:  # still in HTTP: no WebSocket to speak in
+            return web.error_response(503, text, self.tls)
+        return words + self._closing_frame()
+
+    def _closing_frame(self) -> bytes:
+        ws = self.ws
+        if ws is None or ws.state is not State.OPEN:
+            return b""
+        ws.send_close(1000)
+        return b"".join(ws.data_to_send())
+
+    def close(self) -> None:
+        t = self.transport
+        if t is None or t.is_closing():
+            return
+        if self.ws is None:
+            t.close()
+            return
+        if self.greeting:
+            self.greet()
+        closing = self._closing_frame()
+        if closing:
+            self.acceptor.output.queue(self, closing)
+        super().close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._end_http()
+        super().connection_lost(exc)
