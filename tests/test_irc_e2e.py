@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from support.client import Connection
+from support.client import Connection, WsConnection
 from support.procs import free_port, start_serve
 
 pytestmark = pytest.mark.e2e
@@ -188,6 +188,43 @@ def test_irc_and_pychat_chat_in_the_lobby_and_in_a_room(irc_serve, clients):
     a.expect(rf"^:{nick}!{irc_uid}@pychat PART {room}$")
     a.expect(rf"^:{nick}!{irc_uid}@pychat JOIN #lobby$")
     b.expect(lambda line: line.startswith(("USERS:", "LEFT:")) and irc_uid not in line)
+
+
+def test_irc_tcp_and_web_door_clients_share_a_room(irc_serve, clients):
+    """Every door in one room: an IRC client, a line-protocol client and a WebSocket client
+    of the web door (the browser client's transport; tests/test_web_browser.py drives the page
+    itself in Chromium)."""
+    port, irc_port = irc_serve
+    nick, name, web_name = unique("i"), unique("p"), unique("w")
+    room = "#" + unique("r")
+    a = irc(irc_port, clients)
+    a.register(nick)
+    b = pychat(port, clients, name)
+    w = WsConnection("127.0.0.1", port, timeout=TIMEOUT)  # the same server's web door
+    clients.append(w)
+    w.handshake()
+    w.send(f"/nick {web_name}")
+    w.expect(f"OK nick {web_name}")
+    a.send(f"JOIN {room}")
+    a.expect(rf"^:pychat 366 {nick} {room} ")
+    for c in (b, w):
+        c.send(f"/join {room}")
+        c.expect(f"ROOM:{room}")
+    a.expect(rf"^:{web_name}!{w.uid}@pychat JOIN {room}$")
+    w.send("/users")
+    w.expect(lambda line: line.startswith("NAMES:") and f"={nick}" in line
+             and f"={name}" in line)
+    irc_uid = next(uid for uid, n in w.names.items() if n == nick)
+    a.send(f"PRIVMSG {room} :from irc")
+    b.expect(f"{irc_uid}: from irc")
+    w.expect(f"{irc_uid}: from irc")
+    w.send("from the web")
+    a.expect(rf"^:{web_name}!{w.uid}@pychat PRIVMSG {room} :from the web$")
+    b.expect(f"{w.uid}: from the web")
+    a.send(f"PRIVMSG {web_name} :irc to web, privately")
+    w.expect(f"[Private] {irc_uid}: irc to web, privately")
+    w.send(f"/msg {nick} web to irc, privately")
+    a.expect(rf"^:{web_name}!{w.uid}@pychat PRIVMSG {nick} :web to irc, privately$")
 
 
 def test_private_messages_both_ways(irc_serve, clients):
