@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-from .irc import START, IrcDoor
+from .irc import SERVER, START, IrcDoor
 from .session import Session
 
 if TYPE_CHECKING:
@@ -59,6 +59,11 @@ class IrcSession(Session):
 
     def queue_irc(self, line: str) -> None:
         self.acceptor.output.queue(self, (line + "\r\n").encode("utf-8"))
+
+    def ping(self, now: float) -> None:
+        if self.irc.registered:
+            self.pinged = now
+            self.queue_irc(f"PING :{SERVER}")
 
     def last_words(self, text: str, code: str | None = None) -> bytes:
         return f"ERROR :Closing link: {text}\r\n".encode()

@@ -67,7 +67,7 @@ class Limits:
     connect_rate: float = 5.0  # ... and then per second (the same exemptions)
     tls_handshake_timeout: float = 10.0  # seconds from a TLS client's accept to its session
     per_address_exempt: str = "loopback"  # ... except these: addresses, "loopback" or "none"
-    web_ping: float = 30.0  # seconds of silence before a WebSocket client is pinged (0: never)
+    ping_after: float = 30.0  # seconds of silence before a web or IRC client is pinged (0: never)
     keepalive_idle: int = 60  # TCP keepalive: seconds of silence before the first probe ...
     keepalive_interval: int = 10  # ... seconds between probes ...
     keepalive_count: int = 6  # ... unanswered probes before the kernel drops the connection
@@ -88,7 +88,7 @@ class Limits:
         if not 0 <= self.coalesce_factor <= 100:
             raise ValueError("coalesce_factor must be within 0..100")
         exempt_addresses(self.per_address_exempt)  # raises ValueError when malformed
-        for name in ("idle_timeout", "partial_line_timeout", "piece_idle", "web_ping"):
+        for name in ("idle_timeout", "partial_line_timeout", "piece_idle", "ping_after"):
             if not 0 <= getattr(self, name) < float("inf"):
                 raise ValueError(f"{name} must be 0 (off) or a number of seconds")
 

@@ -306,13 +306,11 @@ class Acceptor:
         full = [host for host, bucket in self.connects.items() if bucket.full(now)]
         for host in full:  # an address that paid its connections back needs no bucket
             del self.connects[host]
-        if self.limits.web_ping:  # web clients: a ping keeps proxies and idle at bay
-            quiet = now - self.limits.web_ping
+        if self.limits.ping_after:  # web and IRC clients: a ping keeps proxies and idle at bay
+            quiet = now - self.limits.ping_after
             for s in self.sessions.values():
-                if s.KIND == 2 and s.conn.seen < quiet:
-                    assert isinstance(s, WebSession)
-                    if s.pinged < quiet:
-                        s.ping(now)
+                if s.KIND and s.conn.seen < quiet and s.pinged < quiet:
+                    s.ping(now)
         idle, unfinished = self.limits.idle_timeout, self.limits.partial_line_timeout
         if not idle and not unfinished:
             return

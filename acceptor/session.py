@@ -40,7 +40,7 @@ class Session(asyncio.Protocol):
     KIND = 0  # Output keeps a room's members by kind: 0 lines, 1 IRC (translated), 2 frames
     __slots__ = ("_armed", "_timer", "acceptor", "account", "blocked", "cap_time", "conn",
                  "counted", "door", "fd", "fresh", "greeting", "host", "id", "name", "open", "out",
-                 "peer", "room", "seal", "tls", "transport", "uid")
+                 "peer", "pinged", "room", "seal", "tls", "transport", "uid")
 
     def __init__(self, acceptor: Acceptor, conn_id: int):
         self.acceptor = acceptor
@@ -66,6 +66,7 @@ class Session(asyncio.Protocol):
         # its next USERS/NAMES push is the whole list even with /cap deltas
         self.fresh = True
         self.door: IrcDoor | None = None  # the IRC door's translator (None: the line protocol)
+        self.pinged = 0.0  # when the server last pinged it (web and IRC doors)
         self._timer: asyncio.TimerHandle | None = None
         self._armed: float | None = None
 
@@ -219,6 +220,10 @@ class Session(asyncio.Protocol):
         if self.greeting:
             self.greet()
         self.acceptor.output.queue(self, (text + "\n").encode("utf-8"))
+
+    def ping(self, now: float) -> None:
+        """Ask a quiet client for a sign of life, in its door's words (the line protocol has
+        none: a line client is never pinged)."""
 
     def last_words(self, text: str, code: str | None = None) -> bytes:
         """The line that tells this client why the server closes it (``ERROR: text``, tagged

@@ -16,7 +16,7 @@ are taken as TCP's are, invalid UTF-8 included); every line for the client is a 
 (``Output._fan_out_frames``). websockets answers pings
 and close frames and enforces the frame size, UTF-8 and the protocol's rules; a violation
 closes the connection with its close code. The acceptor pings a web session quiet for
-``Limits.web_ping`` seconds (a browser answers by itself), so proxies keep it open and the idle
+``Limits.ping_after`` seconds (a browser answers by itself), so proxies keep it open and the idle
 deadline sees it alive. The session ends with a close frame after its last line.
 """
 
@@ -48,7 +48,7 @@ WELCOME_FRAME = web.frame(replies.WELCOME.encode("utf-8"))
 
 class WebSession(Session):
     KIND = 2
-    __slots__ = ("buf", "deadline", "http", "parts", "pinged", "ws")
+    __slots__ = ("buf", "deadline", "http", "parts", "ws")
 
     def __init__(self, acceptor: Acceptor, conn_id: int):
         super().__init__(acceptor, conn_id)
@@ -57,7 +57,6 @@ class WebSession(Session):
         self.deadline: asyncio.TimerHandle | None = None
         self.ws: ServerProtocol | None = None
         self.parts: list[bytes] | None = None  # a fragmented text message's frames so far
-        self.pinged = 0.0  # when the last ping left
 
     # ---- HTTP --------------------------------------------------------------------------------
 

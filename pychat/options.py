@@ -360,10 +360,11 @@ OPTIONS: tuple[Option, ...] = (
            seconds_or_off, "until a client's first newline, seconds after which an unfinished "
                            "piece is taken as a line (for clients that send one message per "
                            "packet with no newline); `0`: never"),
-    _limit("--web-ping", "seconds a WebSocket client may be silent before the server pings it "
-                         "(a browser answers by itself; 0: never)",
-           seconds_or_off, "seconds of silence before a WebSocket client is pinged (keeps "
-                           "proxies from closing it); `0`: never"),
+    _limit("--ping-after", "seconds a WebSocket or IRC client may be silent before the server "
+                           "pings it (browsers and IRC clients answer by themselves; 0: never)",
+           seconds_or_off, "seconds of silence before a WebSocket or IRC client is pinged (its "
+                           "answer keeps proxies and `--idle-timeout` from closing it); `0`: "
+                           "never"),
     _limit("--keepalive-idle", "TCP keepalive: seconds of silence before the kernel probes a "
                                "client (finds half-open connections)",
            positive(int), "TCP keepalive on client sockets: seconds of silence before the first "

@@ -533,3 +533,22 @@ def test_an_operator_kicks_an_irc_user_out_of_a_room(procs, clients, tmp_path):
     op.send(f"/kick {nick} enough")
     assert c.expect(r" KICK ") == f":pychat KICK {room} {nick} :enough"
     c.expect(r" JOIN #lobby$")  # moved to the lobby, as a PyChat user is
+
+
+def test_a_quiet_irc_client_is_pinged_and_its_pong_keeps_it(procs, clients):
+    irc_port = free_port()
+    p, _ = start_serve("--irc-port", str(irc_port), "--ping-after", "1", "--idle-timeout", "3",
+                       acceptors=1)
+    procs.append(p)
+    a = irc(irc_port, clients)
+    nick = unique("q")
+    a.register(nick)
+    started = time.monotonic()
+    pings = 0
+    while time.monotonic() - started < 4:  # past the idle timeout, answering every ping
+        a.expect(r"^PING :pychat$")
+        pings += 1
+        a.send("PONG :pychat")
+    assert pings >= 3
+    a.send("PING :alive")
+    a.expect(r"PONG pychat :alive$")

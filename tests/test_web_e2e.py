@@ -227,7 +227,7 @@ def test_origins_a_foreign_page_is_refused_its_own_and_configured_ones_pass(proc
 
 
 def test_a_quiet_client_is_pinged_and_its_pong_keeps_it(procs):
-    p, _ = start_serve("--web-ping", "1", "--idle-timeout", "3", acceptors=1)
+    p, _ = start_serve("--ping-after", "1", "--idle-timeout", "3", acceptors=1)
     procs.append(p)
     web = web_port(p)
     pings = []
