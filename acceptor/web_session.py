@@ -26,17 +26,14 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
-from websockets.frames import Frame, Opcode
-from websockets.http11 import Request
-from websockets.protocol import State
-from websockets.server import ServerProtocol
-
 from pychat.wire import replies
 
 from . import web
 from .session import Session
 
 if TYPE_CHECKING:
+    from websockets.server import ServerProtocol
+
     from .server import Acceptor
 
 log = logging.getLogger("pychat.acceptor")
@@ -125,6 +122,11 @@ class WebSession(Session):
             t.write(web.error_response(403, "origin not allowed", self.tls))
             t.close()
             return
+        # websockets is imported at the first upgrade, not at start: an acceptor nobody opens a
+        # WebSocket to stays smaller (about 2 MB)
+        from websockets.http11 import Request
+        from websockets.server import ServerProtocol
+
         ws = ServerProtocol(max_size=self.acceptor.web_max_frame, logger=ws_log)
         ws.receive_data(head.raw)
         events = ws.events_received()
@@ -150,6 +152,8 @@ class WebSession(Session):
     # ---- WebSocket ---------------------------------------------------------------------------
 
     def _frames_in(self, data: bytes) -> None:
+        from websockets.frames import Frame, Opcode
+
         ws = self.ws
         assert ws is not None
         conn = self.conn
@@ -196,7 +200,7 @@ class WebSession(Session):
                 self.acceptor.output.queue(self, chunk)
 
     def ping(self, now: float) -> None:
-        if self.ws is not None and self.ws.state is State.OPEN:
+        if self.ws is not None and self.ws.state.name == "OPEN":
             self.pinged = now
             self.acceptor.output.queue(self, web.PING)
 
@@ -219,7 +223,7 @@ class WebSession(Session):
 
     def _closing_frame(self) -> bytes:
         ws = self.ws
-        if ws is None or ws.state is not State.OPEN:
+        if ws is None or ws.state.name != "OPEN":
             return b""
         ws.send_close(1000)
         return b"".join(ws.data_to_send())

@@ -1,9 +1,11 @@
-"""The doors side by side: the same load through PyChat's line door, its IRC door, and ngircd.
+"""The doors side by side: the same load through PyChat's line door, its IRC door, its web door
+(WebSocket) and ngircd.
 
 Each round runs every server kind once, in turn (the order reversed every other round), so the
 machine's noise falls on all of them alike; medians over the rounds. Kinds are bench/run.py's:
 ``pychat-N`` (the line door of ``pychat serve`` with N acceptors), ``pychat-N-irc`` (the same
-server, the load through its IRC door: ``--irc-port``), ``ngircd``. Run on demand from the
+server, the load through its IRC door: ``--irc-port``), ``pychat-N-ws`` (through its web door's
+WebSocket, ``/ws``), ``ngircd``. Run on demand from the
 repository root, never in CI:
 
     python3 -m bench.doors --rounds 5 [--kinds pychat-2,pychat-2-irc,ngircd]

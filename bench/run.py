@@ -65,8 +65,10 @@ class Server:
         self.tmp = tempfile.mkdtemp(prefix="pychat-bench-")
         self.proc: subprocess.Popen | None = None
         self.port = 0
-        # pychat-N-irc: pychat serve with N acceptors, the load through its IRC door
-        self.proto = "irc" if kind == "ngircd" or kind.endswith("-irc") else "pychat"
+        # pychat-N-irc: pychat serve with N acceptors, the load through its IRC door; pychat-N-ws:
+        # through its web door's WebSocket
+        self.proto = ("irc" if kind == "ngircd" or kind.endswith("-irc")
+                      else "ws" if kind.endswith("-ws") else "pychat")
 
     def start(self) -> None:
         if self.kind == "ngircd":
@@ -94,16 +96,20 @@ class Server:
             return
         acceptors = self.kind.split("-")[1]
         irc = ["--irc-port", str(free_port())] if self.kind.endswith("-irc") else []
+        # the web door (on by default since it exists) on a free port: never a fixed one
+        web = ["--web-port", "0"] if self.python == PY else []
         self.log = open(os.path.join(self.tmp, "serve.log"), "w+")  # noqa: SIM115 (kept open for the server's life)
         self.proc = subprocess.Popen(
             [self.python, "-m", "pychat", "serve", "--port", "0", "--acceptors", acceptors,
-             "--data-dir", self.tmp, "--log-level", "warning", *irc],
+             "--data-dir", self.tmp, "--log-level", "warning", *irc, *web],
             stdout=subprocess.PIPE, stderr=self.log, env=ENV, text=True, cwd=self.tmp)
         line = self.proc.stdout.readline()
         if "serving on" not in line:
             self.log.seek(0)
             raise RuntimeError(f"pychat serve did not start: {line!r}\n{self.log.read()[-2000:]}")
         self.port = int(irc[1]) if irc else int(line.split("127.0.0.1:")[1].split()[0])
+        if self.proto == "ws":
+            self.port = int(line.split("web http://127.0.0.1:")[1].split("/")[0])
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
