@@ -103,6 +103,10 @@ class WebSession(Session):
                 return
             if head is None:
                 return
+            if self.blocked:  # answers the client has not read: read no more requests for now
+                buf[:0] = head.raw
+                t.pause_reading()
+                return
             if head.path == "/ws" and head.upgrade and head.method == "GET":
                 self._upgrade(head)
                 return
@@ -112,6 +116,12 @@ class WebSession(Session):
                 t.close()
                 return
             self._arm_deadline()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self.http and self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+            self._requests()  # the requests that waited
 
     def _upgrade(self, head: web.Head) -> None:
         t = self.transport

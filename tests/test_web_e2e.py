@@ -125,6 +125,20 @@ def test_etag_gives_304_and_keep_alive_serves_several_requests(web_serve):
     assert b"Connection: keep-alive" in got and b"Connection: close" in got
 
 
+def test_pipelined_requests_wait_for_a_slow_reader_and_all_are_answered(web_serve):
+    """A client that sends many requests and reads nothing: the door stops reading while its
+    answers wait (no memory grows with the requests), and answers every one once it reads."""
+    _, web = web_serve
+    n = 400  # about 1.5 MB of answers: far more than the socket buffers hold
+    with socket.create_connection(("127.0.0.1", web), timeout=TIMEOUT) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" * (n - 1)
+                  + b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        got = bytearray()
+        while chunk := s.recv(1 << 16):
+            got += chunk
+    assert got.count(b"HTTP/1.1 200 OK\r\n") == n
+
+
 @pytest.mark.parametrize("request_bytes, status", [
     (b"GARBAGE\r\n\r\n", b"400"),
     (b"GET / HTTP/2.0\r\n\r\n", b"400"),
