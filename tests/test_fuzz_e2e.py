@@ -25,7 +25,7 @@ import time
 
 import pytest
 
-from support.procs import start_serve
+from support.procs import start_serve, web_port
 
 from .test_serve_e2e import child_pids, gone
 
@@ -137,11 +137,99 @@ def fuzz_session(rng: random.Random, port: int, stats: dict) -> None:
         sock.close()
 
 
-def fuzzer(seed: int, port: int, deadline: float, stats: dict, errors: list) -> None:
+# ---- the web door: HTTP heads and WebSocket frames -------------------------------------------
+
+HTTP_CORPUS = [
+    b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"GET /app.js HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"HEAD / HTTP/1.0\r\n\r\n", b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello",
+    b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n", b"GET /../../etc/passwd HTTP/1.1\r\n\r\n",
+    b"GET / HTTP/1.1\r\nIf-None-Match: \"x\"\r\nConnection: close\r\n\r\n",
+]
+HANDSHAKE = (b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+             b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+
+
+def ws_frame(rng: random.Random, payload: bytes, opcode: int = 1, fin: bool = True,
+             masked: bool = True) -> bytes:
+    """A client frame (RFC 6455 5.2), masked unless told otherwise."""
+    n = len(payload)
+    head = bytes([(0x80 if fin else 0) | opcode])
+    bit = 0x80 if masked else 0
+    if n < 126:
+        head += bytes([bit | n])
+    elif n < 65536:
+        head += bytes([bit | 126]) + n.to_bytes(2, "big")
+    else:
+        head += bytes([bit | 127]) + n.to_bytes(8, "big")
+    if not masked:
+        return head + payload
+    mask = rng.randbytes(4)
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def fuzz_frame(rng: random.Random, stats: dict) -> bytes:
+    r = rng.random()
+    if r < 0.5:
+        stats["text"] += 1
+        return ws_frame(rng, fuzz_line(rng, stats)[:70_000])
+    if r < 0.6:
+        stats["binary"] += 1
+        return ws_frame(rng, fuzz_line(rng, stats)[:70_000], opcode=2)
+    if r < 0.7:
+        stats["fragmented"] += 1
+        parts = [fuzz_line(rng, stats)[:5000] for _ in range(rng.randint(2, 5))]
+        return b"".join(ws_frame(rng, part, opcode=1 if i == 0 else 0,
+                                 fin=i == len(parts) - 1) for i, part in enumerate(parts))
+    if r < 0.8:
+        stats["control"] += 1
+        return ws_frame(rng, rng.randbytes(rng.choice([0, 5, 125, 126, 300])),
+                        opcode=rng.choice([9, 10, 8]))
+    stats["broken"] += 1
+    choice = rng.random()
+    if choice < 0.3:
+        return ws_frame(rng, b"unmasked", masked=False)
+    if choice < 0.6:
+        return ws_frame(rng, b"odd opcode", opcode=rng.choice([3, 4, 5, 6, 7, 11, 12, 15]))
+    if choice < 0.8:
+        return ws_frame(rng, b"", opcode=0)  # a continuation of nothing
+    return rng.randbytes(rng.randint(1, 64))
+
+
+def fuzz_web_session(rng: random.Random, port: int, stats: dict) -> None:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    stats["sessions"] += 1
+    try:
+        if rng.random() < 0.25:  # HTTP only
+            stats["http"] += 1
+            data = b"".join(mutate(rng, rng.choice(HTTP_CORPUS)) if rng.random() < 0.7
+                            else rng.choice(HTTP_CORPUS) for _ in range(rng.randint(1, 10)))
+        else:
+            data = (mutate(rng, HANDSHAKE) if rng.random() < 0.1 else HANDSHAKE) + b"".join(
+                fuzz_frame(rng, stats) for _ in range(rng.randint(5, 100)))
+        stats["bytes"] += len(data)
+        pos = 0
+        while pos < len(data):  # cut at random points: half frames in most sends
+            step = rng.choice([1, 7, 100, 1500, 65536])
+            sock.sendall(data[pos:pos + step])
+            pos += step
+            drain(sock)
+        if rng.random() < 0.4:
+            stats["end_reset"] += 1
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        else:
+            stats["end_fin"] += 1
+    except OSError:
+        stats["closed_by_server"] += 1  # a protocol error closes the connection
+    finally:
+        sock.close()
+
+
+def fuzzer(seed: int, port: int, deadline: float, stats: dict, errors: list,
+           session=fuzz_session) -> None:
     rng = random.Random(seed)
     try:
         while time.monotonic() < deadline:
-            fuzz_session(rng, port, stats)
+            session(rng, port, stats)
     except Exception as e:
         errors.append(f"fuzzer {seed}: {e!r}")
 
@@ -207,9 +295,13 @@ class Watcher:
             return [int(m.group(1)) for ln in self.lines if (m := rx.match(ln))]
 
 
-def test_fuzzing_clients_crash_nothing_and_the_watchers_lose_nothing(procs):
+@pytest.mark.parametrize("door", ["line", "web"])
+def test_fuzzing_clients_crash_nothing_and_the_watchers_lose_nothing(procs, door):
+    """``line``: the fuzzers on the line door; ``web``: on the web door (HTTP heads and
+    WebSocket frames, mutated, fragmented, broken), the watchers on the line door."""
     p, port = start_serve("--partial-line-timeout", "1")
     procs.append(p)
+    target, session = (port, fuzz_session) if door == "line" else (web_port(p), fuzz_web_session)
     pids = child_pids(p)
     assert set(pids) == {"router", "acceptor 1", "acceptor 2"}
     a, b = Watcher(port, "a"), Watcher(port, "b")
@@ -218,11 +310,13 @@ def test_fuzzing_clients_crash_nothing_and_the_watchers_lose_nothing(procs):
     chatters = [threading.Thread(target=w.chat, args=(stop, errors)) for w in (a, b)]
     stats = [dict.fromkeys(("sessions", "lines", "bytes", "mutated", "random", "plain",
                             "specials", "huge", "end_reset", "end_half_line_reset", "end_quit",
-                            "end_hanging", "end_fin", "closed_by_server"), 0)
+                            "end_hanging", "end_fin", "closed_by_server", "http", "text",
+                            "binary", "fragmented", "control", "broken"), 0)
              for _ in range(FUZZERS)]
     began = time.monotonic()
     deadline = began + FUZZ_SECONDS
-    fuzzers = [threading.Thread(target=fuzzer, args=(SEED + i, port, deadline, stats[i], errors))
+    fuzzers = [threading.Thread(target=fuzzer, args=(SEED + i, target, deadline, stats[i], errors,
+                                                     session))
                for i in range(FUZZERS)]
     for t in chatters + fuzzers:
         t.start()
@@ -253,8 +347,13 @@ def test_fuzzing_clients_crash_nothing_and_the_watchers_lose_nothing(procs):
         w.sock.close()
 
     total = {k: sum(s[k] for s in stats) for k in stats[0]}
-    print(f"\nfuzz (seed {SEED}, {FUZZERS} fuzzers, {took:.1f}s): {total['lines']} lines "
+    print(f"\nfuzz, {door} door (seed {SEED}, {FUZZERS} fuzzers, {took:.1f}s): "
+          f"{total['lines']} lines "
           f"({total['bytes'] / 1e6:.1f} MB) in {total['sessions']} sessions: {total}; "
           f"watchers: a sent {a.sent}, b sent {b.sent}, all received in order, among "
           f"{len(a.lines)} and {len(b.lines)} lines each received in all")
-    assert total["lines"] >= 1000 and a.sent >= 20 and b.sent >= 20, total
+    assert a.sent >= 20 and b.sent >= 20, total
+    if door == "line":
+        assert total["lines"] >= 1000, total
+    else:
+        assert total["text"] >= 1000 and total["http"] >= 10 and total["broken"] >= 20, total
