@@ -68,6 +68,13 @@ def acceptor_metrics(acceptor: Acceptor) -> Metrics:
               "clients disconnected for their send queue", lambda: st["send_queue_drops"])
     m.counter("pychat_acceptor_refused_total", "clients refused (full, or per address)",
               lambda: st["full_refusals"] + st.get("address_refusals", 0))
+    m.counter("pychat_acceptor_web_requests_total", "HTTP requests the web door answered",
+              lambda: st["web_requests"])
+    m.counter("pychat_acceptor_web_sockets_total", "WebSocket sessions the web door opened",
+              lambda: st["web_sockets"])
+    m.counter("pychat_acceptor_web_origin_refusals_total",
+              "WebSocket handshakes refused for their page's origin",
+              lambda: st["web_origin_refusals"])
     m.gauge("pychat_acceptor_bus_backlog_batches", "batches waiting for the router",
             lambda: len(acceptor.bus.link.out))
     m.gauge("pychat_acceptor_router_alive", "1 while the router's heartbeats arrive",

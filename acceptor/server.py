@@ -66,7 +66,10 @@ class Acceptor:
         self._ids = itertools.count(1)
         self.stats = {"accepted": 0, "send_queue_drops": 0, "full_refusals": 0,
                       "lines_out": 0, "writes": 0, "address_refusals": 0, "idle_closed": 0,
-                      "unfinished_line_closed": 0, "connect_rate_refusals": 0}
+                      "unfinished_line_closed": 0, "connect_rate_refusals": 0,
+                      # the web door: HTTP requests answered (files and errors), WebSockets
+                      # opened, handshakes refused for their origin
+                      "web_requests": 0, "web_sockets": 0, "web_origin_refusals": 0}
         self.per_address: dict[str, int] = {}  # admitted connections per peer IP address
         self.handshaking = 0  # admitted TLS connections still in their handshake
         self.connects: dict[str, TokenBucket] = {}  # new connections per address, paced

@@ -111,6 +111,7 @@ class WebSession(Session):
                 self._upgrade(head)
                 return
             answer, keep = self.acceptor.web_static.serve(head, self.tls)
+            self.acceptor.stats["web_requests"] += 1
             t.write(answer)
             if not keep:
                 t.close()
@@ -129,6 +130,7 @@ class WebSession(Session):
         if not web.origin_allowed(head, self.acceptor.web_origins):
             log.info("conn %d (%s): WebSocket refused, origin %r not allowed", self.id,
                      self.peer, head.headers.get("origin"))
+            self.acceptor.stats["web_origin_refusals"] += 1
             t.write(web.error_response(403, "origin not allowed", self.tls))
             t.close()
             return
@@ -151,6 +153,7 @@ class WebSession(Session):
         if answer.status_code != 101:
             t.close()
             return
+        self.acceptor.stats["web_sockets"] += 1
         rest = bytes(self.buf)
         self.buf = None
         self.ws = ws

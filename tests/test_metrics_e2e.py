@@ -12,7 +12,7 @@ import urllib.request
 import pytest
 
 from pychat.metrics import Metrics
-from support.procs import Proc, free_port, python_m, start_serve
+from support.procs import Proc, free_port, python_m, start_serve, web_port
 
 
 def scrape(port: int, timeout: float = 5) -> dict[str, float]:
@@ -160,9 +160,18 @@ def test_router_and_acceptor_metrics_follow_the_chat(procs, connect):
     router.wait_for(r"router bound to")
     port = free_port()
     acc = Proc(python_m("pychat.acceptor", "--port", str(port), "--router", endpoint,
-                        "--metrics-port", str(aport)), name="acceptor")
+                        "--metrics-port", str(aport), "--web", "--web-port", "0"),
+               name="acceptor")
     procs.append(acc)
     acc.wait_for(r"router \w+ is alive")
+    web = web_port(acc)
+    urllib.request.urlopen(f"http://127.0.0.1:{web}/", timeout=5).read()
+    with pytest.raises(urllib.error.HTTPError):  # a WebSocket from another site's page
+        urllib.request.urlopen(urllib.request.Request(
+            f"http://127.0.0.1:{web}/ws", headers={
+                "Upgrade": "websocket", "Connection": "Upgrade", "Origin": "http://evil.example",
+                "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Version": "13"}),
+            timeout=5)
     a, b = connect(port), connect(port)
     a.handshake()
     b.handshake()
@@ -181,6 +190,9 @@ def test_router_and_acceptor_metrics_follow_the_chat(procs, connect):
     assert s["pychat_acceptor_connections"] == 2 and s["pychat_acceptor_accepted_total"] == 2
     assert s["pychat_acceptor_router_alive"] == 1
     assert 0 < s["pychat_acceptor_writes_total"] <= s["pychat_acceptor_lines_out_total"]
+    assert s["pychat_acceptor_web_requests_total"] == 1
+    assert s["pychat_acceptor_web_origin_refusals_total"] == 1
+    assert s["pychat_acceptor_web_sockets_total"] == 0
     with pytest.raises(urllib.error.HTTPError):
         urllib.request.urlopen(f"http://127.0.0.1:{aport}/other", timeout=5)
 
