@@ -406,3 +406,49 @@ def test_a_push_shows_each_change_once_with_the_names_it_ends_with():
     # a whole list (after a restart) is diffed against the one the door has
     out = d.from_core(f"USERS:{ME},555555\nNAMES:{ME}=alice,555555=eve")
     assert out == [":bob!%s@pychat PART #lobby" % BOB, ":eve!555555@pychat JOIN #lobby"]
+
+
+@pytest.mark.parametrize("line, expected", [
+    (b"PRIVMSG\r\n", ["411"]),  # no recipient
+    (b"PRIVMSG #lobby\r\n", ["412"]),  # no text
+    (b"PRIVMSG #elsewhere :hi\r\n", ["404"]),  # a channel the user is not in
+    (b"PART #elsewhere\r\n", ["442"]),
+    (b"USER again 0 * :Again\r\n", ["462"]),  # already registered
+    (b"NICK\r\n", ["431"]),
+    (b"MODE bob\r\n", ["502"]),  # another user's modes
+    (b"CAP FROB\r\n", ["410"]),  # an unknown CAP subcommand
+    (b"NOTICE #elsewhere :hi\r\n", []),  # a NOTICE is never answered with an error
+])
+def test_numerics_for_bad_input_after_registration(line, expected):
+    """irctest-style: each bad command gets its RFC 2812 numeric (or, for NOTICE, nothing),
+    reaches nothing in the core, and the next command still works."""
+    d = registered()
+    core, out = d.receive(line)
+    assert core == [] and numerics(out) == expected, (line, out)
+    assert d.receive(b"PING :next\r\n")[1] == [":pychat PONG pychat :next"]
+
+
+def test_a_room_the_core_refuses_is_403():
+    d = registered()
+    core, _ = d.receive(b"JOIN #bad!name\r\n")
+    assert core == [b"/join #bad!name"]
+    out = d.from_core("@code=invalid-room ERROR: invalid room #bad!name: letters, digits, - "
+                      "and _ only")
+    out += d.from_core("END join")
+    assert numerics(out) == ["403"] and " #bad!name " in out[0]
+
+
+def test_cap_negotiation_ls_req_nak_list_end():
+    d = started()
+    _, out = d.receive(b"CAP LS 302\r\n")
+    assert out == [":pychat CAP * LS :server-time message-tags sasl"]
+    _, out = d.receive(b"CAP REQ :server-time frobnicate\r\n")  # one unknown: all refused
+    assert out == [":pychat CAP * NAK :server-time frobnicate"]
+    _, out = d.receive(b"CAP REQ :server-time message-tags\r\n")
+    assert out == [":pychat CAP * ACK :server-time message-tags"]
+    _, out = d.receive(b"CAP LIST\r\n")
+    assert out == [":pychat CAP * LIST :message-tags server-time"]
+    core, out = d.receive(b"NICK carol\r\nUSER c 0 * :Carol\r\n")
+    assert core == [] and out == []  # registration waits for CAP END
+    core, out = d.receive(b"CAP END\r\n")
+    assert core == [b"/nick carol"]
