@@ -37,7 +37,14 @@ exit status is the first failure's:
   acceptable), or after a reconnect its token was (no stdin line is sent before the login
   succeeded). ``--user`` in pipe mode takes its password from ``PYCHAT_PASSWORD``, or asks on
   the terminal when stdin is one (status 2 when neither);
-- 6: the server put us out: ``BYE kicked: ...`` or ``BYE banned: ...``.
+- 6: the server put us out: ``BYE kicked: ...`` or ``BYE banned: ...``;
+- 7: TLS: the server's certificate was refused (``--tls``, ``--ca``), the server does not speak
+  TLS, or (without TLS) the server closed the first connection without a word, as a TLS server
+  does. It does not retry: the one line on stderr says which.
+
+TLS (``--tls``, or ``--ca FILE``): every connection, reconnects too, is TLS, its certificate
+verified; the connection's status line says so (``connected to host:port (TLS 1.3, verified)
+as 123456``; on a terminal, in the bottom bar).
 
 Errors are matched by their code (the session asks for ``/cap codes``), never by their text;
 from a server without codes a refused line cannot be told, and the status stays 0.
@@ -62,8 +69,15 @@ from dataclasses import dataclass
 from pychat.wire import errors, replies
 
 from . import events
-from .options import PASSWORD_ENV, client_parser, env_password, name_problem, password_problem
-from .session import Credentials, Session
+from .options import (
+    PASSWORD_ENV,
+    client_parser,
+    env_password,
+    name_problem,
+    password_problem,
+    tls_context,
+)
+from .session import Credentials, Session, TlsFailed
 from .state import ERROR, SYSTEM, ChatState, LogLine, clock_of
 
 QUIT_WORDS = ("/quit", "/exit")
@@ -138,6 +152,8 @@ class Console:
             self.login_refused(ev)
         elif isinstance(ev, events.LoggedIn):
             self.need_name = False  # the account's name is ours
+        elif isinstance(ev, TlsFailed):
+            line = LogLine(clock_of(None), ERROR, "", ev.reason)
         if isinstance(ev, events.Status) and ev.state == events.CLOSED:
             self.closed.set()
         if line is not None:
@@ -335,6 +351,11 @@ async def interactive(args) -> int:
         is_password=Condition(con.secret),
         complete_while_typing=Condition(lambda: not con.secret()))
     name, login = args.name, None
+    try:
+        tls = tls_context(args)
+    except ValueError as e:
+        print(f"! {e}")
+        return USAGE
     if args.register and not args.user:
         print("! --register needs --user NAME")
         return USAGE
@@ -357,7 +378,8 @@ async def interactive(args) -> int:
     except (EOFError, KeyboardInterrupt):
         return 0
     session = Session(args.host, args.port, lambda ev: loop.call_soon_threadsafe(con.on_event, ev),
-                      name=name, room=args.room, history=args.history, login=login).start()
+                      name=name, room=args.room, history=args.history, login=login,
+                      tls=tls).start()
     con.session = session
     del login  # the session holds the password until the server has answered
     with patch_stdout(raw=True):
@@ -392,7 +414,7 @@ async def interactive(args) -> int:
 # ---- pipe ------------------------------------------------------------------------------------
 
 # pipe mode's exit statuses (the module docstring says when)
-OK, NAME_REFUSED, USAGE, NO_CONNECTION, NOT_SENT, LOGIN_REFUSED, PUT_OUT = 0, 1, 2, 3, 4, 5, 6
+OK, NAME_REFUSED, USAGE, NO_CONNECTION, NOT_SENT, LOGIN_REFUSED, PUT_OUT, TLS = range(8)
 GIVE_UP = 30.0  # seconds without a connection (at the start, or after a drop) before giving up
 WIND_DOWN = 2.0  # seconds then left to the session to stop: it may be inside a connect
 # ERROR codes meaning the line reached no one: the server could not pass it on, or would not take
@@ -405,6 +427,11 @@ def pipe(args) -> int:
     """stdin lines to the server, received lines to stdout, plainly; states and failures to
     stderr. Returns the exit status: the first failure's, or OK."""
     login = None
+    try:
+        tls = tls_context(args)
+    except ValueError as e:
+        print(f"pychat console: {e}", file=sys.stderr)
+        return USAGE
     if args.user:
         if name_problem(args.user):
             print(f"pychat console: {name_problem(args.user)}", file=sys.stderr)
@@ -432,7 +459,7 @@ def pipe(args) -> int:
         return USAGE
     got: queue.Queue = queue.Queue()
     session = Session(args.host, args.port, got.put, name="" if login else args.name,
-                      room=args.room, history=args.history, login=login)
+                      room=args.room, history=args.history, login=login, tls=tls)
     del login  # the session holds the password until the server has answered
     logged_in = threading.Event()  # stdin's lines wait for the login (a guest sends at once)
     if not args.user:
@@ -466,7 +493,7 @@ def pipe(args) -> int:
 
     session.start()
     threading.Thread(target=read_stdin, name="stdin", daemon=True).start()
-    connected = ever_connected = ending = closing = said_bye = False
+    connected = ever_connected = ending = closing = said_bye = tls_failed = False
     deadline = time.monotonic() + GIVE_UP  # while not connected: when to give up
     while True:
         try:
@@ -482,8 +509,12 @@ def pipe(args) -> int:
             ending = True
         elif isinstance(ev, Exception):
             fail(USAGE, f"reading stdin: {ev}")
+        elif isinstance(ev, TlsFailed):  # the session ends: its CLOSED status follows
+            tls_failed = True
+            fail(TLS, ev.reason)
         elif isinstance(ev, events.Status):
-            print(f"pychat console: {ev.text}", file=sys.stderr, flush=True)
+            if not (tls_failed and ev.state == events.CLOSED):  # (the reason, said once)
+                print(f"pychat console: {ev.text}", file=sys.stderr, flush=True)
             if ev.state == events.CONNECTED:
                 connected = ever_connected = True
             elif ev.state == events.CLOSED:
@@ -514,7 +545,7 @@ def pipe(args) -> int:
             # on a connection: the lines queued go before the /quit, which close() adds
             closing = True
             session.close(timeout=0)
-    if not said_bye:
+    if not said_bye and not tls_failed:
         fail(NO_CONNECTION, "the connection ended before the server said goodbye: "
                             "lines sent last may not have arrived")
     return status

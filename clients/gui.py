@@ -14,6 +14,12 @@ refusal, until the login succeeds; it opens again when the name typed as a guest
 account's, and when a reconnect's login (by token) is refused. The button beside Send opens it
 (``Log in``), or logs out (``Log out``).
 
+TLS (``--tls``, ``--ca FILE``): every connection, reconnects too, is TLS with the server's
+certificate verified; the title ends with `` - TLS 1.3`` and the status bar shows ``TLS 1.3,
+verified`` beside who you are. A refused certificate (or a server that does not speak TLS, or,
+without TLS, a server that closes at once as a TLS server does) ends the session: the status
+bar and a dialog say why.
+
 Threads (STYLE.md rule 10): the session's thread owns the socket and only puts events on a
 queue; Tk's thread polls that queue with ``after()``, applies the events to its ``ChatState`` and
 updates the widgets, a batch at a time. Sending only appends to the session's queue. So Tk
@@ -24,6 +30,7 @@ line; the log keeps at most ``log_limit`` lines (older ones are deleted in chunk
 from __future__ import annotations
 
 import queue
+import ssl
 import sys
 import tkinter as tk
 from tkinter import ttk
@@ -34,8 +41,8 @@ from pychat.wire.commands import LOBBY
 
 from . import events
 from .gui_probe import LagProbe, StateDump
-from .options import client_parser, env_password, name_problem, password_problem
-from .session import Credentials, Session
+from .options import client_parser, env_password, name_problem, password_problem, tls_context
+from .session import Credentials, Session, TlsFailed
 from .state import ERROR, OWN, PRIVATE, SYSTEM, ChatState, LogLine, clock_of
 
 POLL_MS = 30            # how often Tk takes the session's events
@@ -52,9 +59,11 @@ class _TagStyle(TypedDict, total=False):
 
 
 class Gui:
-    def __init__(self, root: tk.Tk, args):
+    def __init__(self, root: tk.Tk, args, tls: ssl.SSLContext | None = None):
         self.root = root
         self.args = args
+        self.tls = tls
+        self.failed = ""  # why the session ended before it could talk (TlsFailed)
         self.state = ChatState()
         self.events: queue.Queue = queue.Queue()
         self.session: Session | None = None
@@ -168,9 +177,14 @@ class Gui:
         self.status_var = tk.StringVar(value="starting")
         ttk.Label(status, textvariable=self.status_var, relief="sunken", anchor="w",
                   padding=(6, 1)).grid(row=0, column=0, sticky="we")
+        self.tls_var = tk.StringVar(value="")  # "TLS 1.3, verified" while on a TLS connection
+        self.tls_label = ttk.Label(status, textvariable=self.tls_var, relief="sunken",
+                                   anchor="e", padding=(6, 1), foreground="#2e7d32")
+        self.tls_label.grid(row=0, column=1, sticky="e")
+        self.tls_label.grid_remove()  # shown on a TLS connection only
         self.who_var = tk.StringVar(value="guest")  # who we are: "logged in as alice", "guest"
         ttk.Label(status, textvariable=self.who_var, relief="sunken", anchor="e",
-                  padding=(6, 1)).grid(row=0, column=1, sticky="e")
+                  padding=(6, 1)).grid(row=0, column=2, sticky="e")
         self.entry.focus_set()
 
     # ---- user actions ----------------------------------------------------------------------------
@@ -186,7 +200,7 @@ class Gui:
         self.prompt_var.set("Say:")
         self.session = Session(self.args.host, self.args.port, self.events.put, name=name,
                                room=self.args.room, history=self.args.history,
-                               login=login).start()
+                               login=login, tls=self.tls).start()
 
     # ---- logging in ------------------------------------------------------------------------------
 
@@ -332,7 +346,16 @@ class Gui:
             self.refresh_users()
         if self.state.rooms != rooms_before:
             self.refresh_rooms()
-        title = self.state.title()
+        tls = self.session.tls_info if self.session is not None and self.tls is not None else ""
+        if tls and self.session is not None and self.session.state != events.CONNECTED:
+            tls = ""  # (between connections: the next one says again)
+        title = self.state.title() + (f" - {tls.split(',')[0]}" if tls else "")
+        if self.tls_var.get() != tls:
+            self.tls_var.set(tls)
+            if tls:
+                self.tls_label.grid()
+            else:
+                self.tls_label.grid_remove()
         if self.root.title() != title:
             self.root.title(title)
         topic = f"Topic: {self.state.topic}" if self.state.topic else ""
@@ -373,7 +396,14 @@ class Gui:
                                                            errors.NAME_TAKEN,
                                                            errors.INVALID_NAME):
                     self.dialog.name_entry.focus_set()  # a new account needs another name
+        elif isinstance(ev, TlsFailed):
+            self.failed = ev.reason
+            self.status_var.set(ev.reason)
+            self.prompt_var.set("Closed")
+            self.root.after_idle(self.notice, "PyChat: cannot connect", ev.reason)
         elif isinstance(ev, events.Status):
+            if ev.state == events.CLOSED and self.failed:
+                return  # the failure's own words stay in the status bar
             text = ev.text if not ev.attempt else f"{ev.text} - reconnect attempts: {ev.attempt}"
             if not self.need_name:
                 self.status_var.set(text)
@@ -383,6 +413,23 @@ class Gui:
                 self.prompt_var.set("Closed")
         elif isinstance(ev, replies.RoomChanged) and self.session:
             self.session.send("/rooms")  # ROOM: changed: the counts did too
+
+    def notice(self, title: str, text: str) -> None:
+        """A small window saying ``text``, with OK (made here rather than tk_messageBox: a
+        window Tk makes by itself is not one tkinter knows, and it would block the loop)."""
+        top = tk.Toplevel(self.root)
+        top.title(title)
+        top.transient(self.root)
+        top.geometry(f"+{self.root.winfo_rootx() + 160}+{self.root.winfo_rooty() + 120}")
+        top.resizable(False, False)
+        frame = ttk.Frame(top, padding=14)
+        frame.grid(sticky="nsew")
+        ttk.Label(frame, text=text, wraplength=420, foreground="#c62828").grid(
+            row=0, column=0, sticky="w", pady=(0, 10))
+        ok = ttk.Button(frame, text="OK", command=top.destroy)
+        ok.grid(row=1, column=0)
+        top.bind("<Return>", lambda _e: top.destroy())
+        ok.focus_set()
 
     def poll_rooms(self) -> None:
         if self.session and self.session.state == events.CONNECTED:
@@ -557,11 +604,16 @@ class LoginDialog:
 def main(argv: list[str] | None = None) -> int:
     args = client_parser("pychat gui", "The PyChat desktop client (Tk).").parse_args(argv)
     try:
+        tls = tls_context(args)
+    except ValueError as e:
+        print(f"pychat gui: {e}", file=sys.stderr)
+        return 2
+    try:
         root = tk.Tk()
     except tk.TclError as e:
         print(f"pychat gui: cannot open a window: {e}", file=sys.stderr)
         return 1
-    Gui(root, args)
+    Gui(root, args, tls)
     root.mainloop()
     return 0
 

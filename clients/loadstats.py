@@ -40,6 +40,13 @@ class Summary:
     deliveries_per_s: float = 0.0
     latency_ms: dict = field(default_factory=dict)  # p50 p90 p99 max count
     loadgen_cpu_pct: float = 0.0
+    loadgen_cpu_s: float = 0.0  # the load generator's own CPU over the run (user + system)
+    loadgen_cpu_s_per_million: float | None = None  # ... per million deliveries
+    # its user-mode part: its own work (reading, counting, parsing, framing). The system part
+    # also holds kernel TCP work done on the server's behalf (on loopback a read that frees
+    # buffer space may send the server's queued data in the reader's context), so it varies
+    # with timing from run to run
+    loadgen_user_cpu_s_per_million: float | None = None
     server_cpu_s: float | None = None
     server_cpu_s_per_million: float | None = None
     loadgen_bound: bool = False
@@ -103,7 +110,11 @@ def table(s: Summary) -> str:
         rows.append(("read delay ms p50/p99/max",
                      f"{d['p50']:.2f} / {d['p99']:.2f} / {d['max']:.2f} (the load generator's "
                      "own, left out of the latency)"))
-    rows.append(("load generator CPU", f"{s.loadgen_cpu_pct:.0f}% of a core"))
+    per_m = (f", {s.loadgen_cpu_s_per_million:.2f} s per million deliveries"
+             if s.loadgen_cpu_s_per_million is not None else "")
+    if s.loadgen_user_cpu_s_per_million is not None:
+        per_m += f" ({s.loadgen_user_cpu_s_per_million:.2f} s of it in user mode)"
+    rows.append(("load generator CPU", f"{s.loadgen_cpu_pct:.0f}% of a core{per_m}"))
     if s.server_cpu_s is not None:
         per_m = (f", {s.server_cpu_s_per_million:.1f} s per million deliveries"
                  if s.server_cpu_s_per_million is not None else "")

@@ -9,26 +9,42 @@ their socket (``--stamp kernel``, ``SO_TIMESTAMPNS``), not when this busy proces
 Senders are the first S clients; a 2 ms tick sends what the aggregate rate has made due, round
 robin.
 
-It speaks PyChat (public messages echo to the sender) or IRC (``--proto irc``: NICK/USER, JOIN,
-PRIVMSG; no echo), so the same figures can be taken from an IRC server. It reports its own CPU,
-the whole machine's (``/proc/stat``), and says when it, not the server, was the bottleneck.
+It speaks PyChat (public messages echo to the sender), IRC (``--proto irc``: NICK/USER, JOIN,
+PRIVMSG; no echo), so the same figures can be taken from an IRC server, or PyChat over
+WebSocket (``--proto ws``, ``--port`` the web door's: ``GET /ws``, one text frame per line,
+RFC 6455). Its WebSocket is its own, lean as the rest (``WsReader``, ``ws_frame``): a counting
+client walks the frame headers of a read (a few operations a frame) and counts the marker in
+the complete frames with one ``bytes.count``; only control frames (pings, answered with pongs)
+and fragmented messages take the general path. ``--tls``/``--ca`` connect with TLS (verified;
+the sampled receivers decrypt through memory buffers, so their lines keep the kernel's stamps).
+
+It reports its own CPU (per million deliveries too), the whole machine's (``/proc/stat``), and
+says when it, not the server, was the bottleneck. Progress goes to stderr once a second, on one
+line rewritten with ``\r`` on a terminal, a line each otherwise (a log). ``--plot`` checks for
+matplotlib before the run, and draws after the summary is printed.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import hashlib
 import os
 import resource
 import socket
+import ssl
 import struct
 import sys
 import time
+from collections.abc import Callable
 
 from pychat.options import LOADTEST, add_options
 from pychat.wire.framing import LineBuffer
 
 from .loadstats import Latencies, Summary, plot, table
+from .options import tls_context
+from .session import tls_problem
 
 TICK = 0.002  # the sender tick: fine enough that arrivals are not lumped together
 FLAT_OUT_IN_FLIGHT = 20  # flat out: messages per sender not yet seen by every sampled receiver
@@ -38,6 +54,182 @@ LOADGEN_BOUND_PCT = 90.0
 SO_TIMESTAMPNS = 35
 TIMESPEC = struct.Struct("@ll")
 ANCILLARY = socket.CMSG_SPACE(TIMESPEC.size)
+
+
+# ---- WebSocket (RFC 6455), the client's side ---------------------------------------------------
+
+WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+WS_CONT, WS_TEXT, WS_BINARY, WS_CLOSE, WS_PING, WS_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
+WS_MAX_MESSAGE = 1 << 24  # a frame or message longer than this is the server's error
+WS_MAX_HEAD = 16384  # the server's HTTP answer to the upgrade, at most
+
+
+class WsError(Exception):
+    """The server broke RFC 6455 (or refused the upgrade): the connection is closed."""
+
+
+def ws_key() -> bytes:
+    return base64.b64encode(os.urandom(16))
+
+
+def ws_accept(key: bytes) -> bytes:
+    """The ``Sec-WebSocket-Accept`` a server must answer ``key`` with."""
+    return base64.b64encode(hashlib.sha1(key + WS_GUID).digest())
+
+
+def ws_request(host: str, port: int, key: bytes, path: str = "/ws", tls: bool = False) -> bytes:
+    """The HTTP upgrade a client opens with (its Origin: the page the door serves)."""
+    origin = f"{'https' if tls else 'http'}://{host}:{port}"
+    return (f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key.decode()}\r\n"
+            f"Sec-WebSocket-Version: 13\r\nOrigin: {origin}\r\n\r\n").encode()
+
+
+def ws_check_answer(head: bytes, key: bytes) -> None:
+    """The server's answer to the upgrade (up to its blank line): a 101 that accepts ``key``."""
+    status, _, rest = head.partition(b"\r\n")
+    parts = status.split(b" ", 2)
+    if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or parts[1] != b"101":
+        raise WsError(f"the server refused the WebSocket upgrade: "
+                      f"{status.decode('latin-1')[:200]!r}")
+    headers = {}
+    for line in rest.split(b"\r\n"):
+        name, sep, value = line.partition(b":")
+        if sep:
+            headers[name.strip().lower()] = value.strip()
+    if headers.get(b"sec-websocket-accept") != ws_accept(key):
+        raise WsError("the server's Sec-WebSocket-Accept does not answer our key")
+    if headers.get(b"sec-websocket-extensions"):
+        raise WsError("the server chose an extension we did not offer")
+
+
+def ws_mask(data: bytes, mask: bytes) -> bytes:
+    """``data`` XOR the 4-byte ``mask`` repeated: one big-integer XOR, not a loop per byte."""
+    n = len(data)
+    if not n:
+        return b""
+    key = (mask * ((n + 3) >> 2))[:n]
+    return (int.from_bytes(data, "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
+
+
+def ws_frame(payload: bytes, opcode: int = WS_TEXT, fin: bool = True) -> bytes:
+    """One client frame: masked (RFC 6455 5.3), with a fresh random mask."""
+    n = len(payload)
+    first = (0x80 if fin else 0) | opcode
+    if n < 126:
+        head = bytes((first, 0x80 | n))
+    elif n < 65536:
+        head = bytes((first, 0xFE)) + n.to_bytes(2, "big")
+    else:
+        head = bytes((first, 0xFF)) + n.to_bytes(8, "big")
+    mask = os.urandom(4)
+    return head + mask + ws_mask(payload, mask)
+
+
+class WsReader:
+    """The server's frames from a byte stream: whole messages out, whatever the reads' sizes.
+
+    ``feed`` returns ``(opcode, payload)`` for each complete message: text (fragments joined)
+    and binary messages, and control frames (ping, pong, close) as they come, also between the
+    fragments of a message. ``count`` is the counting clients' fast path: it walks the headers
+    of unmasked, unfragmented text frames (the server's lines) and counts ``marker`` in them
+    with one ``bytes.count`` over the complete frames; at any other frame it hands the rest of
+    the bytes to ``feed``. (Counting over the headers too is exact for the marker ``: LT ``:
+    no header byte of such a frame (0x81, then the length) followed by a line's first bytes
+    can make it.)"""
+
+    __slots__ = ("buf", "part_op", "parts", "size")
+
+    def __init__(self) -> None:
+        self.buf = b""
+        self.parts: list[bytes] | None = None  # a fragmented message's payloads so far
+        self.part_op = 0
+        self.size = 0
+
+    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
+        buf = self.buf + data if self.buf else data
+        out: list[tuple[int, bytes]] = []
+        n, pos = len(buf), 0
+        while n - pos >= 2:
+            b0, b1 = buf[pos], buf[pos + 1]
+            length, p = b1 & 0x7F, pos + 2
+            if length == 126:
+                if n - p < 2:
+                    break
+                length, p = int.from_bytes(buf[p:p + 2], "big"), p + 2
+            elif length == 127:
+                if n - p < 8:
+                    break
+                length, p = int.from_bytes(buf[p:p + 8], "big"), p + 8
+            if length > WS_MAX_MESSAGE:
+                raise WsError(f"a frame of {length} bytes")
+            if b1 & 0x80:  # a server must not mask; unmasked all the same
+                if n - p < 4:
+                    break
+                mask, p = buf[p:p + 4], p + 4
+            else:
+                mask = b""
+            end = p + length
+            if end > n:
+                break
+            payload = buf[p:end] if not mask else ws_mask(buf[p:end], mask)
+            pos = end
+            if b0 & 0x70:
+                raise WsError("a frame with RSV bits set (no extension was agreed)")
+            op, fin = b0 & 0x0F, b0 & 0x80
+            if op >= WS_CLOSE:  # control frames: whole, and may come between fragments
+                if not fin or length > 125:
+                    raise WsError("a fragmented or long control frame")
+                out.append((op, payload))
+            elif op == WS_CONT:
+                if self.parts is None:
+                    raise WsError("a continuation frame with no message to continue")
+                self.parts.append(payload)
+                self.size += length
+                if self.size > WS_MAX_MESSAGE:
+                    raise WsError("a message too long")
+                if fin:
+                    out.append((self.part_op, b"".join(self.parts)))
+                    self.parts = None
+            elif op in (WS_TEXT, WS_BINARY):
+                if self.parts is not None:
+                    raise WsError("a new message inside a fragmented one")
+                if fin:
+                    out.append((op, payload))
+                else:
+                    self.parts, self.part_op, self.size = [payload], op, length
+            else:
+                raise WsError(f"a frame of unknown opcode {op}")
+        self.buf = buf[pos:]
+        return out
+
+    def count(self, data: bytes, marker: bytes) -> tuple[int, list[tuple[int, bytes]]]:
+        """How many times ``marker`` is in the complete simple text frames of ``data`` (and
+        what came before it), and the messages of any other frames (``feed``'s)."""
+        if self.parts is not None:  # inside a fragmented message: the general path
+            msgs = self.feed(data)
+            return 0, msgs
+        buf = self.buf + data if self.buf else data
+        n, pos = len(buf), 0
+        while n - pos >= 2:
+            b1 = buf[pos + 1]
+            if b1 < 126:
+                end = pos + 2 + b1
+            elif b1 == 126:
+                if n - pos < 4:
+                    break
+                end = pos + 4 + (buf[pos + 2] << 8 | buf[pos + 3])
+            else:  # masked, or a 64-bit length: the general path
+                break
+            if buf[pos] != 0x81 or end > n:
+                break
+            pos = end
+        found = buf.count(marker, 0, pos)
+        if n - pos >= 2 and (buf[pos] != 0x81 or buf[pos + 1] > 126):
+            self.buf = b""
+            return found, self.feed(buf[pos:])  # a frame of another kind: the general path
+        self.buf = buf[pos:]
+        return found, []
 
 
 class KernelStamped:
@@ -51,14 +243,51 @@ class KernelStamped:
     stamped late only when this process was late to read and more data came meanwhile (reading
     line by line does not help: the merge has happened). How late the reads came is reported
     apart (``loadgen_delay_ms``). Writes are small (pings, handshakes, the senders' lines): sent
-    at once, the rest buffered until the socket is writable."""
+    at once, the rest buffered until the socket is writable.
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, client: Client):
+    With TLS (``tls``) the bytes read go through an ``ssl.SSLObject`` on memory buffers, so the
+    stamp is still the kernel's, of the encrypted bytes that carried the line: the same moment.
+    ``handshake`` is done once the handshake is (or failed, with the ``ssl`` error)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, client: Client,
+                 tls: ssl.SSLContext | None = None, host: str = ""):
         self.loop, self.sock, self.client = loop, sock, client
         self.fd = sock.fileno()
         self.pending = b""
         self.closed = False
+        self.tls: ssl.SSLObject | None = None
+        self.handshake: asyncio.Future[None] | None = None
+        if tls is not None:
+            self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+            self.tls = tls.wrap_bio(self.incoming, self.outgoing, server_hostname=host)
+            self.handshake = loop.create_future()
         loop.add_reader(self.fd, self._readable)
+        if self.tls is not None:
+            self._shake()
+
+    def _shake(self) -> None:
+        """The TLS handshake, as far as the bytes in allow."""
+        assert self.tls is not None and self.handshake is not None
+        try:
+            self.tls.do_handshake()
+        except ssl.SSLWantReadError:
+            self._flush()
+            return
+        except (ssl.SSLError, OSError) as e:
+            self._flush()
+            self.close()
+            if not self.handshake.done():
+                self.handshake.set_exception(e)
+            return
+        self._flush()
+        if not self.handshake.done():
+            self.handshake.set_result(None)
+
+    def _flush(self) -> None:
+        """What TLS has to send, sent."""
+        data = self.outgoing.read()
+        if data:
+            self._send(data)
 
     def _readable(self) -> None:
         try:
@@ -68,8 +297,7 @@ class KernelStamped:
         except OSError:
             data, anc = b"", []
         if not data:
-            self.close()
-            self.client.connection_lost(None)
+            self._lost(ConnectionError("the server closed the connection"))
             return
         stamp = None
         for level, kind, payload in anc:
@@ -77,10 +305,56 @@ class KernelStamped:
                 sec, nsec = TIMESPEC.unpack_from(payload)
                 # to the monotonic clock the send stamps use, at this moment's offset
                 stamp = sec * 1_000_000_000 + nsec - (time.time_ns() - time.monotonic_ns())
+        if self.tls is not None:
+            data = self._decrypt(data)
+            if not data:
+                return
         self.client.rx_ns = stamp
         self.client.data_received(data)
 
+    def _decrypt(self, data: bytes) -> bytes:
+        """The plain bytes the encrypted ``data`` completes (b"" for none yet)."""
+        tls, handshake = self.tls, self.handshake
+        assert tls is not None and handshake is not None
+        self.incoming.write(data)
+        if not handshake.done():
+            self._shake()
+            if not handshake.done() or self.closed:
+                return b""
+        chunks = []
+        try:
+            while True:
+                chunk = tls.read(1 << 18)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        except ssl.SSLWantReadError:
+            pass
+        except (ssl.SSLZeroReturnError, ssl.SSLError) as e:  # closed, or broken
+            self._lost(e)
+            return b""
+        self._flush()  # (what reading may have to answer)
+        return b"".join(chunks)
+
+    def _lost(self, e: Exception) -> None:
+        self.close()
+        if self.handshake is not None and not self.handshake.done():
+            self.handshake.set_exception(e)
+        else:
+            self.client.connection_lost(None)
+
     def write(self, data: bytes) -> None:
+        if self.closed:
+            return
+        if self.tls is not None:
+            try:
+                self.tls.write(data)
+            except ssl.SSLError:
+                return  # broken: the read side sees it
+            data = self.outgoing.read()
+        self._send(data)
+
+    def _send(self, data: bytes) -> None:
         if self.closed:
             return
         if self.pending:
@@ -136,16 +410,46 @@ class Client(asyncio.Protocol):
         self.paused = False
         self.closed = False
         self.rx_ns: int | None = None  # the kernel's receive time of the line being read
+        # --proto ws: the upgrade's key and the server's answer so far, then the frames
+        self.ws: WsReader | None = None
+        self.ws_key = b""
+        self.ws_head = b""
+        self.heard = False  # any byte from the server yet (none at all: a TLS port, likely)
 
     # ---- asyncio ---------------------------------------------------------------------------------
 
     def connection_made(self, transport) -> None:
         self.transport = transport
-        if self.run.proto == "irc":
+        run = self.run
+        if run.proto == "irc":
             nick = f"lt{self.idx}"
             transport.write(f"NICK {nick}\r\nUSER {nick} 0 * :loadtest\r\n".encode())
+        elif run.proto == "ws":
+            self.ws_key = ws_key()
+            transport.write(ws_request(run.args.host, run.args.port, self.ws_key,
+                                       tls=run.tls is not None))
+        elif run.tls is None:  # said at once: a TLS port closes at once on plain text
+            transport.write(b"/ping hello\n")
 
     def data_received(self, data: bytes) -> None:
+        ws = self.ws
+        if ws is not None or self.ws_key:
+            try:
+                if ws is None:  # the upgrade's answer, then frames
+                    data = self._ws_upgraded(data)
+                    ws = self.ws
+                    if ws is None or not data:
+                        return
+                if self.counting and not self.sampled:
+                    found, msgs = ws.count(data, self.run.marker)
+                    self.count += found
+                else:
+                    msgs = ws.feed(data)
+                for op, payload in msgs:
+                    self._ws_message(op, payload)
+            except WsError as e:
+                self._fail(e)
+            return
         if self.counting and not self.sampled:
             chunk = self.tail + data
             self.count += chunk.count(self.run.marker)
@@ -158,7 +462,53 @@ class Client(asyncio.Protocol):
     def connection_lost(self, exc) -> None:
         self.closed = True
         if not self.ready.done():
-            self.ready.set_exception(ConnectionError(f"client {self.idx} closed early"))
+            self.ready.set_exception(ConnectionError(
+                f"client {self.idx} closed early" if self.heard else
+                "the server closed the connection without a word: does it want TLS? (--tls, "
+                "or --ca FILE)"))
+
+    def _fail(self, e: Exception) -> None:
+        if not self.ready.done():
+            self.ready.set_exception(e)
+        if self.transport is not None:
+            self.transport.close()
+        self.closed = True
+
+    # ---- WebSocket -------------------------------------------------------------------------------
+
+    def _ws_upgraded(self, data: bytes) -> bytes:
+        """The server's answer to the upgrade: checked once whole; returns the bytes after it
+        (frames already)."""
+        self.heard = True
+        head = self.ws_head + data
+        if not head.startswith(b"HTTP/"[:len(head)]):  # a line server, say: not a web door
+            first = head.split(b"\n", 1)[0].rstrip(b"\r").decode("utf-8", "replace")[:200]
+            raise WsError(f"the server did not answer the WebSocket upgrade in HTTP: {first!r}")
+        end = head.find(b"\r\n\r\n")
+        if end < 0:
+            if len(head) > WS_MAX_HEAD:
+                raise WsError("the server's answer to the upgrade never ended")
+            self.ws_head = head
+            return b""
+        ws_check_answer(head[:end], self.ws_key)
+        self.ws_head = b""
+        self.ws = WsReader()
+        return head[end + 4:]
+
+    def _ws_message(self, op: int, payload: bytes) -> None:
+        transport = self.transport
+        assert transport is not None
+        if op == WS_TEXT:
+            if self.counting and not self.sampled:
+                self.count += payload.count(self.run.marker)
+            else:
+                self._line(payload)
+        elif op == WS_PING:
+            transport.write(ws_frame(payload, WS_PONG))
+        elif op == WS_CLOSE:  # answered, then closed (the server closes its side)
+            transport.write(ws_frame(payload[:2], WS_CLOSE))
+            transport.close()
+            self.connection_lost(None)
 
     def pause_writing(self) -> None:
         self.paused = True
@@ -169,6 +519,7 @@ class Client(asyncio.Protocol):
     # ---- lines -----------------------------------------------------------------------------------
 
     def _lines(self, data: bytes) -> None:
+        self.heard = True
         for item in self.lines.feed(data):
             if isinstance(item, bytes):
                 self._line(item)
@@ -218,13 +569,16 @@ class Client(asyncio.Protocol):
         assert transport is not None  # only connected clients are in Run.clients
         if self.run.proto == "irc":
             transport.write(f"PRIVMSG {self.run.room} :{text}\r\n".encode())
+        elif self.run.proto == "ws":
+            transport.write(ws_frame(text.encode()))
         else:
             transport.write(f"{text}\n".encode())
 
 
 class Run:
-    def __init__(self, args: argparse.Namespace):
+    def __init__(self, args: argparse.Namespace, tls: ssl.SSLContext | None = None):
         self.args = args
+        self.tls = tls
         self.proto = args.proto
         self.room = args.room
         self.marker = b":LT " if self.proto == "irc" else b": LT "
@@ -236,6 +590,7 @@ class Run:
         self.sent = 0
         self.t0 = 0.0
         self.pad = "x" * max(0, args.size - 40)
+        self.tty = sys.stderr.isatty()  # progress: one line rewritten, or a line each
 
     async def connect_all(self) -> float:
         loop = asyncio.get_running_loop()
@@ -248,6 +603,10 @@ class Run:
                 client = Client(self, i, sampled=i in sampled)
                 if client.sampled and self.args.stamp == "kernel":
                     await self.connect_stamped(client)
+                elif self.tls is not None:
+                    await loop.create_connection(lambda: client, self.args.host,
+                                                 self.args.port, ssl=self.tls,
+                                                 server_hostname=self.args.host)
                 else:
                     await loop.create_connection(lambda: client, self.args.host,
                                                  self.args.port)
@@ -258,8 +617,11 @@ class Run:
                                        return_exceptions=True)
         failures = [r for r in results if isinstance(r, BaseException)]
         if failures:
-            print(f"loadtest: {len(failures)} clients failed to connect: {failures[0]!r}",
-                  file=sys.stderr)
+            first = failures[0]
+            why = (f"TLS: {tls_problem(first)}" if isinstance(first, ssl.SSLError)
+                   else str(first) or repr(first))
+            print(f"loadtest: {len(failures)} clients failed to connect to "
+                  f"{self.args.host}:{self.args.port}: {why}", file=sys.stderr)
         self.clients.sort(key=lambda c: c.idx)
         return time.monotonic() - began
 
@@ -277,18 +639,25 @@ class Run:
         except BaseException:
             sock.close()
             raise
-        client.connection_made(KernelStamped(loop, sock, client))
+        stamped = KernelStamped(loop, sock, client, self.tls, self.args.host)
+        if stamped.handshake is not None:
+            try:
+                await asyncio.wait_for(stamped.handshake, self.args.timeout)
+            except BaseException:
+                stamped.close()
+                raise
+        client.connection_made(stamped)
 
     async def settle(self) -> None:
         """Let the arrival pushes (USERS/JOIN lines) of the connect storm drain: a ping round
         trip on every client (PyChat replies keep command order), then count from zero."""
-        ping = b"/ping settle\n" if self.proto == "pychat" else b"PING :settle\r\n"
+        ping = (b"PING :settle\r\n" if self.proto == "irc" else b"/ping settle\n")
         waiters = []
         for c in self.clients:
             if c.closed or c.transport is None:
                 continue
             c.ready = asyncio.get_running_loop().create_future()
-            c.transport.write(ping)
+            c.transport.write(ws_frame(b"/ping settle") if self.proto == "ws" else ping)
             waiters.append(c.ready)
         await asyncio.wait_for(asyncio.gather(*waiters), self.args.timeout)
         for c in self.clients:
@@ -348,8 +717,10 @@ class Run:
         lat = self.latencies.all
         recent = sorted(lat[-2000:]) if lat else []
         p99 = recent[int(len(recent) * 0.99) - 1] if recent else float("nan")
-        sys.stderr.write(f"\rt={now - self.t0:5.1f}s sent={self.sent} "
-                         f"delivered={self.delivered()} p99~{p99:.1f}ms   ")
+        text = (f"t={now - self.t0:5.1f}s sent={self.sent} delivered={self.delivered()} "
+                f"p99~{p99:.1f}ms")
+        # a terminal: one line, rewritten; a file or a pipe (a log): a line each time
+        sys.stderr.write(f"\r{text}   " if self.tty else f"loadtest: {text}\n")
         sys.stderr.flush()
 
     async def drain(self) -> None:
@@ -423,12 +794,20 @@ def machine_busy_seconds() -> float | None:
     return busy / os.sysconf("SC_CLK_TCK")
 
 
-async def run_load(args: argparse.Namespace) -> Summary:
-    run = Run(args)
+Report = Callable[[Summary, Latencies], None]
+
+
+async def run_load(args: argparse.Namespace, tls: ssl.SSLContext | None = None,
+                   report: Report | None = None) -> Summary:
+    """The run; ``report`` gets the summary (and the latencies, for a plot) as soon as it is
+    made, before ``--linger`` holds the connections and before they are closed."""
+    run = Run(args, tls)
     summary = Summary(proto=args.proto, clients=args.clients, senders=args.senders,
                       rate=args.rate)
     summary.connect_s = await run.connect_all()
     summary.connected = len([c for c in run.clients if not c.closed])
+    if not summary.connected:
+        raise SystemExit(f"loadtest: no client connected to {args.host}:{args.port}")
     await run.settle()
     server0 = sum(cpu_seconds_of_tree(p) for p in args.server_pid)
     usage0 = resource.getrusage(resource.RUSAGE_SELF)
@@ -439,8 +818,8 @@ async def run_load(args: argparse.Namespace) -> Summary:
     wall = time.monotonic() - wall0
     usage1 = resource.getrusage(resource.RUSAGE_SELF)
     machine1 = machine_busy_seconds()
-    if not args.quiet:
-        sys.stderr.write("\n")
+    if not args.quiet and run.tty:
+        sys.stderr.write("\n")  # (the progress line ends)
     summary.sent = run.sent
     summary.expected = run.expected()
     summary.delivered = run.delivered()
@@ -455,6 +834,11 @@ async def run_load(args: argparse.Namespace) -> Summary:
         summary.loadgen_delay_ms = run.delays.stats()
     cpu = (usage1.ru_utime - usage0.ru_utime) + (usage1.ru_stime - usage0.ru_stime)
     summary.loadgen_cpu_pct = 100.0 * cpu / max(wall, 1e-9)
+    summary.loadgen_cpu_s = cpu
+    if summary.delivered:
+        summary.loadgen_cpu_s_per_million = cpu / summary.delivered * 1e6
+        user = usage1.ru_utime - usage0.ru_utime
+        summary.loadgen_user_cpu_s_per_million = user / summary.delivered * 1e6
     if args.server_pid:
         summary.server_cpu_s = sum(cpu_seconds_of_tree(p) for p in args.server_pid) - server0
         if summary.delivered:
@@ -468,10 +852,8 @@ async def run_load(args: argparse.Namespace) -> Summary:
                              "have been the bottleneck")
     if args.rate and summary.duration_s and run.sent < 0.95 * args.rate * summary.duration_s:
         summary.notes.append("the asked rate was not reached")
-    if args.plot:
-        plot(run.latencies, args.plot,
-             f"{args.proto} {args.clients} clients, {args.senders} senders, "
-             f"{'flat out' if not args.rate else f'{args.rate:g} msg/s'}")
+    if report is not None:
+        report(summary, run.latencies)
     if args.linger:
         if not args.quiet:
             print(f"loadtest: {summary.connected} clients idle for {args.linger:g} s",
@@ -496,8 +878,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def plot_title(args: argparse.Namespace) -> str:
+    return (f"{args.proto} {args.clients} clients, {args.senders} senders, "
+            f"{'flat out' if not args.rate else f'{args.rate:g} msg/s'}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.plot:  # before the run, not after it: a missing library costs nothing
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            print("loadtest: --plot needs matplotlib, which is not installed (pip install "
+                  "matplotlib); nothing was run", file=sys.stderr)
+            return 2
+    try:
+        tls = tls_context(args)
+    except ValueError as e:
+        print(f"loadtest: {e}", file=sys.stderr)
+        return 2
     if args.senders > args.clients:
         args.senders = args.clients
     raise_fd_limit(args.clients + 256)
@@ -510,8 +909,19 @@ def main(argv: list[str] | None = None) -> int:
                 print("loadtest: uvloop is not installed (pip install 'pychat[speed]')",
                       file=sys.stderr)
                 return 2
-    summary = asyncio.run(run_load(args))
-    print(summary.to_json() if args.json else table(summary))
+
+    def report(summary: Summary, latencies: Latencies) -> None:
+        """The summary first, then the plot (which may take seconds, or fail)."""
+        print(summary.to_json() if args.json else table(summary), flush=True)
+        if args.plot:
+            try:
+                plot(latencies, args.plot, plot_title(args))
+            except Exception as e:  # the summary is out: a failed plot is told, not raised
+                print(f"loadtest: --plot {args.plot}: {e}", file=sys.stderr)
+            else:
+                print(f"loadtest: plot written to {args.plot}", file=sys.stderr)
+
+    summary = asyncio.run(run_load(args, tls, report))
     return 0 if summary.lost == 0 and summary.disconnected == 0 else 1
 
 

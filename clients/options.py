@@ -3,13 +3,17 @@ sent.
 
 ``--user NAME`` logs in to an account: the password comes from ``PYCHAT_PASSWORD`` or is asked
 for without echo, never from a flag (a flag shows in ``ps`` and in shell history);
-``--register`` makes the account first. Both fronts read it with ``login_password()``.
+``--register`` makes the account first. Both fronts read it with ``env_password()``.
+
+``--tls`` and ``--ca FILE`` (``pychat loadtest`` takes them too) make ``tls_context()``: TLS,
+the server's certificate and its name always verified.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import ssl
 
 from pychat.options import CLIENTS, add_options
 from pychat.wire import commands
@@ -53,3 +57,23 @@ def password_problem(password: str) -> str:
 def env_password() -> str:
     """``PYCHAT_PASSWORD``, or "" when it is not set."""
     return os.environ.get(PASSWORD_ENV, "")
+
+
+def tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """The TLS the options ask for (``--tls``, ``--ca FILE``), or None for plain TCP.
+
+    Always verifying: the certificate must chain to the system's CAs (``--tls``) or to
+    ``--ca``'s file, and name the host connected to (``--host``: a name, or an IP address the
+    certificate carries as an IP SAN). A ``--ca`` that cannot be read is a ``ValueError`` whose
+    text is one line for a person."""
+    if not (args.tls or args.ca):
+        return None
+    if args.ca:
+        try:
+            return ssl.create_default_context(cafile=args.ca)
+        except FileNotFoundError:
+            raise ValueError(f"--ca {args.ca}: no such file") from None
+        except (ssl.SSLError, OSError) as e:  # not PEM, or unreadable
+            why = getattr(e, "reason", None) or getattr(e, "strerror", None) or str(e)
+            raise ValueError(f"--ca {args.ca}: not a CA or certificate file ({why})") from None
+    return ssl.create_default_context()

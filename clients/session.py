@@ -45,6 +45,16 @@ Invariants (all on the session thread):
   the ones already shown)
 - lines given to ``send()`` while disconnected are sent, in order, once the connection is back
   and restored; the keepalive's own ``PONG`` is not handed on
+
+TLS (``tls=`` an ``ssl.SSLContext``, see ``clients.options.tls_context``): every connection,
+reconnects included, does its handshake (within ``connect_timeout``) before anything else,
+checking the certificate and that it names ``host``; ``tls_info`` then says what it is
+(``TLS 1.3, verified``), and the ``connected to`` status says it too. What no retry can mend
+ends the session at once, as a ``TlsFailed`` event then ``CLOSED``: a certificate refused, a
+server that does not speak TLS, or (without TLS) a server that closes the very first connection
+without a word, as a TLS server does when plain text comes in (a plain connection says its
+first ``/ping`` at once, so that such a server closes it at once instead of at its handshake
+timeout).
 """
 
 from __future__ import annotations
@@ -53,6 +63,7 @@ import logging
 import random
 import select
 import socket
+import ssl
 import threading
 import time
 from collections import deque
@@ -85,6 +96,29 @@ class Credentials:
     register: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class TlsFailed:
+    """The session ended before it could talk to the server, for a reason no retry mends: the
+    server's certificate was refused, the server does not speak TLS, or (plain) it seems to
+    want TLS. ``reason`` is one line for a person. The session's ``CLOSED`` status follows."""
+    reason: str
+
+
+# the reasons OpenSSL gives when what came back is not TLS at all (a plain-text server)
+NOT_TLS = ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "UNKNOWN_PROTOCOL", "HTTP_REQUEST",
+           "PACKET_LENGTH_TOO_LONG", "RECORD_TOO_LARGE")
+TLS_SEND_CHUNK = 16384  # a TLS write is retried with the same bytes: at most this many a time
+
+
+def tls_problem(e: ssl.SSLError) -> str:
+    """A failed handshake in one line, for a person."""
+    if isinstance(e, ssl.SSLCertVerificationError):
+        return f"the server's certificate was refused: {e.verify_message or e.reason}"
+    if e.reason in NOT_TLS:
+        return "the server does not speak TLS (it answered in plain text): drop --tls/--ca"
+    return f"TLS handshake failed: {e.reason or e}"
+
+
 @dataclass(slots=True)
 class _Auth:
     """A ``/login``, ``/register`` or ``/resume`` written on a connection, until answered.
@@ -100,7 +134,7 @@ class _Auth:
 class Session:
     def __init__(self, host: str, port: int, on_event: OnEvent, *,
                  name: str = "", room: str = commands.LOBBY, history: int = 20,
-                 login: Credentials | None = None,
+                 login: Credentials | None = None, tls: ssl.SSLContext | None = None,
                  backoff_first: float = 0.2, backoff_max: float = 5.0,
                  connect_timeout: float = 5.0, keepalive: float = 20.0,
                  restore_for: float = 15.0):
@@ -111,6 +145,8 @@ class Session:
         self.connect_timeout = connect_timeout
         self.keepalive = keepalive
         self.restore_for = restore_for
+        self.tls = tls
+        self.tls_info = ""  # the current connection's TLS, in words ("TLS 1.3, verified")
         # confirmed by the server (the session thread writes them; others may read them)
         self.uid = ""
         self.name = ""
@@ -214,7 +250,13 @@ class Session:
             self._status(events.CONNECTING, f"connecting to {where}"
                          + (f" (attempt {self.attempt})" if self.attempt else ""), False)
             try:
-                sock = socket.create_connection((self.host, self.port), self.connect_timeout)
+                sock = self._connect()
+            except ssl.SSLError as e:
+                if isinstance(e, (ssl.SSLEOFError, ssl.SSLZeroReturnError)):
+                    why = "the server closed the connection during the TLS handshake"
+                else:  # no retry mends it: the certificate, or no TLS over there
+                    self._fail(f"TLS to {where}: {tls_problem(e)}")
+                    break
             except OSError as e:
                 why = e.strerror or str(e)
             else:
@@ -222,6 +264,12 @@ class Session:
                 why = self._serve(sock)
                 if why is None or self._stop_why:  # we said goodbye, or the server did
                     break
+                if why is _SILENT:
+                    why = ("the server closed the connection without a word: does it want TLS? "
+                           "(--tls, or --ca FILE)")
+                    if not self.reconnects:  # never welcomed here: most likely a TLS port
+                        self._fail(f"{where}: {why}")
+                        break
             if self._closing:
                 break
             self.attempt += 1
@@ -236,6 +284,27 @@ class Session:
         self._wake_r.close()
         self._wake_w.close()
 
+    def _connect(self) -> socket.socket:
+        """A connected socket, its TLS handshake done when the session has TLS."""
+        sock = socket.create_connection((self.host, self.port), self.connect_timeout)
+        if self.tls is None:
+            self.tls_info = ""
+            return sock
+        try:
+            tls = self.tls.wrap_socket(sock, server_hostname=self.host)
+        except BaseException:
+            sock.close()
+            raise
+        version = (tls.version() or "TLS").replace("TLSv", "TLS ")
+        self.tls_info = f"{version}, verified" if self.tls.verify_mode == ssl.CERT_REQUIRED \
+            else f"{version}, NOT verified"
+        return tls
+
+    def _fail(self, reason: str) -> None:
+        """End the session for a reason no retry mends (told as ``TlsFailed``)."""
+        self._stop_why = reason
+        self._emit(TlsFailed(reason))
+
     def _serve(self, sock: socket.socket) -> str | None:
         """One connection, until it drops (returns why) or we quit (returns None)."""
         conn = _Connection(self, sock)
@@ -243,6 +312,9 @@ class Session:
             return conn.run()
         finally:
             sock.close()
+
+
+_SILENT = "silent"  # _Connection.run: the server closed before saying anything at all
 
 
 class _Connection:
@@ -253,6 +325,9 @@ class _Connection:
         self.sock = sock
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setblocking(False)
+        self.tls = sock if isinstance(sock, ssl.SSLSocket) else None
+        self.tls_retry = 0  # a TLS write that must be tried again with this many bytes
+        self.heard = False  # any byte from the server yet
         self.buffer = LineBuffer(1 << 20)
         self.outbuf = bytearray()
         self.ready = False      # handshake read and restore sent: user lines may go
@@ -282,6 +357,8 @@ class _Connection:
 
     def run(self) -> str | None:
         s = self.s
+        if self.tls is None:  # said at once: a TLS server closes on it at once (see Session)
+            self.write(f"/ping {KEEPALIVE_TOKEN}")
         while True:
             now = time.monotonic()
             if self.ready:
@@ -304,27 +381,52 @@ class _Connection:
             if s._wake_r in readable:
                 s._drain_wake()
             if writable:
-                try:
-                    sent = self.sock.send(self.outbuf)
-                    del self.outbuf[:sent]
-                except (BlockingIOError, InterruptedError):
-                    pass
-                except OSError as e:
-                    return e.strerror or str(e)
+                why = self._send()
+                if why:
+                    return why
             if self.sock in readable:
-                try:
-                    data = self.sock.recv(65536)
-                except (BlockingIOError, InterruptedError):
-                    continue
-                except OSError as e:
-                    return e.strerror or str(e)
-                if not data:
-                    return None if self.quitting else "the server closed the connection"
-                self.last_rx = time.monotonic()
-                self.ping_sent = 0.0
-                for item in self.buffer.feed(data):
-                    if isinstance(item, bytes) and self._line(item.decode("utf-8", "replace")):
-                        return None
+                while True:  # TLS: a record read may leave more decrypted bytes waiting
+                    try:
+                        data = self.sock.recv(65536)
+                    except (BlockingIOError, InterruptedError, ssl.SSLWantReadError,
+                            ssl.SSLWantWriteError):
+                        break
+                    except ssl.SSLError as e:
+                        return f"TLS: {e.reason or e}"
+                    except OSError as e:
+                        return e.strerror or str(e)
+                    if not data:
+                        if not self.heard:
+                            return _SILENT
+                        return None if self.quitting else "the server closed the connection"
+                    self.heard = True
+                    self.last_rx = time.monotonic()
+                    self.ping_sent = 0.0
+                    for item in self.buffer.feed(data):
+                        if isinstance(item, bytes) and self._line(item.decode("utf-8",
+                                                                              "replace")):
+                            return None
+                    if self.tls is None or not self.tls.pending():
+                        break
+
+    def _send(self) -> str:
+        """Write what the socket takes of ``outbuf``; why the connection failed, or ""."""
+        try:
+            if self.tls is not None:  # a write not taken must be tried again with the same bytes
+                n = self.tls_retry or min(len(self.outbuf), TLS_SEND_CHUNK)
+                self.tls_retry = n
+                sent = self.sock.send(self.outbuf[:n])
+                self.tls_retry = 0
+            else:
+                sent = self.sock.send(self.outbuf)
+            del self.outbuf[:sent]
+        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            pass
+        except ssl.SSLError as e:
+            return f"TLS: {e.reason or e}"
+        except OSError as e:
+            return e.strerror or str(e)
+        return ""
 
     def _keepalive(self, now: float) -> float | None:
         """Seconds the select may wait; None when the server stopped answering."""
@@ -532,7 +634,7 @@ class _Connection:
         self._ask_history()
         s.reconnects += 1
         self.ready = True
-        where = f"{s.host}:{s.port}"
+        where = f"{s.host}:{s.port}" + (f" ({s.tls_info})" if s.tls_info else "")
         s._status(events.CONNECTED, f"connected to {where} as {s.uid}", not self.restoring)
 
     def _restored(self) -> None:

@@ -574,6 +574,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("--register", None, False,
            "make the --user account (the name must be free) and log in to it", CLIENTS,
            type=bool),
+    Option("--tls", "PYCHAT_TLS", False,
+           "connect with TLS, verifying the server's certificate against the system's CAs and "
+           "that it names --host", (*CLIENTS, LOADTEST), type=bool),
+    Option("--ca", "PYCHAT_TLS_CA", "",
+           "connect with TLS (implies --tls), verifying the server's certificate against this "
+           "CA or certificate file (PEM) instead of the system's", (*CLIENTS, LOADTEST)),
     Option("--geometry", "PYCHAT_GUI_GEOMETRY", "1000x640+0+0", "window size and place (Tk)",
            (GUI,)),
     Option("--log-limit", "PYCHAT_GUI_LOG_LIMIT", 1000, "lines kept in the log", (GUI,),
@@ -604,8 +610,10 @@ OPTIONS: tuple[Option, ...] = (
            "when a sampled line counts as received: the kernel's receive time on the client's "
            "socket (SO_TIMESTAMPNS; the load generator's own delay is left out and reported "
            "apart), or when this process read it", (LOADTEST,), choices=("kernel", "user")),
-    Option("--proto", "PYCHAT_LT_PROTO", "pychat", "the server's protocol", (LOADTEST,),
-           choices=("pychat", "irc")),
+    Option("--proto", "PYCHAT_LT_PROTO", "pychat",
+           "the server's protocol: pychat (lines), irc, or ws (the line protocol over WebSocket, "
+           "GET /ws; --port is then the web door's port)", (LOADTEST,),
+           choices=("pychat", "irc", "ws")),
     Option("--room", "PYCHAT_LT_ROOM", "#load", "IRC channel to join", (LOADTEST,)),
     Option("--timeout", "PYCHAT_LT_TIMEOUT", 60.0,
            "seconds to wait for connections and the settle round", (LOADTEST,),

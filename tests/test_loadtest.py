@@ -13,7 +13,7 @@ import pytest
 
 from pychat.clients.loadstats import Latencies, Summary, percentile, table
 from pychat.clients.loadtest import sampled_indices
-from support.procs import ROOT, python_m
+from support.procs import ROOT, free_port, python_m
 
 
 def test_percentile_nearest_rank():
@@ -78,3 +78,76 @@ def test_loadtest_against_serve_counts_every_delivery(serve, stamp, sample_at):
     assert out["duplicated"] == 0 and out["order_violations"] == 0
     assert out["latency_ms"]["count"] == 5 * 200  # every sampled receiver saw every message
     assert 0 < out["latency_ms"]["p50"] <= out["latency_ms"]["p99"]
+
+
+# ---- --plot and progress (issue 18) ------------------------------------------------------------
+
+FAKE_PYPLOT = '''
+"""A stand-in for matplotlib.pyplot: says when it draws, and writes a file."""
+import sys
+
+
+class _Any:
+    def __getattr__(self, name):
+        return lambda *a, **k: None
+
+
+class _Figure(_Any):
+    def savefig(self, path, dpi=None):
+        print("fake pyplot: drawing", flush=True)
+        with open(path, "wb") as f:
+            f.write(b"\\x89PNG fake")
+
+
+def subplots(*a, **k):
+    return _Figure(), (_Any(), _Any())
+
+
+def close(fig):
+    pass
+'''
+
+
+def fake_matplotlib(folder, works: bool) -> dict:
+    """An environment whose ``import matplotlib`` finds a stand-in: one that draws (and says
+    so), or one that is not there (its import fails, as a missing package's does)."""
+    pkg = folder / "matplotlib"
+    pkg.mkdir()
+    if works:
+        (pkg / "__init__.py").write_text("def use(backend):\n    pass\n")
+        (pkg / "pyplot.py").write_text(FAKE_PYPLOT)
+    else:
+        (pkg / "__init__.py").write_text("raise ImportError('No module named matplotlib')\n")
+    return dict(os.environ, PYTHONPATH=str(folder))
+
+
+def test_plot_without_matplotlib_fails_before_anything_is_run(tmp_path):
+    port = free_port()  # nothing listens: a run would fail to connect, and say so
+    r = subprocess.run(python_m("pychat", "loadtest", "--port", str(port), "--plot",
+                                str(tmp_path / "lat.png"), "--clients", "3", "--count", "3"),
+                       capture_output=True, text=True, timeout=60, cwd=ROOT,
+                       env=fake_matplotlib(tmp_path, works=False))
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr == ("loadtest: --plot needs matplotlib, which is not installed (pip install "
+                        "matplotlib); nothing was run\n")
+    assert not (tmp_path / "lat.png").exists()
+
+
+@pytest.mark.e2e
+def test_the_summary_comes_before_the_plot_and_progress_is_a_line_each(serve, tmp_path):
+    png = tmp_path / "lat.png"
+    r = subprocess.run(
+        python_m("pychat", "loadtest", "--port", str(serve), "--clients", "10", "--senders", "2",
+                 "--rate", "100", "--count", "180", "--sample", "2", "--json", "--plot",
+                 str(png)),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,  # one stream: the order is kept
+        text=True, timeout=120, cwd=ROOT, env=fake_matplotlib(tmp_path, works=True))
+    assert r.returncode == 0, r.stdout
+    out = r.stdout
+    start, end = out.index("{\n"), out.index("\n}\n") + 3
+    assert json.loads(out[start:end])["delivered"] == 180 * 10
+    assert out.index("fake pyplot: drawing") >= end  # printed, then drawn
+    assert f"loadtest: plot written to {png}" in out and png.read_bytes().startswith(b"\x89PNG")
+    # the output is not a terminal: progress is whole lines, no carriage returns
+    assert "\r" not in out
+    assert re.search(r"^loadtest: t=\s*1\.0s sent=\d+ delivered=\d+ p99~", out, re.M), out
