@@ -100,7 +100,8 @@ async def serve(args: argparse.Namespace, tls=None, curve=None) -> int:
     try:
         await acceptor.start(args.host, args.port, args.reuse_port, ssl=tls,
                              irc_port=args.irc_port,
-                             web_port=args.web_port if args.web else None)
+                             web_port=args.web_port if args.web else None,
+                             web_url=args.web_url)
     except OSError as e:
         log.error("cannot listen on %s:%d%s: %s", args.host, args.port,
                   f" (IRC {args.irc_port})" if args.irc_port else "", e)
@@ -123,6 +124,8 @@ async def serve(args: argparse.Namespace, tls=None, curve=None) -> int:
     if args.web:
         scheme = "https" if tls else "http"
         where += f", web {scheme}://{args.host}:{acceptor.web_port()}/"
+        if args.web_url:
+            where += f" ({args.web_url}/ to clients)"
     log.info("acceptor %s listening on %s%s, router %s%s (%s)", name, where,
              " (TLS)" if tls else "", args.router, " (CurveZMQ)" if curve else "",
              type(loop).__module__.split(".")[0])

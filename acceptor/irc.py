@@ -529,6 +529,12 @@ class IrcDoor:
         if kind is replies.Chat:
             assert isinstance(event, replies.Chat)
             self._chat(event, out)
+        elif kind is replies.FileShared:  # a room's come through fan_out: here, played back
+            assert isinstance(event, replies.FileShared)  # history, or a private file
+            played = self.history_left > 0
+            if played:
+                self.history_left -= 1
+            out.extend(self.file_lines(event, played))
         elif kind is replies.IdAssigned:
             assert isinstance(event, replies.IdAssigned)
             self.uid = event.uid
@@ -680,9 +686,24 @@ class IrcDoor:
         elif event.uid != self.uid:
             out.extend(chat_lines(tag, self.source(event.uid), self.room, event.text))
 
+    def file_lines(self, event: replies.FileShared, room: bool) -> list[str]:
+        """A file sent to the room (or privately to us): its name, size and URL, as a PRIVMSG
+        from its sender, so IRC clients show it and make the URL a link."""
+        text = f"sent a file: {event.name} ({human_size(event.size)}) {event.url}"
+        return chat_lines(self._tag(event.stamp), self.source(event.uid),
+                          self.room if room else self.nick, text)
+
     def public(self, stamp: str | None, uid: str, text: str) -> list[str]:
         """A room's chat line as the room's IRC members see it (all the same)."""
         return chat_lines(self._tag(stamp), self.source(uid), self.room, text)
+
+
+def human_size(n: int) -> str:
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1000  # type: ignore[assignment]
+    return f"{n} bytes"
 
 
 def chat_lines(tag: str, source: str, target: str, text: str) -> list[str]:

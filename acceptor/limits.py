@@ -67,6 +67,7 @@ class Limits:
     connect_rate: float = 5.0  # ... and then per second (the same exemptions)
     tls_handshake_timeout: float = 10.0  # seconds from a TLS client's accept to its session
     per_address_exempt: str = "loopback"  # ... except these: addresses, "loopback" or "none"
+    transfer_stall: float = 30.0  # seconds an upload or download may move nothing (web door)
     ping_after: float = 30.0  # seconds of silence before a web or IRC client is pinged (0: never)
     keepalive_idle: int = 60  # TCP keepalive: seconds of silence before the first probe ...
     keepalive_interval: int = 10  # ... seconds between probes ...
@@ -76,6 +77,7 @@ class Limits:
         for name in ("max_line", "send_queue", "send_queue_hard", "stall_check", "flood_burst",
                      "flood_rate", "flood_bytes", "max_connections", "lines_per_turn",
                      "max_per_address", "connect_burst", "connect_rate", "tls_handshake_timeout",
+                     "transfer_stall",
                      "keepalive_idle", "keepalive_interval", "keepalive_count"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")

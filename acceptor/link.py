@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Callable
 
 import zmq
@@ -56,6 +57,7 @@ class BusPump:
         self._flush_handle: asyncio.Handle | None = None
         self._drain_handle: asyncio.Handle | None = None
         self._retry_handle: asyncio.TimerHandle | None = None
+        self.raw: deque[list[bytes]] = deque()  # file-channel messages (wire/transfer.py)
         self.closed = False
         loop.add_reader(self._fd, self._drain)
 
@@ -86,10 +88,25 @@ class BusPump:
         self._push()
         self.on_change()
 
+    def send_raw(self, frames: list[bytes]) -> None:
+        """A file-channel message (not a numbered batch: never sent again), at once."""
+        self.raw.append(frames)
+        if len(self.raw) == 1:
+            self._push()
+
     def _push(self) -> None:
         link = self.link
         out = link.out
         sock = self.sock
+        raw = self.raw
+        while raw:  # (their transfers' credit bounds how many wait here)
+            try:
+                sock.send_multipart(raw[0], zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                if self._retry_handle is None:
+                    self._retry_handle = self.loop.call_later(RETRY_S, self._retry)
+                break
+            raw.popleft()
         while out:
             try:
                 sock.send_multipart(out[0][0], zmq.NOBLOCK, copy=False)

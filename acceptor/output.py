@@ -31,6 +31,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from pychat.wire import replies
@@ -157,6 +158,15 @@ class Output:
         their own echo); any other line goes through each member's translator."""
         text = tagged[1] if tagged is not None else data.decode("utf-8").rstrip("\n")
         event = replies.parse_server_line(text)
+        if type(event) is replies.FileShared:  # a file sent to the room
+            assert isinstance(event, replies.FileShared)
+            stamp = tagged[0] if tagged is not None else None
+            for s in members:
+                if s.door is not None and s.door.registered:
+                    shown = replace(event, stamp=stamp if "server-time" in s.door.caps else None)
+                    for line in s.door.file_lines(shown, room=True):
+                        self.queue(s, (line + "\r\n").encode("utf-8"))
+            return
         if type(event) is not replies.Chat or event.private:
             for s in members:
                 s.send_line(text)

@@ -30,7 +30,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 
-from pychat.wire import bus, errors, replies
+from pychat.wire import bus, errors, replies, transfer
 from pychat.wire.commands import describe
 from pychat.wire.errors import BusError
 from pychat.wire.link import AcceptorLink, Answered, Missed, ResyncNeeded
@@ -85,6 +85,8 @@ class Acceptor:
         self.web_server: asyncio.Server | None = None
         self.web_static = Static()  # the browser client's files (acceptor/web/)
         self.web_origins = web_origins  # allowed besides a page's own (acceptor/web.py)
+        self.web_base = ""  # the web door's base URL (--web-url, or made from host and port)
+        self.transfers: dict[int, WebSession] = {}  # uploads and downloads, by connection id
         # a WebSocket message's longest: a line too long for the core still gets its ERROR:
         self.web_max_frame = max(65536, 4 * limits.max_line)
         self.tls: ssl_module.SSLContext | None = None
@@ -102,7 +104,7 @@ class Acceptor:
 
     async def start(self, host: str, port: int, reuse_port: bool,
                     ssl: ssl_module.SSLContext | None = None, irc_port: int = 0,
-                    web_port: int | None = None) -> None:
+                    web_port: int | None = None, web_url: str = "") -> None:
         """Listen on ``port`` (the line protocol), ``irc_port`` (IRC; 0: none) and ``web_port``
         (HTTP and WebSocket; None: none)."""
         self.tls = ssl
@@ -124,6 +126,10 @@ class Acceptor:
                 self._listen_tls(host, irc_port, reuse_port, IrcSession)
             if web_port is not None:  # and the web door (https:// and wss://)
                 self._web_tls = self._listen_tls(host, web_port, reuse_port, WebSession)
+        if web_port is not None:  # told to the router: the URLs of uploads and files
+            where = f"[{host}]" if ":" in host else host
+            self.web_base = web_url or f"{'https' if ssl else 'http'}://{where}:{self.web_port()}"
+            self.bus.link.web = self.web_base
         self.bus.link.hello([], self.loop.time())
         self.bus.flush()
         self._beat()
@@ -335,6 +341,9 @@ class Acceptor:
     # ---- the bus: what the router sends ----------------------------------------------------------
 
     def on_batch(self, frames: list[bytes]) -> None:
+        if frames and frames[0] == transfer.HEADER:  # the file channel: a web door's transfer
+            self._on_transfer(frames)
+            return
         try:
             payload = self.bus.link.receive(frames, self.loop.time())
         except BusError as e:
@@ -397,6 +406,19 @@ class Acceptor:
             else:
                 log.warning("router sent an acceptor-bound %r; dropped", msg)
         output.kick()
+
+    def _on_transfer(self, frames: list[bytes]) -> None:
+        try:
+            msg = transfer.decode(frames)
+        except BusError as e:
+            log.warning("dropped a bad file-channel message from the router: %s", e)
+            return
+        s = self.transfers.get(msg.xfer)
+        if s is not None:
+            s.on_transfer(msg)
+
+    def send_transfer(self, msg: transfer.Transfer) -> None:
+        self.bus.send_raw(transfer.encode(msg))
 
     def on_change(self) -> None:
         """After the link handed batches on: refusals to tell, replies that may go."""

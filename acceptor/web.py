@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from dataclasses import dataclass, field
 from email.utils import formatdate
 
@@ -47,9 +48,19 @@ SECURITY_HEADERS = (
     ("Permissions-Policy", "camera=(), microphone=(), geolocation=()"),
 )
 HSTS = ("Strict-Transport-Security", "max-age=31536000")
-REASONS = {200: "OK", 304: "Not Modified", 400: "Bad Request", 403: "Forbidden",
-           404: "Not Found", 405: "Method Not Allowed", 426: "Upgrade Required",
-           431: "Request Header Fields Too Large", 503: "Service Unavailable"}
+REASONS = {200: "OK", 201: "Created", 304: "Not Modified", 400: "Bad Request",
+           403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
+           409: "Conflict", 410: "Gone", 411: "Length Required", 413: "Content Too Large",
+           426: "Upgrade Required", 429: "Too Many Requests",
+           431: "Request Header Fields Too Large", 500: "Internal Server Error",
+           503: "Service Unavailable", 507: "Insufficient Storage"}
+TOKEN = re.compile(r"[A-Za-z0-9_-]{16,64}\Z")  # an upload's token, a file's id
+# headers a response gets here whatever a file's own list says
+OWN_HEADERS = {"date", "server", "connection", "content-security-policy",
+               "x-content-type-options", "referrer-policy", "x-frame-options",
+               "cross-origin-opener-policy", "cross-origin-resource-policy",
+               "permissions-policy", "strict-transport-security"}
+FILE_CSP = "default-src 'none'; style-src 'unsafe-inline'; sandbox"
 
 
 class HttpError(Exception):
@@ -141,6 +152,20 @@ def response(status: int, headers: list[tuple[str, str]], body: bytes = b"", *,
     lines.append("Connection: keep-alive" if keep_alive else "Connection: close")
     data = ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
     return data if head_only or status == 304 else data + body
+
+
+def file_head(headers: list[tuple[str, str]], *, keep_alive: bool, tls: bool) -> bytes:
+    """The head of a stored file's response: its own headers (type, length, disposition) and
+    a policy that gives it no script, whatever a browser makes of it."""
+    lines = ["HTTP/1.1 200 OK", f"Date: {formatdate(usegmt=True)}", "Server: pychat",
+             f"Content-Security-Policy: {FILE_CSP}", "X-Content-Type-Options: nosniff",
+             "Referrer-Policy: no-referrer", "Cross-Origin-Resource-Policy: same-origin",
+             "Cache-Control: private, max-age=86400"]
+    lines += [f"{k}: {v}" for k, v in headers]
+    if tls:
+        lines.append("{}: {}".format(*HSTS))
+    lines.append("Connection: keep-alive" if keep_alive else "Connection: close")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace")
 
 
 def error_response(status: int, text: str, tls: bool = False,

@@ -23,10 +23,12 @@ deadline sees it alive. The session ends with a close frame after its last line.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from pychat.wire import replies
+from pychat.wire import replies, transfer
 
 from . import web
 from .session import Session
@@ -43,9 +45,26 @@ ws_log.setLevel(logging.WARNING)  # websockets' own debug lines are one per fram
 WELCOME_FRAME = web.frame(replies.WELCOME.encode("utf-8"))
 
 
+@dataclass
+class Upload:
+    length: int  # the body's Content-Length
+    expect: bool  # the client waits for 100 Continue
+    keep_alive: bool
+    sent: int = 0  # body bytes sent to the router
+    credit: int = 0  # chunks the router takes now
+    continued: bool = False
+
+
+@dataclass
+class Download:
+    head: bool  # HEAD: no body
+    keep_alive: bool
+    owed: int = 0  # credit to give back once the client has read
+
+
 class WebSession(Session):
     KIND = 2
-    __slots__ = ("buf", "deadline", "http", "parts", "ws")
+    __slots__ = ("buf", "deadline", "download", "http", "parts", "upload", "ws")
 
     def __init__(self, acceptor: Acceptor, conn_id: int):
         super().__init__(acceptor, conn_id)
@@ -54,6 +73,8 @@ class WebSession(Session):
         self.deadline: asyncio.TimerHandle | None = None
         self.ws: ServerProtocol | None = None
         self.parts: list[bytes] | None = None  # a fragmented text message's frames so far
+        self.upload: Upload | None = None  # a PUT's body on its way to the router
+        self.download: Download | None = None  # a GET's file on its way from the router
 
     # ---- HTTP --------------------------------------------------------------------------------
 
@@ -64,16 +85,24 @@ class WebSession(Session):
         self.acceptor.handshaking += 1
         self._arm_deadline()
 
-    def _arm_deadline(self) -> None:
+    def _arm_deadline(self, seconds: float = 0.0) -> None:
         if self.deadline is not None:
             self.deadline.cancel()
         self.deadline = self.acceptor.loop.call_later(
-            self.acceptor.limits.tls_handshake_timeout, self._expired)
+            seconds or self.acceptor.limits.tls_handshake_timeout, self._expired)
 
     def _expired(self) -> None:
         self.deadline = None
-        if self.http and self.transport is not None:
-            self.transport.abort()
+        if not self.http or self.transport is None:
+            return
+        if self.upload is not None or self.download is not None:
+            why = "stalled" if self.upload is not None else "the router did not answer"
+            self.acceptor.send_transfer(transfer.Abort(self.id, why))
+            self._transfer_over()
+            self.transport.write(web.error_response(408, f"the transfer {why}", self.tls))
+            self.transport.close()
+            return
+        self.transport.abort()
 
     def _end_http(self) -> None:
         if self.http:
@@ -89,7 +118,10 @@ class WebSession(Session):
         elif self.http:
             assert self.buf is not None
             self.buf += data
-            self._requests()
+            if self.upload is not None:
+                self._send_body()
+            elif self.download is None:
+                self._requests()
 
     def _requests(self) -> None:
         t = self.transport
@@ -110,6 +142,12 @@ class WebSession(Session):
             if head.path == "/ws" and head.upgrade and head.method == "GET":
                 self._upgrade(head)
                 return
+            if head.path.startswith("/upload/") and head.method == "PUT":
+                self._put(head)
+                return
+            if head.path.startswith("/files/") and head.method in ("GET", "HEAD"):
+                self._get(head)
+                return
             answer, keep = self.acceptor.web_static.serve(head, self.tls)
             self.acceptor.stats["web_requests"] += 1
             t.write(answer)
@@ -120,9 +158,146 @@ class WebSession(Session):
 
     def resume_writing(self) -> None:
         super().resume_writing()
-        if self.http and self.transport is not None and not self.transport.is_closing():
+        if self.download is not None and self.download.owed:  # the client read: more comes
+            owed, self.download.owed = self.download.owed, 0
+            self.acceptor.send_transfer(transfer.Credit(self.id, owed))
+            return
+        if (self.http and self.upload is None and self.download is None
+                and self.transport is not None and not self.transport.is_closing()):
             self.transport.resume_reading()
             self._requests()  # the requests that waited
+
+    # ---- files: PUT /upload/<token>, GET /files/<id>/<name> ---------------------------------
+
+    def _put(self, head: web.Head) -> None:
+        """An upload's body: streamed to the router in chunks, as its credit allows."""
+        t = self.transport
+        assert t is not None
+        token = head.path[len("/upload/"):]
+        length = head.headers.get("content-length", "")
+        if "transfer-encoding" in head.headers:
+            t.write(web.error_response(411, "send the file with a Content-Length (no chunked "
+                                            "encoding)", self.tls))
+            t.close()
+            return
+        if not (length.isascii() and length.isdigit() and len(length) <= 15):
+            t.write(web.error_response(411, "a Content-Length is needed", self.tls))
+            t.close()
+            return
+        if not web.TOKEN.match(token):
+            t.write(web.error_response(404, "no such upload", self.tls))
+            t.close()
+            return
+        self.upload = Upload(int(length), head.headers.get("expect", "").lower()
+                             == "100-continue", head.keep_alive)
+        self.acceptor.transfers[self.id] = self
+        self.acceptor.send_transfer(transfer.Put(self.id, token, int(length)))
+        t.pause_reading()  # until the router says it takes the body (its credit)
+        self._arm_deadline(self.acceptor.limits.transfer_stall)
+
+    def _get(self, head: web.Head) -> None:
+        t = self.transport
+        assert t is not None
+        parts = head.path.split("/")  # "", "files", id, name
+        if len(parts) != 4 or not web.TOKEN.match(parts[2]):
+            t.write(web.error_response(404, "no such file", self.tls))
+            t.close()
+            return
+        self.download = Download(head.method == "HEAD", head.keep_alive)
+        self.acceptor.transfers[self.id] = self
+        self.acceptor.send_transfer(transfer.Get(self.id, parts[2], int(head.method == "HEAD")))
+        t.pause_reading()  # one request at a time
+        self._arm_deadline(self.acceptor.limits.transfer_stall)
+
+    def on_transfer(self, msg: transfer.Transfer) -> None:
+        """What the router says about this connection's upload or download."""
+        t = self.transport
+        if t is None or t.is_closing():
+            return
+        up, down = self.upload, self.download
+        if up is not None:
+            if isinstance(msg, transfer.Credit):
+                up.credit += msg.chunks
+                if up.expect and not up.continued:
+                    up.continued = True
+                    t.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                self._send_body()
+            elif isinstance(msg, transfer.Done):
+                self._transfer_over()
+                if msg.status == 201:
+                    url = self.acceptor.web_base + msg.text
+                    t.write(web.response(201, [("Content-Type", "text/plain; charset=utf-8"),
+                                               ("Location", url), ("Cache-Control", "no-store")],
+                                         (url + "\n").encode(), keep_alive=up.keep_alive,
+                                         tls=self.tls))
+                    if up.keep_alive and up.sent >= up.length:
+                        self._next_request()
+                        return
+                else:
+                    t.write(web.error_response(msg.status, msg.text, self.tls))
+                t.close()
+            elif isinstance(msg, transfer.Abort):
+                self._transfer_over()
+                t.write(web.error_response(500, f"upload failed: {msg.why}", self.tls))
+                t.close()
+        elif down is not None:
+            if isinstance(msg, transfer.Meta):
+                if msg.status != 200:
+                    self._transfer_over()
+                    t.write(web.error_response(msg.status, msg.headers, self.tls))
+                    t.close()
+                    return
+                headers = [(k, v) for k, v in json.loads(msg.headers)
+                           if k.lower() not in web.OWN_HEADERS]
+                t.write(web.file_head(headers, keep_alive=down.keep_alive, tls=self.tls))
+            elif isinstance(msg, transfer.Data):
+                t.write(msg.payload)
+                self._arm_deadline(self.acceptor.limits.transfer_stall)
+                if t.get_write_buffer_size() <= 2 * transfer.CHUNK:
+                    self.acceptor.send_transfer(transfer.Credit(self.id, 1))
+                else:
+                    down.owed += 1  # given back as the client reads (resume_writing)
+            elif isinstance(msg, transfer.End):
+                self._transfer_over()
+                if down.keep_alive:
+                    self._next_request()
+                else:
+                    t.close()
+            elif isinstance(msg, transfer.Abort):
+                self._transfer_over()
+                t.abort()  # the head is gone already: a cut connection says it failed
+
+    def _send_body(self) -> None:
+        """Chunks of the body that have come, as far as the credit goes; reading paused when
+        the credit or the buffer says so."""
+        up, t, buf = self.upload, self.transport, self.buf
+        assert up is not None and t is not None and buf is not None
+        while up.credit > 0 and up.sent < up.length:
+            want = min(transfer.CHUNK, up.length - up.sent)
+            if len(buf) < want:
+                break
+            chunk = bytes(buf[:want])
+            del buf[:want]
+            self.acceptor.send_transfer(transfer.Data(self.id, up.sent, chunk))
+            up.sent += want
+            up.credit -= 1
+            self._arm_deadline(self.acceptor.limits.transfer_stall)
+        if up.sent >= up.length or up.credit <= 0 or len(buf) >= 2 * transfer.CHUNK:
+            t.pause_reading()  # all sent (the answer comes), or the router is behind
+        else:
+            t.resume_reading()
+
+    def _transfer_over(self) -> None:
+        self.acceptor.transfers.pop(self.id, None)
+        self.upload = self.download = None
+
+    def _next_request(self) -> None:
+        """Keep-alive: the next request on this connection."""
+        t = self.transport
+        if t is not None and not t.is_closing():
+            self._arm_deadline()
+            t.resume_reading()
+            self._requests()
 
     def _upgrade(self, head: web.Head) -> None:
         t = self.transport
@@ -255,6 +430,16 @@ class WebSession(Session):
             self.acceptor.output.queue(self, closing)
         super().close()
 
+    def eof_received(self) -> bool:
+        """In HTTP, the client's end of input is the end (an upload cut short fails); on the
+        WebSocket, a half-close like the TCP door's."""
+        if self.open:
+            return super().eof_received()
+        return False
+
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.upload is not None or self.download is not None:
+            self.acceptor.send_transfer(transfer.Abort(self.id, "the client went away"))
+            self._transfer_over()
         self._end_http()
         super().connection_lost(exc)

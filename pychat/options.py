@@ -92,6 +92,12 @@ def bus_name(text: str) -> str:
     return text
 
 
+def web_url(text: str) -> str:
+    if text and not re.fullmatch(r"https?://[^/\s?#]+", text.rstrip("/")):
+        raise BadValue(f"not a base URL (http(s)://host[:port], no path): {text!r}")
+    return text.rstrip("/")
+
+
 def origin_list(text: str) -> str:
     for origin in filter(None, (o.strip() for o in text.split(","))):
         if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
@@ -264,6 +270,12 @@ OPTIONS: tuple[Option, ...] = (
            "the web door's TCP port (0: any free port, printed when ready); every acceptor "
            "shares it, on --host", (SERVE, ACCEPTOR), type=port, forward=Forward.BY_SERVE,
            doc="the web door's port; `0` picks a free one, printed"),
+    Option("--web-url", "PYCHAT_WEB_URL", "",
+           "the web door's address as clients reach it, for the URLs of files (e.g. "
+           "https://chat.example.org behind a proxy; default: http(s)://--host:--web-port)",
+           (SERVE, ACCEPTOR), type=web_url, forward=Forward.ACCEPTORS,
+           doc="the web door's public base URL, for the URLs of uploads and files",
+           doc_default="`http(s)://HOST:WEB_PORT`"),
     Option("--web-origins", "PYCHAT_WEB_ORIGINS", "",
            "web pages (origins, e.g. https://chat.example.org) allowed to open the WebSocket "
            "besides the door's own pages, comma-separated; * allows any", (SERVE, ACCEPTOR),
@@ -360,6 +372,9 @@ OPTIONS: tuple[Option, ...] = (
            seconds_or_off, "until a client's first newline, seconds after which an unfinished "
                            "piece is taken as a line (for clients that send one message per "
                            "packet with no newline); `0`: never"),
+    _limit("--transfer-stall", "seconds an upload's body or a download may move nothing on the "
+                               "web door before it is given up (HTTP 408)",
+           positive(float), "seconds an upload or a download may stall before it is given up"),
     _limit("--ping-after", "seconds a WebSocket or IRC client may be silent before the server "
                            "pings it (browsers and IRC clients answer by themselves; 0: never)",
            seconds_or_off, "seconds of silence before a WebSocket or IRC client is pinged (its "
@@ -515,6 +530,35 @@ OPTIONS: tuple[Option, ...] = (
            (SERVE, ROUTER), choices=("sqlite", "memory"), forward=Forward.ROUTER,
            doc="`sqlite`: accounts, bans, room owners and topics in `accounts.sqlite3` in "
                "`--data-dir`; `memory`: lost when the router stops"),
+    Option("--files", "PYCHAT_FILES", "sqlite",
+           "where sent files live: sqlite (files/ in --data-dir: blobs and files.sqlite3, kept "
+           "across restarts), memory (lost when the router stops) or off (no /upload)",
+           (SERVE, ROUTER), choices=("sqlite", "memory", "off"), forward=Forward.ROUTER,
+           doc="`sqlite`: files sent with `/upload` in `files/` in `--data-dir`; `memory`: "
+               "lost when the router stops; `off`: no uploads"),
+    Option("--upload-ttl", "PYCHAT_UPLOAD_TTL", 600.0,
+           "seconds the URL /upload gives stays valid for its PUT", (SERVE, ROUTER),
+           type=positive(float), forward=Forward.ROUTER,
+           doc="seconds an `/upload` URL stays valid (PROTOCOL Part 5: 10 minutes)"),
+    Option("--files-max-mb", "PYCHAT_FILES_MAX_MB", 100.0, "largest file one may send, in MiB",
+           (SERVE, ROUTER), type=positive(float), forward=Forward.ROUTER,
+           doc="largest file `/upload` takes, in MiB"),
+    Option("--files-quota-mb", "PYCHAT_FILES_QUOTA_MB", 1024.0,
+           "MiB of files one account (a guest: one address) may have stored (0: no quota)",
+           (SERVE, ROUTER), type=zero_or_more("MiB", "no quota"), forward=Forward.ROUTER,
+           doc="MiB of stored files per account (a guest: per address); `0`: no quota"),
+    Option("--files-per-hour", "PYCHAT_FILES_PER_HOUR", 60.0,
+           "uploads one account (a guest: one address) may begin per hour (0: no limit)",
+           (SERVE, ROUTER), type=zero_or_more("uploads", "no limit"), forward=Forward.ROUTER,
+           doc="uploads per account (a guest: per address) per hour; `0`: no limit"),
+    Option("--files-total-gb", "PYCHAT_FILES_TOTAL_GB", 10.0,
+           "GiB all stored files may take; past it the oldest are deleted first (0: no limit)",
+           (SERVE, ROUTER), type=zero_or_more("GiB", "no limit"), forward=Forward.ROUTER,
+           doc="GiB of all stored files; past it the oldest go first; `0`: no limit"),
+    Option("--files-max-age", "PYCHAT_FILES_MAX_AGE", 30.0,
+           "days a file is kept (0: until the store is full)", (SERVE, ROUTER),
+           type=zero_or_more("days", "until the store is full"), forward=Forward.ROUTER,
+           doc="days a sent file is kept; `0`: until the store needs the room"),
     Option("--require-login", "PYCHAT_REQUIRE_LOGIN", False,
            "guests may only /nick, /register, /login, /resume, /help, /ping and /quit: "
            "everything else needs an account", (SERVE, ROUTER), type=bool,

@@ -16,6 +16,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 
 import zmq
 
@@ -33,11 +34,13 @@ from pychat.options import ROUTER, add_options
 
 from .accounts import AccountsError, AccountStore
 from .clock import LocalClock, NtpClock, parse_servers
+from .files import FileLimits, FileStore, FileStoreError, GiB, MiB
 from .history import MemoryHistory
 from .passwords import Jobs, Passwords
 from .server import RouterServer
 from .sqlite_history import HistoryError, SqliteHistory
 from .state import RouterState
+from .transfers import Transfers
 
 DAY = 86400.0
 # test hook, not an option: seconds the history writer sleeps per batch (a slow disk)
@@ -111,6 +114,25 @@ def make_accounts(args: argparse.Namespace) -> AccountStore:
     return store
 
 
+def make_transfers(args: argparse.Namespace) -> Transfers | None:
+    """The file store and its transfers (None: --files off). Raises FileStoreError."""
+    if args.files == "off":
+        log.info("files: off (no /upload)")
+        return None
+    limits = FileLimits(max_file=int(args.files_max_mb * MiB),
+                        user_quota=int(args.files_quota_mb * MiB),
+                        uploads_per_hour=args.files_per_hour,
+                        max_total=int(args.files_total_gb * GiB),
+                        max_age=args.files_max_age * DAY)
+    if args.files == "memory":
+        log.info("files: in memory only (lost when the router stops)")
+        store = FileStore(None, limits).open_store()
+    else:
+        store = FileStore.in_folder(args.data_dir, limits).open_store()
+        log.info("files: %s", os.path.join(args.data_dir, "files"))
+    return Transfers(store, monotonic=time.monotonic, wall=time.time, ttl=args.upload_ttl)
+
+
 def read_pepper(path: str) -> bytes:
     """The pepper's bytes; AccountsError when the file cannot be read or is too short."""
     if not path:
@@ -153,10 +175,17 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", e)
         history.close()
         return 1
+    try:
+        transfers = make_transfers(args)
+    except (FileStoreError, ValueError) as e:
+        log.error("files: %s", e)
+        history.close()
+        accounts.close()
+        return 1
     jobs = Jobs(workers=args.login_workers)
     state = RouterState(clock, history, durable=args.durable, accounts=accounts,
                         passwords=Passwords(pepper), jobs=jobs, token_days=args.token_days,
-                        require_login=args.require_login)
+                        require_login=args.require_login, transfers=transfers)
     auth = None
     if curve is not None:  # the ZAP handler must be up before the socket binds
         auth = start_authenticator(zmq.Context.instance(), args.curve_clients)
@@ -198,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:  # SIGTERM/SIGINT end run(): save the history still queued before exiting
         clock.stop()
         jobs.close()
+        if transfers is not None:
+            transfers.close()
         history.close()
         accounts.close()
         if auth is not None:

@@ -33,7 +33,7 @@ from typing import Any
 
 import zmq
 
-from pychat.wire import bus
+from pychat.wire import bus, transfer
 from pychat.wire.link import Gate, RouterLink
 
 from .state import RouterState
@@ -81,7 +81,21 @@ class RouterServer:
         self._wake_w.setblocking(False)
         self.received = 0
         self.turn_seconds: Any = None  # a metrics Histogram when --metrics-port is given
+        # files (router/transfers.py): the file channel's messages, and the web doors' URLs
+        self.transfers = state.transfers
+        self._file_out: deque[tuple[bytes, list[bytes]]] = deque()  # pushed back by the socket
+        if self.transfers is not None:
+            self.transfers.poke = self.poke
+        state.web_url = self.web_url
         self._chat_counts: deque[tuple[float, int]] = deque()  # (when, chat messages so far)
+
+    def web_url(self, acceptor: str) -> str:
+        """The base URL of ``acceptor``'s web door; if it has none, another's ("": none)."""
+        peers = self.link.peers
+        peer = peers.get(acceptor)
+        if peer is not None and peer.web:
+            return peer.web
+        return next((p.web for p in peers.values() if p.web), "")
 
     def bind(self) -> None:
         self.sock.bind(self.endpoint)
@@ -115,7 +129,7 @@ class RouterServer:
                 push_at = self.state.next_push()
                 if push_at is not None:
                     wake = min(wake, push_at)
-                stuck = any(p.queue for p in link.peers.values())
+                stuck = any(p.queue for p in link.peers.values()) or bool(self._file_out)
                 timeout = 10 if stuck else max(0, int((wake - now) * 1000)) + 1
                 events = dict(poller.poll(timeout))
                 if self._wake_r.fileno() in events:
@@ -125,8 +139,9 @@ class RouterServer:
                     self._turn(now)
                 elif now >= wake:  # a heartbeat, a settling step, or a throttled list is due
                     self._tick(now)
-                elif self.state.jobs.ready:  # a password checked: its answer (end_turn drains)
-                    link.end_turn(now)
+                elif self.state.jobs.ready or (self.transfers is not None
+                                               and self.transfers.finished):
+                    link.end_turn(now)  # a password checked, a file stored: their answers
                 self._flush(now)
         finally:
             self.close()
@@ -155,6 +170,10 @@ class RouterServer:
             self.received += 1
             if frames[1:] == STATUS_ASK:
                 self._send_raw(frames[0], [bus.Status(json.dumps(self.status()))])
+            elif len(frames) > 1 and frames[1] == transfer.HEADER:
+                if self.transfers is not None and frames[0].decode("utf-8", "replace") \
+                        in link.peers:
+                    self.transfers.receive(frames[0], frames[1:])
             else:
                 link.receive(frames[0], frames[1:], now)
         if now >= link.next_wake(now):
@@ -165,6 +184,8 @@ class RouterServer:
             self.turn_seconds.observe(time.perf_counter() - began)
 
     def _tick(self, now: float) -> None:
+        if self.transfers is not None:
+            self.transfers.tick()  # expired and stalled uploads (told at this tick's turn)
         self.link.tick(now)
         self._sample_rate(now)
 
@@ -176,6 +197,8 @@ class RouterServer:
         while link.raw:
             ident, msgs = link.raw.popleft()
             self._send_raw(ident, msgs)
+        if self.transfers is not None:
+            self._send_files()
         while True:  # the results, then (once they all left) the acknowledgements
             link.release_held(now)  # durable: the turns whose rows are committed
             if link.turn_open:
@@ -200,6 +223,23 @@ class RouterServer:
                 continue
             if not link.release_acks():
                 break
+
+    def _send_files(self) -> None:
+        """The file channel's messages, in order; one the socket pushes back waits (its
+        transfer's credit bounds how many can)."""
+        assert self.transfers is not None
+        out = self._file_out
+        out.extend(self.transfers.out)
+        self.transfers.out.clear()
+        while out:
+            ident, frames = out[0]
+            try:
+                self.sock.send_multipart([ident, *frames], zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            except zmq.ZMQError as e:  # gone: its transfers end with it
+                log.debug("file channel: could not reach %r: %s", ident, e)
+            out.popleft()
 
     def poke(self) -> None:
         """Wake the loop from another thread (the history writer after a commit)."""

@@ -73,6 +73,7 @@ from pychat.wire.commands import (
     Token,
     Topic,
     Unban,
+    Upload,
     Users,
     describe,
     handlers,
@@ -81,8 +82,10 @@ from pychat.wire.commands import (
 
 from .accounts import SERVER, Account, AccountStore, account_target, address_target, fold
 from .clock import Clock
+from .files import FileError, StoredFile
 from .history import HistoryStore
 from .passwords import InlineJobs, Jobs, Passwords, token_digest
+from .transfers import Slot, Transfers
 
 log = logging.getLogger("pychat.router")
 
@@ -203,8 +206,13 @@ class RouterState:
                  accounts: AccountStore | None = None, passwords: Passwords | None = None,
                  jobs: Jobs | None = None, token_days: float = TOKEN_DAYS,
                  offline_limit: int = OFFLINE_LIMIT, wall: Callable[[], float] = time.time,
-                 require_login: bool = False):
+                 require_login: bool = False, transfers: Transfers | None = None,
+                 web_url: Callable[[str], str] | None = None):
         self.clock = clock
+        # files (PROTOCOL Part 5): uploads and downloads, None when the server keeps no files;
+        # web_url(acceptor) is the base URL of a web door for that acceptor's client ("": none)
+        self.transfers = transfers
+        self.web_url = web_url or (lambda acceptor: "")
         # accounts (PROTOCOL Part 3): the file, the hashing, and the pool that hashes
         self.accounts = accounts if accounts is not None else AccountStore(None).open()
         self.passwords = passwords if passwords is not None else Passwords()
@@ -378,7 +386,10 @@ class RouterState:
         return deliveries
 
     def acceptor_gone(self, acceptor: str) -> list[Delivery]:
-        """An acceptor died: its users leave, everyone else sees the new lists."""
+        """An acceptor died: its users leave, everyone else sees the new lists; the transfers
+        through its web door end."""
+        if self.transfers is not None:
+            self.transfers.acceptor_gone(acceptor.encode("utf-8"))
         for user in [u for u in self.users.values() if u.acceptor == acceptor]:
             self._remove(user)
         return self._take()
@@ -388,6 +399,8 @@ class RouterState:
         due (a large room's wait for its interval)."""
         if self.jobs.ready:
             self.jobs.drain()
+        if self.transfers is not None:
+            self._files_done()
         for room in list(self._dirty):
             self._settle(room)
         return self._take()
@@ -433,6 +446,63 @@ class RouterState:
         for each in targets:  # an account's every session (its devices)
             self._chat_conn(each, stamp, line)
         self._chat_conn(user, stamp, replies.format_private_to(target.uid, cmd.text))
+
+    def on_upload(self, user: User, cmd: Upload) -> None:
+        """A one-time URL for the file's bytes (PROTOCOL Part 5); its limits are checked now."""
+        transfers = self.transfers
+        base = self.web_url(user.acceptor)
+        if transfers is None or not base:
+            self._error(user, errors.UPLOADS_OFF, "this server takes no files" if transfers is None
+                        else "no web door to upload to")
+            return
+        target = ""
+        if cmd.target:
+            targets = self._resolve(cmd.target)
+            if not targets:
+                self._error(user, errors.NO_SUCH_USER, f"no such user {cmd.target}")
+                return
+            target = targets[0].uid
+        uploader = (f"account:{user.account_id}" if user.account
+                    else f"address:{user.address or user.uid}")
+        try:
+            slot = transfers.reserve(user.uid, user.acceptor, user.conn, uploader, cmd.size,
+                                     cmd.name, "" if target else user.room, target)
+        except FileError as e:
+            self._error(user, e.code, e.text)
+            return
+        self._to(user, replies.format_upload(f"{base}/upload/{slot.token}"))
+
+    def _files_done(self) -> None:
+        """Uploads finished (their FILE: lines go out) or given up (their senders are told)."""
+        assert self.transfers is not None
+        for slot, result in self.transfers.take_finished():
+            if isinstance(result, StoredFile):
+                self._post_file(slot, result)
+            else:
+                self._tell_uploader(slot, result.code, result.text)
+        for slot, code, why in self.transfers.take_failed():
+            self._tell_uploader(slot, code, why)
+
+    def _post_file(self, slot: Slot, f: StoredFile) -> None:
+        base = self.web_url(slot.acceptor) or next(
+            (url for url in map(self.web_url, self.acceptors()) if url), "")
+        stamp = replies.format_time(self.clock.now())
+        line = replies.format_file(slot.uid, f.size, base + f.path, f.name)
+        self.chat_messages += 1
+        if slot.room:
+            self.history.append(slot.room, stamp, line)
+            self._chat_room(slot.room, stamp, line)
+            return
+        self.history.append_private(stamp, slot.uid, slot.target, line)
+        for uid in dict.fromkeys((slot.target, slot.uid)):
+            if (user := self.users.get(uid)) is not None:
+                self._chat_conn(user, stamp, line)
+
+    def _tell_uploader(self, slot: Slot, code: str, why: str) -> None:
+        user = self.by_conn.get((slot.acceptor, slot.conn))
+        if user is not None and user.uid == slot.uid:
+            self._error(user, code if code in errors.CODES else errors.ABORTED,
+                        f"upload of {slot.name} failed: {why}")
 
     def _offline_msg(self, user: User, cmd: Private) -> None:
         """A /msg to a name that is not online: kept for a registered one (from a logged-in

@@ -289,7 +289,7 @@ def test_ten_thousand_wrong_passwords_in_a_minute(procs, connect):
             counts[code] += 1
             c.expect("END login", timeout=60)
     assert sum(counts.values()) == 10_000
-    endpoint = re.search(r"bus (ipc://\S+?)\)", "\n".join(p.output)).group(1)
+    endpoint = re.search(r"bus (ipc://\S+?)[,)]", "\n".join(p.output)).group(1)
     r = subprocess.run(python_m("pychat", "status", "--router", endpoint, "--json"),
                        capture_output=True, text=True, timeout=30)
     logins = json.loads(r.stdout)["logins"]

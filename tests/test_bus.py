@@ -55,6 +55,7 @@ from pychat.wire.commands import (
     Token,
     Topic,
     Unban,
+    Upload,
     Users,
     password_problem,
 )
@@ -68,6 +69,7 @@ ALL_CLASSES = (Hello, Heartbeat, Open, Close, Sync, Cmd, SessionSet, ToConn, ToR
 EXAMPLES = [
     Hello("acc-1", "e1f2"),
     Hello("acc-2", "e1f3", '["acc-1"]', 250),
+    Hello("acc-3", "e1f4", "[]", 1000, "https://chat.example.org:8443"),
     Heartbeat("epoch-9"),
     Heartbeat("epoch-9", 200),
     Seq(12),
@@ -118,6 +120,8 @@ EXAMPLES = [
     Cmd(9, Ban("bob", 0, "")),
     Cmd(9, Ban("10.0.0.1", 90, "12 monkeys")),
     Cmd(9, Unban("10.0.0.1")),
+    Cmd(9, Upload(1234, "cat.png", "")),
+    Cmd(9, Upload(0, "empty.txt", "bob")),
 ]
 
 
@@ -127,8 +131,8 @@ def test_the_examples_cover_every_message_class_and_every_routed_command():
 
 
 def test_header_is_versioned():
-    assert HEADER == b"pychat-bus/3"  # 3: sessions carry accounts and seals; Done, Notice
-    assert bus.VERSION == 3
+    assert HEADER == b"pychat-bus/4"  # 4: Hello carries the web door's URL
+    assert bus.VERSION == 4
 
 
 @pytest.mark.parametrize("msg", EXAMPLES, ids=repr)
@@ -246,6 +250,7 @@ def test_round_trip_any_fields(msgs):
     ToConn(1, "USERS:1\x1b]0;title\x07"),
     Err(1, "made-up-code", "x"),
     Hello("acc 1", "e"), Hello("acc", "e", "not json"), Hello("acc", "e", "[]", 0),
+    Hello("acc", "e", "[]", 1000, "javascript:alert(1)"), Hello("acc", "e", "[]", 1000, "http://x/path"),
     Heartbeat("e", 10 ** 12),
     Open(1, "x" * 2000),
 ], ids=repr)

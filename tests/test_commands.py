@@ -217,7 +217,7 @@ def test_help_lines_mention_every_command_word():
 _EXAMPLE_ARGS = {"msg": "123456 hi", "w": "123456 hi", "nick": "bob", "join": "#x", "cap": "time",
                  "register": "password1", "login": "bob password1",
                  "password": "password1 password2", "resume": "bob tok", "kick": "bob",
-                 "ban": "bob", "unban": "bob"}
+                 "ban": "bob", "unban": "bob", "upload": "12 cat.png"}
 
 
 def test_router_served_commands_are_the_routed_ones():

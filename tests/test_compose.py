@@ -179,6 +179,8 @@ NOT_IN_THE_FILE = {
         "PYCHAT_HISTORY_CACHE_ROOMS", "PYCHAT_HISTORY_CACHE_MB", "PYCHAT_DURABLE",
         "PYCHAT_NTP_MAX_OFFSET", "PYCHAT_ACCOUNTS", "PYCHAT_REQUIRE_LOGIN",
         "PYCHAT_PASSWORD_PEPPER_FILE", "PYCHAT_LOGIN_WORKERS", "PYCHAT_TOKEN_DAYS",
+        "PYCHAT_FILES", "PYCHAT_UPLOAD_TTL", "PYCHAT_FILES_MAX_MB", "PYCHAT_FILES_QUOTA_MB",
+        "PYCHAT_FILES_PER_HOUR", "PYCHAT_FILES_TOTAL_GB", "PYCHAT_FILES_MAX_AGE",
         # serve gives each acceptor child its own --name and --reuse-port
         "PYCHAT_ACCEPTOR_NAME", "PYCHAT_REUSE_PORT",
         # for a router serve starts on a tcp:// bus; the acceptors use the router service's

@@ -258,7 +258,8 @@ def test_private_messages_are_stored_only_with_history_private(procs, connect, t
 
 def test_memory_history_writes_no_file_and_is_lost_with_the_router(procs, connect, tmp_path):
     data = str(tmp_path / "data")
-    p, port = start_serve("--history", "memory", "--accounts", "memory", "--data-dir", data)
+    p, port = start_serve("--history", "memory", "--accounts", "memory", "--files", "memory",
+                          "--data-dir", data)
     procs.append(p)
     room = new_room()
     a = member(connect, port, room)

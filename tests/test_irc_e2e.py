@@ -552,3 +552,34 @@ def test_a_quiet_irc_client_is_pinged_and_its_pong_keeps_it(procs, clients):
     assert pings >= 3
     a.send("PING :alive")
     a.expect(r"PONG pychat :alive$")
+
+
+def test_an_irc_user_sees_a_file_sent_to_its_room_as_a_link(irc_serve, clients):
+    import urllib.request
+    port, irc_port = irc_serve
+    nick, name = unique("i"), unique("p")
+    room = "#" + unique("r")
+    a = irc(irc_port, clients)
+    a.register(nick)
+    a.send(f"JOIN {room}")
+    a.expect(rf"^:pychat 366 {nick} {room} ")
+    b = pychat(port, clients, name)
+    b.send(f"/join {room}")
+    b.expect(f"ROOM:{room}")
+    b.send("/upload 5 hello.txt")
+    url = b.expect_prefix("UPLOAD:")[len("UPLOAD:"):]
+    req = urllib.request.Request(url, data=b"hello", method="PUT")
+    with urllib.request.urlopen(req, timeout=TIMEOUT) as r:
+        file_url = r.read().decode().strip()
+    line = a.expect("sent a file")
+    assert line == f":{name}!{b.uid}@pychat PRIVMSG {room} :sent a file: hello.txt (5 bytes) " \
+                   f"{file_url}"
+    # and privately: to the IRC user's own nick
+    b.send(f"/upload 3 psst.txt {nick}")
+    url = b.expect_prefix("UPLOAD:")[len("UPLOAD:"):]
+    with urllib.request.urlopen(urllib.request.Request(url, data=b"abc", method="PUT"),
+                                timeout=TIMEOUT) as r:
+        file_url = r.read().decode().strip()
+    line = a.expect("psst.txt")
+    assert line == f":{name}!{b.uid}@pychat PRIVMSG {nick} :sent a file: psst.txt (3 bytes) " \
+                   f"{file_url}"

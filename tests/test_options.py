@@ -218,6 +218,9 @@ def test_a_program_outside_the_table_is_refused():
 SAMPLES = {
     "host": "127.0.0.2", "port": "40999", "irc_port": "40998", "web": "off", "web_port": "40997",
     "web_origins": "https://chat.example.org", "ping_after": "5", "acceptors": "3",
+    "web_url": "https://chat.example.org", "transfer_stall": "7", "upload_ttl": "60",
+    "files": "memory", "files_max_mb": "5", "files_quota_mb": "50", "files_per_hour": "10",
+    "files_total_gb": "1", "files_max_age": "3",
     "bus": "ipc://pychat-test-bus",
     "max_line": "1000", "send_queue": "1000", "send_queue_hard": "2000", "stall_check": "0.5",
     "sndbuf": "0", "flood_burst": "7", "flood_rate": "2.5", "lines_per_turn": "3",

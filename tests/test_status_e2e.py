@@ -27,7 +27,7 @@ def test_status_messages_round_trip():
 def test_status_shows_acceptors_users_rooms_and_rate(procs, connect):
     p, port = start_serve()
     procs.append(p)
-    endpoint = re.search(r"bus (ipc://\S+?)\)", "\n".join(p.output)).group(1)
+    endpoint = re.search(r"bus (ipc://\S+?)[,)]", "\n".join(p.output)).group(1)
     a, b, c = connect(port), connect(port), connect(port)
     for x in (a, b, c):
         x.handshake()

@@ -2,7 +2,7 @@
 
 Layout (documented in docs/ARCHITECTURE.md): one ZeroMQ multipart message is a *batch*:
 
-    frame 0      HEADER = b"pychat-bus/3"           (the version; anything else is dropped)
+    frame 0      HEADER = b"pychat-bus/4"           (the version; anything else is dropped)
     frame 1..n   one bus message each: UTF-8 fields joined by NUL, the first field its kind
 
 A field never contains NUL: text reaching the bus is sanitized (controls removed) and encode
@@ -30,8 +30,9 @@ from typing import ClassVar
 from .commands import Command, command_fields, command_from_fields, valid_name, valid_room
 from .errors import CODES, BusError
 
-VERSION = 3  # 2: relay gone (local replies wait for acks), heartbeat intervals announced;
-# 3: sessions carry their account and its seal, Sync its peer; Done, Notice
+VERSION = 4  # 2: relay gone (local replies wait for acks), heartbeat intervals announced;
+# 3: sessions carry their account and its seal, Sync its peer; Done, Notice; 4: Hello carries
+# the acceptor's web door URL
 MAX_FRAME = 16 << 20  # bytes per bus message (a /history reply of 200 long lines is < 1 MiB)
 MAX_BATCH = 200_000  # messages per batch (an acceptor's turn of reads is far fewer)
 HEADER = b"pychat-bus/%d" % VERSION
@@ -50,11 +51,13 @@ class Hello(BusMessage):
     """An acceptor announces itself (at start, and again when it sees a new router epoch).
     ``peers`` is a JSON list of the acceptors the last router told it about (``Peers``): a
     restarted router waits for all of them to resync before it serves chat. ``heartbeat_ms``
-    is the acceptor's heartbeat interval: the router judges its silence by it."""
+    is the acceptor's heartbeat interval: the router judges its silence by it. ``web``: the
+    base URL of its web door ("" for none), for the URLs of uploads and files."""
     acceptor: str
     epoch: str
     peers: str = "[]"
     heartbeat_ms: int = 1000
+    web: str = ""
     kind: ClassVar[str] = "hello"
 
 
@@ -322,6 +325,7 @@ _UID = re.compile(r"\d{6}\Z")
 _SEAL = re.compile(r"([0-9a-f]{64})?\Z")
 _STAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z\Z")
 MAX_INTERVAL_MS = 3_600_000
+_WEB = re.compile(r"https?://[^\s/?#]{1,255}\Z")
 
 
 def _line(text: str) -> bool:
@@ -367,6 +371,8 @@ def check(msg: BusMessage) -> str:
             return f"a heartbeat of {interval} ms"
         if isinstance(msg, Hello) and not (_TOKEN.match(msg.acceptor) and _names(msg.peers)):
             return "not an acceptor's name, or not a list of them"
+        if isinstance(msg, Hello) and msg.web and not _WEB.match(msg.web):
+            return "not a web door's URL"
     elif isinstance(msg, (Open, Close)):
         text = msg.peer if isinstance(msg, Open) else msg.reason
         if len(text) > 1024 or not _line(text):

@@ -166,6 +166,14 @@ class Ban(Command):
 
 
 @dataclass(frozen=True, slots=True)
+class Upload(Command):
+    size: int  # bytes
+    name: str  # the file's name, one word (a client sends its spaces as _)
+    target: str  # "": to the room; else a uid or a name, as /msg takes it
+    kind: ClassVar[str] = "upload"
+
+
+@dataclass(frozen=True, slots=True)
 class Unban(Command):
     target: str
     kind: ClassVar[str] = "unban"
@@ -315,6 +323,16 @@ def _ban(rest: str) -> Command:
     return Ban(target, minutes, more)
 
 
+def _upload(rest: str) -> Command:
+    parts = rest.split()
+    if len(parts) not in (2, 3) or not (parts[0].isascii() and parts[0].isdigit()):
+        raise ValueError
+    if len(parts[0]) > 15 or len(parts[1]) > 255:
+        raise ClientError("file too large, or its name too long (255 characters at most)",
+                          errors.TOO_LARGE if len(parts[0]) > 15 else errors.USAGE, "upload")
+    return Upload(int(parts[0]), parts[1], parts[2] if len(parts) == 3 else "")
+
+
 def _unban(rest: str) -> Command:
     (target,) = _words(rest, 1)
     return Unban(target)
@@ -377,6 +395,9 @@ TABLE: tuple[Spec, ...] = (
          "of your room", heavy=True),
     Spec(("unban",), "<account or address>", Unban, _unban, ROUTER, "on_unban",
          "lift a ban"),
+    Spec(("upload",), "<bytes> <filename> [target]", Upload, _upload, ROUTER, "on_upload",
+         "send a file: you get a one-time URL to PUT its bytes to; then the room (or the "
+         "target) gets its FILE: line"),
     Spec(("cap",), "<capability>...", Cap, _cap, LOCAL, "on_cap",
          "ask for capabilities: time (tag chat lines with @time=), codes (tag ERROR: lines "
          "with @code=), end (END <command> after each command's reply)"),

@@ -137,6 +137,7 @@ class AcceptorLink:
         self.max_backlog = max_backlog
         self.router_wait = router_wait
         self.peers = "[]"  # the acceptors the router last named (Peers), for our Hello
+        self.web = ""  # our web door's base URL, for our Hello ("": none)
         # what to hand to the socket, oldest first, with the numbered batch each one is (None: a
         # Hello batch); bounded: past max_backlog the oldest is refused
         self.out: deque[tuple[Frames, Sent | None]] = deque()
@@ -183,8 +184,8 @@ class AcceptorLink:
     def hello(self, sessions: list[BusMessage], now: float) -> None:
         """The Hello batch (unnumbered): who we are, then a Sync or Open per session held."""
         self.flush(now)
-        self._put(encode([Hello(self.name, self.epoch, self.peers, _ms(self.heartbeat)),
-                          *sessions]), None)
+        self._put(encode([Hello(self.name, self.epoch, self.peers, _ms(self.heartbeat),
+                                self.web), *sessions]), None)
 
     def resync(self, sessions: list[BusMessage], now: float) -> int:
         """A router that does not know us: the Hello batch, then every batch it has not
@@ -371,7 +372,8 @@ class LinkApp(Protocol):
 
 class Peer:
     """An acceptor the router knows."""
-    __slots__ = ("done", "epoch", "ident", "interval", "last_seen", "queue", "queued", "seq")
+    __slots__ = ("done", "epoch", "ident", "interval", "last_seen", "queue", "queued", "seq",
+                 "web")
 
     def __init__(self, ident: bytes, epoch: str, now: float, interval: float):
         self.ident = ident
@@ -382,6 +384,7 @@ class Peer:
         self.seq = 0  # the highest batch number taken from it
         self.done = 0  # the highest batch number handled (acknowledged at the end of a turn)
         self.queued = 0  # batches ever put in ``queue`` (what left it: queued - len(queue))
+        self.web = ""  # its web door's base URL (Hello), "" for none
 
 
 class RouterLink:
@@ -520,6 +523,7 @@ class RouterLink:
             self._add(acceptor, Heartbeat(self.epoch, _ms(self.heartbeat)))
             self._joined(msg.peers, now)
         self._check_interval(acceptor, peer, msg.heartbeat_ms)
+        peer.web = msg.web
         return peer
 
     def _check_interval(self, acceptor: str, peer: Peer, interval_ms: int) -> None:

@@ -123,6 +123,16 @@ def format_private_from_name(name: str, text: str) -> str:
     return f"[Private] {name}: {text}"
 
 
+def format_upload(url: str) -> str:
+    """The one-time URL an ``/upload``'s bytes go to, by one HTTP ``PUT``."""
+    return f"UPLOAD:{url}"
+
+
+def format_file(uid: str, size: int, url: str, name: str) -> str:
+    """A file ``uid`` sent (to the room, or to a target and the sender): a chat line."""
+    return f"FILE:{uid} {size} {url} {name}"
+
+
 # ---- client side -------------------------------------------------------------------------------
 
 @dataclass(frozen=True, slots=True)
@@ -255,6 +265,22 @@ class TokenIssued(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class UploadUrl(Event):
+    """Where to ``PUT`` the bytes of the file just announced by ``/upload``."""
+    url: str
+
+
+@dataclass(frozen=True, slots=True)
+class FileShared(Event):
+    """A file sent to the room (or privately): its sender, size, URL and name."""
+    stamp: str | None
+    uid: str
+    size: int
+    url: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
 class Info(Event):
     """Any other line (``HELP:`` lines, lines from a newer server)."""
 
@@ -267,6 +293,7 @@ _PARTY = r"([A-Za-z0-9_-]{1,24})"
 _PRIV_TO = re.compile(rf"\[Private\] To {_PARTY}: (.*)\Z", re.S)
 _PRIV_FROM = re.compile(rf"\[Private\] {_PARTY}: (.*)\Z", re.S)
 _ROOM = re.compile(r"#[A-Za-z0-9_-]{1,32}\Z")
+_UID = re.compile(r"\d{6}\Z")
 
 
 def _count(text: str) -> bool:
@@ -334,6 +361,12 @@ def parse_server_line(line: str) -> Event:
             fields = rest.split()
             if len(fields) == 3 and rest.startswith(" "):
                 return TokenIssued(line, *fields)
+        if head == "UPLOAD" and rest and " " not in rest:
+            return UploadUrl(line, rest)
+        if head == "FILE":
+            uid, size, url, name = (rest.split(" ", 3) + ["", "", "", ""])[:4]
+            if _UID.match(uid) and _count(size) and url and name:
+                return FileShared(line, stamp, uid, int(size), url, name)
     if body == WELCOME:
         return Welcome(line)
     if body == "BYE" or body.startswith("BYE "):
