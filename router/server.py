@@ -293,6 +293,11 @@ class RouterServer:
             "messages_per_s": round(rate, 2),
             "clock": status_of(state.clock),
             "history": status_of(state.history),
+            "files": {} if self.transfers is None else {
+                **status_of(self.transfers.store), "uploads_waiting": len(self.transfers.slots),
+                "uploads_done": self.transfers.uploads_done,
+                "downloads_running": len(self.transfers.downloads),
+                "downloads_done": self.transfers.downloads_done},
         }
 
     def register_metrics(self, m: Any) -> None:
@@ -319,6 +324,14 @@ class RouterServer:
                 lambda: (status_of(state.clock).get("offset_ms") or 0) / 1000)
         m.gauge("pychat_router_history_pending", "history rows waiting for the disk",
                 lambda: status_of(state.history).get("pending", 0))
+        transfers = self.transfers
+        if transfers is not None:
+            m.counter("pychat_router_uploads_total", "files stored from /upload",
+                      lambda: transfers.uploads_done)
+            m.counter("pychat_router_downloads_total", "file downloads completed",
+                      lambda: transfers.downloads_done)
+            m.gauge("pychat_router_files_bytes", "bytes of stored files",
+                    lambda: transfers.store.usage()[1])
         self.turn_seconds = m.histogram(
             "pychat_router_turn_seconds", "time to handle one turn of bus batches",
             (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0))

@@ -46,6 +46,7 @@ log = logging.getLogger("pychat.router")
 
 UPLOAD_TTL = 600.0  # seconds an upload URL stays valid (PROTOCOL Part 5: 10 minutes)
 STALL = 60.0  # seconds an upload's body may send nothing before it is given up
+EXPIRE_EVERY = 60.0  # seconds between sweeps of files past --files-max-age
 DOWNLOAD_WINDOW = 4  # chunks a download starts with (its door grants more as its client reads)
 
 
@@ -94,6 +95,7 @@ class Transfers:
         self._lock = threading.Lock()
         self.uploads_done = 0
         self.downloads_done = 0
+        self._next_expiry = monotonic() + EXPIRE_EVERY
 
     # ---- /upload -----------------------------------------------------------------------------
 
@@ -272,8 +274,12 @@ class Transfers:
     # ---- time, departures ------------------------------------------------------------------
 
     def tick(self) -> None:
-        """Expired slots and stalled uploads are given up."""
+        """Expired slots and stalled uploads are given up; once a minute, files past their age
+        are deleted (in the pool's thread: a sweep may delete many)."""
         now = self.monotonic()
+        if now >= self._next_expiry:
+            self._next_expiry = now + EXPIRE_EVERY
+            self._pool.submit(self._expire)
         for slot in list(self.slots.values()):
             if slot.finishing:
                 continue
@@ -282,8 +288,14 @@ class Transfers:
             elif slot.by is not None and now - slot.last > STALL:
                 self._fail(slot, f"the upload stalled (nothing for {STALL:.0f} s)")
 
-    def next_tick(self) -> float | None:
-        return self.monotonic() + 1.0 if self.slots else None
+    def _expire(self) -> None:
+        try:
+            gone = self.store.expire(self.wall())
+        except Exception:  # the disk: logged; the next sweep tries again
+            log.exception("deleting old files failed")
+            return
+        if gone:
+            log.info("files: %d past their age deleted", gone)
 
     def acceptor_gone(self, ident: bytes) -> None:
         for key, slot in list(self.streams.items()):

@@ -36,6 +36,7 @@ ACCEPTOR_ADDRS = ("10.77.0.2", "10.77.0.3")
 PREFIX = 24
 BUS_PORT = 65431
 CLIENT_PORT = 65432
+WEB_PORT = 65433
 
 # A line client like `nc`, run inside a namespace: stdin lines go to the server, server lines
 # come out on stdout; it exits when the server closes or stdin ends.
@@ -266,7 +267,8 @@ def test_router_and_acceptors_on_three_hosts_chat(hosts, tmp_path, curve):
         acceptors = []
         for ns, addr, keyflags in zip(hosts.acceptors, ACCEPTOR_ADDRS, acceptor_keys, strict=True):
             a = Proc(in_ns(ns, "pychat.acceptor", "--host", addr, "--port", str(CLIENT_PORT),
-                           "--router", f"tcp://{ROUTER_ADDR}:{BUS_PORT}", *keyflags),
+                           "--router", f"tcp://{ROUTER_ADDR}:{BUS_PORT}", "--web",
+                           "--web-port", str(WEB_PORT), *keyflags),
                      name=f"acceptor {addr}")
             started.append(a)
             a.wait_for(rf"listening on {addr}:{CLIENT_PORT}")
@@ -309,6 +311,25 @@ def test_router_and_acceptors_on_three_hosts_chat(hosts, tmp_path, curve):
             assert crossed == 0
         else:
             assert crossed >= 2  # a1 -> router (the command), router -> a2 (the chat line)
+
+        # a file across the hosts: PUT to a1's web door, its bytes over the bus to the router's
+        # store; the FILE: line to a2's client, which GETs the file from a2's own web door
+        data = os.urandom(200_000)
+        src = tmp_path / "across.bin"
+        src.write_bytes(data)
+        c1.send(f"/upload {len(data)} across.bin")
+        url = c1.expect_prefix("UPLOAD:")[len("UPLOAD:"):]
+        assert url.startswith(f"http://{ACCEPTOR_ADDRS[0]}:{WEB_PORT}/upload/"), url
+        put = subprocess.run(["ip", "netns", "exec", hosts.acceptors[0], "curl", "-sS", "--fail",
+                              "-T", str(src), url], capture_output=True, text=True, timeout=60)
+        assert put.returncode == 0, put.stderr
+        file_url = put.stdout.strip()
+        assert c2.expect_prefix("FILE:") == f"FILE:{u1} {len(data)} {file_url} across.bin"
+        there = file_url.replace(ACCEPTOR_ADDRS[0], ACCEPTOR_ADDRS[1])
+        got = subprocess.run(["ip", "netns", "exec", hosts.acceptors[1], "curl", "-sS", "--fail",
+                              there], capture_output=True, timeout=60)
+        assert got.returncode == 0, got.stderr
+        assert got.stdout == data
     finally:
         for p in reversed(started):
             p.stop()
