@@ -502,6 +502,17 @@ class IrcDoor:
             self._announce(changes, out)
         return out
 
+    def in_step(self) -> bool:
+        """Would a list change reach this client as JOIN/PART/NICK lines (and nothing else)?"""
+        return self.registered and not self.names_due
+
+    def apply_quietly(self, events: list[replies.Event]) -> None:
+        """Apply a list change to the room's list without making lines (another member in
+        step made them: the same lines, see ``Output._roster_doors``)."""
+        for event in events:
+            if type(event) in ROSTER_EVENTS:
+                self.roster.apply(event, QUIET)
+
     def _announce(self, changes: Changes, out: list[str]) -> None:
         me, room = self.uid, self.room
         for uid, name in changes.left.items():
@@ -742,6 +753,23 @@ class Changes:
 
     def named(self, uid: str, old: str | None) -> None:
         self.renamed.setdefault(uid, old if old is not None else self.gone.get(uid))
+
+
+class _Quiet(Changes):
+    """Changes that keep nothing (``IrcDoor.apply_quietly``)."""
+    __slots__ = ()
+
+    def arrived(self, uid: str) -> None:
+        pass
+
+    def departed(self, uid: str, name: str | None) -> None:
+        pass
+
+    def named(self, uid: str, old: str | None) -> None:
+        pass
+
+
+QUIET = _Quiet()
 
 
 class DoorRoster:

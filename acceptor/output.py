@@ -47,6 +47,17 @@ log = logging.getLogger("pychat.acceptor")
 FLUSH_SLICE = 128  # clients a round writes before the loop gets a turn (reads, router batches)
 
 
+def uids_named(events: list[replies.Event]) -> set[str]:
+    """The uids a list change names (who arrived, left or was renamed)."""
+    out: set[str] = set()
+    for event in events:
+        if isinstance(event, (replies.Joined, replies.Left)):
+            out.update(event.uids)
+        elif isinstance(event, replies.Named):
+            out.update(uid for uid, _ in event.names)
+    return out
+
+
 class Output:
     def __init__(self, loop: asyncio.AbstractEventLoop, limits: Limits, stats: dict[str, int],
                  on_drop: Callable[[Session, str], None], before_slice: Callable[[], None]):
@@ -193,17 +204,43 @@ class Output:
     def roster(self, room: str, text: str, delta: str) -> None:
         """A room's USERS/NAMES push: the whole lists, or to members with ``/cap deltas`` that
         have a list to apply it to, the change (``delta``; when empty, the lists too)."""
-        for s in self.doors.get(room, ()):
-            if s.conn.cap_deltas and not s.fresh and delta:
-                s.send_line(delta)
-            else:
-                s.fresh = False
-                s.send_line(text)
+        if room in self.doors:
+            self._roster_doors(self.doors[room], text, delta)
         self._roster(self.rooms.get(room), (text + "\n").encode("utf-8"),
                      (delta + "\n").encode("utf-8") if delta else b"")
         if room in self.webs:  # the same, framed once
             self._roster(self.webs[room], web.frames(text.encode("utf-8")),
                          web.frames(delta.encode("utf-8")) if delta else b"")
+
+    def _roster_doors(self, members: dict[Session, None], text: str, delta: str) -> None:
+        """A push for a room's IRC members. Those in step (a list to apply the change to, the
+        change not about themselves) all see the same JOIN/PART/NICK lines: the first of them
+        translates the change, the others only apply it to their lists and get the same bytes
+        (in a room of 1,000 a push of 300 arrivals was 300,000 lines made one by one: pauses
+        of 100 ms and more). The others each translate their own (a whole list, or a change
+        that names them)."""
+        shared: bytes | None = None
+        events: list[replies.Event] | None = None
+        named: set[str] = set()
+        for s in members:
+            door = s.door
+            if not (s.conn.cap_deltas and not s.fresh and delta):
+                s.fresh = False
+                s.send_line(text)
+                continue
+            if events is None:
+                events = [replies.parse_server_line(line) for line in delta.split("\n")]
+                named = uids_named(events)
+            if door is None or not door.in_step() or s.uid in named:
+                s.send_line(delta)
+            elif shared is None:
+                shared = "".join(f"{line}\r\n" for line in door.from_core(delta)).encode("utf-8")
+                if shared:
+                    self.queue(s, shared)
+            else:
+                door.apply_quietly(events)
+                if shared:
+                    self.queue(s, shared)
 
     def _roster(self, members: dict[Session, None] | None, full: bytes, change: bytes) -> None:
         if not members:

@@ -452,3 +452,25 @@ def test_cap_negotiation_ls_req_nak_list_end():
     assert core == [] and out == []  # registration waits for CAP END
     core, out = d.receive(b"CAP END\r\n")
     assert core == [b"/nick carol"]
+
+
+def test_members_in_step_see_the_same_lines_for_a_change_applied_quietly():
+    """Output._roster_doors translates a push once for the room's IRC members in step and only
+    applies it to the others' lists: that must be what each would have made itself."""
+    import copy
+
+    from pychat.acceptor.output import uids_named
+    from pychat.wire import replies
+
+    a, b = registered("alice"), registered("alice")  # (two members: their own uid is not named)
+    assert a.in_step() and b.in_step()
+    b_alone = copy.deepcopy(b)
+    delta = "JOINED:300003,300004\nNAMED:300003=dave,200002=bobby\nLEFT:300004"
+    events = [replies.parse_server_line(line) for line in delta.split("\n")]
+    assert uids_named(events) == {"300003", "300004", "200002"}
+    made = a.from_core(delta)
+    b.apply_quietly(events)
+    assert b_alone.from_core(delta) == made  # what b would have shown: the same lines
+    assert made == [":bob!200002@pychat NICK :bobby", ":dave!300003@pychat JOIN #lobby"]
+    assert b.roster.uids == b_alone.roster.uids == a.roster.uids
+    assert b.roster.names == b_alone.roster.names == a.roster.names
