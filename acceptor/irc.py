@@ -89,7 +89,7 @@ def split_text(text: str, budget: int) -> list[str]:
 class IrcDoor:
     __slots__ = ("account", "away", "buffer", "cap_ls", "caps", "discarding", "expect",
                  "history_left", "names_due", "nick", "parting", "quiet", "registered", "room",
-                 "roster", "sasl", "sasl_data", "sent_nick", "to_core", "uid", "user")
+                 "roster", "sasl", "sasl_data", "sent_nick", "shared", "to_core", "uid", "user")
 
     def __init__(self) -> None:
         self.buffer = b""
@@ -103,6 +103,7 @@ class IrcDoor:
         self.uid = ""
         self.room = ""
         self.roster = DoorRoster()
+        self.shared = False  # ``roster`` is the room's one list, shared with members in step
         self.names_due = False  # entered a room: its names go out when its lists are in
         self.parting = False
         self.away = False
@@ -478,12 +479,14 @@ class IrcDoor:
 
     # ---- output: what the core sends, as IRC lines --------------------------------------------
 
-    def from_core(self, text: str) -> list[str]:
+    def from_core(self, text: str, shared: bool = False) -> list[str]:
         """A PyChat server line (or several joined by ``\\n``) as IRC lines for this client.
         List changes cost what changed, not the room's size: a push's changes are gathered as
         they are applied and shown at the end as JOIN, PART and NICK lines (in a room of
         1,000 every member takes every arrival: copying and diffing the list per push made a
-        room filling up cost the cube of its size)."""
+        room filling up cost the cube of its size). A list shared with other members is
+        copied before a change of this member's own, unless ``shared``: the change is the
+        room's, for all of them (``Output._roster_doors``)."""
         out: list[str] = []
         room, due = self.room, self.names_due  # entering a room: its lists are no change
         changes: Changes | None = None
@@ -492,6 +495,8 @@ class IrcDoor:
             if type(event) in ROSTER_EVENTS:
                 if changes is None:
                     changes = Changes()
+                if self.shared and not shared:  # this member's own list from now on
+                    self.roster, self.shared = self.roster.copy(), False
                 self.roster.apply(event, changes)
                 if isinstance(event, replies.NameList) and self.names_due:
                     self._names_now(out)
@@ -506,12 +511,11 @@ class IrcDoor:
         """Would a list change reach this client as JOIN/PART/NICK lines (and nothing else)?"""
         return self.registered and not self.names_due
 
-    def apply_quietly(self, events: list[replies.Event]) -> None:
-        """Apply a list change to the room's list without making lines (another member in
-        step made them: the same lines, see ``Output._roster_doors``)."""
-        for event in events:
-            if type(event) in ROSTER_EVENTS:
-                self.roster.apply(event, QUIET)
+    def share(self, roster: DoorRoster) -> None:
+        """Take the room's one list (another member in step applied the push to it and made
+        the lines this member would have made: ``Output._roster_doors``)."""
+        self.roster = roster
+        self.shared = True
 
     def _announce(self, changes: Changes, out: list[str]) -> None:
         me, room = self.uid, self.room
@@ -755,23 +759,6 @@ class Changes:
         self.renamed.setdefault(uid, old if old is not None else self.gone.get(uid))
 
 
-class _Quiet(Changes):
-    """Changes that keep nothing (``IrcDoor.apply_quietly``)."""
-    __slots__ = ()
-
-    def arrived(self, uid: str) -> None:
-        pass
-
-    def departed(self, uid: str, name: str | None) -> None:
-        pass
-
-    def named(self, uid: str, old: str | None) -> None:
-        pass
-
-
-QUIET = _Quiet()
-
-
 class DoorRoster:
     """A room's members as the door keeps them: ``uids`` an ordered set (a dict), ``names``.
     A change (``JOINED:``, ``LEFT:``, ``NAMED:``) costs what it changes; a whole list
@@ -781,6 +768,11 @@ class DoorRoster:
     def __init__(self) -> None:
         self.uids: dict[str, None] = {}
         self.names: dict[str, str] = {}
+
+    def copy(self) -> DoorRoster:
+        other = DoorRoster()
+        other.uids, other.names = dict(self.uids), dict(self.names)
+        return other
 
     def apply(self, event: replies.Event, changes: Changes) -> None:
         uids, names = self.uids, self.names

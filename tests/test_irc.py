@@ -468,9 +468,17 @@ def test_members_in_step_see_the_same_lines_for_a_change_applied_quietly():
     delta = "JOINED:300003,300004\nNAMED:300003=dave,200002=bobby\nLEFT:300004"
     events = [replies.parse_server_line(line) for line in delta.split("\n")]
     assert uids_named(events) == {"300003", "300004", "200002"}
-    made = a.from_core(delta)
-    b.apply_quietly(events)
+    made = a.from_core(delta, shared=True)
+    a.share(a.roster)
+    b.share(a.roster)
     assert b_alone.from_core(delta) == made  # what b would have shown: the same lines
     assert made == [":bob!200002@pychat NICK :bobby", ":dave!300003@pychat JOIN #lobby"]
-    assert b.roster.uids == b_alone.roster.uids == a.roster.uids
-    assert b.roster.names == b_alone.roster.names == a.roster.names
+    assert b.roster is a.roster
+    assert b.roster.uids == b_alone.roster.uids and b.roster.names == b_alone.roster.names
+    # the next shared change: applied once, seen by both
+    assert a.from_core("LEFT:300003", shared=True) == [":dave!300003@pychat PART #lobby"]
+    assert "300003" not in b.roster.uids
+    # a change of b's own (a whole list: b re-entered, say) leaves a's list alone
+    b.from_core(f"USERS:{ME}")
+    assert b.roster is not a.roster and list(b.roster.uids) == [ME]
+    assert "200002" in a.roster.uids
