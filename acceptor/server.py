@@ -127,7 +127,12 @@ class Acceptor:
             if web_port is not None:  # and the web door (https:// and wss://)
                 self._web_tls = self._listen_tls(host, web_port, reuse_port, WebSession)
         if web_port is not None:  # told to the router: the URLs of uploads and files
-            where = f"[{host}]" if ":" in host else host
+            where = host
+            if not web_url and host in ("0.0.0.0", "::", ""):  # every address: name this host
+                where = socket.gethostname()
+                log.warning("the URLs of files name this host as %r (--host %s): set --web-url "
+                            "to the address clients reach", where, host or "''")
+            where = f"[{where}]" if ":" in where else where
             self.web_base = web_url or f"{'https' if ssl else 'http'}://{where}:{self.web_port()}"
             self.bus.link.web = self.web_base
         self.bus.link.hello([], self.loop.time())

@@ -10,6 +10,8 @@
 //   apply(event) returns the log line to show
 // - the page: the DOM, built with createElement and textContent only. Text from the network
 //   is never parsed as HTML; links are <a> elements whose href is checked to be http(s).
+// - files (PROTOCOL Part 5): /upload, then the bytes by HTTP PUT to the UPLOAD: URL (on the
+//   page's own origin), with progress; FILE: lines as links, images with a preview.
 'use strict';
 
 (() => {
@@ -30,6 +32,9 @@
   const NAME_RE = /^[A-Za-z0-9_-]{1,24}$/;
   const ROOM_RE = /^#[A-Za-z0-9_-]{1,32}$/;
   const ALIASES = { w: 'msg', exit: 'quit' };
+  // the codes of an /upload's refusal (an ERROR: with another code answers something else)
+  const UPLOAD_REFUSALS = new Set(['too-large', 'quota', 'rate', 'store-full', 'no-such-user',
+    'uploads-off', 'bad-size', 'storage', 'usage', 'not-sent']);
 
   // ---- rules the server applies too (wire/commands.py), checked before sending ---------------
 
@@ -65,6 +70,7 @@
   const PRIV_FROM = new RegExp(`^\\[Private\\] ${PARTY}: ([\\s\\S]*)$`);
   const PUBLIC = /^(\d{6}): ([\s\S]*)$/;
   const ROOM_HEAD = /^#[A-Za-z0-9_-]{1,32}$/;
+  const FILE_BODY = /^(\d{6}) (\d{1,18}) (\S+) (.+)$/; // FILE:<uid> <bytes> <url> <name>
 
   const isCount = (text) => /^\d{1,18}$/.test(text);
   const list = (body) => (body ? body.split(',') : []);
@@ -128,6 +134,13 @@
         const text = sp < 0 ? '' : rest.slice(sp + 1);
         if (ROOM_HEAD.test(room)) return { type: head.toLowerCase(), raw: line, room, text };
       }
+      if (head === 'UPLOAD' && rest && !/\s/.test(rest)) return { type: 'uploadUrl', raw: line, url: rest };
+      if (head === 'FILE') {
+        const f = FILE_BODY.exec(rest);
+        if (f) {
+          return { type: 'file', raw: line, time, uid: f[1], size: Number(f[2]), url: f[3], name: f[4] };
+        }
+      }
       if (head === 'TOKEN' && rest.startsWith(' ')) {
         const fields = rest.trim().split(/\s+/);
         if (fields.length === 3) {
@@ -163,7 +176,7 @@
       this.attempt = 0;
       this.reconnects = restore ? 1 : 0; // after a reload: the old page's name may still be held
       this.delay = BACKOFF_FIRST_MS;
-      this.out = []; // {line, show, typed}: lines to send once connected and restored
+      this.out = []; // {line, show, typed, upload}: lines to send once connected and restored
       this.closing = false;
       this.stopWhy = '';
       this.c = null;
@@ -174,8 +187,8 @@
 
     start() { this.connect(); return this; }
 
-    send(line, show = false, typed = true) {
-      this.out.push({ line, show, typed });
+    send(line, show = false, typed = true, upload = null) {
+      this.out.push({ line, show, typed, upload });
       if (this.state === 'closed' && !this.closing) {
         this.stopWhy = '';
         this.connect();
@@ -234,6 +247,7 @@
         restoreDeadline: 0, wantRoom: '', quitting: false, lastRx: Date.now(), pingSent: 0,
         ends: false, asked: [], auths: [], writtenLogin: null, registerAfter: null,
         tokensAsked: 0, named: '', retryAuthAt: 0, authRetries: 0,
+        uploads: [], // the /upload lines written, oldest first: each answered by UPLOAD: or ERROR:
       };
       this.c = c;
       ws.onopen = () => {
@@ -259,6 +273,9 @@
       if (c.dead) return;
       c.dead = true;
       c.ws.onopen = c.ws.onmessage = c.ws.onclose = c.ws.onerror = null;
+      // /upload lines the server had not answered: asked again on the next connection
+      this.out.unshift(...c.uploads.map((u) => ({ line: u.line, show: false, typed: false, upload: u })));
+      c.uploads = [];
       try { c.ws.close(); } catch (e) { /* closing already */ }
       if (why === null || this.stopWhy || this.closing) {
         this.closed(this.stopWhy ? `disconnected: ${this.stopWhy}` : 'disconnected');
@@ -316,7 +333,7 @@
       if (!c || c.dead || !c.ready) return;
       this.takeLogin();
       while (this.out.length && !c.dead) {
-        const { line, show, typed } = this.out.shift();
+        const { line, show, typed, upload } = this.out.shift();
         const word = endWord(line);
         const args = line.split(/[ \t]+/).slice(1);
         if (word === 'nick' && args.length === 1 && !nameProblem(args[0])) {
@@ -331,6 +348,7 @@
         } else if (word === 'resume' && args.length === 2) {
           c.auths.push({ word: 'resume', name: args[0], token: args[1] });
         }
+        if (upload) c.uploads.push(upload);
         this.write(line, show);
         if (word === 'join') this.askHistory();
       }
@@ -547,8 +565,14 @@
             this.restored();
           }
           return false;
+        case 'uploadUrl':
+          if (c.uploads.length) {
+            this.emit({ type: 'uploadUrl', raw: ev.raw, url: ev.url, upload: c.uploads.shift() });
+            return false;
+          }
+          break;
         case 'error':
-          if (this.nickRefused(ev) || this.authRefused(ev)) return false;
+          if (this.uploadRefused(ev) || this.nickRefused(ev) || this.authRefused(ev)) return false;
           if (c.wantRoom && c.asked.length && c.asked[0][0] === 'join') {
             c.wantRoom = ''; // the room to restore refused us: the lobby
             this.emit(ev);
@@ -599,6 +623,17 @@
       }
     }
 
+    /** An ERROR: that answers the oldest /upload (a refusal); a PUT's later failure is not one. */
+    uploadRefused(ev) {
+      const c = this.c;
+      if (!c.uploads.length || /^upload of .* failed: /.test(ev.message)) return false;
+      if (ev.code ? !UPLOAD_REFUSALS.has(ev.code) : !c.ends) return false;
+      if (ev.code === 'not-sent' && !ev.message.includes('/upload')) return false; // a text line's
+      if (c.ends && !(c.asked.length && c.asked[0][0] === 'upload')) return false;
+      this.emit({ type: 'uploadRefused', upload: c.uploads.shift(), reason: ev.message, code: ev.code });
+      return true;
+    }
+
     nickRefused(ev) {
       const c = this.c;
       if (!c.pendingNicks.length) return false;
@@ -646,6 +681,19 @@
     return `${pad2(d.getHours())}:${pad2(d.getMinutes())}:${pad2(d.getSeconds())}`;
   }
 
+  /** 1234567 as "1.2 MB" (as the IRC door says it). */
+  function humanSize(n) {
+    if (n < 1000) return `${n} byte${n === 1 ? '' : 's'}`;
+    const units = ['KB', 'MB', 'GB', 'TB'];
+    let v = n / 1000;
+    let i = 0;
+    while (v >= 1000 && i < units.length - 1) {
+      v /= 1000;
+      i += 1;
+    }
+    return `${v.toFixed(1)} ${units[i]}`;
+  }
+
   const escapeRe = (s) => s.replace(/[.*+?^${}()|[\]\\-]/g, '\\$&');
 
   class ChatState {
@@ -683,6 +731,8 @@
     apply(ev) {
       switch (ev.type) {
         case 'chat': return this.chat(ev);
+        case 'file': return this.file(ev);
+        case 'uploadUrl': return ev.upload ? null : this.system(`upload URL: ${ev.url}`); // not ours
         case 'id':
           this.uid = ev.uid;
           this.users = [];
@@ -832,15 +882,32 @@
       return renamed.length ? this.system(renamed.join('; ')) : null;
     }
 
-    chat(ev) {
+    /** A chat line's place: in the history asked for, and whether it was shown already. */
+    arrived(time, key) {
       const inHistory = this.historyLeft > 0;
       if (inHistory) this.historyLeft -= 1;
-      if (ev.time) {
-        const key = [ev.time, ev.uid, ev.text, ev.priv, ev.to].join('\u0000');
+      if (time) {
         if (this.seen.has(key)) return null;
         this.seen.add(key);
         if (this.seen.size > DEDUP_MAX) this.seen.delete(this.seen.values().next().value);
       }
+      return { inHistory };
+    }
+
+    file(ev) {
+      const at = this.arrived(ev.time, [ev.time, ev.uid, 'FILE', ev.url].join('\u0000'));
+      if (!at) return null;
+      return {
+        clock: clockOf(ev.time), stamp: ev.time, kind: 'file', who: this.display(ev.uid), uid: ev.uid,
+        own: ev.uid === this.uid, text: `${ev.name} (${humanSize(ev.size)})`, mention: false,
+        history: at.inHistory, file: { url: ev.url, name: ev.name, size: ev.size },
+      };
+    }
+
+    chat(ev) {
+      const at = this.arrived(ev.time, [ev.time, ev.uid, ev.text, ev.priv, ev.to].join('\u0000'));
+      if (!at) return null;
+      const inHistory = at.inHistory;
       const mention = !!(this.mention && ev.uid !== this.uid && this.mention.test(ev.text));
       const base = { clock: clockOf(ev.time), stamp: ev.time, text: ev.text, mention, history: inHistory };
       if (ev.priv) {
@@ -887,6 +954,55 @@
     if (at < text.length) parent.append(document.createTextNode(text.slice(at)));
   }
 
+  // ---- files ------------------------------------------------------------------------------------
+
+  const IMAGE_NAME = /\.(png|jpe?g|gif|webp)$/i; // shown with a preview (the server sniffs the bytes)
+  const UPLOAD_PATH = /^\/upload\/[A-Za-z0-9_-]{16,64}$/;
+  const NAME_MAX = 255; // characters of a name /upload takes
+  const IMAGE_TYPES = { 'image/png': 'png', 'image/jpeg': 'jpg', 'image/gif': 'gif', 'image/webp': 'webp' };
+
+  const FILE_PATH = /^\/files\/[A-Za-z0-9_-]{16,64}\/[^/]+$/;
+
+  /** A URL from the network as a URL, when it is http(s) on this page's own origin; else null.
+   * A file's URL (``/files/<id>/<name>``) made with another address of the server (its
+   * --web-url, localhost for 127.0.0.1, a proxy's name) is taken on this page's own origin:
+   * every web door of the server serves every one of its files, and this page may fetch
+   * nothing from elsewhere anyway (its CSP). */
+  function ownUrl(raw, file = false) {
+    let url;
+    try { url = new URL(raw); } catch (e) { return null; }
+    if (url.protocol !== 'http:' && url.protocol !== 'https:') return null;
+    if (url.username || url.password) return null;
+    if (url.origin === location.origin) return url;
+    if (file && FILE_PATH.test(url.pathname) && !url.search && !url.hash) {
+      return new URL(url.pathname, location.origin);
+    }
+    return null;
+  }
+
+  /** A file's name as /upload takes it: one word (its spaces as _), at most 255 characters,
+   * keeping the extension when it must be cut. */
+  function wireName(name) {
+    const word = String(name || '').replace(/\s/g, '_') || 'file';
+    const chars = [...word];
+    if (chars.length <= NAME_MAX) return word;
+    const dot = word.lastIndexOf('.');
+    const ext = dot > 0 && word.length - dot <= 16 ? [...word.slice(dot)] : [];
+    return chars.slice(0, NAME_MAX - ext.length).join('') + ext.join('');
+  }
+
+  /** A pasted picture's name: the clipboard calls every one image.png. */
+  function pastedName(file) {
+    if (file.name && !/^image\.\w+$/.test(file.name)) return file.name;
+    const d = new Date();
+    const stamp = `${d.getFullYear()}-${pad2(d.getMonth() + 1)}-${pad2(d.getDate())}_`
+      + `${pad2(d.getHours())}-${pad2(d.getMinutes())}-${pad2(d.getSeconds())}`;
+    const ext = IMAGE_TYPES[file.type] || (/\.(\w+)$/.exec(file.name || '') || [])[1] || 'bin';
+    return `pasted-${stamp}.${ext}`;
+  }
+
+  const hasFiles = (e) => !!(e.dataTransfer && Array.from(e.dataTransfer.types || []).includes('Files'));
+
   function loadStored() {
     try {
       const v = JSON.parse(sessionStorage.getItem(STORE_KEY) || 'null');
@@ -903,6 +1019,9 @@
       this.queue = [];
       this.flushTimer = 0;
       this.unseen = 0;
+      this.stuck = true; // the log shows its end (a preview that loads keeps it there)
+      this.pickTarget = null; // the target a typed /upload chose for the file picker
+      this.dragDepth = 0;
       this.ui = {
         log: $('log'), users: $('users'), rooms: $('rooms'), input: $('input'),
         send: $('send'), sendForm: $('send-form'), room: $('room'), topic: $('topic'),
@@ -912,7 +1031,8 @@
         dialog: $('login'), loginForm: $('login-form'), loginName: $('login-name'),
         loginPassword: $('login-password'), loginError: $('login-error'),
         loginButton: $('login-button'), registerButton: $('register-button'),
-        guestButton: $('guest-button'),
+        guestButton: $('guest-button'), attach: $('attach'), fileInput: $('file-input'),
+        dropText: $('drop-text'),
       };
       this.wire();
       const stored = loadStored();
@@ -934,6 +1054,48 @@
       const u = this.ui;
       u.sendForm.addEventListener('submit', (e) => { e.preventDefault(); this.onSend(); });
       u.joinForm.addEventListener('submit', (e) => { e.preventDefault(); this.onJoinTyped(); });
+      u.attach.addEventListener('click', () => this.pickFiles(null));
+      u.fileInput.addEventListener('change', () => {
+        const files = [...u.fileInput.files].map((file) => ({ file, name: file.name }));
+        u.fileInput.value = ''; // the same file may be chosen again
+        const target = this.pickTarget !== null ? this.pickTarget : this.currentTarget();
+        this.pickTarget = null;
+        this.sendFiles(files, target);
+        if (!matchMedia('(pointer: coarse)').matches) u.input.focus(); // no keyboard popping up
+      });
+      u.input.addEventListener('paste', (e) => {
+        const files = e.clipboardData ? [...e.clipboardData.files] : [];
+        if (!files.length) return; // text: pasted as usual
+        e.preventDefault();
+        this.sendFiles(files.map((file) => ({ file, name: pastedName(file) })), this.currentTarget());
+      });
+      // files dropped anywhere on the page (never opened by the browser in place of the chat)
+      document.addEventListener('dragenter', (e) => {
+        if (!hasFiles(e)) return;
+        e.preventDefault();
+        if (this.dragDepth++ === 0) this.showDrop(true);
+      });
+      document.addEventListener('dragover', (e) => {
+        if (!hasFiles(e)) return;
+        e.preventDefault();
+        e.dataTransfer.dropEffect = 'copy';
+      });
+      document.addEventListener('dragleave', (e) => {
+        if (!hasFiles(e)) return;
+        this.dragDepth = Math.max(0, this.dragDepth - 1);
+        if (!this.dragDepth) this.showDrop(false);
+      });
+      document.addEventListener('drop', (e) => {
+        if (!hasFiles(e)) return;
+        e.preventDefault();
+        this.dragDepth = 0;
+        this.showDrop(false);
+        this.sendFiles([...e.dataTransfer.files].map((file) => ({ file, name: file.name })),
+          this.currentTarget());
+      });
+      u.log.addEventListener('scroll', () => {
+        this.stuck = u.log.scrollTop + u.log.clientHeight >= u.log.scrollHeight - 8;
+      }, { passive: true });
       u.usersToggle.addEventListener('click', () => this.toggle('users'));
       u.roomsToggle.addEventListener('click', () => this.toggle('rooms'));
       u.account.addEventListener('click', () => this.onAccount());
@@ -1064,7 +1226,140 @@
         this.session.quit();
         return;
       }
+      const args = text.split(/[ \t]+/).slice(1);
+      if (word === 'upload' && args.length <= 1) { // /upload [target]: the file from the picker
+        this.pickFiles(args.length ? args[0] : '');
+        return;
+      }
       this.session.send(text, true);
+    }
+
+    // -- files: /upload, then the bytes by PUT to the URL it gives
+
+    /** The user the input is addressing (`/msg bob ...`): files go to them; "" for the room. */
+    currentTarget() {
+      const m = /^\/(?:msg|w)[ \t]+(\S+)/i.exec(this.ui.input.value);
+      return m ? m[1] : '';
+    }
+
+    where(target) {
+      return target ? `privately to ${this.state.display(target)}` : `to ${this.state.room}`;
+    }
+
+    pickFiles(target) {
+      this.pickTarget = target;
+      this.ui.fileInput.click();
+    }
+
+    showDrop(on) {
+      document.body.classList.toggle('dragging', on);
+      this.ui.dropText.textContent = on ? `Drop files to send them ${this.where(this.currentTarget())}` : '';
+    }
+
+    /** files: [{file, name}], each sent with its own /upload, in order. */
+    sendFiles(files, target) {
+      if (!files.length) return;
+      if (!this.session) {
+        this.show(this.state.line('error', 'not connected: log in, or continue as a guest, to send files'));
+        return;
+      }
+      for (const { file, name } of files) {
+        const wire = wireName(name);
+        const u = {
+          file, name: wire, size: file.size, where: this.where(target), state: 'asking', percent: 0,
+          why: '', node: null, line: `/upload ${file.size} ${wire}${target ? ` ${target}` : ''}`,
+        };
+        this.show(this.state.line('upload', '', { upload: u }));
+        this.session.send(u.line, false, false, u);
+      }
+    }
+
+    /** The UPLOAD: URL answering u's /upload: the bytes go there in one PUT. */
+    put(u, raw) {
+      if (u.state !== 'asking') return; // cancelled while asking: the URL expires unused
+      let url = ownUrl(raw);
+      if (!url) {
+        // a URL on another origin (the server's --web-url is not the address this page has):
+        // the same upload on this page's own door, which takes any upload of its server; the
+        // page may connect to nothing else (its CSP: connect-src 'self')
+        let other = null;
+        try { other = new URL(raw); } catch (e) { other = null; }
+        if (other && UPLOAD_PATH.test(other.pathname) && !other.search) {
+          url = new URL(other.pathname, location.origin);
+        }
+      }
+      if (!url) {
+        this.setUpload(u, 'failed', `the server's upload URL is not one the page can use: ${raw}`);
+        return;
+      }
+      const xhr = new XMLHttpRequest(); // not fetch: its upload shows progress
+      u.xhr = xhr;
+      xhr.open('PUT', url.href);
+      xhr.upload.onprogress = (e) => {
+        if (e.lengthComputable && e.total) this.setUpload(u, 'sending', '', Math.floor((100 * e.loaded) / e.total));
+      };
+      xhr.onload = () => {
+        u.xhr = null;
+        if (xhr.status === 201) {
+          this.setUpload(u, 'sent');
+        } else {
+          const why = (xhr.responseText || xhr.statusText || '').trim().replace(/\s+/g, ' ').slice(0, 300);
+          this.setUpload(u, 'failed', `HTTP ${xhr.status}${why ? `: ${why}` : ''}`);
+        }
+      };
+      xhr.onerror = () => this.setUpload(u, 'failed', 'the connection to the server failed');
+      xhr.onabort = () => this.setUpload(u, 'failed', 'cancelled');
+      this.setUpload(u, 'sending', '', 0);
+      xhr.send(u.file);
+    }
+
+    cancelUpload(u) {
+      if (u.xhr) u.xhr.abort(); // its onabort says so
+      else this.setUpload(u, 'failed', 'cancelled');
+    }
+
+    setUpload(u, state, why = '', percent = 0) {
+      if (u.state === 'sent' || u.state === 'failed') return; // over
+      u.state = state;
+      u.why = why;
+      u.percent = percent;
+      if (u.node) this.fillUpload(u.node, u);
+    }
+
+    fillUpload(row, u) {
+      const failed = u.state === 'failed';
+      row.className = `line ${failed ? 'error' : 'upload'}`;
+      row.dataset.kind = failed ? 'error' : 'upload';
+      row.dataset.state = u.state;
+      const size = humanSize(u.size);
+      let text = `sending ${u.name} (${size}) ${u.where}: `;
+      if (failed) text = `could not send ${u.name} (${size}): ${u.why}`;
+      else if (u.state === 'sent') text = `sent ${u.name} (${size}) ${u.where}`;
+      else text += u.state === 'sending' ? `${u.percent}%` : 'asking the server';
+      row.querySelector('.mark').textContent = failed ? '! ' : '\u2191 ';
+      row.querySelector('.text').textContent = text;
+      let bar = row.querySelector('progress');
+      if (u.state === 'sent' || failed) {
+        if (bar) bar.remove();
+        const cancel = row.querySelector('button');
+        if (cancel) {
+          if (cancel === document.activeElement) this.ui.input.focus();
+          cancel.remove();
+        }
+        return;
+      }
+      if (!bar) {
+        bar = el('progress', 'upload-bar');
+        bar.max = 100;
+        bar.setAttribute('aria-label', `sending ${u.name}`);
+        const cancel = el('button', 'secondary upload-cancel', 'Cancel');
+        cancel.type = 'button';
+        cancel.setAttribute('aria-label', `Cancel sending ${u.name}`);
+        cancel.addEventListener('click', () => this.cancelUpload(u));
+        row.append(bar, cancel);
+      }
+      if (u.state === 'sending') bar.value = u.percent;
+      else bar.removeAttribute('value'); // waiting: indeterminate
     }
 
     onUserClick(uid) {
@@ -1162,6 +1457,12 @@
         case 'room':
           if (s) s.send('/rooms');
           break;
+        case 'uploadUrl':
+          if (ev.upload) this.put(ev.upload, ev.url);
+          break;
+        case 'uploadRefused':
+          this.setUpload(ev.upload, 'failed', ev.reason);
+          break;
         default:
           break;
       }
@@ -1215,6 +1516,13 @@
         time.title = new Date(ln.stamp).toLocaleString();
       }
       row.append(time, document.createTextNode(' '));
+      if (ln.upload) {
+        row.append(el('span', 'mark'), el('span', 'text'));
+        ln.upload.node = row;
+        this.fillUpload(row, ln.upload);
+        return row;
+      }
+      if (ln.kind === 'file') return this.fileNode(row, ln);
       if (ln.kind === 'system' || ln.kind === 'error') {
         const text = el('span', 'text');
         textNodes(text, ln.text);
@@ -1226,6 +1534,48 @@
       const text = el('span', 'text');
       textNodes(text, ln.text);
       row.append(el('span', 'who', ln.who), el('span', 'sep', ': '), text);
+      return row;
+    }
+
+    /** A FILE: line: who sent it, the name as a link (a download), its size; an image's preview
+     * below, a click opening it whole in a new tab. Only a URL on the page's own origin becomes
+     * a link or an image; another is shown as text. */
+    fileNode(row, ln) {
+      const f = ln.file;
+      if (ln.own) row.classList.add('own');
+      row.dataset.who = ln.who;
+      row.dataset.uid = ln.uid;
+      const url = ownUrl(f.url, true);
+      const text = el('span', 'text');
+      if (url) {
+        const a = el('a', 'file-name', f.name);
+        a.href = url.href;
+        a.download = f.name;
+        a.rel = 'noopener noreferrer';
+        text.append(a, el('span', 'file-size', ` (${humanSize(f.size)})`));
+        row.dataset.url = url.href;
+      } else {
+        text.textContent = `${f.name} (${humanSize(f.size)}) ${f.url}`;
+      }
+      row.append(el('span', 'who', ln.who), el('span', 'sep', ' sent '), text);
+      if (url && IMAGE_NAME.test(f.name)) {
+        const open = el('a', 'file-preview');
+        open.href = url.href;
+        open.target = '_blank';
+        open.rel = 'noopener noreferrer';
+        open.setAttribute('aria-label', `${f.name}: open the whole image in a new tab`);
+        const img = el('img');
+        img.alt = f.name;
+        img.loading = 'lazy';
+        img.decoding = 'async';
+        img.addEventListener('load', () => {
+          if (this.stuck) this.ui.log.scrollTop = this.ui.log.scrollHeight;
+        });
+        img.addEventListener('error', () => open.remove()); // gone from the store: the link stays
+        img.src = url.href;
+        open.append(img);
+        row.append(open);
+      }
       return row;
     }
 
