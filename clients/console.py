@@ -40,7 +40,17 @@ exit status is the first failure's:
 - 6: the server put us out: ``BYE kicked: ...`` or ``BYE banned: ...``;
 - 7: TLS: the server's certificate was refused (``--tls``, ``--ca``), the server does not speak
   TLS, or (without TLS) the server closed the first connection without a word, as a TLS server
-  does. It does not retry: the one line on stderr says which.
+  does. It does not retry: the one line on stderr says which;
+- 8: a file could not be sent (``/send``: no such file, refused by the server, the upload
+  failed) or saved (``/get``: no such number, the download failed).
+
+Files (PROTOCOL Part 5), handled by the client, not sent as typed: ``/send <path> [target]``
+sends a file to the room (or privately to ``target``), ``/files`` lists the files seen with
+their numbers, ``/get <n> [path]`` saves the n-th (default: its name in the current folder;
+never over an existing file: ``name-1.ext``...). A file line reads ``[12:00:01] alice sent
+cat.png (34.2 KB) #3 http://...``. On a terminal the bottom bar shows each transfer's progress
+bar; pipe mode prints one line when it ends, and waits for the transfers before it says
+goodbye at the end of stdin.
 
 TLS (``--tls``, or ``--ca FILE``): every connection, reconnects too, is TLS, its certificate
 verified; the connection's status line says so (``connected to host:port (TLS 1.3, verified)
@@ -57,6 +67,7 @@ from __future__ import annotations
 
 import asyncio
 import getpass
+import os
 import queue
 import re
 import sys
@@ -78,12 +89,15 @@ from .options import (
     tls_context,
 )
 from .session import Credentials, Session, TlsFailed
-from .state import ERROR, SYSTEM, ChatState, LogLine, clock_of
+from .state import ERROR, FILE, SYSTEM, ChatState, LogLine, Transfer, clock_of
+from .transfer import human_size, split_send
 
 QUIT_WORDS = ("/quit", "/exit")
+FILE_WORDS = ("/send", "/get", "/files")  # the client's own commands (files), never sent as typed
 COMMAND_WORDS = ["/msg", "/w", "/nick", "/users", "/join", "/rooms", "/history", "/cap",
                  "/ping", "/help", "/login", "/logout", "/register", "/password", "/topic",
-                 "/quit", "/exit"]
+                 "/send", "/get", "/files", "/quit", "/exit"]
+BAR_WIDTH = 20  # characters of a transfer's progress bar in the bottom bar
 # a typed line that carries a password: kept out of the input history
 SECRET_LINE = re.compile(r"\s*/(login|register|password|resume)\s+\S", re.I)
 # refusals a new password cannot mend (a login's is asked again; these are told and left)
@@ -98,6 +112,9 @@ STYLE = {
     "error": "ansired bold",
     "mention": "bg:ansiyellow ansiblack bold",
     "history": "#8a8a8a",
+    "file": "bold",
+    "number": "ansiyellow bold",
+    "url": "underline",
     "bottom-toolbar": "bg:#303030 #d0d0d0 noreverse",
 }
 
@@ -105,6 +122,11 @@ STYLE = {
 def fragments(line: LogLine) -> list[tuple[str, str]]:
     """A log line as prompt_toolkit styled text."""
     out = [("class:time", f"[{line.clock}] ")]
+    if line.kind == FILE and line.file is not None:
+        f = line.file
+        return out + [("class:own" if f.mine else "class:public", line.who), ("", " sent "),
+                      ("class:file", f.name), ("", f" ({f.size_text()}) "),
+                      ("class:number", f"#{f.number}"), ("", " "), ("class:url", f.url)]
     if line.kind == ERROR:
         return out + [("class:error", f"! {line.text}")]
     if line.kind == SYSTEM:
@@ -285,7 +307,60 @@ class Console:
 
     def toolbar(self):
         st = self.state
-        return f" {st.room} | {st.who()} | ID {st.uid or '?'} | {st.status} "
+        bar = f" {st.room} | {st.who()} | ID {st.uid or '?'} | {st.status} "
+        moving = [progress_bar(t) for t in st.transfers.values()]
+        return bar + ("\n " + "\n ".join(moving) if moving else "")
+
+
+def progress_bar(t: Transfer, width: int = BAR_WIDTH) -> str:
+    """``^ cat.png [=========>          ] 45% 1.2 MB/2.6 MB`` (``v`` for a download)."""
+    arrow = "^" if t.kind == events.UPLOAD else "v"
+    frac = t.fraction()
+    if frac is None:  # a download of unknown size
+        return f"{arrow} {t.name} {human_size(t.done)}"
+    full = int(frac * width)
+    bar = "=" * full + (">" if full < width else "") + " " * (width - full - 1)
+    return (f"{arrow} {t.name} [{bar}] {int(frac * 100):3d}% "
+            f"{human_size(t.done)}/{human_size(t.total)}")
+
+
+def file_list(state: ChatState) -> list[LogLine]:
+    """``/files``: one system line per file seen, with its number."""
+    if not state.files:
+        return [LogLine(clock_of(None), SYSTEM, "", "no files yet (files sent to your room or "
+                        "to you are numbered as they come)")]
+    return [LogLine(clock_of(None), SYSTEM, "", f"#{f.number} {f.name} ({f.size_text()}) from "
+                    f"{'you' if f.mine else f.who} {f.url}") for f in state.files]
+
+
+def file_command(text: str, session: Session, state: ChatState,
+                 show: Callable[[LogLine], None]) -> int | None:
+    """``/send``, ``/get`` or ``/files`` typed (both modes): the transfer's id when one starts,
+    else None (what went wrong, or the list, is given to ``show``)."""
+    word, _, rest = text.strip().partition(" ")
+    word, rest = word.lower(), rest.strip()
+
+    def error(message: str) -> None:
+        show(LogLine(clock_of(None), ERROR, "", message))
+
+    if word == "/files":
+        for line in file_list(state):
+            show(line)
+        return None
+    if word == "/send":
+        path, target = split_send(rest)
+        if not path:
+            error("usage: /send <path> [target]")
+            return None
+        return session.send_file(os.path.expanduser(path), target)
+    number, _, dest = rest.partition(" ")
+    f = state.file(int(number)) if number.isdigit() else None
+    if f is None:
+        error("usage: /get <n> [path]" if not number.isdigit()
+              else f"no file #{number} (/files lists them)")
+        return None
+    return session.download(f.url, os.path.abspath(os.path.expanduser(dest.strip() or ".")),
+                            f.name)
 
 
 def prompt_history(con: Console):
@@ -404,6 +479,8 @@ async def interactive(args) -> int:
                 session.set_name(text)
             elif text.split()[0].lower() in QUIT_WORDS:
                 break
+            elif text.split()[0].lower() in FILE_WORDS:
+                file_command(text, session, con.state, con.show)
             elif not con.typed_account_command(text):
                 session.send(text, show=True)
         await asyncio.to_thread(session.close)
@@ -414,13 +491,20 @@ async def interactive(args) -> int:
 # ---- pipe ------------------------------------------------------------------------------------
 
 # pipe mode's exit statuses (the module docstring says when)
-OK, NAME_REFUSED, USAGE, NO_CONNECTION, NOT_SENT, LOGIN_REFUSED, PUT_OUT, TLS = range(8)
+OK, NAME_REFUSED, USAGE, NO_CONNECTION, NOT_SENT, LOGIN_REFUSED, PUT_OUT, TLS, FILE_FAILED = \
+    range(9)
 GIVE_UP = 30.0  # seconds without a connection (at the start, or after a drop) before giving up
 WIND_DOWN = 2.0  # seconds then left to the session to stop: it may be inside a connect
 # ERROR codes meaning the line reached no one: the server could not pass it on, or would not take
 # it (matched by code, which the session asks for with /cap codes, never by the English text)
 UNSENT = (errors.NOT_SENT, errors.LINE_TOO_LONG)
 _EOF = object()  # the stdin thread's last item on the event queue
+
+
+@dataclass(frozen=True, slots=True)
+class _Typed:
+    """A stdin line for the main loop rather than the server (``/get``, ``/files``)."""
+    text: str
 
 
 def pipe(args) -> int:
@@ -473,6 +557,10 @@ def pipe(args) -> int:
         print(f"pychat console: {message}", file=sys.stderr, flush=True)
         status = status or code
 
+    def fail_quietly(code: int) -> None:  # (its line is on stdout)
+        nonlocal status
+        status = status or code
+
     def read_stdin() -> None:
         logged_in.wait()
         try:
@@ -484,15 +572,22 @@ def pipe(args) -> int:
                     got.put(ValueError(f"line {number} is not UTF-8; not sent"))
                     continue
                 if line.strip():
-                    session.send(line, show=True)
-                    if line.split()[0].lower() in QUIT_WORDS:
+                    word = line.split()[0].lower()
+                    if word in QUIT_WORDS:  # said by close(), once the transfers are done
                         break
+                    if word == "/send":  # here: the /upload goes in order with the lines
+                        file_command(line, session, state, got.put)
+                    elif word in FILE_WORDS:  # the files seen are the main loop's
+                        got.put(_Typed(line))
+                    else:
+                        session.send(line, show=True)
         except (OSError, ValueError) as e:  # ValueError: not text in a strict encoding
             got.put(e)
         got.put(_EOF)
 
     session.start()
     threading.Thread(target=read_stdin, name="stdin", daemon=True).start()
+    moving: set[int] = set()  # transfers not yet done (the goodbye waits for them)
     connected = ever_connected = ending = closing = said_bye = tls_failed = False
     deadline = time.monotonic() + GIVE_UP  # while not connected: when to give up
     while True:
@@ -509,6 +604,14 @@ def pipe(args) -> int:
             ending = True
         elif isinstance(ev, Exception):
             fail(USAGE, f"reading stdin: {ev}")
+        elif isinstance(ev, _Typed):
+            tid = file_command(ev.text, session, state, got.put)
+            if tid is not None:
+                moving.add(tid)
+        elif isinstance(ev, LogLine):  # what a file command had to say
+            print(ev.plain(), flush=True)
+            if ev.kind == ERROR:
+                fail_quietly(FILE_FAILED)
         elif isinstance(ev, TlsFailed):  # the session ends: its CLOSED status follows
             tls_failed = True
             fail(TLS, ev.reason)
@@ -539,9 +642,15 @@ def pipe(args) -> int:
                 said_bye = True
                 if ev.reason:
                     fail(PUT_OUT, f"the server closed the connection: {ev.reason}")
+            elif isinstance(ev, events.TransferProgress):
+                moving.add(ev.id)
+            elif isinstance(ev, events.TransferDone):
+                moving.discard(ev.id)
+                if ev.error:
+                    fail_quietly(FILE_FAILED)
             if line is not None:
                 print(line.plain(), flush=True)
-        if ending and connected and not closing:
+        if ending and connected and not closing and not moving:
             # on a connection: the lines queued go before the /quit, which close() adds
             closing = True
             session.close(timeout=0)

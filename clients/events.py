@@ -2,7 +2,8 @@
 
 The session hands the fronts every server line as a ``wire.replies`` event, plus these, which
 no server line carries: the connection's state, a name the server refused, a login that
-succeeded or was refused, and the end of the reply to a command a front asked to hear about.
+succeeded or was refused, the end of the reply to a command a front asked to hear about, and
+a file's transfer (its progress, then its result).
 """
 
 from __future__ import annotations
@@ -60,3 +61,37 @@ class Answered:
     """The server has answered all of a command sent with ``Session.send(show=True)``
     (its ``END``): e.g. a typed ``/users``, whose USERS and NAMES are now in the state."""
     word: str
+
+
+# ---- files (PROTOCOL Part 5) -------------------------------------------------------------------
+
+UPLOAD, DOWNLOAD = "upload", "download"
+
+
+@dataclass(frozen=True, slots=True)
+class TransferProgress:
+    """A file moving: ``done`` of ``total`` bytes (``total`` 0 when a download's size is not
+    known). The first comes at 0, the last at ``total``; in between at most every
+    ``transfer.PROGRESS_EVERY`` seconds, ``done`` never going down. Sent from the transfer's
+    own thread (``Session.send_file``, ``Session.download``)."""
+    id: int
+    kind: str           # UPLOAD or DOWNLOAD
+    name: str           # the file's name (an upload's as sent, spaces as _)
+    done: int
+    total: int
+
+
+@dataclass(frozen=True, slots=True)
+class TransferDone:
+    """A transfer ended. An upload's ``url`` is the file's (the server's ``FILE:`` line
+    announces it too); a download's ``path`` is where it was saved. ``error``: why it failed,
+    in one line ("" when it worked); ``code`` the server's error code when it refused the
+    ``/upload`` (``too-large``, ``quota``...)."""
+    id: int
+    kind: str
+    name: str
+    size: int
+    url: str = ""
+    path: str = ""
+    error: str = ""
+    code: str | None = None

@@ -20,6 +20,17 @@ verified`` beside who you are. A refused certificate (or a server that does not 
 without TLS, a server that closes at once as a TLS server does) ends the session: the status
 bar and a dialog say why.
 
+Files (PROTOCOL Part 5): **Send file...** beside Send (a file dialog) sends a file to the room;
+``/send <path> [target]``, ``/get <n> [path]`` and ``/files`` typed work as in the console, and
+pasting a file (a path, or a ``file://`` URI as file managers copy files) into the empty input
+makes it ``/send <path>``. Dropping a file on the window is not offered: Tk 8.6 takes drops
+only with the tkdnd extension (tkinterdnd2), which is not a dependency. The status bar shows a
+progress bar while files move. A ``FILE:`` line shows the sender, the file's name as a link
+(click: Save as; right click: Save as, Open, Copy link), its size and number; a PNG, JPEG, GIF
+or WebP (by its name, confirmed by its first bytes and by Pillow's decoder) also gets a
+thumbnail under the line, at most ``THUMB_SIZE`` px, fetched (at most ``THUMB_MAX_BYTES``) and
+scaled in a thread of its own. Pillow is optional: without it, no thumbnails.
+
 Threads (STYLE.md rule 10): the session's thread owns the socket and only puts events on a
 queue; Tk's thread polls that queue with ``after()``, applies the events to its ``ChatState`` and
 updates the widgets, a batch at a time. Sending only appends to the session's queue. So Tk
@@ -29,26 +40,88 @@ line; the log keeps at most ``log_limit`` lines (older ones are deleted in chunk
 
 from __future__ import annotations
 
+import io
 import queue
 import ssl
 import sys
+import threading
 import tkinter as tk
-from tkinter import ttk
-from typing import TypedDict
+import warnings
+import webbrowser
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from tkinter import filedialog, ttk
+from typing import Any, TypedDict
 
 from pychat.wire import errors, replies
 from pychat.wire.commands import LOBBY
 
-from . import events
+from . import events, transfer
+from .console import FILE_WORDS, file_command
 from .gui_probe import LagProbe, StateDump
 from .options import client_parser, env_password, name_problem, password_problem, tls_context
 from .session import Credentials, Session, TlsFailed
-from .state import ERROR, OWN, PRIVATE, SYSTEM, ChatState, LogLine, clock_of
+from .state import ERROR, FILE, OWN, PRIVATE, SYSTEM, ChatState, LogLine, SharedFile, clock_of
 
 POLL_MS = 30            # how often Tk takes the session's events
 MAX_EVENTS_PER_POLL = 5000
 TRIM_SLACK = 100        # delete in chunks of at least this many lines
 ROOMS_POLL_MS = 3000    # the room list is asked for again this often
+THUMB_SIZE = (240, 240)  # a thumbnail fits this box (width, height), its proportions kept
+THUMB_MAX_BYTES = 8 * 1024 * 1024  # larger images get no thumbnail (not fetched past this)
+THUMB_MAX_PIXELS = 40_000_000  # nor do images that would decode larger than this
+THUMB_FETCHES = 2  # thumbnails fetched at once
+THUMBS_KEPT = 200  # thumbnails kept (their Tk images); the log trims older lines anyway
+
+
+def pillow() -> tuple[Any, Any] | None:
+    """Pillow's ``Image`` and ``ImageTk`` modules, or None when it is not installed."""
+    try:
+        from PIL import Image, ImageTk  # type: ignore[import-not-found, unused-ignore]
+    except ImportError:
+        return None
+    return Image, ImageTk
+
+
+@dataclass(frozen=True, slots=True)
+class ThumbReady:
+    """A thumbnail thread's result (on the events queue): the scaled image (a Pillow image),
+    or None and why not."""
+    url: str
+    image: Any
+    why: str = ""
+
+
+def make_thumbnail(url: str, name: str, tls: ssl.SSLContext | None,
+                   cancelled: threading.Event | None = None) -> Any:
+    """The thumbnail of the image at ``url`` (a Pillow image, at most ``THUMB_SIZE``); a
+    ``TransferError`` when there is none to make: too large, not the image its name says (by
+    its first bytes and by Pillow's decoder), or unreadable. Any thread (no Tk here)."""
+    libs = pillow()
+    kind = transfer.image_kind(name)
+    if libs is None or not kind:
+        raise transfer.TransferError("no thumbnail for this file")
+    Image = libs[0]
+    buf = io.BytesIO()
+    transfer.get_to(url, buf, tls, cancelled=cancelled, limit=THUMB_MAX_BYTES)
+    if transfer.sniff_image(buf.getbuffer()[:16].tobytes()) != kind:
+        raise transfer.TransferError(f"not a {kind} image")
+    buf.seek(0)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(buf, formats=[kind])
+            if im.width * im.height > THUMB_MAX_PIXELS:
+                raise transfer.TransferError(f"{im.width}x{im.height} is too large a picture")
+            im.draft("RGB", (THUMB_SIZE[0] * 2, THUMB_SIZE[1] * 2))  # (JPEG: decode smaller)
+            im.thumbnail(THUMB_SIZE)
+            return im.convert("RGBA" if "A" in im.getbands() or "transparency" in im.info
+                              else "RGB")
+    except transfer.TransferError:
+        raise
+    except Exception as e:  # Pillow's many ways to say a file is bad
+        raise transfer.TransferError(f"not a readable {kind}: {e}") from None
 
 
 class _TagStyle(TypedDict, total=False):
@@ -74,6 +147,14 @@ class Gui:
         self.lines_received = 0
         self.user_uids: list[str] = []
         self.room_names: list[str] = []
+        # thumbnails: Tk images by URL (the newest last), lines waiting for one (by URL: the
+        # tags of their lines), and how many fetches may run at once
+        self.pillow = pillow()
+        self.thumbs: OrderedDict[str, tk.PhotoImage | Any] = OrderedDict()
+        self.thumb_waiting: dict[str, list[str]] = {}
+        self.thumb_slots = threading.BoundedSemaphore(THUMB_FETCHES)
+        self.thumb_cancel = threading.Event()
+        self.line_seq = 0
         self._build()
         self.lag = LagProbe(root)
         self.dump = StateDump.from_env(self)
@@ -148,7 +229,17 @@ class Gui:
         }
         for tag, opts in tag_styles.items():
             self.log.tag_configure(tag, **opts)
+        self.log.tag_configure("link", foreground="#1565c0", underline=True)
         self.log.tag_raise("mention")
+        self.log.tag_bind("link", "<Button-1>", self.on_link)
+        self.log.tag_bind("link", "<Button-3>", self.on_link_menu)
+        self.log.tag_bind("link", "<Enter>", lambda _e: self.log.configure(cursor="hand2"))
+        self.log.tag_bind("link", "<Leave>", lambda _e: self.log.configure(cursor=""))
+        self.link_menu = tk.Menu(self.log, tearoff=False)
+        self.menu_file: SharedFile | None = None
+        for label, action in (("Save as...", self.save_as), ("Open", self.open_file),
+                              ("Copy link", self.copy_link)):
+            self.link_menu.add_command(label=label, command=self.menu_command(action))
 
         right = ttk.Frame(root, padding=(0, 6, 6, 0))
         right.grid(row=0, column=2, sticky="ns")
@@ -167,16 +258,27 @@ class Gui:
         self.entry = ttk.Entry(bottom)
         self.entry.grid(row=0, column=1, sticky="we", padx=4)
         self.entry.bind("<Return>", self.on_send)
+        self.entry.bind("<<Paste>>", self.on_paste)
         self.send_button = ttk.Button(bottom, text="Send", command=self.on_send)
         self.send_button.grid(row=0, column=2)
+        self.file_button = ttk.Button(bottom, text="Send file...", command=self.on_send_file)
+        self.file_button.grid(row=0, column=3, padx=(4, 0))
         self.account_button = ttk.Button(bottom, text="Log in", command=self.on_account)
-        self.account_button.grid(row=0, column=3, padx=(4, 0))
+        self.account_button.grid(row=0, column=4, padx=(4, 0))
         status = ttk.Frame(root)
         status.grid(row=2, column=0, columnspan=3, sticky="we")
         status.columnconfigure(0, weight=1)
         self.status_var = tk.StringVar(value="starting")
         ttk.Label(status, textvariable=self.status_var, relief="sunken", anchor="w",
                   padding=(6, 1)).grid(row=0, column=0, sticky="we")
+        self.transfer_var = tk.StringVar(value="")  # "sending cat.png 45%" while files move
+        self.transfer_label = ttk.Label(status, textvariable=self.transfer_var, relief="sunken",
+                                        anchor="e", padding=(6, 1))
+        self.transfer_label.grid(row=0, column=3, sticky="e")
+        self.progress = ttk.Progressbar(status, length=140, maximum=1.0, mode="determinate")
+        self.progress.grid(row=0, column=4, sticky="e", padx=(2, 2))
+        self.transfer_label.grid_remove()  # shown while a file moves
+        self.progress.grid_remove()
         self.tls_var = tk.StringVar(value="")  # "TLS 1.3, verified" while on a TLS connection
         self.tls_label = ttk.Label(status, textvariable=self.tls_var, relief="sunken",
                                    anchor="e", padding=(6, 1), foreground="#2e7d32")
@@ -293,8 +395,169 @@ class Gui:
         # running, so past the name prompt there is always one
         session = self.session
         assert session is not None, "no session once the name is given"
+        if text.split()[0].lower() in FILE_WORDS:
+            file_command(text, session, self.state, self.show)
+            return "break"
         session.send(text, show=True)
         return "break"
+
+    # ---- files -----------------------------------------------------------------------------------
+
+    def on_send_file(self) -> None:
+        """Send file...: a file dialog, then the file to the room."""
+        if self.session is None or self.need_name:
+            self.status_var.set("choose a name (or log in) before sending a file")
+            return
+        path = filedialog.askopenfilename(parent=self.root, title="Send a file")
+        self.entry.focus_set()
+        if path and self.session is not None:
+            self.session.send_file(path)
+
+    def on_paste(self, _event=None) -> str | None:
+        """A file pasted into the empty input (a path, or a file manager's ``file://`` URI)
+        becomes ``/send <path>``; anything else is pasted as text."""
+        if self.entry.get().strip() or self.need_name:
+            return None
+        text = ""
+        for kind in ("text/uri-list", "UTF8_STRING", "STRING"):
+            try:
+                text = self.root.clipboard_get(type=kind)
+            except tk.TclError:
+                continue
+            if text:
+                break
+        path = transfer.file_uri_path(text)
+        if not path:
+            return None
+        self.entry.insert(0, f"/send {path}")
+        self.entry.icursor("end")
+        return "break"
+
+    def clicked_file(self) -> SharedFile | None:
+        """The file whose link (or thumbnail) is under the mouse."""
+        for tag in self.log.tag_names("current"):
+            if tag.startswith("file") and tag[4:].isdigit():
+                return self.state.file(int(tag[4:]))
+        return None
+
+    def on_link(self, _event=None) -> str:
+        f = self.clicked_file()
+        if f is not None:  # once the click is handled (the log's own binding takes the focus)
+            self.root.after_idle(self.save_as, f)
+        return "break"
+
+    def on_link_menu(self, event) -> str:
+        self.menu_file = self.clicked_file()
+        if self.menu_file is not None:
+            self.link_menu.tk_popup(event.x_root, event.y_root)
+        return "break"
+
+    def menu_command(self, action: Callable[[SharedFile], None]) -> Callable[[], None]:
+        """A link menu entry's command: ``action`` on the file the menu was opened on."""
+        def command() -> None:
+            if self.menu_file is not None:
+                action(self.menu_file)
+        return command
+
+    def save_as(self, f: SharedFile) -> None:
+        """Save as: the file to the path chosen (never over an existing file: a name that is
+        taken gets -1, -2..., and the log line says where it went)."""
+        path = filedialog.asksaveasfilename(parent=self.root, title=f"Save {f.name} as",
+                                            initialfile=f.name, confirmoverwrite=False)
+        self.entry.focus_set()  # (a click in the log took the keyboard)
+        if path and self.session is not None:
+            self.session.download(f.url, path, f.name)
+
+    def open_file(self, f: SharedFile) -> None:
+        """Open: the file's URL in the desktop's browser (it shows images and text, and
+        offers to save the rest); in a thread, since a browser may take its time to start."""
+        threading.Thread(target=webbrowser.open, args=(f.url,), daemon=True).start()
+
+    def copy_link(self, f: SharedFile) -> None:
+        self.root.clipboard_clear()
+        self.root.clipboard_append(f.url)
+
+    def want_thumbnail(self, f: SharedFile, line_tag: str) -> None:
+        """A thumbnail under the line tagged ``line_tag``: at once when it was made already,
+        else once a thread has fetched and scaled it."""
+        if f.url in self.thumbs:
+            self.thumbs.move_to_end(f.url)
+            self.put_thumbnail(f.url, line_tag)
+            return
+        waiting = self.thumb_waiting.setdefault(f.url, [])
+        waiting.append(line_tag)
+        if len(waiting) == 1:
+            tls = self.session.tls if self.session is not None else self.tls
+            threading.Thread(target=self._fetch_thumbnail, args=(f.url, f.name, tls),
+                             name="pychat-thumbnail", daemon=True).start()
+
+    def _fetch_thumbnail(self, url: str, name: str, tls: ssl.SSLContext | None) -> None:
+        """A thumbnail thread: fetch, check, scale; the result goes on the events queue."""
+        with self.thumb_slots:
+            try:
+                image = make_thumbnail(url, name, tls, self.thumb_cancel)
+            except transfer.TransferError as e:
+                self.events.put(ThumbReady(url, None, str(e)))
+            except Exception as e:  # never a silent dead thread
+                self.events.put(ThumbReady(url, None, repr(e)))
+            else:
+                self.events.put(ThumbReady(url, image))
+
+    def thumbnail_ready(self, ev: ThumbReady) -> None:
+        tags = self.thumb_waiting.pop(ev.url, [])
+        if ev.image is None or self.pillow is None:
+            for tag in tags:
+                self.log.tag_delete(tag)
+            return
+        self.thumbs[ev.url] = self.pillow[1].PhotoImage(ev.image, master=self.root)
+        while len(self.thumbs) > THUMBS_KEPT:
+            self.thumbs.popitem(last=False)
+        for tag in tags:
+            self.put_thumbnail(ev.url, tag)
+
+    def put_thumbnail(self, url: str, line_tag: str) -> None:
+        """The thumbnail on a line of its own under its file's line (if still in the log)."""
+        log = self.log
+        ranges = log.tag_ranges(line_tag)
+        file_tags = [t for t in log.tag_names(ranges[0]) if t.startswith("file")] if ranges \
+            else []
+        log.tag_delete(line_tag)
+        if not ranges:
+            return  # trimmed away meanwhile
+        at_end = log.yview()[1] >= 0.999
+        end = log.index(f"{ranges[1]} lineend")
+        log.configure(state="normal")
+        log.insert(end, "\n")
+        where = log.index(f"{end} +1 line linestart")
+        log.image_create(where, image=self.thumbs[url], padx=4, pady=2)
+        log.tag_add("link", where)
+        for tag in file_tags:
+            log.tag_add(tag, where)
+        log.configure(state="disabled")
+        if at_end:
+            log.see("end")
+
+    def show_transfers(self) -> None:
+        """The status bar's progress: the files moving now (their bytes together)."""
+        moving = list(self.state.transfers.values())
+        text, value = "", 0.0
+        if moving:
+            total = sum(t.total for t in moving)
+            done = sum(t.done for t in moving)
+            value = done / total if total else 0.0
+            first = moving[0]
+            verb = "sending" if first.kind == events.UPLOAD else "saving"
+            more = f" (+{len(moving) - 1})" if len(moving) > 1 else ""
+            text = f"{verb} {first.name}{more} {int(value * 100)}%"
+        if self.transfer_var.get() != text:
+            self.transfer_var.set(text)
+            if text:
+                self.transfer_label.grid()
+                self.progress.grid()
+            else:
+                self.transfer_label.grid_remove()
+                self.progress.grid_remove()
+        self.progress["value"] = value
 
     def on_user_click(self, event) -> None:
         i = self.users.nearest(event.y)
@@ -318,6 +581,7 @@ class Gui:
             self.new_room.insert(0, "#")
 
     def quit(self) -> None:
+        self.thumb_cancel.set()
         if self.session:
             self.session.close(timeout=1.0)
         self.root.destroy()
@@ -346,6 +610,7 @@ class Gui:
             self.refresh_users()
         if self.state.rooms != rooms_before:
             self.refresh_rooms()
+        self.show_transfers()
         tls = self.session.tls_info if self.session is not None and self.tls is not None else ""
         if tls and self.session is not None and self.session.state != events.CONNECTED:
             tls = ""  # (between connections: the next one says again)
@@ -368,7 +633,9 @@ class Gui:
         self.root.after(POLL_MS, self.poll)
 
     def _note(self, ev) -> None:
-        if isinstance(ev, events.NameRefused):
+        if isinstance(ev, ThumbReady):
+            self.thumbnail_ready(ev)
+        elif isinstance(ev, events.NameRefused):
             if ev.registered:
                 self.ask_name(f"{ev.reason}: log in, or type another name and press Enter")
                 self.open_login(ev.name, f"{ev.name} is an account: log in with its password, "
@@ -443,11 +710,24 @@ class Gui:
         at_end = log.yview()[1] >= 0.999
         parts: list = []
         empty = log.index("end-1c") == "1.0"
+        thumbs: list[tuple[SharedFile, str]] = []
         for ln in lines:
             self.lines_received += 1
             if parts or not empty:
                 parts += ["\n", ()]
             parts += [f"{ln.clock} ", ("time",)]
+            if ln.kind == FILE and ln.file is not None:
+                f = ln.file
+                base: tuple[str, ...] = ("history",) if ln.history else ()
+                if self.pillow is not None and transfer.image_kind(f.name):
+                    self.line_seq += 1
+                    line_tag = f"fline{self.line_seq}"
+                    base += (line_tag,)
+                    thumbs.append((f, line_tag))
+                parts += [ln.who, ("ownwho" if f.mine else "who",) + base, " sent ", base,
+                          f.name, ("link", f"file{f.number}") + base,
+                          f" ({f.size_text()}) #{f.number}", base]
+                continue
             if ln.kind in (SYSTEM, ERROR):
                 parts += [f"* {ln.text}", (ln.kind, "system")]
                 continue
@@ -464,6 +744,8 @@ class Gui:
         if count > self.log_limit + TRIM_SLACK or (count > self.log_limit and len(lines) < 5):
             log.delete("1.0", f"{count - self.log_limit + 1}.0")
         log.configure(state="disabled")
+        for f, line_tag in thumbs:
+            self.want_thumbnail(f, line_tag)
         if at_end:
             log.see("end")
 

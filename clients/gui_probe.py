@@ -3,7 +3,8 @@
 ``LagProbe`` schedules itself with ``after(interval)`` and records how late each call came: that
 lateness is the time Tk's thread was busy and could not answer the user. ``StateDump`` writes
 the window's real widget contents (title, log lines, user list with each row's screen box, room
-list, input, status, who we are, the topic, the login dialog's fields and buttons, lag) as JSON
+list, input, status, who we are, the topic, the login dialog's fields and buttons, the log's
+file links and thumbnails, the transfer's progress, lag) as JSON
 to a file, atomically, a few times a second; it runs only when ``PYCHAT_GUI_STATE_FILE`` names
 that file. Tests read it to assert on what the widgets hold and to find where to click; nothing
 in it is computed apart from the widgets. The password field's content is never written: only
@@ -96,6 +97,36 @@ def dialog_state(dialog) -> dict | None:
     }
 
 
+def thumbnails(text) -> list[dict]:
+    """The images in the log: each one's size and box on the screen (None when scrolled out)."""
+    out = []
+    x0, y0 = text.winfo_rootx(), text.winfo_rooty()
+    for name in text.image_names():
+        index = text.index(name)
+        image = text.image_cget(index, "image")
+        box = text.bbox(index)
+        out.append({"index": index, "tags": list(text.tag_names(index)),
+                    "size": [int(text.tk.call("image", "width", image)),
+                             int(text.tk.call("image", "height", image))],
+                    "screen": [x0 + box[0], y0 + box[1], box[2], box[3]] if box else None})
+    return out
+
+
+def links(text) -> list[dict]:
+    """The file links in the log: their text and box on the screen (None when scrolled out)."""
+    out = []
+    x0, y0 = text.winfo_rootx(), text.winfo_rooty()
+    ranges = text.tag_ranges("link")
+    for i in range(0, len(ranges), 2):
+        words = text.get(ranges[i], ranges[i + 1])
+        if not words:
+            continue  # a thumbnail (an image, no text): in thumbnails
+        box = text.bbox(ranges[i])
+        out.append({"text": words, "screen": [x0 + box[0], y0 + box[1], box[2], box[3]]
+                    if box else None})
+    return out
+
+
 def tagged_text(text, tag: str) -> list[str]:
     ranges = text.tag_ranges(tag)
     return [text.get(ranges[i], ranges[i + 1]) for i in range(0, len(ranges), 2)]
@@ -145,6 +176,13 @@ class StateDump:
             "account_button": g.account_button.cget("text"),
             "account_screen": screen_box(g.account_button),
             "dialog": dialog_state(g.dialog),
+            "images": len(g.log.image_names()),
+            "thumbnails": thumbnails(g.log),
+            "links": links(g.log),
+            "pillow": g.pillow is not None,
+            "transfer": g.transfer_var.get(),
+            "progress": float(g.progress["value"]),
+            "send_file_screen": screen_box(g.file_button),
             "lines_received": g.lines_received,
             "lag": g.lag.summary(),
         }

@@ -32,6 +32,15 @@ resume (the token expired, or was revoked by a logout or a password change) is a
 a token (a new password revokes the old tokens). ``BYE kicked:``/``BYE banned:``, and a login
 refused as banned, end the session: it does not reconnect.
 
+Files (PROTOCOL Part 5): ``send_file(path, target)`` queues ``/upload <size> <name> [target]``
+like any line; the ``UPLOAD:`` (or ``ERROR:``) answering it is paired with it as ``END`` lines
+are (replies come in the order of the commands) and not handed on; a thread of the transfer's
+own then PUTs the file, streamed from disk (``clients.transfer``), with the session's TLS
+context for an ``https`` URL. ``download(url, dest, name)`` GETs a file to disk in a thread of
+its own. Both report ``events.TransferProgress`` and one ``events.TransferDone`` from their
+thread (fronts take events from any thread). An ``/upload`` unanswered when its connection
+drops is told failed, not sent again; ``close()`` stops the transfers at their next chunk.
+
 Invariants (all on the session thread):
 - ``name`` and ``room`` are what the server last confirmed (``OK nick``, ``OK login``,
   ``ROOM:``): those are restored, never a name the server refused; ``account`` is the account
@@ -59,7 +68,9 @@ timeout).
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import random
 import select
 import socket
@@ -74,7 +85,7 @@ from pychat.wire import commands, errors, replies
 from pychat.wire.errors import ClientError
 from pychat.wire.framing import LineBuffer
 
-from . import events
+from . import events, transfer
 
 log = logging.getLogger("pychat.session")
 
@@ -120,6 +131,21 @@ def tls_problem(e: ssl.SSLError) -> str:
 
 
 @dataclass(slots=True)
+class _Upload:
+    """A file ``send_file`` announced with ``/upload``, until the server answers with its URL
+    (then a thread of its own PUTs it) or refuses it."""
+    id: int
+    path: str
+    name: str
+    size: int
+    target: str
+
+
+UPLOAD_LINE_GONE = "the connection dropped before the server answered the /upload"
+FAILED_UPLOAD_ECHO = 30.0  # seconds the server's own "upload of X failed" may follow ours
+
+
+@dataclass(slots=True)
 class _Auth:
     """A ``/login``, ``/register`` or ``/resume`` written on a connection, until answered.
     ``cred``: ours (the session's own login), else typed by the user; ``token``: a resume's;
@@ -161,7 +187,11 @@ class Session:
         self._wanted_name = "" if login else name
         self._login = login  # the login to send, until the server has answered it
         self._stop_why = ""  # the server ended the session for good (kicked, banned)
-        self._out: deque[tuple[str, bool]] = deque()  # (line, tell the front when answered)
+        # (line, tell the front when answered, the file an /upload line announces)
+        self._out: deque[tuple[str, bool, _Upload | None]] = deque()
+        self._ids = itertools.count(1)  # transfers' ids
+        self._cancel = threading.Event()  # set by close(): transfers stop at their next chunk
+        self._failed_uploads: dict[str, float] = {}  # names our PUT failed, until when
         self._lock = threading.Lock()
         self._closing = False
         self._wake_r, self._wake_w = socket.socketpair()
@@ -178,8 +208,108 @@ class Session:
         """Queue one line as the user typed it (text or a command); ``show``: hand the front
         ``events.Answered`` when the server has answered it all (``/users``, ``/rooms``)."""
         with self._lock:
-            self._out.append((line, show))
+            self._out.append((line, show, None))
         self._wake()
+
+    # ---- files (PROTOCOL Part 5) -----------------------------------------------------------------
+
+    def send_file(self, path: str, target: str = "") -> int:
+        """Send the file at ``path`` to the room (or privately to ``target``, a uid or name):
+        ``/upload <size> <name> [target]`` (the name's spaces as ``_``) goes in order with the
+        lines sent, and once the server answers with its URL a thread of the transfer's own
+        PUTs the file, streamed from disk. Returns the transfer's id; the front gets
+        ``events.TransferProgress`` and then one ``events.TransferDone`` (the file's URL, or
+        why it failed: a server's refusal of the ``/upload`` has its code)."""
+        tid = next(self._ids)
+        name = transfer.upload_name(path)
+        try:
+            size = os.stat(path).st_size
+            if not os.path.isfile(path):
+                raise IsADirectoryError(0, "not a file")
+            with open(path, "rb"):
+                pass
+        except OSError as e:
+            self._emit(events.TransferDone(tid, events.UPLOAD, name, 0,
+                                           error=e.strerror or str(e)))
+            return tid
+        line = f"/upload {size} {name} {target}".rstrip()
+        try:
+            cmd = commands.parse_line(line)
+        except ClientError as e:
+            cmd, why = None, e.message
+        else:
+            why = "" if isinstance(cmd, commands.Upload) else "not an /upload"
+        if why:
+            self._emit(events.TransferDone(tid, events.UPLOAD, name, size, error=why))
+            return tid
+        self._emit(events.TransferProgress(tid, events.UPLOAD, name, 0, size))
+        with self._lock:
+            self._out.append((line, False, _Upload(tid, path, name, size, target)))
+        self._wake()
+        return tid
+
+    def download(self, url: str, dest: str, name: str) -> int:
+        """Save the file at ``url`` (a ``FILE:`` line's; called ``name``) to ``dest``, a path
+        or a folder, never over an existing file (``transfer.reserve_path`` adds ``-1``...), in
+        a thread of its own, streamed. Returns the transfer's id; the front gets
+        ``events.TransferProgress`` and one ``events.TransferDone`` (its ``path``, or why)."""
+        tid = next(self._ids)
+        threading.Thread(target=self._download, args=(tid, url, dest, name),
+                         name=f"pychat-get-{tid}", daemon=True).start()
+        return tid
+
+    def _download(self, tid: int, url: str, dest: str, name: str) -> None:
+        def report(done: int, total: int) -> None:
+            self._emit(events.TransferProgress(tid, events.DOWNLOAD, name, done, total))
+        try:
+            path, size = transfer.download(url, dest, name, self.tls, report, self._cancel)
+        except transfer.TransferError as e:
+            self._emit(events.TransferDone(tid, events.DOWNLOAD, name, 0, url, error=str(e)))
+        except Exception as e:  # never a silent dead thread: the front hears of it
+            log.exception("download of %s failed", url)
+            self._emit(events.TransferDone(tid, events.DOWNLOAD, name, 0, url, error=repr(e)))
+        else:
+            self._emit(events.TransferDone(tid, events.DOWNLOAD, name, size, url, path))
+
+    def _put(self, job: _Upload, url: str) -> None:
+        """The thread of one upload: its bytes PUT to the URL the server gave."""
+        def report(done: int) -> None:
+            self._emit(events.TransferProgress(job.id, events.UPLOAD, job.name, done, job.size))
+        try:
+            file_url = transfer.put_file(url, job.path, job.size, self.tls, report, self._cancel)
+        except transfer.TransferError as e:
+            self._upload_failed(job, str(e))
+        except Exception as e:
+            log.exception("upload of %s failed", job.path)
+            self._upload_failed(job, repr(e))
+        else:
+            self._emit(events.TransferDone(job.id, events.UPLOAD, job.name, job.size,
+                                           url=file_url, path=job.path))
+
+    def _upload_failed(self, job: _Upload, why: str, code: str | None = None,
+                       answered: bool = False) -> None:
+        """Tell the front; ``answered``: by the server's ERROR to the /upload itself. A PUT
+        that failed is also told by the server in a chat ERROR (``upload of X failed``): that
+        one is not shown again for a while."""
+        if not answered:
+            with self._lock:
+                self._failed_uploads[job.name] = time.monotonic() + FAILED_UPLOAD_ECHO
+        self._emit(events.TransferDone(job.id, events.UPLOAD, job.name, job.size,
+                                       path=job.path, error=why, code=code))
+
+    def _echo_of_failed_upload(self, ev: replies.Error) -> bool:
+        """The server's ERROR about an upload whose failure the front was told already."""
+        if not ev.message.startswith("upload of "):
+            return False
+        now = time.monotonic()
+        with self._lock:
+            for name, until in list(self._failed_uploads.items()):
+                if until < now:
+                    del self._failed_uploads[name]
+                elif ev.message.startswith(f"upload of {name} failed"):
+                    del self._failed_uploads[name]
+                    return True
+        return False
 
     def set_name(self, name: str) -> None:
         self.send(f"/nick {name}")
@@ -198,7 +328,8 @@ class Session:
         """Say goodbye (``/quit``) when connected, stop reconnecting, wait for the thread."""
         with self._lock:
             self._closing = True
-            self._out.append(("/quit", False))
+            self._out.append(("/quit", False, None))
+        self._cancel.set()
         self._wake()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout)
@@ -312,6 +443,9 @@ class Session:
             return conn.run()
         finally:
             sock.close()
+            for job in conn.uploads:  # announced, never answered: no URL to send them to
+                if job is not None:
+                    self._upload_failed(job, UPLOAD_LINE_GONE, answered=True)
 
 
 _SILENT = "silent"  # _Connection.run: the server closed before saying anything at all
@@ -349,6 +483,8 @@ class _Connection:
         self.named = ""  # the name the server confirmed on this connection
         self.retry_auth_at = 0.0  # the server could not take our login yet: again then
         self.auth_retries = 0  # ... for at most restore_for
+        # the /upload lines written, unanswered, in order: send_file's, or None for one typed
+        self.uploads: deque[_Upload | None] = deque()
 
     def write(self, line: str, show: bool = False) -> None:
         self.outbuf += line.encode("utf-8") + b"\n"
@@ -447,11 +583,13 @@ class _Connection:
             with s._lock:
                 if not s._out:
                     return
-                line, show = s._out.popleft()
+                line, show, job = s._out.popleft()
             try:
                 cmd = commands.parse_line(line)
             except ClientError:
                 cmd = None  # the server will say what is wrong
+            if isinstance(cmd, commands.Upload):
+                self.uploads.append(job)
             if isinstance(cmd, commands.Nick):
                 self.pending_nicks.append((cmd.name, False))
             elif isinstance(cmd, commands.Quit):
@@ -683,8 +821,10 @@ class _Connection:
                 self.want_room = ""
                 self._restored()
             return False
-        elif isinstance(ev, replies.Error) and (self._nick_refused(ev)
-                                                or self._auth_refused(ev)):
+        elif (isinstance(ev, replies.UploadUrl) and self._upload_answered(ev)) or (
+                isinstance(ev, replies.Error) and (
+                    self._upload_answered(ev) or s._echo_of_failed_upload(ev)
+                    or self._nick_refused(ev) or self._auth_refused(ev))):
             return False
         elif isinstance(ev, replies.Error) and self.want_room and self.asked \
                 and self.asked[0][0] == "join":
@@ -725,10 +865,34 @@ class _Connection:
         order; one that is not the oldest means a command went unanswered: drop up to it)."""
         while self.asked:
             asked, show = self.asked.popleft()
+            if asked == "upload":  # an /upload the server did not answer (it always does)
+                left = sum(1 for w, _ in self.asked if w == "upload")
+                while len(self.uploads) > left:
+                    job = self.uploads.popleft()
+                    if job is not None:
+                        self.s._upload_failed(job, "the server did not answer the /upload",
+                                              answered=True)
             if asked == word:
                 if show:
                     self.s._emit(events.Answered(word))
                 return
+
+    def _upload_answered(self, ev: replies.UploadUrl | replies.Error) -> bool:
+        """``UPLOAD:`` or ``ERROR:`` answering the oldest /upload written: ours starts its PUT
+        (or is told refused) and the line is not handed on; True then."""
+        if not self.uploads or (self.ends and not (self.asked and self.asked[0][0] == "upload")):
+            return False
+        if not self.ends and not isinstance(ev, replies.UploadUrl):
+            return False  # (without END lines only an UPLOAD: is known to answer one)
+        job = self.uploads.popleft()
+        if job is None:
+            return False  # typed by the user: shown as it is
+        if isinstance(ev, replies.UploadUrl):
+            threading.Thread(target=self.s._put, args=(job, ev.url),
+                             name=f"pychat-put-{job.id}", daemon=True).start()
+        else:
+            self.s._upload_failed(job, ev.message, ev.code, answered=True)
+        return True
 
     def _nick_refused(self, ev: replies.Error) -> bool:
         """An ERROR answering our /nick: retry a restore, or tell the front. True if swallowed."""

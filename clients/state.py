@@ -15,6 +15,9 @@ Invariants:
 - ``recent`` holds the current room's last ``RECENT_MAX`` public lines (history included)
 - ``rooms`` (from ``ROOMS:``) has our own room's count kept up to date by ``USERS:`` pushes
 - ``history_left`` counts the chat lines still due after ``HISTORY:<k>``; they are marked history
+- ``files`` lists every file a ``FILE:`` line announced in this session, numbered from 1 in
+  the order first seen (``/get <n>``); a file seen again (history) keeps its number;
+  ``transfers`` holds the files moving now (``events.TransferProgress``), by transfer id
 - ``account`` is the account we are logged in to ("" for a guest; then ``name`` is a guest's
   name, or ""); ``topic`` is our room's topic ("" for none: reset on entering a room, whose
   ``TOPIC:`` follows its lists when it has one)
@@ -31,12 +34,44 @@ from dataclasses import dataclass
 from pychat.wire import replies
 
 from . import events
+from .transfer import human_size
 
 DEDUP_MAX = 2000  # chat lines remembered for the history de-duplication
 RECENT_MAX = 200  # chat lines of the current room kept in ``recent``
 
-# kinds of log line, which the fronts style: own, public, private (from or to), system, error
-OWN, PUBLIC, PRIVATE, SYSTEM, ERROR = "own", "public", "private", "system", "error"
+# kinds of log line, which the fronts style: own, public, private (from or to), system, error,
+# and a file sent (its line's ``file`` says which)
+OWN, PUBLIC, PRIVATE, SYSTEM, ERROR, FILE = "own", "public", "private", "system", "error", "file"
+FILES_MAX = 1000  # files remembered for /get (the oldest numbers are forgotten past it)
+
+
+@dataclass(frozen=True, slots=True)
+class SharedFile:
+    """A file a ``FILE:`` line announced: its number in this session (``/get <n>``), who sent
+    it (``who`` their name as shown then; ``mine``: we did), its name, size and URL."""
+    number: int
+    uid: str
+    who: str
+    name: str
+    size: int
+    url: str
+    mine: bool = False
+
+    def size_text(self) -> str:
+        return human_size(self.size)
+
+
+@dataclass(frozen=True, slots=True)
+class Transfer:
+    """A file moving now, as the fronts show it (a progress bar)."""
+    id: int
+    kind: str  # events.UPLOAD or events.DOWNLOAD
+    name: str
+    done: int
+    total: int
+
+    def fraction(self) -> float | None:
+        return min(1.0, self.done / self.total) if self.total else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,9 +82,12 @@ class LogLine:
     text: str
     mention: bool = False  # the text names us
     history: bool = False  # part of a room's history shown on entry
+    file: SharedFile | None = None  # a FILE line's file (its text: "sent NAME (SIZE) #N URL")
 
     def plain(self) -> str:
         """One line of text, as the console's pipe mode prints it."""
+        if self.file is not None:
+            return f"[{self.clock}] {self.who} {self.text}"
         if self.kind == ERROR:
             return f"[{self.clock}] ! {self.text}"
         if not self.who:
@@ -86,6 +124,10 @@ class ChatState:
         self._names_baseline = False  # ... and the NAMES after it is not renames
         self._seen: OrderedDict[tuple, None] = OrderedDict()
         self._mention: re.Pattern | None = None
+        self.files: list[SharedFile] = []  # numbered from 1: files[n - 1]
+        self._file_numbers: dict[str, int] = {}  # url -> number
+        self._files_forgotten = 0  # numbers below this + 1 were dropped (FILES_MAX)
+        self.transfers: dict[int, Transfer] = {}
 
     # ---- lookups ---------------------------------------------------------------------------------
 
@@ -101,6 +143,27 @@ class ChatState:
             label = f"{name} ({uid})" if name else uid
             rows.append((uid, label + ("  (you)" if uid == self.uid else "")))
         return rows
+
+    def file(self, number: int) -> SharedFile | None:
+        """The file numbered ``number`` (``/get <n>``), if seen and still remembered."""
+        i = number - 1 - self._files_forgotten
+        return self.files[i] if 0 <= i < len(self.files) else None
+
+    def _remember_file(self, ev: replies.FileShared) -> SharedFile:
+        number = self._file_numbers.get(ev.url)
+        known = self.file(number) if number else None
+        if known is not None:
+            return known
+        number = self._files_forgotten + len(self.files) + 1
+        f = SharedFile(number, ev.uid, self.display(ev.uid), ev.name, ev.size, ev.url,
+                       ev.uid == self.uid)
+        self.files.append(f)
+        self._file_numbers[ev.url] = number
+        if len(self.files) > FILES_MAX:
+            gone = self.files.pop(0)
+            self._file_numbers.pop(gone.url, None)
+            self._files_forgotten += 1
+        return f
 
     def who(self) -> str:
         """Who we are, in words: ``alice (logged in)``, ``alice`` (a guest's name), ``(no
@@ -121,6 +184,15 @@ class ChatState:
     def apply(self, ev) -> LogLine | None:
         if isinstance(ev, replies.Chat):
             return self._chat(ev)
+        if isinstance(ev, replies.FileShared):
+            return self._file(ev)
+        if isinstance(ev, events.TransferProgress):
+            self.transfers[ev.id] = Transfer(ev.id, ev.kind, ev.name, ev.done, ev.total)
+            return None
+        if isinstance(ev, events.TransferDone):
+            return self._transfer_done(ev)
+        if isinstance(ev, replies.UploadUrl):  # a typed /upload: where its PUT goes
+            return self._system(f"upload URL (one PUT of the bytes): {ev.url}")
         if isinstance(ev, replies.IdAssigned):
             self.uid = ev.uid
             self.users, self.names, self.history_left = (), {}, 0
@@ -252,6 +324,35 @@ class ChatState:
 
     def _system(self, text: str) -> LogLine:
         return LogLine(clock_of(None), SYSTEM, "", text)
+
+    def _transfer_done(self, ev: events.TransferDone) -> LogLine | None:
+        self.transfers.pop(ev.id, None)
+        if ev.error:
+            verb = "send" if ev.kind == events.UPLOAD else "save"
+            return LogLine(clock_of(None), ERROR, "", f"could not {verb} {ev.name}: {ev.error}")
+        if ev.kind == events.UPLOAD:  # (the server's FILE: line tells everyone, and its URL)
+            return self._system(f"{ev.name} sent ({human_size(ev.size)})")
+        return self._system(f"saved {ev.name} ({human_size(ev.size)}) to {ev.path}")
+
+    def _file(self, ev: replies.FileShared) -> LogLine | None:
+        """A FILE: line: a chat line (history, de-duplication) of its own kind."""
+        in_history = self.history_left > 0
+        if in_history:
+            self.history_left -= 1
+        if ev.stamp:
+            key = (ev.stamp, ev.uid, ev.url)
+            if key in self._seen:
+                return None
+            self._seen[key] = None
+            if len(self._seen) > DEDUP_MAX:
+                self._seen.popitem(last=False)
+        f = self._remember_file(ev)
+        who = self.display(ev.uid)
+        line = LogLine(clock_of(ev.stamp), FILE, who,
+                       f"sent {f.name} ({f.size_text()}) #{f.number} {f.url}",
+                       history=in_history, file=f)
+        self.recent.append(line)
+        return line
 
     def _chat(self, ev: replies.Chat) -> LogLine | None:
         in_history = self.history_left > 0
