@@ -68,6 +68,9 @@ class Limits:
     tls_handshake_timeout: float = 10.0  # seconds from a TLS client's accept to its session
     per_address_exempt: str = "loopback"  # ... except these: addresses, "loopback" or "none"
     transfer_stall: float = 30.0  # seconds an upload or download may move nothing (web door)
+    # MB/s all of an acceptor's file transfers may move together (0: as fast as they can): a
+    # file takes longer so that chat lines do not wait behind it
+    transfer_mbps: float = 40.0
     ping_after: float = 30.0  # seconds of silence before a web or IRC client is pinged (0: never)
     keepalive_idle: int = 60  # TCP keepalive: seconds of silence before the first probe ...
     keepalive_interval: int = 10  # ... seconds between probes ...
@@ -90,7 +93,8 @@ class Limits:
         if not 0 <= self.coalesce_factor <= 100:
             raise ValueError("coalesce_factor must be within 0..100")
         exempt_addresses(self.per_address_exempt)  # raises ValueError when malformed
-        for name in ("idle_timeout", "partial_line_timeout", "piece_idle", "ping_after"):
+        for name in ("idle_timeout", "partial_line_timeout", "piece_idle", "ping_after",
+                     "transfer_mbps"):
             if not 0 <= getattr(self, name) < float("inf"):
                 raise ValueError(f"{name} must be 0 (off) or a number of seconds")
 

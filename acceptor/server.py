@@ -87,6 +87,9 @@ class Acceptor:
         self.web_origins = web_origins  # allowed besides a page's own (acceptor/web.py)
         self.web_base = ""  # the web door's base URL (--web-url, or made from host and port)
         self.transfers: dict[int, WebSession] = {}  # uploads and downloads, by connection id
+        # their pace (--transfer-mbps), in chunks: one bucket for all of this acceptor's
+        self.transfer_pace = (TokenBucket(limits.transfer_mbps * 1e6 / transfer.CHUNK, 4,
+                                          loop.time()) if limits.transfer_mbps else None)
         # a WebSocket message's longest: a line too long for the core still gets its ERROR:
         self.web_max_frame = max(65536, 4 * limits.max_line)
         self.tls: ssl_module.SSLContext | None = None
@@ -421,6 +424,13 @@ class Acceptor:
         s = self.transfers.get(msg.xfer)
         if s is not None:
             s.on_transfer(msg)
+
+    def transfer_wait(self) -> float:
+        """0 if a chunk may move now (and it is counted), else the seconds until one may."""
+        pace = self.transfer_pace
+        if pace is None or pace.take(self.loop.time()):
+            return 0.0
+        return max(pace.wait(), 0.001)
 
     def send_transfer(self, msg: transfer.Transfer) -> None:
         self.bus.send_raw(transfer.encode(msg))

@@ -64,7 +64,7 @@ class Download:
 
 class WebSession(Session):
     KIND = 2
-    __slots__ = ("buf", "deadline", "download", "http", "parts", "upload", "ws")
+    __slots__ = ("buf", "deadline", "download", "http", "paced", "parts", "upload", "ws")
 
     def __init__(self, acceptor: Acceptor, conn_id: int):
         super().__init__(acceptor, conn_id)
@@ -75,6 +75,7 @@ class WebSession(Session):
         self.parts: list[bytes] | None = None  # a fragmented text message's frames so far
         self.upload: Upload | None = None  # a PUT's body on its way to the router
         self.download: Download | None = None  # a GET's file on its way from the router
+        self.paced: asyncio.TimerHandle | None = None  # a chunk waits for --transfer-mbps
 
     # ---- HTTP --------------------------------------------------------------------------------
 
@@ -159,8 +160,7 @@ class WebSession(Session):
     def resume_writing(self) -> None:
         super().resume_writing()
         if self.download is not None and self.download.owed:  # the client read: more comes
-            owed, self.download.owed = self.download.owed, 0
-            self.acceptor.send_transfer(transfer.Credit(self.id, owed))
+            self._give_credit(self.download, 0)
             return
         if (self.http and self.upload is None and self.download is None
                 and self.transport is not None and not self.transport.is_closing()):
@@ -254,7 +254,7 @@ class WebSession(Session):
                 t.write(msg.payload)
                 self._arm_deadline(self.acceptor.limits.transfer_stall)
                 if t.get_write_buffer_size() <= 2 * transfer.CHUNK:
-                    self.acceptor.send_transfer(transfer.Credit(self.id, 1))
+                    self._give_credit(down, 1)
                 else:
                     down.owed += 1  # given back as the client reads (resume_writing)
             elif isinstance(msg, transfer.End):
@@ -274,22 +274,60 @@ class WebSession(Session):
         assert up is not None and t is not None and buf is not None
         while up.credit > 0 and up.sent < up.length:
             want = min(transfer.CHUNK, up.length - up.sent)
-            if len(buf) < want:
+            if len(buf) < want or self.paced is not None:
                 break
-            chunk = bytes(buf[:want])
+            wait = self.acceptor.transfer_wait()
+            if wait:  # --transfer-mbps: this chunk goes a little later
+                self.paced = self.acceptor.loop.call_later(wait, self._paced_body)
+                break
+            with memoryview(buf) as view:  # one copy, not a slice and then a copy of it
+                chunk = bytes(view[:want])
             del buf[:want]
             self.acceptor.send_transfer(transfer.Data(self.id, up.sent, chunk))
             up.sent += want
             up.credit -= 1
             self._arm_deadline(self.acceptor.limits.transfer_stall)
-        if up.sent >= up.length or up.credit <= 0 or len(buf) >= 2 * transfer.CHUNK:
-            t.pause_reading()  # all sent (the answer comes), or the router is behind
+        if (up.sent >= up.length or up.credit <= 0 or len(buf) >= 2 * transfer.CHUNK
+                or self.paced is not None):
+            t.pause_reading()  # all sent (the answer comes), the router is behind, or paced
         else:
             t.resume_reading()
+
+    def _paced_body(self) -> None:
+        self.paced = None
+        if self.upload is not None and self.transport is not None:
+            self._send_body()
+
+    def _paced_credit(self) -> None:
+        self.paced = None
+        down = self.download
+        if down is not None and down.owed and self.transport is not None and not self.blocked:
+            self._give_credit(down, 0)
+
+    def _give_credit(self, down: Download, n: int) -> None:
+        """``n`` more chunks of credit owed to a download; what is owed goes back when the
+        pace allows (else a little later)."""
+        down.owed += n
+        if self.paced is not None or self.acceptor.transfer_pace is None:
+            if self.paced is None and down.owed:  # no pace: all that is owed, at once
+                owed, down.owed = down.owed, 0
+                self.acceptor.send_transfer(transfer.Credit(self.id,
+                                                            min(transfer.WINDOW, owed)))
+            return
+        while down.owed:  # one chunk a token
+            wait = self.acceptor.transfer_wait()
+            if wait:
+                self.paced = self.acceptor.loop.call_later(wait, self._paced_credit)
+                return
+            down.owed -= 1
+            self.acceptor.send_transfer(transfer.Credit(self.id, 1))
 
     def _transfer_over(self) -> None:
         self.acceptor.transfers.pop(self.id, None)
         self.upload = self.download = None
+        if self.paced is not None:
+            self.paced.cancel()
+            self.paced = None
 
     def _next_request(self) -> None:
         """Keep-alive: the next request on this connection."""

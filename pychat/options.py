@@ -375,6 +375,10 @@ OPTIONS: tuple[Option, ...] = (
     _limit("--transfer-stall", "seconds an upload's body or a download may move nothing on the "
                                "web door before it is given up (HTTP 408)",
            positive(float), "seconds an upload or a download may stall before it is given up"),
+    _limit("--transfer-mbps", "MB/s all of an acceptor's file uploads and downloads may move "
+                              "together, so that chat does not wait behind them (0: no limit)",
+           zero_or_more("MB/s", "no limit"), "MB/s an acceptor's file transfers move at most, "
+                                             "together (chat first); `0`: no limit"),
     _limit("--ping-after", "seconds a WebSocket or IRC client may be silent before the server "
                            "pings it (browsers and IRC clients answer by themselves; 0: never)",
            seconds_or_off, "seconds of silence before a WebSocket or IRC client is pinged (its "

@@ -139,8 +139,8 @@ class RouterServer:
                     self._turn(now)
                 elif now >= wake:  # a heartbeat, a settling step, or a throttled list is due
                     self._tick(now)
-                elif self.state.jobs.ready or (self.transfers is not None
-                                               and self.transfers.finished):
+                elif self.state.jobs.ready or (self.transfers is not None and (
+                        self.transfers.finished or self.transfers.written)):
                     link.end_turn(now)  # a password checked, a file stored: their answers
                 self._flush(now)
         finally:

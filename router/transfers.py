@@ -63,7 +63,8 @@ class Slot:
     writer: Writer
     expires: float  # monotonic
     by: tuple[bytes, int] | None = None  # the PUT streaming it: (acceptor's id, xfer)
-    received: int = 0
+    received: int = 0  # bytes written
+    queued: int = 0  # bytes received (written, or waiting for the pool's thread)
     granted: int = 0  # chunks granted, not yet received
     last: float = 0.0  # monotonic time of its last chunk
     finishing: bool = False
@@ -90,6 +91,7 @@ class Transfers:
         self.out: deque[tuple[bytes, list[bytes]]] = deque()  # (acceptor id, frames)
         self.finished: deque[tuple[Slot, StoredFile | FileError]] = deque()
         self.failed: deque[tuple[Slot, str, str]] = deque()  # (slot, code, why): to be told
+        self.written: deque[tuple[Slot, int, FileError | None]] = deque()  # chunks written
         self.poke: Callable[[], None] = lambda: None  # wakes the loop (set by the server)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pychat-files")
         self._lock = threading.Lock()
@@ -164,25 +166,47 @@ class Transfers:
         self._send(key, transfer.Credit(msg.xfer, transfer.WINDOW))
 
     def _data(self, key: tuple[bytes, int], msg: transfer.Data) -> None:
+        """A chunk: written (and hashed) in the pool's thread, not on the router's loop, in
+        order (one thread); its credit goes back once it is written (``take_written``)."""
         slot = self.streams.get(key)
         if slot is None or slot.finishing:
             return  # (aborted meanwhile: the door was told)
-        if msg.offset != slot.received or slot.granted <= 0:
+        if msg.offset != slot.queued or slot.granted <= 0:
             self._fail(slot, "the upload's chunks came out of order")
             return
-        try:
-            slot.writer.write(msg.payload)
-        except FileError as e:
-            self._fail(slot, e.text, code=e.code)
-            return
-        slot.received += len(msg.payload)
+        slot.queued += len(msg.payload)
         slot.granted -= 1
         slot.last = self.monotonic()
-        if slot.received >= slot.size:
-            self._finish(slot)
-            return
-        slot.granted += 1
-        self._send(key, transfer.Credit(key[1], 1))
+        self._pool.submit(self._write, slot, msg.payload)
+
+    def _write(self, slot: Slot, payload: bytes) -> None:
+        """(The pool's thread.)"""
+        error: FileError | None = None
+        try:
+            slot.writer.write(payload)
+        except FileError as e:
+            error = e
+        with self._lock:
+            self.written.append((slot, len(payload), error))
+        self.poke()
+
+    def take_written(self) -> None:
+        """Chunks written since the last call: each gives its credit back, the last one has
+        the upload finished; a write that failed fails the upload."""
+        with self._lock:
+            done, self.written = list(self.written), deque()
+        for slot, n, error in done:
+            if slot.by is None or self.streams.get(slot.by) is not slot or slot.finishing:
+                continue  # given up meanwhile
+            if error is not None:
+                self._fail(slot, error.text, code=error.code)
+                continue
+            slot.received += n
+            if slot.received >= slot.size:
+                self._finish(slot)
+            elif slot.queued < slot.size:
+                slot.granted += 1
+                self._send(slot.by, transfer.Credit(slot.by[1], 1))
 
     def _finish(self, slot: Slot) -> None:
         """The last byte came: finish it (fsync, rename, row) in the pool's thread."""
@@ -205,7 +229,8 @@ class Transfers:
 
     def take_finished(self) -> list[tuple[Slot, StoredFile | FileError]]:
         """Uploads whose finishing ended since the last call (the state posts them); each is
-        forgotten, and its door told."""
+        forgotten, and its door told. The chunks written meanwhile are taken first."""
+        self.take_written()
         with self._lock:
             done, self.finished = list(self.finished), deque()
         for slot, result in done:

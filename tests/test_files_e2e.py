@@ -340,3 +340,25 @@ def test_stored_files_survive_a_router_sigkill(procs, clients, tmp_path):
     kill_router(p)
     status, got, _ = get(file_url)
     assert status == 200 and got == data
+
+
+def test_transfers_keep_to_their_pace(procs, clients):
+    """--transfer-mbps holds an acceptor's file transfers to a pace (chat goes first): 4 MiB
+    at 4 MB/s cannot be done in less than about a second, up or down (a lower bound: a slow
+    machine only takes longer), and arrives whole."""
+    import time
+    p, port = start_serve("--history", "memory", "--accounts", "memory", "--files", "memory",
+                          "--transfer-mbps", "4", acceptors=1)
+    procs.append(p)
+    a = client(port, clients)
+    data = os.urandom(4 * 1024 * 1024)
+    url = ask_upload(a, len(data), "paced.bin")
+    began = time.monotonic()
+    status, body, _ = put(url, data)
+    took_up = time.monotonic() - began
+    assert status == 201, body
+    began = time.monotonic()
+    status, got, _ = get(body.strip())
+    took_down = time.monotonic() - began
+    assert got == data
+    assert took_up > 0.8 and took_down > 0.8, (took_up, took_down)
