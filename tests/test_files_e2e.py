@@ -362,3 +362,17 @@ def test_transfers_keep_to_their_pace(procs, clients):
     took_down = time.monotonic() - began
     assert got == data
     assert took_up > 0.8 and took_down > 0.8, (took_up, took_down)
+
+
+def test_uploads_begun_past_the_rate_are_refused(procs, clients):
+    """--files-per-hour: 20 uploads at once (the burst), then the rate: the 21st is refused
+    (counted when begun: these are never sent)."""
+    p, port = start_serve("--history", "memory", "--accounts", "memory", "--files", "memory",
+                          "--files-per-hour", "1", acceptors=1)
+    procs.append(p)
+    a = client(port, clients)
+    assert a.ask("/cap codes end") == ["OK cap codes end"]
+    for i in range(20):
+        assert a.ask(f"/upload 10 n{i}.txt")[0].startswith("UPLOAD:")
+    refused = a.ask("/upload 10 one-more.txt")
+    assert refused[0].startswith("@code=rate ERROR:"), refused
