@@ -218,7 +218,8 @@ def test_a_program_outside_the_table_is_refused():
 SAMPLES = {
     "host": "127.0.0.2", "port": "40999", "irc_port": "40998", "web": "off", "web_port": "40997",
     "web_origins": "https://chat.example.org", "ping_after": "5", "acceptors": "3",
-    "web_url": "https://chat.example.org", "transfer_stall": "7", "transfer_mbps": "0", "upload_ttl": "60",
+    "web_url": "https://chat.example.org", "transfer_stall": "7", "transfer_mbps": "0",
+    "upload_ttl": "60",
     "files": "memory", "files_max_mb": "5", "files_quota_mb": "50", "files_per_hour": "10",
     "files_total_gb": "1", "files_max_age": "3",
     "bus": "ipc://pychat-test-bus",
