@@ -18,7 +18,7 @@ from pychat.options import ACCEPTOR, add_options, limit_values
 
 from .limits import Limits
 from .server import Acceptor
-from .tls import server_context
+from .tls import tls_context
 
 log = logging.getLogger("pychat.acceptor")
 
@@ -29,18 +29,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_options(p, ACCEPTOR)  # pychat/options.py declares them
     add_ready_fd(p)
     return p
-
-
-def tls_context(p: argparse.ArgumentParser, args: argparse.Namespace):
-    """The server's TLS context, or None; a usage error when the files cannot be used."""
-    if not args.tls_cert:
-        if args.tls_key:
-            p.error("--tls-key needs --tls-cert")
-        return None
-    try:
-        return server_context(args.tls_cert, args.tls_key)
-    except BadValue as e:
-        p.error(str(e))
 
 
 def curve_keys(p: argparse.ArgumentParser, args: argparse.Namespace):

@@ -8,6 +8,7 @@ from its accept, and its handshake must finish within ``--tls-handshake-timeout`
 
 from __future__ import annotations
 
+import argparse
 import ssl
 
 from pychat.config import BadValue
@@ -22,3 +23,17 @@ def server_context(cert: str, key: str) -> ssl.SSLContext:
     except (OSError, ssl.SSLError) as e:
         raise BadValue(f"cannot use TLS certificate {cert} with key {key or cert}: {e}") from None
     return ctx
+
+
+def tls_context(p: argparse.ArgumentParser, args: argparse.Namespace) -> ssl.SSLContext | None:
+    """The server's TLS context, or None; a usage error when the files cannot be used (here,
+    not in the acceptor's module, so that ``pychat serve`` checks them without importing the
+    acceptor: the supervisor stays small)."""
+    if not args.tls_cert:
+        if args.tls_key:
+            p.error("--tls-key needs --tls-cert")
+        return None
+    try:
+        return server_context(args.tls_cert, args.tls_key)
+    except BadValue as e:
+        p.error(str(e))

@@ -51,12 +51,16 @@ import os
 import stat
 import sys
 import time
-
-import zmq
-import zmq.auth
+from typing import TYPE_CHECKING
 
 from pychat.config import BadValue
 from pychat.options import KEYS, add_options
+
+if TYPE_CHECKING:
+    import zmq
+
+# zmq is imported where keys are made or read, not at import: `pychat serve` (which imports
+# this module) stays a small supervisor when its bus needs no keys
 
 log = logging.getLogger("pychat.keys")
 
@@ -129,6 +133,7 @@ def make_keys(folder: str, acceptors: int, if_missing: bool = False) -> list[str
     _make_private_folder(folder)
     _make_private_folder(os.path.join(folder, "authorized"))
     for secret_file, public_file in zip(secrets, publics, strict=True):
+        import zmq
         public, secret = zmq.curve_keypair()
         _write_new(secret_file, _key_text("**Secret**", public, secret), 0o600)
         _write_new(public_file, _key_text("Public", public), 0o644)
@@ -154,6 +159,7 @@ def load_secret(path: str) -> tuple[bytes, bytes]:
     """(public, secret) from a ``.key_secret`` file; ``BadValue`` when it is not one, or when
     others may read or write it."""
     try:
+        import zmq.auth
         public, secret = zmq.auth.load_certificate(path)
     except (OSError, ValueError) as e:
         raise BadValue(f"cannot read CurveZMQ secret key {path}: {e}") from None
@@ -165,6 +171,7 @@ def load_secret(path: str) -> tuple[bytes, bytes]:
 
 def load_public(path: str) -> bytes:
     try:
+        import zmq.auth
         public, _ = zmq.auth.load_certificate(path)
     except (OSError, ValueError) as e:
         raise BadValue(f"cannot read CurveZMQ public key {path}: {e}") from None
@@ -175,6 +182,7 @@ def load_public(path: str) -> bytes:
 
 def public_keys(folder: str) -> set[bytes]:
     try:
+        import zmq.auth
         return set(zmq.auth.load_certificates(folder))
     except (OSError, ValueError) as e:
         raise BadValue(f"cannot read authorised keys in {folder}: {e}") from None

@@ -39,7 +39,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 
-from pychat.acceptor.__main__ import tls_context
+from pychat.acceptor.tls import tls_context
 from pychat.config import BadValue, setup_logging
 from pychat.keys import (
     is_open_bus,
