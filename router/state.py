@@ -494,9 +494,17 @@ class RouterState:
             self._chat_room(slot.room, stamp, line)
             return
         self.history.append_private(stamp, slot.uid, slot.target, line)
-        for uid in dict.fromkeys((slot.target, slot.uid)):
-            if (user := self.users.get(uid)) is not None:
-                self._chat_conn(user, stamp, line)
+        # as /msg: an account's every session (its devices), and the sender
+        sessions: list[User] = []
+        target = self.users.get(slot.target)
+        if target is not None:
+            sessions = (self.logins.get(fold(target.account)) or [target]) if target.account \
+                else [target]
+        sender = self.users.get(slot.uid)
+        if sender is not None:
+            sessions = [*sessions, sender]
+        for user in dict.fromkeys(sessions):
+            self._chat_conn(user, stamp, line)
 
     def _tell_uploader(self, slot: Slot, code: str, why: str) -> None:
         user = self.by_conn.get((slot.acceptor, slot.conn))

@@ -376,3 +376,22 @@ def test_uploads_begun_past_the_rate_are_refused(procs, clients):
         assert a.ask(f"/upload 10 n{i}.txt")[0].startswith("UPLOAD:")
     refused = a.ask("/upload 10 one-more.txt")
     assert refused[0].startswith("@code=rate ERROR:"), refused
+
+
+def test_a_private_file_to_an_account_reaches_each_of_its_sessions(files_serve, clients):
+    """As /msg: a file sent to a logged-in name reaches every session of that account."""
+    port, _ = files_serve
+    name, password = unique("acct"), "a-good-password"
+    a1 = client(port, clients)
+    a1.send(f"/nick {name}")
+    a1.expect(f"OK nick {name}")
+    a1.send(f"/register {password}")
+    a1.expect(f"OK register {name}")
+    a2 = client(port, clients)
+    a2.send(f"/login {name} {password}")
+    a2.expect(f"OK login {name}")
+    sender = client(port, clients)
+    url = ask_upload(sender, 4, "both.txt", name)
+    assert put(url, b"two!")[0] == 201
+    lines = {file_line(c).group(0) for c in (a1, a2, sender)}
+    assert len(lines) == 1
