@@ -99,6 +99,14 @@ def render(st: dict) -> str:
                  + ("; durable" + (f", {st['held_turns']} turns waiting for the disk"
                                    if st.get("held_turns") else "")
                     if st.get("durable") else ""))
+    files = st.get("files")
+    if files:
+        lines.append(f"files: {files.get('files', 0)} stored ({files.get('bytes', 0)} bytes, "
+                     f"{files.get('backend', '?')}), {files.get('uploads_waiting', 0)} uploads "
+                     f"waiting, {files.get('uploads_done', 0)} done, "
+                     f"{files.get('downloads_done', 0)} downloads")
+    elif "files" in st:
+        lines.append("files: off")
     return "\n".join(lines)
 
 

@@ -48,11 +48,14 @@ def test_status_shows_acceptors_users_rooms_and_rate(procs, connect):
     assert st["messages_per_s"] > 0
     assert st["clock"]["source"] == "local" and st["history"]["backend"] == "sqlite"
     assert st["curve"] is False  # serve's private ipc:// bus has no keys
+    assert st["files"]["files"] == 0 and st["files"]["backend"] == "sqlite"
     text = status("--router", endpoint)
     assert text.returncode == 0
     assert "acceptors: 2" in text.stdout and "rooms: #lobby=2, #ops=1" in text.stdout
     assert "users: 3 (1 named, 0 logged in)" in text.stdout
     assert "logins: 0 done, 0 failed, 0 being checked, 0 refused as busy" in text.stdout
+    assert "files: 0 stored (0 bytes, sqlite), 0 uploads waiting, 0 done, 0 downloads" \
+        in text.stdout
     # asking is not joining: the router still counts two acceptors, and chat goes on
     assert len(json.loads(status("--router", endpoint, "--json").stdout)["acceptors"]) == 2
     a.send("still here")
