@@ -237,3 +237,16 @@ def test_several_tags_and_unknown_ones_are_read_as_ircv3_writes_them():
 def test_end_lines():
     assert r.parse_server_line(r.format_end("users")) == r.End("END users", "users")
     assert isinstance(r.parse_server_line("END of the world"), r.Info)  # not an END line
+
+
+@given(st.floats(min_value=0, max_value=4e9, allow_nan=False),
+       st.lists(st.floats(min_value=-3, max_value=3, allow_nan=False), max_size=5))
+def test_format_time_with_its_second_kept_is_strftime_s(ts, steps):
+    """The prefix of the last second formatted is kept: every stamp is still exactly what
+    strftime makes, whichever second came before."""
+    import time as _time
+    for t in [ts, *(max(0.0, ts + d) for d in steps)]:
+        ms = int(round(t * 1000, 3))
+        secs, ms = divmod(ms, 1000)
+        want = _time.strftime("%Y-%m-%dT%H:%M:%S", _time.gmtime(secs)) + f".{ms:03d}Z"
+        assert r.format_time(t) == want

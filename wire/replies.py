@@ -20,11 +20,20 @@ WELCOME = "Welcome to PyChat Server!"
 TIME_TAG = "@time="
 
 
+_SECOND: tuple[int, str] = (-1, "")  # the last second formatted: (seconds, its prefix)
+
+
 def format_time(ts: float) -> str:
-    """UTC, ISO 8601 with milliseconds and Z: ``2026-11-26T11:34:42.123Z``."""
+    """UTC, ISO 8601 with milliseconds and Z: ``2026-11-26T11:34:42.123Z``. The prefix of the
+    last second is kept (one tuple, replaced whole: safe across threads): the router stamps
+    every message, most of them in the same second as the one before."""
+    global _SECOND
     ms = int(round(ts * 1000, 3))  # truncate to the ms, but 1.001 s is 1001 ms, not 1000
     secs, ms = divmod(ms, 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{ms:03d}Z"
+    last = _SECOND
+    if last[0] != secs:
+        last = _SECOND = (secs, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)))
+    return f"{last[1]}.{ms:03d}Z"
 
 
 def tagged(stamp: str, line: str) -> str:
