@@ -927,7 +927,7 @@ def frame_name(frame: str) -> str:
     if not m:
         return frame.strip()
     path = m.group("file")
-    for marker in ("site-packages/", "/work/main/", "lib/python3"):
+    for marker in ("site-packages/", ROOT + os.sep, "lib/python3"):
         if marker in path:
             path = path.split(marker, 1)[1]
     return f"{m.group('func')} ({path})"
@@ -1109,7 +1109,7 @@ def main(argv: list[str] | None = None) -> int:
         with open(a.json_out, "w") as f:
             json.dump({"started": started, "argv": sys.argv[1:], "cores": os.cpu_count(),
                        "machine": machine(), "load_average_end": load_average(),
-                       "root": ROOT, "results": results, "profiles": profiles}, f, indent=1)
+                       "results": results, "profiles": profiles}, f, indent=1)
     return 0
 
 
