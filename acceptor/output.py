@@ -40,6 +40,7 @@ from . import web
 from .limits import Limits
 
 if TYPE_CHECKING:
+    from .irc import IrcDoor
     from .session import Session
 
 log = logging.getLogger("pychat.acceptor")
@@ -56,6 +57,14 @@ def uids_named(events: list[replies.Event]) -> set[str]:
         elif isinstance(event, replies.Named):
             out.update(uid for uid, _ in event.names)
     return out
+
+
+def _timed_line(tagged: tuple[str, str]) -> bytes:
+    return (replies.tagged(*tagged) + "\n").encode("utf-8")
+
+
+def _timed_frame(tagged: tuple[str, str]) -> bytes:
+    return web.frame(replies.tagged(*tagged).encode("utf-8"))
 
 
 class Output:
@@ -122,83 +131,73 @@ class Output:
         ``queue`` is inlined (one flush scheduled per message, not a call per member). With
         ``tagged`` = (stamp, text), members with ``/cap time`` get the tagged line instead,
         encoded once, when the first of them is met. IRC members (``doors``) get the line
-        translated once for all of them (``_fan_out_doors``); WebSocket members, framed once
-        (``_fan_out_frames``)."""
+        translated once for all of them (``_fan_out_doors``); WebSocket members get the same
+        framed once (server frames are unmasked: the same bytes for everyone)."""
         if room in self.doors:
             self._fan_out_doors(self.doors[room], data, tagged)
-        if room in self.webs:
-            self._fan_out_frames(self.webs[room], data, tagged)
+        webs = self.webs.get(room)
+        if webs:
+            self._queue_all(webs, web.frames(data), tagged, _timed_frame)
         members = self.rooms.get(room)
-        if not members:
-            return
+        if members:
+            self._queue_all(members, data, tagged, _timed_line)
+
+    def _queue_all(self, members: dict[Session, None], plain: bytes,
+                   tagged: tuple[str, str] | None,
+                   timed_of: Callable[[tuple[str, str]], bytes]) -> None:
+        """``plain`` for every member, or to those with ``/cap time`` ``timed_of(tagged)``,
+        made once when the first of them is met; one flush scheduled for all of them."""
         dirty = self._dirty
-        tagged_data = None
+        timed = None
         for s in members:
             out = s.out
             if not out:
                 dirty.append(s)
             if tagged is not None and s.cap_time:
-                if tagged_data is None:
-                    tagged_data = (replies.tagged(*tagged) + "\n").encode("utf-8")
-                out.append(tagged_data)
+                if timed is None:
+                    timed = timed_of(tagged)
+                out.append(timed)
             else:
-                out.append(data)
+                out.append(plain)
         if self._flush_handle is None:
             self._schedule_flush()
 
-    def _fan_out_frames(self, members: dict[Session, None], data: bytes,
-                        tagged: tuple[str, str] | None) -> None:
-        """A room line for its WebSocket members: one text frame, made once (twice at most)."""
-        plain: bytes | None = None
-        timed: bytes | None = None
-        queue = self.queue
-        for s in members:
-            if tagged is not None and s.cap_time:
-                if timed is None:
-                    timed = web.frame(replies.tagged(*tagged).encode("utf-8"))
-                queue(s, timed)
-            else:
-                if plain is None:
-                    plain = web.frames(data)
-                queue(s, plain)
-
     def _fan_out_doors(self, members: dict[Session, None], data: bytes,
                        tagged: tuple[str, str] | None) -> None:
-        """A room line for the room's IRC members: a chat line is translated once (twice at
-        most: with and without ``@time=``) and skips its sender (IRC clients do not expect
-        their own echo); any other line goes through each member's translator."""
+        """A room line for the room's IRC members: a chat line (which skips its sender: IRC
+        clients do not expect their own echo) or a file is translated once (twice at most:
+        with and without ``@time=``) for all of them; any other line goes through each
+        member's translator."""
         text = tagged[1] if tagged is not None else data.decode("utf-8").rstrip("\n")
         event = replies.parse_server_line(text)
-        if type(event) is replies.FileShared:  # a file sent to the room
+        lines: Callable[[IrcDoor, str | None], list[str]]
+        sender = ""
+        if type(event) is replies.FileShared:
             assert isinstance(event, replies.FileShared)
-            stamp = tagged[0] if tagged is not None else None
-            for s in members:
-                if s.door is not None and s.door.registered:
-                    shown = replace(event, stamp=stamp if "server-time" in s.door.caps else None)
-                    for line in s.door.file_lines(shown, room=True):
-                        self.queue(s, (line + "\r\n").encode("utf-8"))
-            return
-        if type(event) is not replies.Chat or event.private:
+            file = event
+            lines = lambda door, stamp: door.file_lines(replace(file, stamp=stamp), room=True)  # noqa: E731
+        elif type(event) is replies.Chat and not event.private:
+            assert isinstance(event, replies.Chat)
+            chat, sender = event, event.uid
+            lines = lambda door, stamp: door.public(stamp, chat.uid, chat.text)  # noqa: E731
+        else:
             for s in members:
                 s.send_line(text)
             return
-        assert isinstance(event, replies.Chat)
         stamp = tagged[0] if tagged is not None else None
         plain: bytes | None = None
         timed: bytes | None = None
         for s in members:
             door = s.door
-            if s.uid == event.uid or door is None or not door.registered:
+            if s.uid == sender or door is None or not door.registered:
                 continue
             if stamp and "server-time" in door.caps:
                 if timed is None:
-                    timed = "".join(f"{line}\r\n" for line in door.public(
-                        stamp, event.uid, event.text)).encode("utf-8")
+                    timed = "".join(f"{line}\r\n" for line in lines(door, stamp)).encode()
                 self.queue(s, timed)
             else:
                 if plain is None:
-                    plain = "".join(f"{line}\r\n" for line in door.public(
-                        None, event.uid, event.text)).encode("utf-8")
+                    plain = "".join(f"{line}\r\n" for line in lines(door, None)).encode()
                 self.queue(s, plain)
 
     def roster(self, room: str, text: str, delta: str) -> None:
@@ -206,10 +205,13 @@ class Output:
         have a list to apply it to, the change (``delta``; when empty, the lists too)."""
         if room in self.doors:
             self._roster_doors(self.doors[room], text, delta)
-        self._roster(self.rooms.get(room), (text + "\n").encode("utf-8"),
-                     (delta + "\n").encode("utf-8") if delta else b"")
-        if room in self.webs:  # the same, framed once
-            self._roster(self.webs[room], web.frames(text.encode("utf-8")),
+        members = self.rooms.get(room)
+        if members:
+            self._roster(members, (text + "\n").encode("utf-8"),
+                         (delta + "\n").encode("utf-8") if delta else b"")
+        webs = self.webs.get(room)
+        if webs:  # the same, framed once
+            self._roster(webs, web.frames(text.encode("utf-8")),
                          web.frames(delta.encode("utf-8")) if delta else b"")
 
     def _roster_doors(self, members: dict[Session, None], text: str, delta: str) -> None:
@@ -249,9 +251,7 @@ class Output:
                 if shared:
                     self.queue(s, shared)
 
-    def _roster(self, members: dict[Session, None] | None, full: bytes, change: bytes) -> None:
-        if not members:
-            return
+    def _roster(self, members: dict[Session, None], full: bytes, change: bytes) -> None:
         change = change or full
         for s in members:
             if s.conn.cap_deltas and not s.fresh:

@@ -13,7 +13,7 @@ with a line end loses it; one with several lines is several lines, each a line f
 limits; fragmented messages are put together, up to ``web_max_frame``; a binary frame's bytes
 are taken as TCP's are, invalid UTF-8 included); every line for the client is a text frame
 (``web.frames``), and a room's lines are framed once for all its web members
-(``Output._fan_out_frames``). websockets answers pings
+(``Output.fan_out``). websockets answers pings
 and close frames and enforces the frame size, UTF-8 and the protocol's rules; a violation
 closes the connection with its close code. The acceptor pings a web session quiet for
 ``Limits.ping_after`` seconds (a browser answers by itself), so proxies keep it open and the idle
@@ -100,8 +100,7 @@ class WebSession(Session):
             why = "stalled" if self.upload is not None else "the router did not answer"
             self.acceptor.send_transfer(transfer.Abort(self.id, why))
             self._transfer_over()
-            self.transport.write(web.error_response(408, f"the transfer {why}", self.tls))
-            self.transport.close()
+            self._refuse(408, f"the transfer {why}")
             return
         self.transport.abort()
 
@@ -131,8 +130,7 @@ class WebSession(Session):
             try:
                 head = web.take_head(buf)
             except web.HttpError as e:
-                t.write(web.error_response(e.status, e.text, self.tls))
-                t.close()
+                self._refuse(e.status, e.text)
                 return
             if head is None:
                 return
@@ -157,6 +155,13 @@ class WebSession(Session):
                 return
             self._arm_deadline()
 
+    def _refuse(self, status: int, text: str) -> None:
+        """An HTTP error answer, then the close."""
+        t = self.transport
+        if t is not None:
+            t.write(web.error_response(status, text, self.tls))
+            t.close()
+
     def resume_writing(self) -> None:
         super().resume_writing()
         if self.download is not None and self.download.owed:  # the client read: more comes
@@ -176,17 +181,13 @@ class WebSession(Session):
         token = head.path[len("/upload/"):]
         length = head.headers.get("content-length", "")
         if "transfer-encoding" in head.headers:
-            t.write(web.error_response(411, "send the file with a Content-Length (no chunked "
-                                            "encoding)", self.tls))
-            t.close()
+            self._refuse(411, "send the file with a Content-Length (no chunked encoding)")
             return
         if not (length.isascii() and length.isdigit() and len(length) <= 15):
-            t.write(web.error_response(411, "a Content-Length is needed", self.tls))
-            t.close()
+            self._refuse(411, "a Content-Length is needed")
             return
         if not web.TOKEN.match(token):
-            t.write(web.error_response(404, "no such upload", self.tls))
-            t.close()
+            self._refuse(404, "no such upload")
             return
         self.upload = Upload(int(length), head.headers.get("expect", "").lower()
                              == "100-continue", head.keep_alive)
@@ -200,8 +201,7 @@ class WebSession(Session):
         assert t is not None
         parts = head.path.split("/")  # "", "files", id, name
         if len(parts) != 4 or not web.TOKEN.match(parts[2]):
-            t.write(web.error_response(404, "no such file", self.tls))
-            t.close()
+            self._refuse(404, "no such file")
             return
         self.download = Download(head.method == "HEAD", head.keep_alive)
         self.acceptor.transfers[self.id] = self
@@ -233,19 +233,17 @@ class WebSession(Session):
                     if up.keep_alive and up.sent >= up.length:
                         self._next_request()
                         return
+                    t.close()
                 else:
-                    t.write(web.error_response(msg.status, msg.text, self.tls))
-                t.close()
+                    self._refuse(msg.status, msg.text)
             elif isinstance(msg, transfer.Abort):
                 self._transfer_over()
-                t.write(web.error_response(500, f"upload failed: {msg.why}", self.tls))
-                t.close()
+                self._refuse(500, f"upload failed: {msg.why}")
         elif down is not None:
             if isinstance(msg, transfer.Meta):
                 if msg.status != 200:
                     self._transfer_over()
-                    t.write(web.error_response(msg.status, msg.headers, self.tls))
-                    t.close()
+                    self._refuse(msg.status, msg.headers)
                     return
                 headers = [(k, v) for k, v in json.loads(msg.headers)
                            if k.lower() not in web.OWN_HEADERS]
@@ -344,8 +342,7 @@ class WebSession(Session):
             log.info("conn %d (%s): WebSocket refused, origin %r not allowed", self.id,
                      self.peer, head.headers.get("origin"))
             self.acceptor.stats["web_origin_refusals"] += 1
-            t.write(web.error_response(403, "origin not allowed", self.tls))
-            t.close()
+            self._refuse(403, "origin not allowed")
             return
         # websockets is imported at the first upgrade, not at start: an acceptor nobody opens a
         # WebSocket to stays smaller (about 2 MB)
@@ -356,8 +353,7 @@ class WebSession(Session):
         ws.receive_data(head.raw)
         events = ws.events_received()
         if len(events) != 1 or not isinstance(events[0], Request):
-            t.write(web.error_response(400, "bad WebSocket handshake", self.tls))
-            t.close()
+            self._refuse(400, "bad WebSocket handshake")
             return
         answer = ws.accept(events[0])
         answer.headers["Server"] = "pychat"

@@ -28,9 +28,10 @@ import os
 import secrets
 import sqlite3
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
+
+from .transaction import write_transaction
 
 FILENAME = "accounts.sqlite3"
 SERVER = ""  # the room of a server-wide ban
@@ -167,17 +168,8 @@ class AccountStore:
         assert self._db is not None, "accounts file not open"
         return self._db
 
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        db = self.db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+    def _write(self) -> AbstractContextManager[sqlite3.Connection]:
+        return write_transaction(self.db)
 
     def close(self) -> None:
         if self._db is not None:

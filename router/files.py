@@ -123,14 +123,25 @@ import sqlite3
 import tempfile
 import threading
 import unicodedata
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from types import TracebackType
 from typing import BinaryIO
 from urllib.parse import quote
 
-from pychat.wire.errors import ClientError
+from pychat.wire.errors import (
+    ABORTED,
+    BAD_SIZE,
+    QUOTA,
+    RATE,
+    SIZE_MISMATCH,
+    STORAGE,
+    STORE_FULL,
+    TOO_LARGE,
+    ClientError,
+)
+
+from .transaction import write_transaction
 
 log = logging.getLogger("pychat.files")
 
@@ -152,15 +163,7 @@ ID_BYTES = 16  # 128 random bits: 22 characters of URL-safe base64
 EXPIRE_CHUNK = 500  # rows deleted per transaction by expire()
 BUCKETS_MAX = 10_000  # rate buckets kept before the full ones are forgotten
 
-# FileError codes: stable, lower case; never change meaning (wire/errors.py style)
-TOO_LARGE = "too-large"
-QUOTA = "quota"
-RATE = "rate"
-STORE_FULL = "store-full"
-SIZE_MISMATCH = "size-mismatch"
-BAD_SIZE = "bad-size"
-ABORTED = "aborted"
-STORAGE = "storage"  # the server's disk failed (logged): not the client's fault
+# FileError's codes (wire/errors.py holds every code; STORAGE: the server's disk failed, logged)
 CODES = (TOO_LARGE, QUOTA, RATE, STORE_FULL, SIZE_MISMATCH, BAD_SIZE, ABORTED, STORAGE)
 
 MIGRATIONS: tuple[str, ...] = (
@@ -577,17 +580,8 @@ class FileStore:
         assert self._db is not None, "files store not open"
         return self._db
 
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        db = self.db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+    def _write(self) -> AbstractContextManager[sqlite3.Connection]:
+        return write_transaction(self.db)
 
     def version(self) -> int:
         return int(self.db.execute("PRAGMA user_version").fetchone()[0])

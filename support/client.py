@@ -21,6 +21,14 @@ from pychat.wire.framing import LineBuffer
 DEFAULT_TIMEOUT = 10.0
 
 
+def tcp_socket(host: str, port: int, timeout: float, source: str = "") -> socket.socket:
+    """A connected TCP socket with TCP_NODELAY; ``source``: the local address to connect from."""
+    sock = socket.create_connection((host, port), timeout=timeout,
+                                    source_address=(source, 0) if source else None)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
 class ConnectionClosed(Exception):
     """The server closed the connection (or it broke) before the expected line came."""
 
@@ -34,9 +42,11 @@ class Connection:
                  timeout: float = DEFAULT_TIMEOUT, max_line: int = 1 << 20, source: str = ""):
         """``source``: the local address to connect from (another loopback address, 127.0.0.2,
         is another client address to the server)."""
-        self.sock = socket.create_connection((host, port), timeout=timeout,
-                                             source_address=(source, 0) if source else None)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock = tcp_socket(host, port, timeout, source)
+        self._start(timeout, max_line)
+
+    def _start(self, timeout: float, max_line: int) -> None:
+        """What the client knows before the server has said anything."""
         self.timeout = timeout
         self._buffer = LineBuffer(max_line)
         self._lines: deque[str] = deque()
@@ -74,10 +84,12 @@ class Connection:
             raise ConnectionClosed("server closed the connection")
         for item in self._buffer.feed(data):
             if isinstance(item, bytes):
-                line = item.decode("utf-8", "replace")
-                self._lines.append(line)
-                self.seen.append(line)
-                self._track(replies.parse_server_line(line))
+                self._received(item.decode("utf-8", "replace"))
+
+    def _received(self, line: str) -> None:
+        self._lines.append(line)
+        self.seen.append(line)
+        self._track(replies.parse_server_line(line))
 
     def _track(self, event: replies.Event) -> None:
         if isinstance(event, replies.IdAssigned):
@@ -181,23 +193,12 @@ class WsConnection(Connection):
 
         from support.procs import WEB_PORTS
         web = web_port or WEB_PORTS[port]
-        sock = socket.create_connection((host, web), timeout=timeout,
-                                        source_address=(source, 0) if source else None)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.ws = connect(f"ws://{host}:{web}/ws", sock=sock, open_timeout=timeout,
+        self.sock = tcp_socket(host, web, timeout, source)
+        self.ws = connect(f"ws://{host}:{web}/ws", sock=self.sock, open_timeout=timeout,
                           max_size=None, origin=origin,  # type: ignore[arg-type]
                           compression=None, ping_interval=None, close_timeout=2).__enter__()
-        self.sock = sock
-        self.timeout = timeout
-        self._buffer = LineBuffer(max_line)
-        self._pending = b""
-        self._lines = deque()
-        self.seen = []
-        self.closed = False
-        self.uid = ""
-        self.users = ()
-        self.names = {}
-        self.room = "#lobby"
+        self._start(timeout, max_line)
+        self._pending = b""  # a piece of send_raw's bytes without its newline yet
 
     def send_raw(self, data: bytes) -> None:
         data = self._pending + data
@@ -222,10 +223,8 @@ class WsConnection(Connection):
         except WsClosed as e:
             self.closed = True
             raise ConnectionClosed(str(e)) from None
-        line = message if isinstance(message, str) else message.decode("utf-8", "replace")
-        self._lines.append(line)
-        self.seen.append(line)
-        self._track(replies.parse_server_line(line))
+        self._received(message if isinstance(message, str)
+                       else message.decode("utf-8", "replace"))
 
     def close(self) -> None:
         self.closed = True

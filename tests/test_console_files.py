@@ -13,15 +13,14 @@ import re
 import shutil
 import subprocess
 import sys
-import threading
 import time
 import uuid
 
 import pytest
 
-from support.procs import python_m, start_serve
+from support.procs import start_serve
 
-from .test_console_pipe import STAMP, Piped
+from .test_console_pipe import STAMP, Piped, run_console
 from .test_console_tmux import Tmux
 
 pytestmark = pytest.mark.e2e
@@ -41,24 +40,7 @@ class Console(Piped):
     """A pipe-mode console whose stdout lines can be waited for; run in folder ``cwd``."""
 
     def __init__(self, port: int, cwd, *args: str):
-        self.out_lines: queue.Queue[str] = queue.Queue()
-        self.p = subprocess.Popen(python_m("pychat", "console", "--port", str(port), *args),
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True, cwd=str(cwd),
-                                  env=dict(os.environ, PYTHONUNBUFFERED="1"))
-        self.err_lines = queue.Queue()
-        self.stderr, self.stdout = [], []
-        self._pumps = [threading.Thread(target=self._pump, args=(self.p.stdout, self.stdout),
-                                        daemon=True),
-                       threading.Thread(target=self._pump, args=(self.p.stderr, self.stderr),
-                                        daemon=True)]
-        for t in self._pumps:
-            t.start()
-
-    def _pump(self, stream, into: list[str]) -> None:
-        for line in stream:
-            into.append(line)
-            (self.out_lines if into is self.stdout else self.err_lines).put(line.rstrip("\n"))
+        super().__init__(port, *args, cwd=cwd)
 
     def wait_out(self, pattern: str, timeout: float = 20) -> re.Match:
         rx = re.compile(pattern)
@@ -92,8 +74,7 @@ def consoles():
 
 
 def run(port: int, cwd, stdin: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(python_m("pychat", "console", "--port", str(port), *args),
-                          input=stdin, capture_output=True, text=True, timeout=60, cwd=str(cwd))
+    return run_console(port, stdin, *args, timeout=60, cwd=cwd)
 
 
 def test_pipe_send_then_files_and_get_never_overwriting(server, consoles, tmp_path):

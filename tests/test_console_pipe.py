@@ -41,21 +41,23 @@ def console_argv(port: int, *args: str, give_up: float | None = None) -> list[st
 
 
 def run_console(port: int, stdin: str, *args: str, timeout: float = 30,
-                give_up: float | None = None) -> subprocess.CompletedProcess:
+                give_up: float | None = None, cwd: str = ROOT) -> subprocess.CompletedProcess:
     return subprocess.run(console_argv(port, *args, give_up=give_up), input=stdin,
-                          capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+                          capture_output=True, text=True, timeout=timeout, cwd=str(cwd))
 
 
 class Piped:
     """A console in pipe mode whose stdin stays open until the test closes it; its output is
-    read as it comes (stderr line by line, for ``wait_err``)."""
+    read as it comes (stderr line by line, for ``wait_err``; stdout's lines without their ends
+    in ``out_lines``); run in the folder ``cwd``."""
 
-    def __init__(self, port: int, *args: str, give_up: float | None = None):
+    def __init__(self, port: int, *args: str, give_up: float | None = None, cwd: str = ROOT):
         self.p = subprocess.Popen(console_argv(port, *args, give_up=give_up),
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                                  stderr=subprocess.PIPE, text=True, cwd=str(cwd),
                                   env=dict(os.environ, PYTHONUNBUFFERED="1"))
         self.err_lines: queue.Queue[str] = queue.Queue()
+        self.out_lines: queue.Queue[str] = queue.Queue()
         self.stderr: list[str] = []
         self.stdout: list[str] = []
         self._pumps = [threading.Thread(target=self._pump, args=(self.p.stdout, self.stdout),
@@ -70,6 +72,8 @@ class Piped:
             into.append(line)
             if into is self.stderr:
                 self.err_lines.put(line)
+            else:
+                self.out_lines.put(line.rstrip("\n"))
 
     def wait_err(self, text: str, timeout: float = 20) -> str:
         deadline = time.monotonic() + timeout

@@ -37,14 +37,6 @@ def files_serve(tmp_path_factory):
     p.stop()
 
 
-@pytest.fixture
-def clients():
-    made: list = []
-    yield made
-    for c in made:
-        c.close()
-
-
 def unique(prefix: str) -> str:
     return prefix + uuid.uuid4().hex[:8]
 

@@ -98,6 +98,17 @@ def drain(sock: socket.socket) -> None:
         sock.settimeout(timeout)
 
 
+def send_in_pieces(rng: random.Random, sock: socket.socket, data: bytes) -> None:
+    """``data`` cut at random points, what the server sends read (never waited for) after each
+    piece."""
+    pos = 0
+    while pos < len(data):
+        step = rng.choice([1, 7, 100, 1500, 65536])
+        sock.sendall(data[pos:pos + step])
+        pos += step
+        drain(sock)
+
+
 def fuzz_session(rng: random.Random, port: int, stats: dict) -> None:
     sock = socket.create_connection(("127.0.0.1", port), timeout=5)
     stats["sessions"] += 1
@@ -106,12 +117,7 @@ def fuzz_session(rng: random.Random, port: int, stats: dict) -> None:
                         for _ in range(rng.randint(10, 200)))
         stats["lines"] += data.count(b"\n")
         stats["bytes"] += len(data)
-        pos = 0
-        while pos < len(data):  # cut at random points: half lines in most sends
-            step = rng.choice([1, 7, 100, 1500, 65536])
-            sock.sendall(data[pos:pos + step])
-            pos += step
-            drain(sock)
+        send_in_pieces(rng, sock, data)  # half lines in most sends
         end = rng.random()
         if end < 0.35:
             stats["end_reset"] += 1
@@ -207,12 +213,7 @@ def fuzz_web_session(rng: random.Random, port: int, stats: dict) -> None:
             data = (mutate(rng, HANDSHAKE) if rng.random() < 0.1 else HANDSHAKE) + b"".join(
                 fuzz_frame(rng, stats) for _ in range(rng.randint(5, 100)))
         stats["bytes"] += len(data)
-        pos = 0
-        while pos < len(data):  # cut at random points: half frames in most sends
-            step = rng.choice([1, 7, 100, 1500, 65536])
-            sock.sendall(data[pos:pos + step])
-            pos += step
-            drain(sock)
+        send_in_pieces(rng, sock, data)  # half frames in most sends
         if rng.random() < 0.4:
             stats["end_reset"] += 1
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))

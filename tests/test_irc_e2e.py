@@ -112,14 +112,6 @@ def reactor_running(reactor, conn) -> Iterator[None]:
         conn.disconnect("bye")
 
 
-@pytest.fixture
-def clients():
-    made: list = []
-    yield made
-    for c in made:
-        c.close()
-
-
 def irc(port: int, clients: list) -> Irc:
     c = Irc(port)
     clients.append(c)

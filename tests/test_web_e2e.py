@@ -65,14 +65,6 @@ def raw_exchange(port: int, data: bytes, until_closed: bool = True) -> bytes:
                 return got
 
 
-@pytest.fixture
-def clients():
-    made: list = []
-    yield made
-    for c in made:
-        c.close()
-
-
 def web_client(web: int, clients: list, **kw) -> WsConnection:
     c = WsConnection("127.0.0.1", 0, web_port=web, timeout=TIMEOUT, **kw)
     clients.append(c)
