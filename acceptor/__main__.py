@@ -1,24 +1,32 @@
-"""``pychat acceptor`` / ``python -m pychat.acceptor``: run one acceptor by hand."""
+"""``pychat acceptor`` / ``python -m pychat.acceptor``: run one acceptor by hand.
+
+asyncio (and with it the acceptor's modules) is imported in ``main``, once the options are
+read: without a certificate it comes without ssl (``pychat.config.import_asyncio``; issue 18).
+Nothing this module imports at its top may import asyncio.
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 import resource
 import signal
 import socket
 import sys
+from typing import TYPE_CHECKING
 
-from pychat.config import BadValue, add_ready_fd, setup_logging, signal_ready
+from pychat.config import BadValue, add_ready_fd, import_asyncio, setup_logging, signal_ready
 from pychat.keys import is_open_bus, load_public, load_secret
-from pychat.metrics import Metrics
 from pychat.options import ACCEPTOR, add_options, limit_values
 
 from .limits import Limits
-from .server import Acceptor
 from .tls import tls_context
+
+if TYPE_CHECKING:
+    from pychat.metrics import Metrics
+
+    from .server import Acceptor
 
 log = logging.getLogger("pychat.acceptor")
 
@@ -45,6 +53,7 @@ def curve_keys(p: argparse.ArgumentParser, args: argparse.Namespace):
 
 
 def acceptor_metrics(acceptor: Acceptor) -> Metrics:
+    from pychat.metrics import Metrics
     m = Metrics()
     st = acceptor.stats
     m.gauge("pychat_acceptor_connections", "clients connected", lambda: len(acceptor.sessions))
@@ -78,6 +87,9 @@ def raise_fd_limit(wanted: int) -> None:
 
 
 async def serve(args: argparse.Namespace, tls=None, curve=None) -> int:
+    import asyncio
+
+    from .server import Acceptor
     loop = asyncio.get_running_loop()
     limits = Limits(**limit_values(args))
     name = args.name or f"{socket.gethostname()}-{os.getpid()}-{os.urandom(2).hex()}"
@@ -144,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         log.warning("bus: the router at %s is reached without CurveZMQ keys: the bus is neither "
                     "encrypted nor authenticated", args.router)
     raise_fd_limit(args.max_connections + 64)
+    asyncio = import_asyncio(tls=tls is not None)
     if not use_loop(args.loop):
         return 2
     return asyncio.run(serve(args, tls, curve))
@@ -151,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def use_loop(choice: str) -> bool:
     """Install uvloop's policy when asked (or, for auto, when it is installed)."""
+    import asyncio
     if choice == "asyncio":
         return True
     try:

@@ -24,11 +24,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
 import socket
-import ssl as ssl_module
-import uuid
 from collections import deque
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from pychat.wire import bus, errors, replies, transfer
 from pychat.wire.commands import describe
@@ -36,13 +36,19 @@ from pychat.wire.errors import BusError
 from pychat.wire.link import AcceptorLink, Answered, Missed, ResyncNeeded
 
 from .connection import Connection
-from .irc_session import IrcSession
 from .limits import Limits, TokenBucket, exempt_addresses
 from .link import BusPump
 from .output import Output
 from .session import Session
 from .web import Static
-from .web_session import WebSession
+
+if TYPE_CHECKING:
+    import ssl as ssl_module
+
+    from .web_session import WebSession
+
+# ssl comes with a certificate (acceptor/tls.py), the IRC door's modules with --irc-port and the
+# web door's with the web door (at start): an acceptor loads only the doors it opens (issue 18)
 
 log = logging.getLogger("pychat.acceptor")
 
@@ -61,7 +67,7 @@ class Acceptor:
         self.loop = loop
         self.name = name
         self.limits = limits
-        self.epoch = uuid.uuid4().hex[:12]
+        self.epoch = os.urandom(6).hex()  # as uuid4().hex[:12]: 12 random hex digits
         self.sessions: dict[int, Session] = {}
         self._ids = itertools.count(1)
         self.stats = {"accepted": 0, "send_queue_drops": 0, "full_refusals": 0,
@@ -111,6 +117,10 @@ class Acceptor:
         """Listen on ``port`` (the line protocol), ``irc_port`` (IRC; 0: none) and ``web_port``
         (HTTP and WebSocket; None: none)."""
         self.tls = ssl
+        if irc_port:
+            from .irc_session import IrcSession
+        if web_port is not None:
+            from .web_session import WebSession
         if ssl is None:
             self.server = await self.loop.create_server(
                 lambda: Session(self, next(self._ids)), host, port,

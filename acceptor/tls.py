@@ -4,18 +4,25 @@ Built before the acceptor binds, so a missing or unusable file is a usage error 
 or newer. A client that does not speak TLS on a TLS port fails its handshake and is closed; it
 never becomes a session, so nobody else notices it. A connection counts against the limits
 from its accept, and its handshake must finish within ``--tls-handshake-timeout`` of it.
+
+ssl (libssl and libcrypto: 4.5 MB a process) is imported only when a certificate is given:
+``pychat serve`` and an acceptor without TLS never load it (issue 18).
 """
 
 from __future__ import annotations
 
 import argparse
-import ssl
+from typing import TYPE_CHECKING
 
 from pychat.config import BadValue
+
+if TYPE_CHECKING:
+    import ssl
 
 
 def server_context(cert: str, key: str) -> ssl.SSLContext:
     """``BadValue`` when the files cannot be used."""
+    import ssl
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     try:

@@ -16,6 +16,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from types import ModuleType
 from typing import Any
 
 LOG_FORMAT = "%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s"
@@ -101,6 +102,14 @@ def option(parser: argparse.ArgumentParser, flag: str, env: str, *, default: Any
                             help=text, metavar=dest.upper())
 
 
+def default_data_dir() -> str:
+    """``$XDG_DATA_HOME/pychat`` (``~/.local/share/pychat``): --data-dir's default. Here, not
+    in router/sqlite_history.py, so that a parser's default costs no sqlite3 (issue 18)."""
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"),
+                                                           ".local", "share")
+    return os.path.join(base, "pychat")
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object a line: time (UTC, ISO 8601), level, logger, pid, message."""
 
@@ -140,3 +149,27 @@ def signal_ready(fd: int | None, what: str) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def import_asyncio(tls: bool) -> ModuleType:
+    """asyncio, imported without ssl in a process that will never speak TLS (``tls`` False:
+    an acceptor without ``--tls-cert``); with it otherwise. Returns the module.
+
+    asyncio imports ssl for its TLS transports (base_events, selector_events, sslproto: each
+    ``try: import ssl / except ImportError: ssl = None``), and ssl maps libssl and libcrypto:
+    about 4.5 MB of each such process's RSS (issue 18). A ``None`` in ``sys.modules`` makes that
+    import fail, so asyncio keeps ``ssl = None``, as on a Python built without it: its TLS
+    support is off in this process, and nothing else changes (CurveZMQ is libzmq's own; the web
+    door's HTTP and WebSocket are plain). The entry is removed afterwards, so a later ``import
+    ssl`` still gets the real module. Call it before anything imports asyncio (the acceptor's
+    ``__main__`` imports nothing that does at its top): once asyncio is in, it changes nothing.
+    """
+    if tls or "asyncio" in sys.modules or "ssl" in sys.modules:
+        import asyncio
+        return asyncio
+    sys.modules["ssl"] = None  # type: ignore[assignment]  # "import ssl" raises ImportError
+    try:
+        import asyncio
+    finally:
+        del sys.modules["ssl"]
+    return asyncio

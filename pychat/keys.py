@@ -44,8 +44,6 @@ this host and need none.
 from __future__ import annotations
 
 import argparse
-import datetime
-import ipaddress
 import logging
 import os
 import stat
@@ -60,7 +58,8 @@ if TYPE_CHECKING:
     import zmq
 
 # zmq is imported where keys are made or read, not at import: `pychat serve` (which imports
-# this module) stays a small supervisor when its bus needs no keys
+# this module) stays a small supervisor when its bus needs no keys; datetime and ipaddress
+# where they are used too (a key file written, a tcp:// bus's host), for the same reason
 
 log = logging.getLogger("pychat.keys")
 
@@ -92,6 +91,7 @@ def _write_new(path: str, text: str, mode: int) -> None:
 
 def _key_text(kind: str, public: bytes, secret: bytes | None = None) -> str:
     """zmq.auth's certificate format (``zmq.auth.load_certificate`` reads it)."""
+    import datetime
     lines = [f"#   ****  Generated on {datetime.datetime.now()} by pychat keys  ****",
              f"#   ZeroMQ CURVE {kind} Certificate", "", "metadata", "curve",
              f'    public-key = "{public.decode()}"']
@@ -212,6 +212,7 @@ def is_open_bus(endpoint: str) -> bool:
     host = endpoint[len("tcp://"):].rsplit(":", 1)[0].strip("[]")
     if host.lower() == "localhost":
         return False
+    import ipaddress
     try:
         return not ipaddress.ip_address(host).is_loopback
     except ValueError:

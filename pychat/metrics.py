@@ -20,19 +20,22 @@ is bounded whatever they do:
   ``max_request`` bytes of request line and headers) and take the answer; then it is closed,
   however slowly it was sending or reading.
 
-prometheus_client is imported when a ``Metrics`` is first rendered, not when this module is:
-processes without ``--metrics-port`` never pay for it.
+prometheus_client is imported when a ``Metrics`` is first rendered, not when this module is,
+and asyncio when a ``MetricsServer`` starts: processes without ``--metrics-port`` never pay for
+them (the router uses no asyncio otherwise; issue 18).
 """
 
 from __future__ import annotations
 
-import asyncio
 import bisect
 import logging
 import socket
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import asyncio
 
 log = logging.getLogger("pychat.metrics")
 
@@ -136,6 +139,7 @@ class MetricsServer:
         self.max_clients = max_clients
         self.deadline = deadline
         self.max_request = max_request
+        import asyncio
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._sock = socket.create_server((host, port), family=family)
         self.port: int = self._sock.getsockname()[1]
@@ -153,6 +157,7 @@ class MetricsServer:
         return len(self._open)
 
     def _run(self) -> None:
+        import asyncio
         asyncio.set_event_loop(self._loop)
         try:
             self._loop.run_until_complete(self._main())
@@ -160,6 +165,7 @@ class MetricsServer:
             self._loop.close()
 
     async def _main(self) -> None:
+        import asyncio
         self._stop = asyncio.Event()
         try:
             server = await asyncio.start_server(self._client, sock=self._sock,
@@ -178,6 +184,7 @@ class MetricsServer:
             self._thread.join(5)
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        import asyncio
         self._open[writer] = None
         if len(self._open) > self.max_clients:  # make room: the oldest goes
             oldest = next(iter(self._open))
@@ -194,6 +201,7 @@ class MetricsServer:
             writer.transport.abort()  # a no-op after a clean close
 
     async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        import asyncio
         request = (await reader.readline()).decode("latin-1").split()
         size = 0
         for _ in range(MAX_HEADERS):  # the headers say nothing we need: read past them

@@ -137,8 +137,9 @@ def room(text: str) -> str:
 
 
 def default_data_dir() -> str:
-    # read when a parser is made (it follows $XDG_DATA_HOME); imported here for the clients
-    from pychat.router.sqlite_history import default_data_dir
+    # read when a parser is made (it follows $XDG_DATA_HOME); in pychat/config.py, which
+    # imports no router code (the clients' parsers, serve's: no sqlite3)
+    from pychat.config import default_data_dir
     return default_data_dir()
 
 

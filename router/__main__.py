@@ -29,7 +29,6 @@ from pychat.keys import (
     open_bus_refusal,
     start_authenticator,
 )
-from pychat.metrics import Metrics
 from pychat.options import ROUTER, add_options
 
 from .accounts import AccountsError, AccountStore
@@ -207,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
             auth.stop()
         return 1
     if args.metrics_port:
+        from pychat.metrics import Metrics  # and asyncio, which the router needs for nothing else
         metrics = Metrics()
         server.register_metrics(metrics)
         try:

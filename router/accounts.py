@@ -25,7 +25,6 @@ seconds (REAL); 0 means "never" for a ban's end.
 from __future__ import annotations
 
 import os
-import secrets
 import sqlite3
 import time
 from contextlib import AbstractContextManager
@@ -159,7 +158,7 @@ class AccountStore:
         with self._write() as w:  # the test write (a read-only file fails here), and the key
             if w.execute("SELECT 1 FROM meta WHERE key = 'seal_key'").fetchone() is None:
                 w.execute("INSERT INTO meta (key, value) VALUES ('seal_key', ?)",
-                          (secrets.token_hex(32),))
+                          (os.urandom(32).hex(),))  # secrets.token_hex(32), no hmac
             w.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('opened', ?)",
                       (repr(time.time()),))
 

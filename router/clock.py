@@ -31,7 +31,6 @@ reads the host clock plus an offset measured against NTP servers, and trusts no 
 from __future__ import annotations
 
 import logging
-import statistics
 import threading
 import time
 from collections.abc import Callable
@@ -112,6 +111,16 @@ def _port(text: str, item: str) -> int:
     if not (text.isascii() and text.isdigit()) or not 0 < int(text) < 65536:
         raise ValueError(f"bad port in {item!r}")
     return int(text)
+
+
+def median(values: list[float]) -> float:
+    """statistics.median, as it computes it, of a list that is not empty (statistics imports
+    fractions and decimal: 1 MB for two calls, issue 18)."""
+    data = sorted(values)
+    n = len(data)
+    if n % 2:
+        return data[n // 2]
+    return (data[n // 2 - 1] + data[n // 2]) / 2
 
 
 def ntplib_query(server: NtpServer, timeout: float) -> float:
@@ -253,7 +262,7 @@ class NtpClock:
                 continue
             if self._stop.is_set():
                 return False
-            mid = statistics.median(got)
+            mid = median(got)
             if self.max_offset and abs(mid) > self.max_offset:
                 refused.append(f"{server} answered {_s(mid)}, more than {self.max_offset:g} s "
                                f"from the host clock")
@@ -311,7 +320,7 @@ class NtpClock:
             if all(a[1] != server for a in best):
                 refused.append(f"{server} answered {_s(offset)}, away from the others "
                                f"(a false ticker)")
-        offset = statistics.median(a[0] for a in best)
+        offset = median([a[0] for a in best])
         server = min(best, key=lambda a: abs(a[0] - offset))[1]
         return offset, server
 

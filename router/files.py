@@ -111,18 +111,13 @@ Notes for the callers:
 from __future__ import annotations
 
 import codecs
-import hashlib
 import io
 import logging
 import math
 import os
 import re
-import secrets
-import shutil
 import sqlite3
-import tempfile
 import threading
-import unicodedata
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from types import TracebackType
@@ -142,6 +137,10 @@ from pychat.wire.errors import (
 )
 
 from .transaction import write_transaction
+
+# hashlib and secrets (libcrypto), shutil, tempfile and unicodedata are imported where first
+# needed (a file stored or named, a store in memory, a repair): an idle router loads none of
+# them (issue 18)
 
 log = logging.getLogger("pychat.files")
 
@@ -243,6 +242,7 @@ def safe_name(raw: str) -> str:
     U+061C) and the BOM removed; ``<>:"|?*`` become ``_``; NFC; runs of dots one dot; no dot
     or space at either end; a Windows device name (``CON``...) gets ``_`` before it; at most
     ``NAME_MAX`` characters, keeping the extension; never empty (``file``). Idempotent."""
+    import unicodedata
     name = raw.replace("\\", "/").rsplit("/", 1)[-1]
     if _DRIVE.match(name):
         name = name[2:]
@@ -477,6 +477,7 @@ class FileStore:
         """Open (or create) the folder and its table, check them, and repair what a crash left:
         temporary files, blobs no row names, rows whose blob is gone. Raises FileStoreError."""
         if self.folder is None:
+            import tempfile
             self._root = tempfile.mkdtemp(prefix="pychat-files-")
         else:
             self._root = self.folder
@@ -546,6 +547,7 @@ class FileStore:
                 os.unlink(os.path.join(tmp, entry))
                 left += 1
             except IsADirectoryError:
+                import shutil
                 shutil.rmtree(os.path.join(tmp, entry), ignore_errors=True)
         if left:
             log.warning("files: removed %d unfinished uploads", left)
@@ -600,6 +602,7 @@ class FileStore:
         with self._lock:
             self._close_db()
             if self.folder is None and self._root:
+                import shutil
                 shutil.rmtree(self._root, ignore_errors=True)
                 self._root = ""
 
@@ -629,7 +632,7 @@ class FileStore:
                 if busy + size > lim.max_total:
                     raise FileError(STORE_FULL, "the server's file store is full with uploads "
                                                 "in progress; try again in a few minutes")
-            tmp = os.path.join(self._root, TMP, secrets.token_hex(8) + PART)
+            tmp = os.path.join(self._root, TMP, os.urandom(8).hex() + PART)  # token_hex(8)
             try:
                 raw = io.FileIO(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL
                                         | getattr(os, "O_CLOEXEC", 0), 0o600), "wb")
@@ -666,6 +669,7 @@ class FileStore:
                now: float) -> StoredFile:
         """The finished upload's blob in place and its row committed, making room first by
         deleting the oldest files. Called by Writer.finish (the temporary file is fsynced)."""
+        import secrets
         clean = safe_name(name)
         ctype = sniff(bytes(w._head), clean)
         f = StoredFile(secrets.token_urlsafe(ID_BYTES), digest, fit_name(clean, ctype), ctype,
@@ -850,6 +854,7 @@ class Writer:
         self.received = 0
         self._tmp = tmp
         self._raw: io.FileIO | None = raw
+        import hashlib
         self._hash = hashlib.sha256()
         self._head = bytearray()
         self._lock = threading.Lock()

@@ -13,34 +13,50 @@ loop calls ``drain`` (the router does at the end of each turn, and the pool wake
 ``on_done`` when a job finishes). At most ``limit`` jobs wait or run: one more is refused (the
 client is told to try again), so a flood of logins costs a bounded queue, never memory or
 unbounded CPU. ``InlineJobs`` runs each job at once on the caller's thread (tests of the state).
+
+argon2 (with cffi), hashlib and hmac (libcrypto) and the pool's threads cost an idle router
+about 8 MB (issue 18): they come at the first password hashed or checked (the hasher, made
+then) and the first job submitted (the pool), not at start.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import threading
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from argon2 import PasswordHasher
-from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+if TYPE_CHECKING:
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    from argon2 import PasswordHasher
 
 TIME_COST, MEMORY_KIB, LANES = 2, 19_456, 1  # OWASP's argon2id minimum
 class Passwords:
     def __init__(self, pepper: bytes = b"", *, time_cost: int = TIME_COST,
                  memory_kib: int = MEMORY_KIB, lanes: int = LANES):
         self.pepper = pepper
-        self._hasher = PasswordHasher(time_cost=time_cost, memory_cost=memory_kib,
-                                      parallelism=lanes)
+        self._costs = (time_cost, memory_kib, lanes)
+        self._made: PasswordHasher | None = None  # at the first use: see the module's docstring
         self._dummy: str | None = None
         self._lock = threading.Lock()
+
+    @property
+    def _hasher(self) -> PasswordHasher:
+        if self._made is None:
+            with self._lock:  # the pool's threads may come here at once
+                if self._made is None:
+                    from argon2 import PasswordHasher
+                    time_cost, memory_kib, lanes = self._costs
+                    self._made = PasswordHasher(time_cost=time_cost, memory_cost=memory_kib,
+                                                parallelism=lanes)
+        return self._made
 
     def _prepared(self, password: str) -> bytes:
         raw = password.encode("utf-8", "surrogatepass")
         if self.pepper:
+            import hashlib
+            import hmac
             return hmac.new(self.pepper, raw, hashlib.sha256).hexdigest().encode()
         return raw
 
@@ -50,14 +66,16 @@ class Passwords:
     def verify(self, stored: str | None, password: str) -> bool:
         """Does ``password`` match ``stored`` (None: an unknown name, checked against a dummy
         so that it takes as long and fails the same)?"""
+        hasher = self._hasher
         if stored is None:
             with self._lock:
                 if self._dummy is None:
-                    self._dummy = self._hasher.hash(b"not a password of anyone")
+                    self._dummy = hasher.hash(b"not a password of anyone")
             stored = self._dummy
             password = password + "\x00"  # never matches the dummy's
+        from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
         try:
-            return bool(self._hasher.verify(stored, self._prepared(password)))
+            return bool(hasher.verify(stored, self._prepared(password)))
         except (VerifyMismatchError, VerificationError, InvalidHashError):
             return False
 
@@ -65,6 +83,7 @@ class Passwords:
 def token_digest(token: str) -> str:
     """What the accounts file keeps of a resume token (tokens are long random strings: one
     SHA-256 is enough, and a stolen file gives no token)."""
+    import hashlib
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
 
 
@@ -80,8 +99,7 @@ class Jobs:
         self.running = 0  # submitted, not drained (loop thread only)
         self.refused = 0
         self._finished: deque[tuple[Then, Any, BaseException | None]] = deque()
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="passwords") \
-            if workers else None
+        self._pool: ThreadPoolExecutor | None = None  # made at the first job (threads, memory)
 
     def submit(self, fn: Callable[..., Any], args: tuple, then: Then) -> bool:
         """Run ``fn(*args)`` off the loop; ``then(result)`` runs on the loop at a later
@@ -94,7 +112,10 @@ class Jobs:
         return True
 
     def _start(self, fn: Callable[..., Any], args: tuple, then: Then) -> None:
-        assert self._pool is not None
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+            self._pool = ThreadPoolExecutor(max_workers=self.workers,
+                                            thread_name_prefix="passwords")
         future = self._pool.submit(fn, *args)
 
         def finished(f: Future) -> None:

@@ -24,10 +24,10 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import os
 import signal
 import socket
 import time
-import uuid
 from collections import deque
 from typing import Any
 
@@ -73,7 +73,7 @@ class RouterServer:
         self.durable = durable  # the history whose commits gate what is sent, or None
         self.endpoint = endpoint
         self.max_batches = max_batches
-        self.epoch = uuid.uuid4().hex[:12]
+        self.epoch = os.urandom(6).hex()  # as uuid4().hex[:12]: 12 random hex digits
         self.started = time.monotonic()
         self.link = RouterLink(state, self.epoch, heartbeat=heartbeat, now=self.started,
                                settle_seconds=settle_seconds, max_backlog=max_backlog,

@@ -127,12 +127,6 @@ class HistoryError(Exception):
     """The history file cannot be used; the message is one line for the operator."""
 
 
-def default_data_dir() -> str:
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"),
-                                                           ".local", "share")
-    return os.path.join(base, "pychat")
-
-
 class _Counts:
     """The writer's upper bound of rows per key (room or sender) in the file, for at most
     ``COUNTS_MAX`` keys, least recently written forgotten. A key not remembered is trimmed on

@@ -22,17 +22,14 @@ Invariants:
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import ipaddress
+import base64
 import logging
 import math
-import random
-import secrets
+import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pychat.wire import bus, errors, replies
 from pychat.wire.bus import (
@@ -86,6 +83,12 @@ from .files import FileError, StoredFile
 from .history import HistoryStore
 from .passwords import InlineJobs, Jobs, Passwords, token_digest
 from .transfers import Slot, Transfers
+
+if TYPE_CHECKING:
+    import random
+
+# hashlib, hmac (libcrypto), ipaddress and random are imported where first needed: a login's
+# seal, a ban by address, the first guest's uid (issue 18: an idle router loads none of them)
 
 log = logging.getLogger("pychat.router")
 
@@ -176,6 +179,7 @@ def host_of(peer: str) -> str:
 
 
 def is_address(text: str) -> bool:
+    import ipaddress
     try:
         ipaddress.ip_address(text)
     except ValueError:
@@ -234,7 +238,7 @@ class RouterState:
         self._mono = monotonic
         self._pushed: dict[str, float] = {}  # large room -> when its list last went out
         self.history = history
-        self._rng = rng or random.Random()
+        self._rng = rng  # made at the first uid (random is imported there)
         self.users: dict[str, User] = {}
         self.by_conn: dict[tuple[str, int], User] = {}
         self.names: dict[str, User] = {}
@@ -308,6 +312,7 @@ class RouterState:
             notes.append(ToConn(conn, replies.format_id(uid)))
         user = User(uid, acceptor, conn, room or LOBBY, host_of(peer))
         found = self.accounts.get(account) if account else None
+        import hmac  # here, not at start (see the imports): a restore with a login is rare
         if found is not None and not hmac.compare_digest(
                 seal, self._seal(acceptor, conn, found.id)):
             found = None
@@ -744,7 +749,8 @@ class RouterState:
         if not user.account:
             self._error(user, errors.NOT_LOGGED_IN, "not logged in")
             return
-        token = secrets.token_urlsafe(32)
+        # secrets.token_urlsafe(32), without importing secrets (hmac, hashlib: libcrypto)
+        token = base64.urlsafe_b64encode(os.urandom(32)).rstrip(b"=").decode("ascii")
         expires = self._wall() + self.token_days * 86400
         user.token = token_digest(token)
         self.accounts.add_token(user.account_id, user.token, expires)
@@ -833,6 +839,8 @@ class RouterState:
         self._set_name(user, "")
 
     def _seal(self, acceptor: str, conn: int, account_id: int) -> str:
+        import hashlib
+        import hmac
         return hmac.new(self._seal_key, f"{acceptor}\0{conn}\0{account_id}".encode(),
                         hashlib.sha256).hexdigest()
 
@@ -1094,6 +1102,9 @@ class RouterState:
         return [user] if user is not None else []
 
     def _new_uid(self) -> str:
+        if self._rng is None:
+            import random
+            self._rng = random.Random()
         while True:
             uid = str(self._rng.randrange(100000, 1000000))
             if uid not in self.users:

@@ -33,14 +33,16 @@ import os
 import threading
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from pychat.wire import transfer
 from pychat.wire.errors import BusError
 
 from .files import FileError, FileStore, StoredFile, Writer, response_headers
+
+if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
 
 log = logging.getLogger("pychat.router")
 
@@ -93,11 +95,19 @@ class Transfers:
         self.failed: deque[tuple[Slot, str, str]] = deque()  # (slot, code, why): to be told
         self.written: deque[tuple[Slot, int, FileError | None]] = deque()  # chunks written
         self.poke: Callable[[], None] = lambda: None  # wakes the loop (set by the server)
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pychat-files")
+        # the pool's thread (and concurrent.futures) at its first job: not at an idle start
+        self._executor: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
         self.uploads_done = 0
         self.downloads_done = 0
         self._next_expiry = monotonic() + EXPIRE_EVERY
+
+    @property
+    def _pool(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            from concurrent.futures import ThreadPoolExecutor
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pychat-files")
+        return self._executor
 
     # ---- /upload -----------------------------------------------------------------------------
 
@@ -330,7 +340,8 @@ class Transfers:
             self.downloads.pop(key).file.close()
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True)
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
         for slot in list(self.slots.values()):
             slot.writer.abort()
         for download in self.downloads.values():
