@@ -28,7 +28,8 @@ from bench import run
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--pairs", type=int, default=7)
-    ap.add_argument("--server", default="pychat-1", help="pychat-1 or pychat-2")
+    ap.add_argument("--server", default="pychat",
+                    help="pychat (serve's defaults), pychat-1, pychat-2...")
     ap.add_argument("--against", default="",
                     help="an interpreter whose installed pychat is the other server of each pair "
                          "(default: ngircd)")

@@ -65,8 +65,8 @@ class Server:
         self.tmp = tempfile.mkdtemp(prefix="pychat-bench-")
         self.proc: subprocess.Popen | None = None
         self.port = 0
-        # pychat-N-irc: pychat serve with N acceptors, the load through its IRC door; pychat-N-ws:
-        # through its web door's WebSocket
+        # pychat[-N]-irc: pychat serve (with N acceptors), the load through its IRC door;
+        # pychat[-N]-ws: through its web door's WebSocket
         self.proto = ("irc" if kind == "ngircd" or kind.endswith("-irc")
                       else "ws" if kind.endswith("-ws") else "pychat")
 
@@ -94,13 +94,15 @@ class Server:
                 raise RuntimeError(f"bench/oneproc.py did not start: {line!r}")
             self.port = int(line.rsplit(":", 1)[1])
             return
-        acceptors = self.kind.split("-")[1]
+        # pychat: serve's defaults (--acceptors auto); pychat-N: N acceptors
+        parts = self.kind.split("-")
+        acceptors = ["--acceptors", parts[1]] if len(parts) > 1 and parts[1].isdigit() else []
         irc = ["--irc-port", str(free_port())] if self.kind.endswith("-irc") else []
         # the web door (on by default since it exists) on a free port: never a fixed one
         web = ["--web-port", "0"] if self.python == PY else []
         self.log = open(os.path.join(self.tmp, "serve.log"), "w+")  # noqa: SIM115 (kept open for the server's life)
         self.proc = subprocess.Popen(
-            [self.python, "-m", "pychat", "serve", "--port", "0", "--acceptors", acceptors,
+            [self.python, "-m", "pychat", "serve", "--port", "0", *acceptors,
              "--data-dir", self.tmp, "--log-level", "warning", *irc, *web],
             stdout=subprocess.PIPE, stderr=self.log, env=ENV, text=True, cwd=self.tmp)
         line = self.proc.stdout.readline()

@@ -85,6 +85,14 @@ seconds_or_off = zero_or_more("seconds", "off")
 days = zero_or_more("days", "forever")
 
 
+def acceptor_count(text: str) -> int | str:
+    """``auto`` (serve picks for the cores it may use: ``pychat.serve.auto_acceptors``) or a
+    positive count."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    return positive(int)(text)
+
+
 def bus_name(text: str) -> str:
     if text and not bus.valid_token(text):
         raise BadValue(f"not a name the bus takes (1-255 letters, digits and . _ : @ + -): "
@@ -283,8 +291,10 @@ OPTIONS: tuple[Option, ...] = (
            type=origin_list, forward=Forward.ACCEPTORS,
            doc="other web origins allowed to open `/ws` (a page the door served always may)",
            doc_default="none"),
-    Option("--acceptors", "PYCHAT_ACCEPTORS", 2, "acceptor processes sharing the port", (SERVE,),
-           type=positive(int), doc="acceptor processes under `pychat serve`"),
+    Option("--acceptors", "PYCHAT_ACCEPTORS", "auto", "acceptor processes sharing the port "
+           "(auto: one per core, less one for serve's own router; 1 to 8)", (SERVE,),
+           type=acceptor_count, doc="acceptor processes under `pychat serve` (auto: one per "
+                                    "core, less one for serve's own router; 1 to 8)"),
     Option("--bus", "PYCHAT_BUS", "",
            "router endpoint (default: a private ipc:// endpoint in a temporary folder)", (SERVE,),
            doc="router endpoint under `pychat serve`", doc_default="private `ipc://`"),

@@ -59,6 +59,33 @@ BACKOFF_MAX = 30.0
 CURVE_KEYS = ("curve_secret", "curve_server")
 
 
+AUTO_MAX = 8  # acceptors ``--acceptors auto`` starts at most
+
+
+def cores() -> int:
+    """The cores this process may run on (its affinity mask, so a cpuset counts)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+def auto_acceptors(n_cores: int | None = None, router: bool = True) -> int:
+    """``--acceptors auto``: one core for the router (``router``: serve starts one; not with
+    ``--router``, a router elsewhere), one acceptor for each of the others; at least one, at
+    most ``AUTO_MAX``.
+
+    Why (docs/BENCHMARKS.md, 2026-12-07): on 2 cores, with the clients on the same machine, one
+    acceptor wrote a round of 1,000 clients in ~4 ms and its p99 was ~25% lower than two
+    acceptors' (two processes, the router and the clients on two cores wait for each other);
+    a second acceptor pays off only with a core of its own. Each acceptor a room's members are
+    spread over costs the router ~7 us per message (docs/ARCHITECTURE.md "Sizing"), hence the
+    cap: past 8, more acceptors add router work sooner than they add cores' worth of writing."""
+    if n_cores is None:
+        n_cores = cores()
+    return max(1, min(n_cores - (1 if router else 0), AUTO_MAX))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pychat serve",
                                 description="Run a PyChat server: one router and N acceptors "
@@ -203,7 +230,7 @@ class Supervisor:
     def plan(self) -> None:
         a = self.args
         reuse = hasattr(socket, "SO_REUSEPORT")
-        n = a.acceptors
+        n = auto_acceptors(router=not a.router) if a.acceptors == "auto" else a.acceptors
         if n > 1 and not reuse:
             log.warning("this OS has no SO_REUSEPORT: running one acceptor, not %d", n)
             n = 1

@@ -33,6 +33,7 @@ import sys
 
 import pytest
 
+from pychat.serve import auto_acceptors
 from support.procs import ROOT, Proc, free_port
 
 from .compose_file import Service, services, start_order
@@ -184,6 +185,13 @@ def checked(svcs: dict[str, Service]) -> list[Service]:
     return [svc for svc in svcs.values() if svc.healthcheck]
 
 
+def acceptors_in(acceptor: Service) -> int:
+    """The acceptor container's acceptors: PYCHAT_ACCEPTORS, whose default, auto, gives every
+    core (its router is in a container of its own)."""
+    want = acceptor.env["PYCHAT_ACCEPTORS"]
+    return auto_acceptors(router=False) if want == "auto" else int(want)
+
+
 def test_compose_up_gives_a_working_server(tmp_path, procs, connect, container_env_only):
     svcs = services()
     ports, _ntp = rewrite(svcs, tmp_path / "volumes")
@@ -195,7 +203,7 @@ def test_compose_up_gives_a_working_server(tmp_path, procs, connect, container_e
 
     running = compose_up(svcs, procs)
     assert set(running) == {"router", "acceptor"}
-    want = int(acceptor.env["PYCHAT_ACCEPTORS"])
+    want = acceptors_in(acceptor)
     serving = said(running["acceptor"], r"serving on 127\.0\.0\.1:(\d+) \((\d+) acceptors?, "
                                         r"bus (\S+), web http://127\.0\.0\.1:(\d+)/\)")
     assert serving.groups() == (str(port), str(want), f"tcp://127.0.0.1:{ports[65431]}",
@@ -333,7 +341,7 @@ def test_a_restarted_router_container_gets_its_sessions_back(tmp_path, procs, co
     assert b.expect_prefix(f"{b.uid}:", timeout=15) == f"{b.uid}: sent while the router was down"
     # every acceptor has resynced once the new router has handled each one's hello (a hello and
     # its sessions' syncs travel in one batch, which the router handles whole before the next)
-    for _ in range(int(svcs["acceptor"].env["PYCHAT_ACCEPTORS"])):
+    for _ in range(acceptors_in(svcs["acceptor"])):
         router.wait_for(r"acceptor \S+ joined")
     b.send("/msg alice still there?")
     assert a.expect_prefix("[Private]") == f"[Private] {b.uid}: still there?"
@@ -362,7 +370,7 @@ def test_your_own_curvezmq_keys_through_the_file(tmp_path, procs, connect, conta
     running = compose_up(svcs, procs)
     assert said(running["router"], rf"bus: CurveZMQ on; 1 authorised acceptor keys and a "
                                    rf"status key in {re.escape(str(keys))}/authorized")
-    for _ in range(int(svcs["acceptor"].env["PYCHAT_ACCEPTORS"])):
+    for _ in range(acceptors_in(svcs["acceptor"])):
         running["router"].wait_for(r"acceptor \S+ joined")
     port = int(svcs["acceptor"].env["PYCHAT_PORT"])
     a, b = connect(port), connect(port)

@@ -45,7 +45,7 @@ from pychat.options import (
 )
 from pychat.options import main as options_main
 from pychat.router.__main__ import build_parser as router_parser
-from pychat.serve import CURVE_KEYS, BusKeys, Supervisor, bus_keys
+from pychat.serve import CURVE_KEYS, BusKeys, Supervisor, auto_acceptors, bus_keys
 from pychat.serve import build_parser as serve_parser
 from pychat.status import build_parser as status_parser
 from support.procs import ROOT
@@ -257,6 +257,26 @@ def test_the_samples_are_every_option_of_serve_and_none_is_its_default():
     defaults, args = serve_parser().parse_args([]), serve_args("tcp://10.0.0.9:7000")
     for row in options_of(SERVE):
         assert getattr(args, row.dest) != getattr(defaults, row.dest), row.dest
+
+
+def test_acceptors_auto_leaves_the_router_a_core():
+    assert [auto_acceptors(n) for n in (1, 2, 3, 4, 9, 64)] == [1, 1, 2, 3, 8, 8]
+    # with --router (a router elsewhere) the acceptors have every core
+    assert [auto_acceptors(n, router=False) for n in (1, 2, 3, 9)] == [1, 2, 3, 8]
+    parse = serve_parser().parse_args
+    assert parse([]).acceptors == parse(["--acceptors", "AUTO"]).acceptors == "auto"
+    assert parse(["--acceptors", "3"]).acceptors == 3
+    args = serve_args("")
+    args.acceptors = "auto"
+    sup = Supervisor(args)
+    try:
+        sup.keys = bus_keys(args, sup.bus)
+        sup.plan()
+        n = auto_acceptors() if hasattr(socket, "SO_REUSEPORT") else 1
+        assert [c.role for c in sup.children] == ["router"] + [f"acceptor {i + 1}"
+                                                              for i in range(n)]
+    finally:
+        sup.stop_all()
 
 
 @pytest.mark.parametrize("router", ["", "tcp://10.0.0.9:7000"])
