@@ -3,8 +3,14 @@
 Owns ``rooms`` (room -> its local sessions, in order of arrival) and every session's position in
 the write rounds; a session's ``out`` list is its queue. Nobody ever waits for a client.
 
-Fan-out: a room message arrives once per acceptor; its line is encoded once (twice at most: with
-and without ``@time=``) and appended to each local member's queue. Queues are written in rounds
+Fan-out: a room message arrives once per acceptor; its line is encoded once and appended to the
+room's ``Run``, the lines its line-protocol members have not all had yet: one append per message,
+not one per member. Each such member keeps a ``mark``, the room's lines it has had;
+a line queued for the member alone (a reply, a private message, a list) first moves the run's
+lines it has not had into its own queue, so its lines keep their order. A round writes a member
+in step (nothing of its own, nothing had) the run's lines joined once for all of them (with
+``@time=``, a second join, made when the first member with ``/cap time`` is met). IRC and
+WebSocket members get their own copies (``_fan_out_doors``, frames). Queues are written in rounds
 (``flush``), one write per client per round, ``FLUSH_SLICE`` clients at a time with the loop
 running between slices (reads and router batches are not held up by a long round, and lines
 that arrive meanwhile reach the clients not written yet in the same round). A plain client
@@ -46,6 +52,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("pychat.acceptor")
 
 FLUSH_SLICE = 128  # clients a round writes before the loop gets a turn (reads, router batches)
+TRIM_AT = 512  # lines a room's run holds before what every member has had is forgotten
 
 
 def uids_named(events: list[replies.Event]) -> set[str]:
@@ -67,6 +74,84 @@ def _timed_frame(tagged: tuple[str, str]) -> bytes:
     return web.frame(replies.tagged(*tagged).encode("utf-8"))
 
 
+class Run:
+    """A room's lines that some of its line-protocol members have not had yet, oldest first.
+    ``items[0]`` is the room's line number ``base``; a member ``s`` has had the room's lines
+    before number ``s.mark``. ``lagging`` counts the members that lack some: when none does,
+    the lines are forgotten at once (``base`` moves past them); while lines keep coming during
+    rounds, ``trim`` forgets what all have had every ``TRIM_AT`` lines."""
+
+    __slots__ = ("_blob", "_blob_n", "_tblob", "_tblob_n", "base", "items", "lagging",
+                 "members", "tags", "timed")
+
+    def __init__(self, members: dict[Session, None]):
+        self.members = members  # the room's line members (Output.rooms[room]: the same dict)
+        self.base = 0  # the number of items[0]
+        self.items: list[bytes] = []  # the lines
+        self.tags: list[tuple[str, str] | None] = []  # (stamp, text) of those with a time tag
+        self.timed: list[bytes] = []  # the lines as ``/cap time`` members get them, made lazily
+        self.lagging = 0  # members whose mark is before the end
+        self._blob, self._blob_n = b"", -1  # all the lines joined, and how many they were
+        self._tblob, self._tblob_n = b"", -1  # the same with ``@time=``
+
+    @property
+    def end(self) -> int:
+        return self.base + len(self.items)
+
+    def append(self, data: bytes, tag: tuple[str, str] | None) -> None:
+        self.items.append(data)
+        self.tags.append(tag)
+        self.lagging = len(self.members)  # every member lacks this one
+        if len(self.items) > TRIM_AT:
+            self.trim()
+
+    def lines(self, timed: bool) -> list[bytes]:
+        if not timed:
+            return self.items
+        made, items, tags = self.timed, self.items, self.tags
+        for i in range(len(made), len(items)):
+            tag = tags[i]
+            made.append(items[i] if tag is None else _timed_line(tag))
+        return made
+
+    def joined(self, timed: bool) -> bytes:
+        """Every line, in one bytes object: made once per length (once a round, unless lines
+        arrive during it), written to every member in step."""
+        n = len(self.items)
+        if timed:
+            if self._tblob_n != n:
+                self._tblob, self._tblob_n = b"".join(self.lines(True)), n
+            return self._tblob
+        if self._blob_n != n:
+            self._blob, self._blob_n = (self.items[0] if n == 1 else b"".join(self.items)), n
+        return self._blob
+
+    def caught_up(self, n: int = 1) -> None:
+        """``n`` lagging members have had every line: none left? Then they are forgotten."""
+        self.lagging -= n
+        if self.lagging <= 0:
+            self.lagging = 0
+            self.base += len(self.items)
+            self.items.clear()
+            self.tags.clear()
+            self.timed.clear()
+            self._blob_n = self._tblob_n = -1
+
+    def trim(self) -> None:
+        """Forget the lines every member has had (all lines come to a member in rounds, so the
+        run never holds more than what arrived since its slowest member's last write)."""
+        m = min([s.mark for s in self.members], default=self.end) - self.base
+        if m > 0:
+            del self.items[:m]
+            del self.tags[:m]
+            if len(self.timed) > m:
+                del self.timed[:m]
+            else:
+                self.timed.clear()
+            self.base += m
+            self._blob_n = self._tblob_n = -1
+
+
 class Output:
     def __init__(self, loop: asyncio.AbstractEventLoop, limits: Limits, stats: dict[str, int],
                  on_drop: Callable[[Session, str], None], before_slice: Callable[[], None]):
@@ -78,6 +163,9 @@ class Output:
         self.rooms: dict[str, dict[Session, None]] = {}  # line-protocol members
         self.doors: dict[str, dict[Session, None]] = {}  # IRC members (``s.door`` set)
         self.webs: dict[str, dict[Session, None]] = {}  # WebSocket members (frames)
+        self.runs: dict[str, Run] = {}  # each room of ``rooms``: its lines (the module's doc)
+        self._dirty_rooms: dict[str, None] = {}  # rooms with lines for the next round
+        self._trim: dict[str, None] = {}  # rooms of the round being written
         self._kinds = (self.rooms, self.doors, self.webs)  # by ``Session.KIND``
         self._dirty: list[Session] = []
         self._flush_handle: asyncio.Handle | None = None
@@ -97,15 +185,33 @@ class Output:
         """``s`` is now a member of ``room`` (the router said so)."""
         if s.room != room:
             self.leave(s)
-            self._kinds[s.KIND].setdefault(room, {})[s] = None
+            members = self._kinds[s.KIND].setdefault(room, {})
+            members[s] = None
+            if s.KIND == 0:  # the room's lines from now on, not those before
+                run = self.runs.get(room)
+                if run is None:
+                    run = self.runs[room] = Run(members)
+                s.run, s.mark = run, run.end
 
-    def leave(self, s: Session) -> None:
+    def leave(self, s: Session, keep: bool = True) -> None:
+        """``s`` leaves its room; the room's lines it has not had yet stay queued for it
+        (``keep``; not for a closed session)."""
+        run = s.run
+        if run is not None:
+            if keep:
+                self._take_run(s)
+            elif s.mark < run.end:
+                run.caught_up()  # (lacks nothing any more: it is gone)
+            s.run, s.mark = None, 0
         rooms = self._kinds[s.KIND]
         members = rooms.get(s.room)
         if members is not None:
             members.pop(s, None)
             if not members:
                 del rooms[s.room]
+                if s.KIND == 0:
+                    self.runs.pop(s.room, None)
+                    self._dirty_rooms.pop(s.room, None)
 
     def members(self, room: str) -> list[Session]:
         """Every local member of ``room``, of every door."""
@@ -115,7 +221,7 @@ class Output:
         """``s`` is closed: out of its room and of the send-queue watch."""
         self._over.pop(s, None)
         self._held.pop(s, None)
-        self.leave(s)
+        self.leave(s, keep=False)
 
     # ---- queueing --------------------------------------------------------------------------------
 
@@ -124,7 +230,19 @@ class Output:
             self._dirty.append(s)
             if self._flush_handle is None:
                 self._schedule_flush()
+        if s.run is not None:
+            self._take_run(s)  # its room's lines before this one
         s.out.append(data)
+
+    def _take_run(self, s: Session) -> None:
+        """Move the lines of ``s``'s room it has not had into its own queue (``s.out``)."""
+        run = s.run
+        assert run is not None
+        end = run.end
+        if s.mark < end:
+            s.out.extend(run.lines(s.cap_time)[s.mark - run.base:])
+            s.mark = end
+            run.caught_up()
 
     def fan_out(self, room: str, data: bytes, tagged: tuple[str, str] | None = None) -> None:
         """Queue ``data`` for every local member of ``room``: the hot path, so the queueing of
@@ -138,9 +256,12 @@ class Output:
         webs = self.webs.get(room)
         if webs:
             self._queue_all(webs, web.frames(data), tagged, _timed_frame)
-        members = self.rooms.get(room)
-        if members:
-            self._queue_all(members, data, tagged, _timed_line)
+        if room in self.rooms:  # line members: the room's run, one append for all of them
+            self.runs[room].append(data, tagged)
+            if room not in self._trim:  # (in the round being written: the members it has not
+                self._dirty_rooms[room] = None  # reached get it there, the others after it)
+            if self._flush_handle is None:
+                self._schedule_flush()
 
     def _queue_all(self, members: dict[Session, None], plain: bytes,
                    tagged: tuple[str, str] | None,
@@ -262,7 +383,7 @@ class Output:
 
     def kick(self) -> None:
         """Lines were queued directly (``fan_out`` batches): make sure a round is coming."""
-        if self._flush_handle is None and self._dirty:
+        if self._flush_handle is None and (self._dirty or self._dirty_rooms):
             self._schedule_flush()
 
     def _schedule_flush(self) -> None:
@@ -287,6 +408,8 @@ class Output:
                                                       self._check_stalled)
 
     def write_now(self, s: Session) -> None:
+        if s.run is not None:
+            self._take_run(s)
         if s.out:
             self._write(s)
 
@@ -297,8 +420,18 @@ class Output:
         if self._flush_handle is not None:  # (its own call: a no-op; any other: the one left)
             self._flush_handle.cancel()
         rest = self._round[self._round_at:]  # a round cut short keeps its clients, first
-        self._round = rest + self._dirty if rest else self._dirty
+        todo = rest + self._dirty if rest else self._dirty
         self._dirty = []
+        if self._dirty_rooms:  # every line member of a room with lines: once each
+            rooms = self.rooms
+            dedupe = bool(todo) or len(self._dirty_rooms) > 1
+            for room in self._dirty_rooms:
+                todo.extend(rooms[room])
+                self._trim[room] = None
+            self._dirty_rooms = {}
+            if dedupe:  # (a member in a room and queued alone, or moved between two rooms)
+                todo = list(dict.fromkeys(todo))
+        self._round = todo
         self._round_at = 0
         self._round_cost = 0.0
         self._write_slice()
@@ -313,24 +446,66 @@ class Output:
         began = time.perf_counter()
         dirty = self._round
         i = self._round_at
-        end = min(i + FLUSH_SLICE, len(dirty))
+        end = min(i + FLUSH_SLICE, len(dirty))  # (the slice's end: no other ``end`` below)
         writes = lines = 0
         write = os.write
+        # the run of the members met last (most of a slice shares one): its numbers, its lines
+        # joined, and how many of its lagging members caught up here (told to it when the next
+        # run is met and at the end: it cannot reach none before, so base and had hold)
+        cur: Run | None = None
+        base = had = caught = 0
+        blob = b""
         for k in range(i, end):  # the hot loop: _write inlined
             s = dirty[k]
             out = s.out
-            if not out:
-                continue
-            if s.blocked:
-                self._hold(s)
-                continue
-            t = s.transport
-            if t is None or t.is_closing():
+            run = s.run
+            if run is not None and run is not cur:
+                if caught:
+                    assert cur is not None
+                    cur.caught_up(caught)
+                cur, caught, blob = run, 0, b""
+                base = run.base
+                had = base + len(run.items)
+            if run is not None and s.mark < had:  # its room's lines
+                if s.blocked:
+                    self._take_run(s)
+                    self._hold(s)
+                    continue
+                t = s.transport
+                if t is None or t.is_closing():
+                    out.clear()
+                    s.mark = had
+                    caught += 1
+                    continue
+                mark = s.mark
+                if out:  # its own lines first (those queued before the room's are in out)
+                    out.extend(run.lines(s.cap_time)[mark - base:])
+                    n = len(out)
+                    data = b"".join(out)
+                    out.clear()
+                elif mark == base and not s.cap_time:  # in step: the lines joined once
+                    n = had - mark
+                    data = blob or run.joined(False)
+                    blob = data
+                else:
+                    n = had - mark
+                    data = run.joined(True) if mark == base else \
+                        b"".join(run.lines(s.cap_time)[mark - base:])
+                s.mark = had
+                caught += 1
+            else:
+                if not out:
+                    continue
+                if s.blocked:
+                    self._hold(s)
+                    continue
+                t = s.transport
+                if t is None or t.is_closing():
+                    out.clear()
+                    continue
+                n = len(out)
+                data = out[0] if n == 1 else b"".join(out)
                 out.clear()
-                continue
-            n = len(out)
-            data = out[0] if n == 1 else b"".join(out)
-            out.clear()
             if s.fd >= 0:  # nothing unsent in the transport: write to the socket ourselves
                 try:
                     sent = write(s.fd, data)  # os.write: ~1 us less than transport.write
@@ -346,6 +521,9 @@ class Output:
             lines += n
             if s.blocked:  # pause_writing ran inside write: bytes were left unsent
                 self._check_queue(s, t)
+        if caught:
+            assert cur is not None
+            cur.caught_up(caught)
         stats = self.stats
         stats["writes"] += writes
         stats["lines_out"] += lines
@@ -355,11 +533,18 @@ class Output:
             self._flush_handle = self.loop.call_soon(self._write_slice)
             return
         self._round = []
+        runs = self.runs
+        for room in self._trim:  # the members a line came too late for (the round had
+            run = runs.get(room)  # passed them): in the next round, alone
+            if run is not None and run.lagging:
+                end = run.end
+                self._dirty += [s for s in run.members if s.mark < end]
+        self._trim = {}
         self._next_flush = self.loop.time() + min(self._coalesce_max,
                                                   self._round_cost * self._coalesce_factor)
         # lines queued during the round for clients it had passed; blocked clients alone
         # (re-queued by _hold to be counted again) wait for new lines, as before
-        if any(not s.blocked for s in self._dirty):
+        if self._dirty_rooms or any(not s.blocked for s in self._dirty):
             self._schedule_flush()
 
     def _hold(self, s: Session) -> None:

@@ -25,6 +25,7 @@ from .connection import CUT, PAUSE, RESUME, Action, Close, Connection, Route, Wr
 
 if TYPE_CHECKING:
     from .irc import IrcDoor
+    from .output import Run
     from .server import Acceptor
 
 log = logging.getLogger("pychat.acceptor")
@@ -39,8 +40,9 @@ WELCOME = (replies.WELCOME + "\n").encode()
 class Session(asyncio.Protocol):
     KIND = 0  # Output keeps a room's members by kind: 0 lines, 1 IRC (translated), 2 frames
     __slots__ = ("_armed", "_timer", "acceptor", "account", "blocked", "cap_time", "conn",
-                 "counted", "door", "fd", "fresh", "greeting", "host", "id", "name", "open", "out",
-                 "peer", "pinged", "room", "seal", "tls", "transport", "uid")
+                 "counted", "door", "fd", "fresh", "greeting", "host", "id", "mark", "name",
+                 "open", "out", "peer", "pinged", "room", "run", "seal", "tls", "transport",
+                 "uid")
 
     def __init__(self, acceptor: Acceptor, conn_id: int):
         self.acceptor = acceptor
@@ -50,6 +52,10 @@ class Session(asyncio.Protocol):
         self.peer = ""
         self.host = ""  # the peer's IP address, for the per-address limit
         self.out: list[bytes] = []  # lines queued for the client's next write
+        # a line member's room's shared lines (acceptor/output.py Run), and how many of them
+        # it has had (written, or moved into ``out``)
+        self.run: Run | None = None
+        self.mark = 0
         self.uid = ""
         self.name = ""
         self.room = ""

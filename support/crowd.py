@@ -31,6 +31,7 @@ class Client:
     refused: list[tuple[int, int]] = field(default_factory=list)
     arrivals: list[float] = field(default_factory=list)  # monotonic time of each chat line
     uid: str = ""  # from its ID line: the router has it in #lobby
+    other: list[str] = field(default_factory=list)  # every other line (not chat, not refused)
     closed: bool = False
 
 
@@ -84,6 +85,8 @@ class Crowd:
                             c.refused.append((int(m.group(1)), int(m.group(2))))
                         elif line.startswith("ID:") and not c.uid:
                             c.uid = line[3:]
+                        else:
+                            c.other.append(line)
 
     def wait(self, pred, timeout: float, what: str) -> None:
         """Poll the received state (under the lock) until ``pred()``; fail after ``timeout``."""
