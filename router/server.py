@@ -205,13 +205,20 @@ class RouterServer:
     # ---- sending ---------------------------------------------------------------------------------
 
     def _flush(self, now: float) -> None:
-        """Each acceptor's queue, in order; then the acks whose turns' results have all left."""
+        """Each acceptor's queue, in order; then the acks whose turns' results have all left;
+        then the file channel's messages: an upload's end (its HTTP answer) after the turn's
+        results, so the room has the ``FILE:`` line before the uploader hears it is done (a
+        client that quits on that answer still gets its own line)."""
         link = self.link
         while link.raw:
             ident, msgs = link.raw.popleft()
             self._send_raw(ident, msgs)
+        self._send_results(now)
         if self.transfers is not None:
             self._send_files()
+
+    def _send_results(self, now: float) -> None:
+        link = self.link
         while True:  # the results, then (once they all left) the acknowledgements
             link.release_held(now)  # durable: the turns whose rows are committed
             if link.turn_open:
