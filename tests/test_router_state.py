@@ -979,6 +979,8 @@ class RouterMachine(RuleBasedStateMachine):
     def invariants(self):
         check_invariants(self.state)
         assert {r: list(m) for r, m in self.state.rooms.items()} == self.rooms
+        for room, members in self.rooms.items():  # the kept USERS line is the members, in order
+            assert self.state._users_line(room) == "USERS:" + ",".join(members)
         assert {uid: u.name for uid, u in self.state.users.items() if u.name} == self.names
 
 
