@@ -415,3 +415,11 @@ def test_a_batch_of_too_many_messages_is_refused_whole():
     frames = [HEADER] + [encode_message(Resync())] * (bus.MAX_BATCH + 1)
     with pytest.raises(BusError, match="max"):
         decode(frames)
+
+
+@given(st.text(alphabet=st.characters(max_codepoint=0x2FF)) | st.text(
+    alphabet=st.characters(max_codepoint=0x7F)))
+def test_the_ascii_fast_check_for_controls_says_what_the_pattern_says(text):
+    """bus._lines deletes ASCII controls in C for ASCII text (a joiner's 70 KB USERS line):
+    for any text, ASCII or not, it agrees with the pattern it stands in for."""
+    assert bus._lines(text) == (bus._CONTROL_BUT_NEWLINE.search(text) is None)

@@ -332,7 +332,14 @@ def _line(text: str) -> bool:
     return not _CONTROL.search(text)
 
 
+# the same controls among ASCII characters (C1 controls are not ASCII), as bytes to delete
+_ASCII_CONTROL_BUT_NEWLINE = bytes([*range(0x00, 0x09), *range(0x0B, 0x20), 0x7F])
+
+
 def _lines(text: str) -> bool:
+    if text.isascii():  # (a flag of the string: O(1)) a deletion in C, ~3x the regex's speed:
+        data = text.encode("ascii")  # a joiner's USERS line of 10,000 is 70 KB (issue 18)
+        return len(data.translate(None, _ASCII_CONTROL_BUT_NEWLINE)) == len(data)
     return not _CONTROL_BUT_NEWLINE.search(text)
 
 
