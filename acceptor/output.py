@@ -198,7 +198,11 @@ class Output:
         (``keep``; not for a closed session)."""
         run = s.run
         if run is not None:
-            if keep:
+            if keep and s.mark < run.end:  # into its own queue, written in the next round
+                if not s.out:
+                    self._dirty.append(s)
+                    if self._flush_handle is None:
+                        self._schedule_flush()
                 self._take_run(s)
             elif s.mark < run.end:
                 run.caught_up()  # (lacks nothing any more: it is gone)
@@ -537,8 +541,8 @@ class Output:
         for room in self._trim:  # the members a line came too late for (the round had
             run = runs.get(room)  # passed them): in the next round, alone
             if run is not None and run.lagging:
-                end = run.end
-                self._dirty += [s for s in run.members if s.mark < end]
+                last = run.end
+                self._dirty += [s for s in run.members if s.mark < last]
         self._trim = {}
         self._next_flush = self.loop.time() + min(self._coalesce_max,
                                                   self._round_cost * self._coalesce_factor)

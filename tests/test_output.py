@@ -1,0 +1,168 @@
+"""The acceptor's rounds of writes (acceptor/output.py), driven without sockets.
+
+Sessions here are stand-ins with the attributes ``Output`` reads and a transport that records
+what is written; rounds are run by hand, slice by slice, so a line can be made to arrive in the
+middle of one. The rules: each client gets every line of its room from its arrival on, once, in
+order, with its own lines (replies, private messages) where they were queued; a client that
+changes rooms keeps the old room's lines it had not had yet; a closed one keeps nothing, and
+the room's run forgets what everyone left has had.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from pychat.acceptor.limits import Limits
+from pychat.acceptor.output import FLUSH_SLICE, Output
+
+
+class Transport:
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.closing = False
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+class Client:
+    KIND = 0
+
+    def __init__(self) -> None:
+        self.out: list[bytes] = []
+        self.room = ""
+        self.blocked = False
+        self.transport = Transport()
+        self.fd = -1  # through the transport
+        self.cap_time = False
+        self.run = None
+        self.mark = 0
+
+    def lines(self) -> list[str]:
+        return self.transport.data.decode().splitlines()
+
+
+@pytest.fixture
+def loop():
+    lp = asyncio.new_event_loop()
+    yield lp
+    lp.close()
+
+
+def output(loop) -> Output:
+    return Output(loop, Limits(), {"writes": 0, "lines_out": 0}, lambda s, why: None,
+                  lambda: None)
+
+
+def join(o: Output, c: Client, room: str) -> None:
+    o.move(c, room)  # (as the acceptor does: move, then the session's room)
+    c.room = room
+
+
+def finish(o: Output) -> None:
+    """Write every round there is, now."""
+    while o._dirty or o._dirty_rooms or o._round:
+        if o._round:
+            o._write_slice()
+        else:
+            o.flush()
+
+
+def test_a_room_line_once_to_every_member_and_own_lines_in_their_place(loop):
+    o = output(loop)
+    a, b = Client(), Client()
+    join(o, a, "#r")
+    join(o, b, "#r")
+    o.fan_out("#r", b"1\n")
+    o.queue(a, b"private\n")  # after line 1, before line 2, for a alone
+    o.fan_out("#r", b"2\n")
+    finish(o)
+    assert a.lines() == ["1", "private", "2"]
+    assert b.lines() == ["1", "2"]
+    run = o.runs["#r"]
+    assert run.items == [] and run.lagging == 0  # everyone has had everything: forgotten
+
+
+def test_a_line_arriving_mid_round_reaches_everyone_once(loop):
+    o = output(loop)
+    clients = [Client() for _ in range(3 * FLUSH_SLICE)]
+    for c in clients:
+        join(o, c, "#big")
+    o.fan_out("#big", b"1\n")
+    o.flush()  # the first slice is written
+    o.fan_out("#big", b"2\n")  # the round has passed the first FLUSH_SLICE clients
+    finish(o)
+    for c in clients:
+        assert c.lines() == ["1", "2"]
+    passed, rest = clients[0], clients[-1]
+    assert passed.transport.data == b"1\n2\n" and rest.transport.data == b"1\n2\n"
+
+
+def test_a_client_changing_rooms_keeps_the_lines_it_had_not_had(loop):
+    o = output(loop)
+    a, b = Client(), Client()
+    join(o, a, "#one")
+    join(o, b, "#one")
+    o.fan_out("#one", b"old\n")
+    join(o, a, "#two")  # before any round: "old" is a's, still to be written
+    o.queue(a, b"you are in #two\n")
+    o.fan_out("#one", b"not for a\n")
+    o.fan_out("#two", b"new\n")
+    finish(o)
+    assert a.lines() == ["old", "you are in #two", "new"]
+    assert b.lines() == ["old", "not for a"]
+
+
+def test_a_client_changing_rooms_with_nothing_else_to_come_is_still_written(loop):
+    o = output(loop)
+    a, b = Client(), Client()
+    join(o, a, "#one")
+    join(o, b, "#one")
+    o.fan_out("#one", b"last\n")
+    join(o, a, "#quiet")  # no line ever comes in #quiet
+    finish(o)
+    assert a.lines() == ["last"]
+
+
+def test_a_closed_client_keeps_nothing_and_the_run_forgets(loop):
+    o = output(loop)
+    a, b = Client(), Client()
+    join(o, a, "#r")
+    join(o, b, "#r")
+    o.fan_out("#r", b"1\n")
+    o.forget(b)  # closed before the round
+    finish(o)
+    assert a.lines() == ["1"] and b.lines() == []
+    assert o.runs["#r"].items == [] and o.runs["#r"].lagging == 0
+
+
+def test_a_newcomer_gets_the_lines_from_its_arrival_on(loop):
+    o = output(loop)
+    a, b = Client(), Client()
+    join(o, a, "#r")
+    o.fan_out("#r", b"before\n")
+    join(o, b, "#r")
+    o.fan_out("#r", b"after\n")
+    finish(o)
+    assert a.lines() == ["before", "after"]
+    assert b.lines() == ["after"]
+
+
+def test_time_tagged_members_get_the_tagged_line(loop):
+    o = output(loop)
+    a, b = Client(), Client()
+    b.cap_time = True
+    join(o, a, "#r")
+    join(o, b, "#r")
+    o.fan_out("#r", b"123456: hi\n", ("2026-12-07T01:00:00.000Z", "123456: hi"))
+    finish(o)
+    assert a.lines() == ["123456: hi"]
+    assert b.lines() == ["@time=2026-12-07T01:00:00.000Z 123456: hi"]
