@@ -81,8 +81,8 @@ class Run:
     the lines are forgotten at once (``base`` moves past them); while lines keep coming during
     rounds, ``trim`` forgets what all have had every ``TRIM_AT`` lines."""
 
-    __slots__ = ("_blob", "_blob_n", "_tblob", "_tblob_n", "base", "items", "lagging",
-                 "members", "tags", "timed")
+    __slots__ = ("_blob", "_blob_n", "_tblob", "_tblob_n", "_trim_at", "base", "items",
+                 "lagging", "members", "tags", "timed")
 
     def __init__(self, members: dict[Session, None]):
         self.members = members  # the room's line members (Output.rooms[room]: the same dict)
@@ -91,6 +91,7 @@ class Run:
         self.tags: list[tuple[str, str] | None] = []  # (stamp, text) of those with a time tag
         self.timed: list[bytes] = []  # the lines as ``/cap time`` members get them, made lazily
         self.lagging = 0  # members whose mark is before the end
+        self._trim_at = TRIM_AT  # the length at which ``trim`` runs next
         self._blob, self._blob_n = b"", -1  # all the lines joined, and how many they were
         self._tblob, self._tblob_n = b"", -1  # the same with ``@time=``
 
@@ -102,7 +103,7 @@ class Run:
         self.items.append(data)
         self.tags.append(tag)
         self.lagging = len(self.members)  # every member lacks this one
-        if len(self.items) > TRIM_AT:
+        if len(self.items) > self._trim_at:
             self.trim()
 
     def lines(self, timed: bool) -> list[bytes]:
@@ -150,6 +151,9 @@ class Run:
                 self.timed.clear()
             self.base += m
             self._blob_n = self._tblob_n = -1
+        # (a member still lacking them all: not again before twice as many, so that a scan of
+        # the members stays rarer than the lines)
+        self._trim_at = max(TRIM_AT, 2 * len(self.items))
 
 
 class Output:

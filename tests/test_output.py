@@ -166,3 +166,18 @@ def test_time_tagged_members_get_the_tagged_line(loop):
     finish(o)
     assert a.lines() == ["123456: hi"]
     assert b.lines() == ["@time=2026-12-07T01:00:00.000Z 123456: hi"]
+
+
+def test_many_lines_before_any_round_all_arrive(loop):
+    """More lines than a run keeps before it trims, none written yet: nothing can be forgotten
+    (every member lacks them all), and every one arrives."""
+    o = output(loop)
+    clients = [Client() for _ in range(3)]
+    for c in clients:
+        join(o, c, "#r")
+    for k in range(2000):
+        o.fan_out("#r", b"%d\n" % k)
+    finish(o)
+    for c in clients:
+        assert c.lines() == [str(k) for k in range(2000)]
+    assert o.runs["#r"].items == []
