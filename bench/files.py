@@ -24,7 +24,7 @@ import threading
 import time
 import urllib.parse
 
-from bench.run import ENV, PY, machine, rss_kb
+from bench.run import ENV, PY, LoggedServe, machine, rss_kb
 from support.client import Connection
 
 CHUNK = 1 << 20
@@ -39,36 +39,15 @@ def make_file(path: str, size: int) -> None:
             left -= n
 
 
-class Server:
+class Server(LoggedServe):
     def __init__(self, size: int, tmp: str):
-        self.proc = subprocess.Popen(
-            [PY, "-m", "pychat", "serve", "--port", "0", "--web-port", "0", "--acceptors", "1",
-             "--data-dir", tmp, "--history", "memory", "--accounts", "memory",
-             "--files-max-mb", str(size // CHUNK + 1), "--files-quota-mb", "0",
-             "--files-total-gb", "0", "--log-level", "info"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV, cwd=tmp)
-        self.lines: list[str] = []
-        while True:
-            line = self.proc.stdout.readline()
-            if not line:
-                raise RuntimeError("pychat serve did not start:\n" + "".join(self.lines[-20:]))
-            self.lines.append(line)
-            if "serving on" in line:
-                break
-        self.port = int(re.search(r"serving on 127\.0\.0\.1:(\d+)", line).group(1))
-        self.web = int(re.search(r"web http://127\.0\.0\.1:(\d+)/", line).group(1))
-        pids = dict(re.findall(r"started (router|acceptor \d+) \(pid (\d+)\)",
-                               "".join(self.lines)))
-        self.router, self.acceptor = int(pids["router"]), int(pids["acceptor 1"])
-        threading.Thread(target=self._drain, daemon=True).start()
-
-    def _drain(self) -> None:
-        for _ in self.proc.stdout:
-            pass
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(20)
+        super().__init__(["--port", "0", "--web-port", "0", "--acceptors", "1", "--data-dir", tmp,
+                          "--history", "memory", "--accounts", "memory",
+                          "--files-max-mb", str(size // CHUNK + 1), "--files-quota-mb", "0",
+                          "--files-total-gb", "0"], tmp, env=ENV)
+        self.port = int(re.search(r"serving on 127\.0\.0\.1:(\d+)", self.ready).group(1))
+        self.web = int(re.search(r"web http://127\.0\.0\.1:(\d+)/", self.ready).group(1))
+        self.router, self.acceptor = self.children["router"], self.children["acceptor 1"]
 
 
 def loadtest(port: int, clients: int, rate: float, duration: float, pid: int) -> dict:

@@ -24,10 +24,9 @@ import re
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
-from bench.run import PY, machine
+from bench.run import LoggedServe, machine
 
 # what a mapped file's name says was loaded: (label, pattern on the path)
 HEAVY = [
@@ -90,41 +89,14 @@ def heavy_modules(pid: int) -> list[str]:
     return found + [f"({', '.join(others)})"] if others else found
 
 
-class Serve:
+class Serve(LoggedServe):
     """``pychat serve`` with its defaults on free ports, stopped by its own pid."""
 
     def __init__(self, extra: list[str], tmp: str):
-        self.proc = subprocess.Popen(
-            [PY, "-m", "pychat", "serve", "--port", "0", "--web-port", "0", "--data-dir", tmp,
-             "--log-level", "info", *extra],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp)
-        self.lines: list[str] = []
-        while True:
-            line = self.proc.stdout.readline()
-            if not line:
-                raise RuntimeError("pychat serve did not start:\n" + "".join(self.lines[-20:]))
-            self.lines.append(line)
-            if "serving on" in line:
-                break
-        self.children = [(role, int(pid)) for role, pid in
-                         re.findall(r"started (router|acceptor \d+) \(pid (\d+)\)",
-                                    "".join(self.lines))]
-        threading.Thread(target=self._drain, daemon=True).start()
-
-    def _drain(self) -> None:
-        for _ in self.proc.stdout:
-            pass
+        super().__init__(["--port", "0", "--web-port", "0", "--data-dir", tmp, *extra], tmp)
 
     def processes(self) -> list[tuple[str, int]]:
-        return [("supervisor", self.proc.pid), *self.children]
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        return [("supervisor", self.proc.pid), *self.children.items()]
 
 
 def main() -> int:

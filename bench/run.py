@@ -20,6 +20,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import shutil
 import socket
 import subprocess
@@ -280,6 +281,44 @@ def main() -> int:
     if args.write:
         write_docs(out)
     return 0
+
+
+class LoggedServe:
+    """``pychat serve`` with ``args`` (free ports: pass ``--port 0 --web-port 0``) at info
+    level, its output read until its ready line (``lines``, ``ready``) and drained after;
+    ``children``: role ("router", "acceptor 1"...) -> pid, from its log. Stopped by its own pid
+    (bench/files.py, bench/footprint.py)."""
+
+    def __init__(self, args: list[str], tmp: str, env: dict | None = None):
+        self.proc = subprocess.Popen([PY, "-m", "pychat", "serve", "--log-level", "info", *args],
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     env=env, cwd=tmp)
+        assert self.proc.stdout is not None
+        self.lines: list[str] = []
+        while True:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise RuntimeError("pychat serve did not start:\n" + "".join(self.lines[-20:]))
+            self.lines.append(line)
+            if "serving on" in line:
+                break
+        self.ready = line
+        self.children = {role: int(pid) for role, pid in re.findall(
+            r"started (router|acceptor \d+) \(pid (\d+)\)", "".join(self.lines))}
+        threading.Thread(target=self._drain, daemon=True).start()
+
+    def _drain(self) -> None:
+        assert self.proc.stdout is not None
+        for _ in self.proc.stdout:
+            pass
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
 
 
 def machine() -> str:
