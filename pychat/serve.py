@@ -76,8 +76,9 @@ def auto_acceptors(n_cores: int | None = None, router: bool = True) -> int:
     most ``AUTO_MAX``.
 
     Why (docs/BENCHMARKS.md, 2026-12-07): on 2 cores, with the clients on the same machine, one
-    acceptor wrote a round of 1,000 clients in ~4 ms and its p99 was ~25% lower than two
-    acceptors' (two processes, the router and the clients on two cores wait for each other);
+    acceptor wrote a round of 1,000 clients in ~4 ms and its p99 was 6.9 ms against two
+    acceptors' 8.2-9.8 (two processes, the router and the clients on two cores wait for each
+    other);
     a second acceptor pays off only with a core of its own. Each acceptor a room's members are
     spread over costs the router ~7 us per message (docs/ARCHITECTURE.md "Sizing"), hence the
     cap: past 8, more acceptors add router work sooner than they add cores' worth of writing."""
