@@ -662,10 +662,14 @@ while True:
         for k in range(0, len(body), 4096):
             w.write(body[k:k + 4096])
         f = w.finish(f"f{i}.bin", "#lobby", 1.8e9 + i)
-    print(f.id, f.blob, i, flush=True)  # after its commit
+    # whole lines in one write each (print writes its pieces apart when stdout is unbuffered,
+    # PYTHONUNBUFFERED=1: a kill between them left a line cut short)
+    sys.stdout.write(f"{f.id} {f.blob} {i}\n")  # after its commit
+    sys.stdout.flush()
     if i % 5 == 4:
         store.delete(f.id)  # deletes are killed too
-        print("deleted", f.id, flush=True)
+        sys.stdout.write(f"deleted {f.id}\n")
+        sys.stdout.flush()
     i += 1
 """
 
