@@ -15,21 +15,20 @@ from __future__ import annotations
 
 import io
 import os
-import queue
 import re
 import subprocess
 import sys
-import time
 import uuid
 
 import pytest
 
 from pychat.clients import events
-from pychat.clients.session import Session
 from pychat.wire import replies
 from support.gui import GuiProc
 from support.procs import ROOT, Proc, start_serve
 from support.xvfb import needs_x
+
+from .test_client_files import session as peer
 
 pytestmark = [pytest.mark.e2e, needs_x]
 PIL = pytest.importorskip("PIL", reason="Pillow makes the test's pictures (pip install Pillow)")
@@ -41,37 +40,6 @@ def server(procs, tmp_path):
                           str(tmp_path / "data"), acceptors=1)
     procs.append(p)
     return port
-
-
-class Events:
-    """A Session's events, and waiting for one."""
-
-    def __init__(self) -> None:
-        self.q: queue.Queue = queue.Queue()
-
-    def __call__(self, ev) -> None:
-        self.q.put(ev)
-
-    def wait(self, pred, timeout: float = 20.0):
-        deadline = time.monotonic() + timeout
-        seen = []
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                ev = self.q.get(timeout=left)
-            except queue.Empty:
-                break
-            seen.append(ev)
-            if pred(ev):
-                return ev
-        raise TimeoutError(f"no matching event; got {seen[-20:]}")
-
-
-def peer(port: int, sessions: list, name: str, room: str) -> tuple[Session, Events]:
-    got = Events()
-    s = Session("127.0.0.1", port, got, name=name, room=room)
-    sessions.append(s.start())
-    got.wait(lambda ev: isinstance(ev, replies.RoomChanged) and ev.room == room)
-    return s, got
 
 
 def picture(path, size=(640, 400)) -> bytes:
@@ -117,7 +85,7 @@ def test_a_picture_shows_as_a_thumbnail_and_its_link_saves_it(xvfb, server, proc
     src = tmp_path / "sunset at the pier.png"
     data = picture(src)
     tid = bob.send_file(str(src))
-    done = got.wait(lambda ev: isinstance(ev, events.TransferDone) and ev.id == tid)
+    done = got.wait(lambda ev: isinstance(ev, events.TransferDone) and ev.id == tid, timeout=20)
     assert not done.error, done.error
 
     st = g.wait(lambda st: st["images"] == 1 and st["thumbnails"][0]["screen"],
@@ -152,7 +120,8 @@ def test_a_picture_shows_as_a_thumbnail_and_its_link_saves_it(xvfb, server, proc
     mine = tmp_path / "mine.png"
     mine_data = picture(mine, (300, 600))
     g.type_line(f"/send {mine}")
-    shared = got.wait(lambda ev: isinstance(ev, replies.FileShared) and ev.name == "mine.png")
+    shared = got.wait(lambda ev: isinstance(ev, replies.FileShared) and ev.name == "mine.png",
+                      timeout=20)
     assert shared.size == len(mine_data)
     st = g.wait(lambda st: st["images"] == 2, "the second thumbnail")
     assert sorted(t["size"] for t in st["thumbnails"]) == [[120, 240], [240, 150]]
@@ -210,7 +179,8 @@ def test_without_pillow_a_text_line_and_a_slow_upload_in_the_status_bar(xvfb, se
     src = tmp_path / "pier.png"
     picture(src)
     tid = dave.send_file(str(src))
-    assert not got.wait(lambda ev: isinstance(ev, events.TransferDone) and ev.id == tid).error
+    assert not got.wait(lambda ev: isinstance(ev, events.TransferDone) and ev.id == tid,
+                        timeout=20).error
     st = g.wait(lambda st: st["links"], "the file's line")
     assert st["links"][0]["text"] == "pier.png" and st["images"] == 0
     assert any(re.fullmatch(r"\d\d:\d\d:\d\d dave sent pier\.png \(\d+\.\d KB\) #1", ln)
@@ -228,7 +198,7 @@ def test_without_pillow_a_text_line_and_a_slow_upload_in_the_status_bar(xvfb, se
     g.wait(lambda st: st["input"] == f"/send {note}", "the pasted file as /send")
     g.x.xdotool("key", "Return")
     assert got.wait(lambda ev: isinstance(ev, replies.FileShared)
-                    and ev.name == "pasted_note.txt").size == 7
+                    and ev.name == "pasted_note.txt", timeout=20).size == 7
 
     big = tmp_path / "big.bin"
     big.write_bytes(os.urandom(2_000_000))
@@ -257,7 +227,7 @@ def test_make_thumbnail_checks_the_bytes_against_the_name(server, sessions, tmp_
     src = tmp_path / "a.png"
     picture(src, (500, 100))
     tid = s.send_file(str(src))
-    done = got.wait(lambda ev: isinstance(ev, events.TransferDone) and ev.id == tid)
+    done = got.wait(lambda ev: isinstance(ev, events.TransferDone) and ev.id == tid, timeout=20)
     assert make_thumbnail(done.url, "a.png", None).size == (240, 48)
     with pytest.raises(TransferError, match="not a JPEG image"):
         make_thumbnail(done.url, "a.jpg", None)
