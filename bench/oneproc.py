@@ -10,10 +10,13 @@ What it does, in one process and one event loop (uvloop when installed, as PyCha
 - `/ping [token]`, `/users`, `/quit`, and `ERROR: unknown command` for the rest.
 - A line is encoded once and written to each member with `transport.write` as it arrives: no
   coalescing, no router, no bus. That is the design PyChat's acceptors replace.
+- ``--direct`` (kind ``oneproc-direct`` in bench/run.py) writes each line to the socket with
+  ``os.write`` as PyChat's acceptor does, the transport taking only what the socket does not: the
+  floor of a Python server that writes every delivery at once (TCP_NODELAY), with no bus hop.
 - USERS pushes to the others are sent at most once a second per change (a room of 1,000 that
   pushed its list at every arrival would move gigabytes while the load generator connects).
 
-    python3 -m bench.oneproc --port 0      # prints "serving on 127.0.0.1:<port>"
+    python3 -m bench.oneproc --port 0 [--direct]  # prints "serving on 127.0.0.1:<port>"
 """
 
 from __future__ import annotations
@@ -21,13 +24,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
+import os
 import sys
 
 MAX_LINE = 4096
 
 
 class Server:
-    def __init__(self) -> None:
+    def __init__(self, direct: bool = False) -> None:
+        self.direct = direct
         self.members: dict[str, Client] = {}  # uid -> client, in arrival order
         self.uids = (f"{n:06d}" for n in itertools.count(100000))
         self.push_due: asyncio.TimerHandle | None = None
@@ -57,8 +62,22 @@ class Server:
 
     def public(self, c: Client, text: str) -> None:
         data = f"{c.uid}: {text}\n".encode()
-        for m in self.members.values():
-            m.transport.write(data)
+        if not self.direct:
+            for m in self.members.values():
+                m.transport.write(data)
+            return
+        write = os.write
+        for m in self.members.values():  # --direct: the socket first, the transport for the rest
+            t = m.transport
+            if t.get_write_buffer_size():
+                t.write(data)
+                continue
+            try:
+                sent = write(m.fd, data)
+            except OSError:
+                sent = 0
+            if sent < len(data):
+                t.write(data[sent:])
 
 
 class Client(asyncio.Protocol):
@@ -70,6 +89,7 @@ class Client(asyncio.Protocol):
 
     def connection_made(self, transport) -> None:
         self.transport = transport
+        self.fd = transport.get_extra_info("socket").fileno()
         self.server.arrived(self)
 
     def connection_lost(self, exc) -> None:
@@ -117,8 +137,8 @@ class Client(asyncio.Protocol):
             self.reply(f"ERROR: unknown command {word}")
 
 
-async def serve(host: str, port: int) -> None:
-    server = Server()
+async def serve(host: str, port: int, direct: bool) -> None:
+    server = Server(direct)
     srv = await asyncio.get_running_loop().create_server(lambda: Client(server), host, port,
                                                          backlog=4096)
     print(f"serving on {host}:{srv.sockets[0].getsockname()[1]}", flush=True)
@@ -131,6 +151,9 @@ def main() -> int:
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--loop", choices=["auto", "asyncio"], default="auto")
+    ap.add_argument("--direct", action="store_true",
+                    help="write each line to the socket with os.write, as PyChat's acceptor does "
+                         "(the transport only for what the socket does not take)")
     args = ap.parse_args()
     if args.loop == "auto":
         try:
@@ -139,7 +162,7 @@ def main() -> int:
         except ImportError:
             pass
     try:
-        asyncio.run(serve(args.host, args.port))
+        asyncio.run(serve(args.host, args.port, args.direct))
     except KeyboardInterrupt:
         pass
     return 0

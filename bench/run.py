@@ -7,7 +7,8 @@ against it (which measures latency, deliveries and the server's CPU by pid tree)
 server's memory, and stops the server by its pid. ngircd comes from Debian's package
 (`apt-get install ngircd`), configured for the load: no per-IP or join limits, flood penalties
 off (MaxPenaltyTime = 0), long ping timeouts. `oneproc` is bench/oneproc.py, the plain
-one-process asyncio server the issue measured PyChat against. Everything listens on 127.0.0.1.
+one-process asyncio server the issue measured PyChat against; `oneproc-direct` is the same with
+`--direct` (os.write per delivery, no bus: a floor). Everything listens on 127.0.0.1.
 
 --write puts the table and a plot (server CPU per million deliveries against N) into
 docs/BENCHMARKS.md and docs/img/, between markers, with the date, the machine and the commands.
@@ -87,8 +88,9 @@ class Server:
                 except OSError:
                     time.sleep(0.05)  # waiting for ngircd to listen
             raise RuntimeError("ngircd did not start")
-        if self.kind == "oneproc":  # the one-process baseline (bench/oneproc.py)
-            self.proc = subprocess.Popen([PY, os.path.join(ROOT, "bench", "oneproc.py")],
+        if self.kind.startswith("oneproc"):  # the one-process baseline (bench/oneproc.py)
+            direct = ["--direct"] if self.kind == "oneproc-direct" else []
+            self.proc = subprocess.Popen([PY, os.path.join(ROOT, "bench", "oneproc.py"), *direct],
                                          stdout=subprocess.PIPE, env=ENV, text=True)
             line = self.proc.stdout.readline()
             if "serving on" not in line:
