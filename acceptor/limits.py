@@ -58,7 +58,7 @@ class Limits:
     sndbuf: int = 64 * 1024  # kernel send buffer per client socket (0: the kernel's autotuning)
     lines_per_turn: int = 256  # lines of one client handled before others get a turn
     coalesce_ms: float = 4.0  # the longest a line waits to share a write (0: every turn)
-    coalesce_factor: float = 0.125  # the wait, as a multiple of how long the last round took
+    coalesce_factor: float = 0.125  # the wait after a round that batched, times its duration
     idle_timeout: float = 0.0  # seconds without a byte from a client before it is closed (0: off)
     partial_line_timeout: float = 30.0  # seconds an unfinished line may stay unfinished (0: off)
     piece_idle: float = 0.5  # before a client's first newline: an idle piece is a line (0: off)

@@ -20,9 +20,11 @@ whose transport holds nothing unsent is written with ``os.write`` on its socket 
 bytes the room shares, until ``resume_writing``.
 
 Coalescing: the send syscall is most of an acceptor's cost under load, so after a round of writes
-the next round waits ``coalesce_factor`` times as long as that round's writes took (at most
-``coalesce_ms``), and lines that arrive meanwhile share one write. A light load (a quick round)
-waits next to nothing; a busy acceptor batches more and spends a bounded share of its time in
+that batched (its writes carried at least ``BATCHED`` lines each on average: lines are coming
+faster than rounds) the next round waits ``coalesce_factor`` times as long as that round's writes
+took (at most ``coalesce_ms``), and lines that arrive meanwhile share one write. A round that
+wrote each client about one line is followed by no wait: at a light load a wait delays lines
+without saving writes. A busy acceptor batches more and spends a bounded share of its time in
 send calls.
 
 Send queues: a client whose unsent bytes pass ``send_queue`` is watched: if it has drained nothing
@@ -53,6 +55,7 @@ log = logging.getLogger("pychat.acceptor")
 
 FLUSH_SLICE = 128  # clients a round writes before the loop gets a turn (reads, router batches)
 TRIM_AT = 512  # lines a room's run holds before what every member has had is forgotten
+BATCHED = 1.5  # lines per write, on average over a round, from which the next round waits
 
 
 def uids_named(events: list[replies.Event]) -> set[str]:
@@ -179,6 +182,8 @@ class Output:
         self._round: list[Session] = []  # the round being written, FLUSH_SLICE at a time
         self._round_at = 0  # its next client
         self._round_cost = 0.0  # seconds its slices took so far
+        self._round_writes = 0  # and the writes and lines they made
+        self._round_lines = 0
         self._stall_handle: asyncio.TimerHandle | None = None
         self._over: dict[Session, int] = {}  # clients above send_queue -> bytes at last check
         self._held: dict[Session, tuple[int, int]] = {}  # blocked -> (lines, bytes) counted
@@ -442,6 +447,7 @@ class Output:
         self._round = todo
         self._round_at = 0
         self._round_cost = 0.0
+        self._round_writes = self._round_lines = 0
         self._write_slice()
 
     def _write_slice(self) -> None:
@@ -536,6 +542,8 @@ class Output:
         stats["writes"] += writes
         stats["lines_out"] += lines
         self._round_cost += time.perf_counter() - began
+        self._round_writes += writes
+        self._round_lines += lines
         if end < len(dirty):
             self._round_at = end
             self._flush_handle = self.loop.call_soon(self._write_slice)
@@ -548,8 +556,11 @@ class Output:
                 last = run.end
                 self._dirty += [s for s in run.members if s.mark < last]
         self._trim = {}
-        self._next_flush = self.loop.time() + min(self._coalesce_max,
-                                                  self._round_cost * self._coalesce_factor)
+        if self._round_lines >= BATCHED * self._round_writes > 0:  # it batched: wait
+            self._next_flush = self.loop.time() + min(self._coalesce_max,
+                                                      self._round_cost * self._coalesce_factor)
+        else:  # about one line a client: the next line goes out as soon as it comes
+            self._next_flush = 0.0
         # lines queued during the round for clients it had passed; blocked clients alone
         # (re-queued by _hold to be counted again) wait for new lines, as before
         if self._dirty_rooms or any(not s.blocked for s in self._dirty):

@@ -350,9 +350,9 @@ OPTIONS: tuple[Option, ...] = (
                             "write (0: write every loop turn)",
            float, "the longest a line waits so that lines arriving together share one write"),
     _limit("--coalesce-factor", "wait between writes, as a multiple of the time the last round "
-                                "of writes took: light load waits ~0, a busy acceptor batches "
-                                "more",
-           float, "wait between rounds of writes, as a multiple of the last round's duration"),
+                                "of writes took, after a round that batched (1.5 lines a write "
+                                "or more): light load never waits, a busy acceptor batches more",
+           float, "wait after a round of writes that batched, as a multiple of its duration"),
     _limit("--max-connections", "clients this acceptor serves at once", positive(int),
            "clients per acceptor"),
     _limit("--max-per-address", "clients from one IP address on this acceptor", positive(int),

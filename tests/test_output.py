@@ -14,6 +14,7 @@ import asyncio
 
 import pytest
 
+from pychat.acceptor import output as output_module
 from pychat.acceptor.limits import Limits
 from pychat.acceptor.output import FLUSH_SLICE, Output
 
@@ -181,3 +182,37 @@ def test_many_lines_before_any_round_all_arrive(loop):
     for c in clients:
         assert c.lines() == [str(k) for k in range(2000)]
     assert o.runs["#r"].items == []
+
+
+class SlowSlices:
+    """Output's clock for the cost of a round: every slice of writes "takes" 0.5 s."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def perf_counter(self) -> float:
+        self.t += 0.5  # (read at a slice's start and at its end)
+        return self.t
+
+
+def test_the_next_round_waits_only_after_a_round_that_batched(loop, monkeypatch):
+    monkeypatch.setattr(output_module, "time", SlowSlices())
+    o = Output(loop, Limits(coalesce_ms=1000, coalesce_factor=1.0),
+               {"writes": 0, "lines_out": 0}, lambda s, why: None, lambda: None)
+    a, b = Client(), Client()
+    join(o, a, "#r")
+    join(o, b, "#r")
+    o.fan_out("#r", b"1\n")
+    finish(o)  # a round of one line a write: the next line goes out at once
+    o.fan_out("#r", b"2\n")
+    assert not isinstance(o._flush_handle, asyncio.TimerHandle)
+    finish(o)
+    for n in (3, 4, 5):
+        o.fan_out("#r", b"%d\n" % n)
+    finish(o)  # three lines a write: lines come faster than rounds, the next one waits
+    o.fan_out("#r", b"6\n")
+    handle = o._flush_handle
+    assert isinstance(handle, asyncio.TimerHandle)
+    assert 0.4 < handle.when() - loop.time() <= 0.5  # the factor (1) times the round's 0.5 s
+    finish(o)
+    assert a.lines() == b.lines() == ["1", "2", "3", "4", "5", "6"]
