@@ -2,7 +2,8 @@
 
 ``SqliteHistory`` serves the ``HistoryStore`` interface. A writer thread owns the writing
 connection after ``open()``: it takes rows off a queue and commits them in batches (up to
-``batch_rows`` rows, or what arrived within ``batch_wait`` seconds of the first), trims rooms
+``batch_rows`` rows, or what arrived within ``batch_wait`` seconds of the first; the writer
+sleeps through that window rather than waking at each row), trims rooms
 past their retention as it writes, and runs retention on its own every ``purge_every`` seconds
 (age) and ``sweep_every`` seconds (every room and sender trimmed), the first time at start.
 
@@ -531,11 +532,13 @@ class SqliteHistory:
         if item is _STOP:
             return [], True
         rows = [item]
-        deadline = time.monotonic() + self.batch_wait
+        if self.batch_wait > 0 and self._q.qsize() < self.batch_rows - 1:
+            # the batch's window: the rows that come meanwhile wait in the queue (a put with no
+            # getter waiting wakes nobody: one wake-up a batch, not one a row); close() ends it
+            self._closing.wait(self.batch_wait)
         while len(rows) < self.batch_rows:
-            left = deadline - time.monotonic()
             try:
-                item = self._q.get(timeout=left) if left > 0 else self._q.get_nowait()
+                item = self._q.get_nowait()
             except queue.Empty:
                 break
             if item is _STOP:
