@@ -5,12 +5,13 @@ the write rounds; a session's ``out`` list is its queue. Nobody ever waits for a
 
 Fan-out: a room message arrives once per acceptor; its line is encoded once and appended to the
 room's ``Run``, the lines its line-protocol members have not all had yet: one append per message,
-not one per member. Each such member keeps a ``mark``, the room's lines it has had;
-a line queued for the member alone (a reply, a private message, a list) first moves the run's
-lines it has not had into its own queue, so its lines keep their order. A round writes a member
-in step (nothing of its own, nothing had) the run's lines joined once for all of them (with
-``@time=``, a second join, made when the first member with ``/cap time`` is met). IRC and
-WebSocket members get their own copies (``_fan_out_doors``, frames). Queues are written in rounds
+not one per member (its WebSocket members have a run of their own, of the line framed once).
+Each such member keeps a ``mark``, the room's lines it has had; a line queued for the member
+alone (a reply, a private message, a list) first moves the run's lines it has not had into its
+own queue, so its lines keep their order. A round writes a member in step (nothing of its own,
+nothing had) the run's lines joined once for all of them (with ``@time=``, a second join, made
+when the first member with ``/cap time`` is met). IRC members get their own copies of the line
+translated once (``_fan_out_doors``). Queues are written in rounds
 (``flush``), one write per client per round, ``FLUSH_SLICE`` clients at a time with the loop
 running between slices (reads and router batches are not held up by a long round, and lines
 that arrive meanwhile reach the clients not written yet in the same round). A plain client
@@ -78,17 +79,20 @@ def _timed_frame(tagged: tuple[str, str]) -> bytes:
 
 
 class Run:
-    """A room's lines that some of its line-protocol members have not had yet, oldest first.
+    """A room's lines that some of its line-protocol members (or WebSocket members: then the
+    lines are frames, ``timed_of`` ``_timed_frame``) have not had yet, oldest first.
     ``items[0]`` is the room's line number ``base``; a member ``s`` has had the room's lines
     before number ``s.mark``. ``lagging`` counts the members that lack some: when none does,
     the lines are forgotten at once (``base`` moves past them); while lines keep coming during
     rounds, ``trim`` forgets what all have had every ``TRIM_AT`` lines."""
 
     __slots__ = ("_blob", "_blob_n", "_tblob", "_tblob_n", "_trim_at", "base", "items",
-                 "lagging", "members", "tags", "timed")
+                 "lagging", "members", "tags", "timed", "timed_of")
 
-    def __init__(self, members: dict[Session, None]):
-        self.members = members  # the room's line members (Output.rooms[room]: the same dict)
+    def __init__(self, members: dict[Session, None],
+                 timed_of: Callable[[tuple[str, str]], bytes] = _timed_line):
+        self.members = members  # the room's members of one kind (Output.rooms[room]: the same)
+        self.timed_of = timed_of  # (stamp, text) -> the line as a ``/cap time`` member gets it
         self.base = 0  # the number of items[0]
         self.items: list[bytes] = []  # the lines
         self.tags: list[tuple[str, str] | None] = []  # (stamp, text) of those with a time tag
@@ -112,10 +116,10 @@ class Run:
     def lines(self, timed: bool) -> list[bytes]:
         if not timed:
             return self.items
-        made, items, tags = self.timed, self.items, self.tags
+        made, items, tags, timed_of = self.timed, self.items, self.tags, self.timed_of
         for i in range(len(made), len(items)):
             tag = tags[i]
-            made.append(items[i] if tag is None else _timed_line(tag))
+            made.append(items[i] if tag is None else timed_of(tag))
         return made
 
     def joined(self, timed: bool) -> bytes:
@@ -171,9 +175,11 @@ class Output:
         self.doors: dict[str, dict[Session, None]] = {}  # IRC members (``s.door`` set)
         self.webs: dict[str, dict[Session, None]] = {}  # WebSocket members (frames)
         self.runs: dict[str, Run] = {}  # each room of ``rooms``: its lines (the module's doc)
+        self.web_runs: dict[str, Run] = {}  # each room of ``webs``: its lines, framed
         self._dirty_rooms: dict[str, None] = {}  # rooms with lines for the next round
         self._trim: dict[str, None] = {}  # rooms of the round being written
         self._kinds = (self.rooms, self.doors, self.webs)  # by ``Session.KIND``
+        self._runs = (self.runs, None, self.web_runs)  # by ``Session.KIND``: IRC has none
         self._dirty: list[Session] = []
         self._flush_handle: asyncio.Handle | None = None
         self._coalesce_max = limits.coalesce_ms / 1000.0
@@ -196,10 +202,11 @@ class Output:
             self.leave(s)
             members = self._kinds[s.KIND].setdefault(room, {})
             members[s] = None
-            if s.KIND == 0:  # the room's lines from now on, not those before
-                run = self.runs.get(room)
+            runs = self._runs[s.KIND]
+            if runs is not None:  # the room's lines from now on, not those before
+                run = runs.get(room)
                 if run is None:
-                    run = self.runs[room] = Run(members)
+                    run = runs[room] = Run(members, _timed_frame if s.KIND == 2 else _timed_line)
                 s.run, s.mark = run, run.end
 
     def leave(self, s: Session, keep: bool = True) -> None:
@@ -222,9 +229,11 @@ class Output:
             members.pop(s, None)
             if not members:
                 del rooms[s.room]
-                if s.KIND == 0:
-                    self.runs.pop(s.room, None)
-                    self._dirty_rooms.pop(s.room, None)
+                runs = self._runs[s.KIND]
+                if runs is not None:
+                    runs.pop(s.room, None)
+                    if s.room not in self.runs and s.room not in self.web_runs:
+                        self._dirty_rooms.pop(s.room, None)
 
     def members(self, room: str) -> list[Session]:
         """Every local member of ``room``, of every door."""
@@ -258,43 +267,26 @@ class Output:
             run.caught_up()
 
     def fan_out(self, room: str, data: bytes, tagged: tuple[str, str] | None = None) -> None:
-        """Queue ``data`` for every local member of ``room``: the hot path, so the queueing of
-        ``queue`` is inlined (one flush scheduled per message, not a call per member). With
-        ``tagged`` = (stamp, text), members with ``/cap time`` get the tagged line instead,
-        encoded once, when the first of them is met. IRC members (``doors``) get the line
-        translated once for all of them (``_fan_out_doors``); WebSocket members get the same
-        framed once (server frames are unmasked: the same bytes for everyone)."""
+        """Queue ``data`` for every local member of ``room``: the hot path, one append to the
+        room's run per kind of member, not one per member. With ``tagged`` = (stamp, text),
+        members with ``/cap time`` get the tagged line instead, encoded once per run, when the
+        first of them is written. IRC members (``doors``) get the line translated once for all
+        of them (``_fan_out_doors``); WebSocket members' run has the line framed once (server
+        frames are unmasked: the same bytes for everyone)."""
         if room in self.doors:
             self._fan_out_doors(self.doors[room], data, tagged)
-        webs = self.webs.get(room)
-        if webs:
-            self._queue_all(webs, web.frames(data), tagged, _timed_frame)
+        queued = False
+        if room in self.webs:  # WebSocket members: their run, of the line framed once
+            self.web_runs[room].append(web.frames(data), tagged)
+            queued = True
         if room in self.rooms:  # line members: the room's run, one append for all of them
             self.runs[room].append(data, tagged)
+            queued = True
+        if queued:
             if room not in self._trim:  # (in the round being written: the members it has not
                 self._dirty_rooms[room] = None  # reached get it there, the others after it)
             if self._flush_handle is None:
                 self._schedule_flush()
-
-    def _queue_all(self, members: dict[Session, None], plain: bytes,
-                   tagged: tuple[str, str] | None,
-                   timed_of: Callable[[tuple[str, str]], bytes]) -> None:
-        """``plain`` for every member, or to those with ``/cap time`` ``timed_of(tagged)``,
-        made once when the first of them is met; one flush scheduled for all of them."""
-        dirty = self._dirty
-        timed = None
-        for s in members:
-            out = s.out
-            if not out:
-                dirty.append(s)
-            if tagged is not None and s.cap_time:
-                if timed is None:
-                    timed = timed_of(tagged)
-                out.append(timed)
-            else:
-                out.append(plain)
-        if self._flush_handle is None:
-            self._schedule_flush()
 
     def _fan_out_doors(self, members: dict[Session, None], data: bytes,
                        tagged: tuple[str, str] | None) -> None:
@@ -435,11 +427,12 @@ class Output:
         rest = self._round[self._round_at:]  # a round cut short keeps its clients, first
         todo = rest + self._dirty if rest else self._dirty
         self._dirty = []
-        if self._dirty_rooms:  # every line member of a room with lines: once each
-            rooms = self.rooms
+        if self._dirty_rooms:  # every line and WebSocket member of a room with lines: once each
+            rooms, webs = self.rooms, self.webs
             dedupe = bool(todo) or len(self._dirty_rooms) > 1
             for room in self._dirty_rooms:
-                todo.extend(rooms[room])
+                todo.extend(rooms.get(room, ()))
+                todo.extend(webs.get(room, ()))
                 self._trim[room] = None
             self._dirty_rooms = {}
             if dedupe:  # (a member in a room and queued alone, or moved between two rooms)
@@ -549,12 +542,11 @@ class Output:
             self._flush_handle = self.loop.call_soon(self._write_slice)
             return
         self._round = []
-        runs = self.runs
         for room in self._trim:  # the members a line came too late for (the round had
-            run = runs.get(room)  # passed them): in the next round, alone
-            if run is not None and run.lagging:
-                last = run.end
-                self._dirty += [s for s in run.members if s.mark < last]
+            for run in (self.runs.get(room), self.web_runs.get(room)):  # passed them): in the
+                if run is not None and run.lagging:  # next round, alone
+                    last = run.end
+                    self._dirty += [s for s in run.members if s.mark < last]
         self._trim = {}
         if self._round_lines >= BATCHED * self._round_writes > 0:  # it batched: wait
             self._next_flush = self.loop.time() + min(self._coalesce_max,

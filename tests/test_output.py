@@ -15,6 +15,7 @@ import asyncio
 import pytest
 
 from pychat.acceptor import output as output_module
+from pychat.acceptor import web
 from pychat.acceptor.limits import Limits
 from pychat.acceptor.output import FLUSH_SLICE, Output
 
@@ -182,6 +183,50 @@ def test_many_lines_before_any_round_all_arrive(loop):
     for c in clients:
         assert c.lines() == [str(k) for k in range(2000)]
     assert o.runs["#r"].items == []
+
+
+class WebClient(Client):
+    """A WebSocket member: its room's lines come as frames, from the room's run of frames."""
+
+    KIND = 2
+
+    def frames(self, *lines: bytes) -> bytes:
+        return b"".join(web.frames(line) for line in lines)
+
+
+def test_websocket_members_get_the_room_framed_once_in_order_with_their_own(loop):
+    o = output(loop)
+    a, w, v = Client(), WebClient(), WebClient()
+    v.cap_time = True
+    for c in (a, w, v):
+        join(o, c, "#r")
+    o.fan_out("#r", b"1\n")
+    o.queue(w, web.frames(b"private\n"))  # after line 1, before line 2, for w alone
+    o.fan_out("#r", b"2\n", ("2026-12-07T04:00:00.000Z", "2"))
+    finish(o)
+    assert a.lines() == ["1", "2"]
+    assert w.transport.data == w.frames(b"1\n", b"private\n", b"2\n")
+    assert v.transport.data == v.frames(b"1\n", b"@time=2026-12-07T04:00:00.000Z 2")
+    assert o.web_runs["#r"].items == [] and o.runs["#r"].items == []  # all had: forgotten
+    assert o.web_runs["#r"].items is not o.runs["#r"].items
+
+
+def test_a_websocket_member_mid_round_and_leaving_keeps_its_frames(loop):
+    o = output(loop)
+    webs = [WebClient() for _ in range(2 * FLUSH_SLICE)]
+    for c in webs:
+        join(o, c, "#big")
+    o.fan_out("#big", b"1\n")
+    o.flush()  # the first slice is written
+    o.fan_out("#big", b"2\n")  # the round has passed the first FLUSH_SLICE members
+    first = webs[0]
+    join(o, first, "#other")  # before its next round: "2" stays queued for it
+    o.fan_out("#big", b"not for it\n")
+    finish(o)
+    assert first.transport.data == first.frames(b"1\n", b"2\n")
+    for c in webs[1:]:
+        assert c.transport.data == c.frames(b"1\n", b"2\n", b"not for it\n")
+    assert "#big" in o.web_runs and "#big" not in o.runs  # no line member: no line run
 
 
 class SlowSlices:
