@@ -890,7 +890,7 @@ def main(argv: list[str] | None = None) -> int:
             import matplotlib  # noqa: F401
         except ImportError:
             print("loadtest: --plot needs matplotlib, which is not installed (pip install "
-                  "matplotlib); nothing was run", file=sys.stderr)
+                  "'pychat[plot]', or matplotlib); nothing was run", file=sys.stderr)
             return 2
     try:
         tls = tls_context(args)

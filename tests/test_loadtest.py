@@ -129,7 +129,7 @@ def test_plot_without_matplotlib_fails_before_anything_is_run(tmp_path):
                        env=fake_matplotlib(tmp_path, works=False))
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr == ("loadtest: --plot needs matplotlib, which is not installed (pip install "
-                        "matplotlib); nothing was run\n")
+                        "'pychat[plot]', or matplotlib); nothing was run\n")
     assert not (tmp_path / "lat.png").exists()
 
 
