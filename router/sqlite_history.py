@@ -463,8 +463,8 @@ class SqliteHistory:
         try:
             self._loop()
         except Exception:  # a bug: say so loudly; the router and its chat go on without a file
-            self.failing = True
             log.exception("history: the writer stopped; messages are no longer saved")
+            self.failing = True
 
     def _loop(self) -> None:
         carry: list[tuple] = []  # rows of a failed batch, tried again
@@ -552,9 +552,9 @@ class SqliteHistory:
         ok = self._guard(self._insert, rows)
         if ok:
             self.written += len(rows)
-            if self.failing:
-                self.failing = False
+            if self.failing:  # (said before the flag falls: whoever sees it down sees it said)
                 log.warning("history: writing to %s again", self.path)
+                self.failing = False
         return ok
 
     @contextmanager
@@ -685,10 +685,10 @@ class SqliteHistory:
             fn(*args)
             return True
         except (sqlite3.Error, OSError) as e:
-            if not self.failing:
-                self.failing = True
+            if not self.failing:  # (said before the flag rises: whoever sees it up sees it said)
                 log.error("history: cannot write to %s: %s; chat goes on, retrying every %gs",
                           self.path, e, RETRY_DELAY)
+                self.failing = True
             return False
 
 
