@@ -69,6 +69,8 @@ class Server:
         write = os.write
         for m in self.members.values():  # --direct: the socket first, the transport for the rest
             t = m.transport
+            if t.is_closing():  # (its fd may be closed already, and its number reused)
+                continue
             if t.get_write_buffer_size():
                 t.write(data)
                 continue
