@@ -313,18 +313,24 @@ class Output:
         stamp = tagged[0] if tagged is not None else None
         plain: bytes | None = None
         timed: bytes | None = None
-        for s in members:
+        dirty = self._dirty
+        for s in members:  # (``queue`` inlined: IRC members have no run; one flush below)
             door = s.door
             if s.uid == sender or door is None or not door.registered:
                 continue
+            out = s.out
+            if not out:
+                dirty.append(s)
             if stamp and "server-time" in door.caps:
                 if timed is None:
                     timed = "".join(f"{line}\r\n" for line in lines(door, stamp)).encode()
-                self.queue(s, timed)
+                out.append(timed)
             else:
                 if plain is None:
                     plain = "".join(f"{line}\r\n" for line in lines(door, None)).encode()
-                self.queue(s, plain)
+                out.append(plain)
+        if dirty and self._flush_handle is None:
+            self._schedule_flush()
 
     def roster(self, room: str, text: str, delta: str) -> None:
         """A room's USERS/NAMES push: the whole lists, or to members with ``/cap deltas`` that
