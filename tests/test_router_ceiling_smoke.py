@@ -33,7 +33,13 @@ def test_quick_smallest_case(tmp_path):
     assert (case["case"], case["acceptors"], case["rooms"], case["history"]) == (
         "room", 1, 1, "memory")
     steps = case["steps"]
-    assert [s["mode"] for s in steps] == ["flat", "open"]
+    modes = [s["mode"] for s in steps]
+    # flat out, then one open-loop run; the search runs it once more when it was not kept up
+    # while other work took over --noisy-pct (30) % of the machine (as other tests do in CI)
+    assert modes in (["flat", "open"], ["flat", "open", "open"]), modes
+    if len(steps) == 3:
+        retried = steps.pop(1)
+        assert not retried["kept_up"] and retried["others_pct"] > 30, retried
     for s in steps:
         assert s["sent"] > 0 and s["msgs_per_s"] > 0, s
         assert s["delivered_all"] and s["missing"] == 0, s
