@@ -90,7 +90,7 @@ class Run:
                  "lagging", "members", "tags", "timed", "timed_of")
 
     def __init__(self, members: dict[Session, None],
-                 timed_of: Callable[[tuple[str, str]], bytes] = _timed_line):
+                 timed_of: Callable[[tuple[str, str]], bytes]):
         self.members = members  # the room's members of one kind (Output.rooms[room]: the same)
         self.timed_of = timed_of  # (stamp, text) -> the line as a ``/cap time`` member gets it
         self.base = 0  # the number of items[0]
@@ -179,7 +179,9 @@ class Output:
         self._dirty_rooms: dict[str, None] = {}  # rooms with lines for the next round
         self._trim: dict[str, None] = {}  # rooms of the round being written
         self._kinds = (self.rooms, self.doors, self.webs)  # by ``Session.KIND``
-        self._runs = (self.runs, None, self.web_runs)  # by ``Session.KIND``: IRC has none
+        # by ``Session.KIND``: the kind's runs, and how its @time= lines are made (IRC: none)
+        self._runs: tuple[tuple[dict[str, Run], Callable[[tuple[str, str]], bytes]] | None,
+                          ...] = ((self.runs, _timed_line), None, (self.web_runs, _timed_frame))
         self._dirty: list[Session] = []
         self._flush_handle: asyncio.Handle | None = None
         self._coalesce_max = limits.coalesce_ms / 1000.0
@@ -202,11 +204,12 @@ class Output:
             self.leave(s)
             members = self._kinds[s.KIND].setdefault(room, {})
             members[s] = None
-            runs = self._runs[s.KIND]
-            if runs is not None:  # the room's lines from now on, not those before
+            kind = self._runs[s.KIND]
+            if kind is not None:  # the room's lines from now on, not those before
+                runs, timed_of = kind
                 run = runs.get(room)
                 if run is None:
-                    run = runs[room] = Run(members, _timed_frame if s.KIND == 2 else _timed_line)
+                    run = runs[room] = Run(members, timed_of)
                 s.run, s.mark = run, run.end
 
     def leave(self, s: Session, keep: bool = True) -> None:
@@ -229,9 +232,9 @@ class Output:
             members.pop(s, None)
             if not members:
                 del rooms[s.room]
-                runs = self._runs[s.KIND]
-                if runs is not None:
-                    runs.pop(s.room, None)
+                kind = self._runs[s.KIND]
+                if kind is not None:
+                    kind[0].pop(s.room, None)
                     if s.room not in self.runs and s.room not in self.web_runs:
                         self._dirty_rooms.pop(s.room, None)
 
