@@ -5,7 +5,9 @@ output queues and send-queue limits, the same router. What differs: the bytes re
 lines, translated into PyChat lines fed to ``Connection.receive_line``; the lines the session
 would be sent are translated into IRC lines (``send_line``); there is no Welcome line; and the
 core is asked for ``/cap time codes end deltas`` as the session opens, invisibly to the client.
-Room chat lines reach IRC members through ``Output.fan_out``, translated once per message.
+Room chat lines reach IRC members through ``Output.fan_out``, translated once per message into
+the room's IRC run, which a member gets once registered (``Output.ready``); ``cap_time`` here is
+whether the client asked for server-time (the core's lines all come with their times).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from .irc import SERVER, START, IrcDoor
 from .session import Session
 
 if TYPE_CHECKING:
+    from .connection import Action
     from .server import Acceptor
 
 
@@ -40,6 +43,7 @@ class IrcSession(Session):
             return
         self.conn.seen = self.acceptor.loop.time()  # (a PING the door answers is not silence)
         core, out = self.irc.receive(data)
+        self.cap_time = "server-time" in self.irc.caps  # (CAP REQ is answered here)
         for reply in out:
             self.queue_irc(reply)
         for line in core:
@@ -47,10 +51,16 @@ class IrcSession(Session):
                 break
             self.pump(self.conn.receive_line, line)
 
+    def _after(self, actions: list[Action]) -> None:
+        super()._after(actions)
+        self.cap_time = "server-time" in self.irc.caps  # (not the core's /cap time)
+
     def send_line(self, text: str) -> None:
         irc = self.irc
         for line in irc.from_core(text):
             self.queue_irc(line)
+        if self.run is None and irc.registered:  # registered now: its room's lines from now on
+            self.acceptor.output.ready(self)
         if irc.to_core:  # a server line led to a command (the history of a room entered)
             commands, irc.to_core = irc.to_core, []
             for command in commands:

@@ -5,13 +5,14 @@ the write rounds; a session's ``out`` list is its queue. Nobody ever waits for a
 
 Fan-out: a room message arrives once per acceptor; its line is encoded once and appended to the
 room's ``Run``, the lines its line-protocol members have not all had yet: one append per message,
-not one per member (its WebSocket members have a run of their own, of the line framed once).
-Each such member keeps a ``mark``, the room's lines it has had; a line queued for the member
-alone (a reply, a private message, a list) first moves the run's lines it has not had into its
-own queue, so its lines keep their order. A round writes a member in step (nothing of its own,
-nothing had) the run's lines joined once for all of them (with ``@time=``, a second join, made
-when the first member with ``/cap time`` is met). IRC members get their own copies of the line
-translated once (``_fan_out_doors``). Queues are written in rounds
+not one per member. Its WebSocket members have a run of their own, of the line framed once, and
+its IRC members one of the line translated once (``_fan_out_doors``: for the members registered,
+and a chat line skips its sender). Each member of a run keeps a ``mark``, the room's lines it
+has had; a line queued for the member alone (a reply, a private message, a list) first moves
+the run's lines it has not had into its own queue, so its lines keep their order. A round
+writes a member in step (nothing of its own, nothing had) the run's lines joined once for all
+of them (with ``@time=``, a second join, made when the first member with ``/cap time``, or
+IRC's server-time, is met). Queues are written in rounds
 (``flush``), one write per client per round, ``FLUSH_SLICE`` clients at a time with the loop
 running between slices (reads and router batches are not held up by a long round, and lines
 that arrive meanwhile reach the clients not written yet in the same round). A plain client
@@ -41,7 +42,8 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 from pychat.wire import replies
 
@@ -78,24 +80,37 @@ def _timed_frame(tagged: tuple[str, str]) -> bytes:
     return web.frame(replies.tagged(*tagged).encode("utf-8"))
 
 
+def _irc_bytes(lines: list[str]) -> bytes:
+    return "".join(f"{line}\r\n" for line in lines).encode("utf-8")
+
+
+def _timed_irc(tagged: tuple[str, Callable[[str], list[str]]]) -> bytes:
+    stamp, make = tagged
+    return _irc_bytes(make(stamp))
+
+
 class Run:
-    """A room's lines that some of its line-protocol members (or WebSocket members: then the
-    lines are frames, ``timed_of`` ``_timed_frame``) have not had yet, oldest first.
-    ``items[0]`` is the room's line number ``base``; a member ``s`` has had the room's lines
-    before number ``s.mark``. ``lagging`` counts the members that lack some: when none does,
-    the lines are forgotten at once (``base`` moves past them); while lines keep coming during
-    rounds, ``trim`` forgets what all have had every ``TRIM_AT`` lines."""
+    """A room's lines that some of its members of one kind have not had yet, oldest first:
+    lines for the line protocol, frames for WebSocket (``timed_of`` ``_timed_frame``), IRC
+    lines for the IRC door (its members once registered; a line skips its sender,
+    ``senders``). ``items[0]`` is the room's line number ``base``; a member ``s`` has had the
+    room's lines before number ``s.mark``. ``lagging`` counts the members that lack some: when
+    none does, the lines are forgotten at once (``base`` moves past them); while lines keep
+    coming during rounds, ``trim`` forgets what all have had every ``TRIM_AT`` lines."""
 
     __slots__ = ("_blob", "_blob_n", "_tblob", "_tblob_n", "_trim_at", "base", "items",
-                 "lagging", "members", "tags", "timed", "timed_of")
+                 "lagging", "members", "senders", "tags", "timed", "timed_of")
 
-    def __init__(self, members: dict[Session, None],
-                 timed_of: Callable[[tuple[str, str]], bytes]):
-        self.members = members  # the room's members of one kind (Output.rooms[room]: the same)
-        self.timed_of = timed_of  # (stamp, text) -> the line as a ``/cap time`` member gets it
+    def __init__(self, timed_of: Callable[[Any], bytes], skips_sender: bool = False):
+        self.members: dict[Session, None] = {}  # the room's members of its kind that get it
+        self.timed_of = timed_of  # a line's tag -> the line as a ``/cap time`` member gets it
+        # (IRC) its members by uid: a chat line is not sent back to its sender
+        self.senders: dict[str, Session] | None = {} if skips_sender else None
         self.base = 0  # the number of items[0]
         self.items: list[bytes] = []  # the lines
-        self.tags: list[tuple[str, str] | None] = []  # (stamp, text) of those with a time tag
+        # of those with a time tag, what ``timed_of`` makes it of: (stamp, text), or for IRC
+        # (stamp, what makes its lines for that stamp)
+        self.tags: list[tuple[str, Any] | None] = []
         self.timed: list[bytes] = []  # the lines as ``/cap time`` members get them, made lazily
         self.lagging = 0  # members whose mark is before the end
         self._trim_at = TRIM_AT  # the length at which ``trim`` runs next
@@ -106,7 +121,7 @@ class Run:
     def end(self) -> int:
         return self.base + len(self.items)
 
-    def append(self, data: bytes, tag: tuple[str, str] | None) -> None:
+    def append(self, data: bytes, tag: tuple[str, Any] | None) -> None:
         self.items.append(data)
         self.tags.append(tag)
         self.lagging = len(self.members)  # every member lacks this one
@@ -175,13 +190,17 @@ class Output:
         self.doors: dict[str, dict[Session, None]] = {}  # IRC members (``s.door`` set)
         self.webs: dict[str, dict[Session, None]] = {}  # WebSocket members (frames)
         self.runs: dict[str, Run] = {}  # each room of ``rooms``: its lines (the module's doc)
+        self.irc_runs: dict[str, Run] = {}  # each room of ``doors`` with a registered member
         self.web_runs: dict[str, Run] = {}  # each room of ``webs``: its lines, framed
         self._dirty_rooms: dict[str, None] = {}  # rooms with lines for the next round
         self._trim: dict[str, None] = {}  # rooms of the round being written
         self._kinds = (self.rooms, self.doors, self.webs)  # by ``Session.KIND``
-        # by ``Session.KIND``: the kind's runs, and how its @time= lines are made (IRC: none)
-        self._runs: tuple[tuple[dict[str, Run], Callable[[tuple[str, str]], bytes]] | None,
-                          ...] = ((self.runs, _timed_line), None, (self.web_runs, _timed_frame))
+        # by ``Session.KIND``: the kind's runs, how its @time= lines are made, whether a line
+        # skips its sender
+        self._runs: tuple[tuple[dict[str, Run], Callable[[Any], bytes], bool], ...] = (
+            (self.runs, _timed_line, False), (self.irc_runs, _timed_irc, True),
+            (self.web_runs, _timed_frame, False))
+        self._all_runs = (self.runs, self.irc_runs, self.web_runs)
         self._dirty: list[Session] = []
         self._flush_handle: asyncio.Handle | None = None
         self._coalesce_max = limits.coalesce_ms / 1000.0
@@ -199,18 +218,30 @@ class Output:
     # ---- membership ------------------------------------------------------------------------------
 
     def move(self, s: Session, room: str) -> None:
-        """``s`` is now a member of ``room`` (the router said so)."""
+        """``s`` is now a member of ``room`` (the router said so). It gets the room's run from
+        now on, once it can be sent room lines (an IRC client: once registered, ``ready``)."""
         if s.room != room:
             self.leave(s)
-            members = self._kinds[s.KIND].setdefault(room, {})
-            members[s] = None
-            kind = self._runs[s.KIND]
-            if kind is not None:  # the room's lines from now on, not those before
-                runs, timed_of = kind
-                run = runs.get(room)
-                if run is None:
-                    run = runs[room] = Run(members, timed_of)
-                s.run, s.mark = run, run.end
+            self._kinds[s.KIND].setdefault(room, {})[s] = None
+            door = s.door
+            if door is None or door.registered:
+                self._enter_run(s, room)
+
+    def ready(self, s: Session) -> None:
+        """An IRC member of a room has registered: the room's lines from now on."""
+        if s.run is None and s in self._kinds[s.KIND].get(s.room, ()):
+            self._enter_run(s, s.room)
+
+    def _enter_run(self, s: Session, room: str) -> None:
+        """The room's lines from now on, not those before."""
+        runs, timed_of, skips_sender = self._runs[s.KIND]
+        run = runs.get(room)
+        if run is None:
+            run = runs[room] = Run(timed_of, skips_sender)
+        run.members[s] = None
+        if run.senders is not None:
+            run.senders[s.uid] = s
+        s.run, s.mark = run, run.end
 
     def leave(self, s: Session, keep: bool = True) -> None:
         """``s`` leaves its room; the room's lines it has not had yet stay queued for it
@@ -226,17 +257,21 @@ class Output:
             elif s.mark < run.end:
                 run.caught_up()  # (lacks nothing any more: it is gone)
             s.run, s.mark = None, 0
+            run.members.pop(s, None)
+            if run.senders is not None and run.senders.get(s.uid) is s:
+                del run.senders[s.uid]
+            if not run.members:
+                runs = self._runs[s.KIND][0]
+                if runs.get(s.room) is run:
+                    del runs[s.room]
+                    if not any(s.room in r for r in self._all_runs):
+                        self._dirty_rooms.pop(s.room, None)
         rooms = self._kinds[s.KIND]
         members = rooms.get(s.room)
         if members is not None:
             members.pop(s, None)
             if not members:
                 del rooms[s.room]
-                kind = self._runs[s.KIND]
-                if kind is not None:
-                    kind[0].pop(s.room, None)
-                    if s.room not in self.runs and s.room not in self.web_runs:
-                        self._dirty_rooms.pop(s.room, None)
 
     def members(self, room: str) -> list[Session]:
         """Every local member of ``room``, of every door."""
@@ -273,12 +308,10 @@ class Output:
         """Queue ``data`` for every local member of ``room``: the hot path, one append to the
         room's run per kind of member, not one per member. With ``tagged`` = (stamp, text),
         members with ``/cap time`` get the tagged line instead, encoded once per run, when the
-        first of them is written. IRC members (``doors``) get the line translated once for all
-        of them (``_fan_out_doors``); WebSocket members' run has the line framed once (server
+        first of them is written. IRC members' run has the line translated once for all of
+        them (``_fan_out_doors``); WebSocket members' run has the line framed once (server
         frames are unmasked: the same bytes for everyone)."""
-        if room in self.doors:
-            self._fan_out_doors(self.doors[room], data, tagged)
-        queued = False
+        queued = room in self.doors and self._fan_out_doors(room, data, tagged)
         if room in self.webs:  # WebSocket members: their run, of the line framed once
             self.web_runs[room].append(web.frames(data), tagged)
             queued = True
@@ -291,49 +324,47 @@ class Output:
             if self._flush_handle is None:
                 self._schedule_flush()
 
-    def _fan_out_doors(self, members: dict[Session, None], data: bytes,
-                       tagged: tuple[str, str] | None) -> None:
-        """A room line for the room's IRC members: a chat line (which skips its sender: IRC
-        clients do not expect their own echo) or a file is translated once (twice at most:
-        with and without ``@time=``) for all of them; any other line goes through each
-        member's translator."""
+    def _fan_out_doors(self, room: str, data: bytes, tagged: tuple[str, str] | None) -> bool:
+        """A room line for the room's IRC members. A chat line or a file is translated once
+        (and once more with ``@time=``, when the first member with server-time is written) into
+        the room's IRC run, for its registered members; a chat line skips its sender (IRC
+        clients do not expect their own echo): its mark moves past it. Any other line goes
+        through each member's translator. Whether the run got the line."""
         text = tagged[1] if tagged is not None else data.decode("utf-8").rstrip("\n")
         event = replies.parse_server_line(text)
-        lines: Callable[[IrcDoor, str | None], list[str]]
+        make: Callable[[IrcDoor, str | None, bool], list[str]]
         sender = ""
         if type(event) is replies.FileShared:
             assert isinstance(event, replies.FileShared)
             file = event
-            lines = lambda door, stamp: door.file_lines(replace(file, stamp=stamp), room=True)  # noqa: E731
+            make = lambda door, stamp, timed: door.file_lines(  # noqa: E731
+                replace(file, stamp=stamp), room=True, timed=timed)
         elif type(event) is replies.Chat and not event.private:
             assert isinstance(event, replies.Chat)
             chat, sender = event, event.uid
-            lines = lambda door, stamp: door.public(stamp, chat.uid, chat.text)  # noqa: E731
+            make = lambda door, stamp, timed: door.public(  # noqa: E731
+                stamp, chat.uid, chat.text, timed=timed)
         else:
-            for s in members:
+            for s in list(self.doors[room]):
                 s.send_line(text)
-            return
+            return False
+        run = self.irc_runs.get(room)
+        if run is None:  # no member registered yet
+            return False
+        door = next(iter(run.members)).door  # (any member's: they all see the same line)
+        assert door is not None
         stamp = tagged[0] if tagged is not None else None
-        plain: bytes | None = None
-        timed: bytes | None = None
-        dirty = self._dirty
-        for s in members:  # (``queue`` inlined: IRC members have no run; one flush below)
-            door = s.door
-            if s.uid == sender or door is None or not door.registered:
-                continue
-            out = s.out
-            if not out:
-                dirty.append(s)
-            if stamp and "server-time" in door.caps:
-                if timed is None:
-                    timed = "".join(f"{line}\r\n" for line in lines(door, stamp)).encode()
-                out.append(timed)
-            else:
-                if plain is None:
-                    plain = "".join(f"{line}\r\n" for line in lines(door, None)).encode()
-                out.append(plain)
-        if dirty and self._flush_handle is None:
-            self._schedule_flush()
+        tag = (stamp, partial(make, door, timed=True)) if stamp else None
+        me = run.senders.get(sender) if sender and run.senders is not None else None
+        if me is not None and me.mark < run.end:  # its lines before its own, in its own queue
+            if not me.out:
+                self._dirty.append(me)
+            self._take_run(me)
+        run.append(_irc_bytes(make(door, None, False)), tag)
+        if me is not None:  # had: the line is not sent back to its sender
+            me.mark = run.end
+            run.caught_up()
+        return True
 
     def roster(self, room: str, text: str, delta: str) -> None:
         """A room's USERS/NAMES push: the whole lists, or to members with ``/cap deltas`` that
@@ -436,12 +467,13 @@ class Output:
         rest = self._round[self._round_at:]  # a round cut short keeps its clients, first
         todo = rest + self._dirty if rest else self._dirty
         self._dirty = []
-        if self._dirty_rooms:  # every line and WebSocket member of a room with lines: once each
-            rooms, webs = self.rooms, self.webs
+        if self._dirty_rooms:  # every member of a room's runs, once each
             dedupe = bool(todo) or len(self._dirty_rooms) > 1
             for room in self._dirty_rooms:
-                todo.extend(rooms.get(room, ()))
-                todo.extend(webs.get(room, ()))
+                for runs in self._all_runs:
+                    run = runs.get(room)
+                    if run is not None:
+                        todo.extend(run.members)
                 self._trim[room] = None
             self._dirty_rooms = {}
             if dedupe:  # (a member in a room and queued alone, or moved between two rooms)
@@ -552,8 +584,9 @@ class Output:
             return
         self._round = []
         for room in self._trim:  # the members a line came too late for (the round had
-            for run in (self.runs.get(room), self.web_runs.get(room)):  # passed them): in the
-                if run is not None and run.lagging:  # next round, alone
+            for runs in self._all_runs:  # passed them): in the next round, alone
+                run = runs.get(room)
+                if run is not None and run.lagging:
                     last = run.end
                     self._dirty += [s for s in run.members if s.mark < last]
         self._trim = {}

@@ -481,8 +481,9 @@ class Acceptor:
             return  # closed meanwhile; our Close is on its way
         if msg.room != s.room:
             s.fresh = True  # its new room's list comes whole
+        s.uid = msg.uid  # (before the move: an IRC member's run knows it by uid)
         self.output.move(s, msg.room)
-        s.uid, s.name, s.room = msg.uid, msg.name, msg.room
+        s.name, s.room = msg.name, msg.room
         s.account, s.seal = msg.account, msg.seal
 
     # ---- heartbeats and resync -------------------------------------------------------------------

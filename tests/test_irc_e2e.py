@@ -451,6 +451,47 @@ def test_joining_a_room_with_server_time_plays_back_its_history(irc_serve, clien
                                     ":said before the IRC user came"), line), line
 
 
+def test_room_lines_reach_irc_users_once_registered_with_server_time_as_each_asked(
+        procs, clients):
+    """A room's chat lines reach its IRC members translated once for all of them: an IRC
+    client still registering gets none of them, and after its welcome gets those from then
+    on; members get ``@time=`` as each asked, whichever of them joined first."""
+    irc_port = free_port()
+    p, port = start_serve("--irc-port", str(irc_port), "--history", "memory",
+                          acceptors=1)  # (one acceptor: what the witness has seen, all have)
+    procs.append(p)
+    name = unique("p")
+    b = pychat(port, clients, name)
+    witness = irc(irc_port, clients)
+    witness.register(unique("w"))
+    late = irc(irc_port, clients)  # in the lobby at the core, not registered (no NICK yet)
+    while len(b.users) < 3:  # (b's lists come whole: b, the witness, the one registering)
+        b.expect(lambda line: line.startswith("USERS:"))
+    b.send("said while it registered")
+    witness.expect(r"PRIVMSG #lobby :said while it registered$")  # fanned out by then
+    nick = unique("late")
+    late.register(nick)
+    b.send("said once it was in")
+    assert late.expect(r"PRIVMSG #lobby :said") == \
+        f":{name}!{b.uid}@pychat PRIVMSG #lobby :said once it was in"
+    assert not any("while it registered" in line for line in late.seen)
+    # a room where the first IRC member asked for no times and the second did
+    room = "#" + unique("t")
+    plain, timed = irc(irc_port, clients), irc(irc_port, clients)
+    for c, caps in ((plain, ""), (timed, "server-time")):
+        n = unique("m")
+        c.register(n, caps=caps)
+        c.send(f"JOIN {room}")
+        c.expect(rf"^:pychat 366 {n} {re.escape(room)} ")
+    b.send(f"/join {room}")
+    b.expect(f"ROOM:{room}")
+    b.send("what time is it")
+    said = f":{name}!{b.uid}@pychat PRIVMSG {room} :what time is it"
+    assert plain.expect(r"what time is it$") == said
+    assert re.fullmatch(r"@time=\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z " + re.escape(said),
+                        timed.expect(r"what time is it$"))
+
+
 def test_the_irc_door_speaks_tls_with_the_line_door_s_certificate(procs, tmp_path, clients):
     """`--tls-cert`/`--tls-key` put both doors behind TLS: an IRC client verifying the
     certificate registers and talks with a TLS line client; plain IRC on that port gets no

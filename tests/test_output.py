@@ -16,6 +16,7 @@ import pytest
 
 from pychat.acceptor import output as output_module
 from pychat.acceptor import web
+from pychat.acceptor.irc import IrcDoor
 from pychat.acceptor.limits import Limits
 from pychat.acceptor.output import FLUSH_SLICE, Output
 
@@ -47,6 +48,8 @@ class Client:
         self.cap_time = False
         self.run = None
         self.mark = 0
+        self.door = None  # (the line protocol: no IRC translator)
+        self.uid = ""
 
     def lines(self) -> list[str]:
         return self.transport.data.decode().splitlines()
@@ -227,6 +230,102 @@ def test_a_websocket_member_mid_round_and_leaving_keeps_its_frames(loop):
     for c in webs[1:]:
         assert c.transport.data == c.frames(b"1\n", b"2\n", b"not for it\n")
     assert "#big" in o.web_runs and "#big" not in o.runs  # no line member: no line run
+
+
+def irc_door(uid: str, nick: str, caps: str = "") -> IrcDoor:
+    """A registered IRC translator, as its session has it (the core's answers by hand)."""
+    d = IrcDoor()
+    d.from_core(f"ID:{uid}")
+    d.from_core("OK cap time codes end deltas")
+    d.from_core("END cap")
+    if caps:
+        d.caps.update(caps.split())
+    d.receive(f"NICK {nick}\r\nUSER {nick} 0 * :{nick}\r\n".encode())
+    d.from_core(f"OK nick {nick}")
+    d.from_core(f"NAMES:{NAMES}")
+    d.from_core("END nick")
+    assert d.registered
+    return d
+
+
+BOB = "200002"
+NAMES = f"100001=alice,100002=bea,100003=cy,{BOB}=bob"
+STAMP = "2026-12-07T05:00:00.000Z"
+
+
+class IrcClient(Client):
+    """An IRC member: a registered door (or not yet, ``door.registered`` False), whose other
+    lines go through its translator as IrcSession.send_line does."""
+
+    KIND = 1
+
+    def __init__(self, o: Output, uid: str, nick: str, caps: str = "") -> None:
+        super().__init__()
+        self.o = o
+        self.uid = uid
+        self.door = irc_door(uid, nick, caps)
+        self.cap_time = "server-time" in self.door.caps
+
+    def send_line(self, text: str) -> None:
+        for line in self.door.from_core(text):
+            self.o.queue(self, (line + "\r\n").encode())
+
+    def chat(self) -> list[str]:
+        return [line for line in self.lines() if " PRIVMSG " in line or " NOTICE " in line]
+
+
+def test_irc_members_share_one_translation_and_no_one_gets_its_own_line(loop, monkeypatch):
+    o = output(loop)
+    made = []
+    public = IrcDoor.public
+    monkeypatch.setattr(IrcDoor, "public", lambda d, *a, **k: made.append(a) or public(d, *a, **k))
+    a, b, c = (IrcClient(o, "100001", "alice"), IrcClient(o, "100002", "bea"),
+               IrcClient(o, "100003", "cy"))
+    for m in (a, b, c):
+        join(o, m, "#lobby")
+    o.fan_out("#lobby", b"100002: one\n")  # b's: not back to b
+    o.fan_out("#lobby", b"100001: two\n")  # a's, while a lags (has not had "one")
+    o.queue(b, b":pychat NOTICE bea :yours\r\n")  # b's own line, after "two"
+    o.fan_out("#lobby", b"100002: three\n")
+    o.fan_out("#lobby", b"the server restarts soon\n")  # through each member's translator
+    o.fan_out("#lobby", b"100003: four\n")
+    finish(o)
+    assert len(made) == 4  # each chat line translated once for the three of them
+    say = ":{}!{}@pychat PRIVMSG #lobby :{}".format
+    notice = ":pychat NOTICE {} :the server restarts soon".format
+    assert a.chat() == [say("bea", "100002", "one"), say("bea", "100002", "three"),
+                        notice("alice"), say("cy", "100003", "four")]
+    assert b.chat() == [say("alice", "100001", "two"), ":pychat NOTICE bea :yours",
+                        notice("bea"), say("cy", "100003", "four")]
+    assert c.chat() == [say("bea", "100002", "one"), say("alice", "100001", "two"),
+                        say("bea", "100002", "three"), notice("cy")]
+    run = o.irc_runs["#lobby"]
+    assert run.items == [] and run.lagging == 0  # all had: forgotten
+
+
+def test_an_irc_member_gets_room_lines_once_registered_and_server_time_as_it_asked(loop):
+    o = output(loop)
+    plain = IrcClient(o, "100001", "alice")  # the first member: its door translates
+    timed = IrcClient(o, "100002", "bea", caps="server-time")
+    new = IrcClient(o, "100003", "cy")
+    new.door.registered = False  # connected, not registered yet
+    for m in (plain, timed, new):
+        join(o, m, "#lobby")
+    o.fan_out("#lobby", b"200002: before\n", (STAMP, "200002: before"))
+    finish(o)
+    assert new.chat() == []  # not registered: no room lines
+    new.door.registered = True
+    o.ready(new)
+    o.fan_out("#lobby", b"200002: after\n", (STAMP, "200002: after"))
+    finish(o)
+    line = f":bob!{BOB}@pychat PRIVMSG #lobby :{{}}".format
+    assert plain.chat() == [line("before"), line("after")]
+    assert timed.chat() == [f"@time={STAMP} " + line("before"), f"@time={STAMP} " + line("after")]
+    assert new.chat() == [line("after")]
+    # leaving: out of the run, and the run goes with its last member
+    for m in (plain, timed, new):
+        o.forget(m)
+    assert "#lobby" not in o.irc_runs and "#lobby" not in o.doors
 
 
 class SlowSlices:
