@@ -13,7 +13,7 @@ import pytest
 
 from pychat.clients.loadstats import Latencies, Summary, percentile, table
 from pychat.clients.loadtest import sampled_indices
-from support.procs import ROOT, free_port, python_m
+from support.procs import ROOT, free_port, python_m, start_serve
 
 
 def test_percentile_nearest_rank():
@@ -78,6 +78,28 @@ def test_loadtest_against_serve_counts_every_delivery(serve, stamp, sample_at):
     assert out["duplicated"] == 0 and out["order_violations"] == 0
     assert out["latency_ms"]["count"] == 5 * 200  # every sampled receiver saw every message
     assert 0 < out["latency_ms"]["p50"] <= out["latency_ms"]["p99"]
+
+
+@pytest.mark.e2e
+def test_loadtest_through_the_irc_door_measures_after_the_arrivals(procs):
+    """Through the IRC door (no echo to the sender), every delivery counted, and the settle
+    waits for the connect storm's JOIN lines: its TOPIC query comes back through the router,
+    behind them (a PING, answered by the door itself, came back ahead of them)."""
+    irc_port = free_port()
+    p, _ = start_serve("--irc-port", str(irc_port), acceptors=1)
+    procs.append(p)
+    r = subprocess.run(
+        python_m("pychat", "loadtest", "--proto", "irc", "--port", str(irc_port), "--clients",
+                 "300", "--senders", "3", "--rate", "100", "--count", "30", "--json",
+                 "--quiet"),
+        capture_output=True, text=True, timeout=120, cwd=ROOT, env=dict(os.environ))
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["connected"] == 300 and out["sent"] == 30
+    assert out["expected"] == 30 * 299  # everyone but its sender
+    assert out["delivered"] == out["expected"] and out["lost"] == 0
+    assert out["duplicated"] == 0 and out["order_violations"] == 0
+    assert out["late_pushes"] == 0, out["notes"]
 
 
 # ---- --plot and progress (issue 18) ------------------------------------------------------------
