@@ -834,8 +834,9 @@ async def run_load(args: argparse.Namespace, tls: ssl.SSLContext | None = None,
     summary.order_violations = run.order_violations
     summary.late_pushes = run.late_pushes
     if run.late_pushes:
-        summary.notes.append(f"{run.late_pushes} arrival lines came after the settle: the "
-                             "connect storm was still draining while this measured")
+        summary.notes.append(f"{run.late_pushes} arrival lines came after the settle (in a "
+                             "room over 500, list pushes are throttled: the last of the "
+                             "connect storm's may come during the run)")
     summary.disconnected = sum(1 for c in run.clients if c.closed)
     summary.deliveries_per_s = summary.delivered / max(summary.duration_s, 1e-9)
     summary.latency_ms = run.latencies.stats()
