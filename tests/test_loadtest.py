@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 from itertools import pairwise
+from types import SimpleNamespace
 
 import pytest
 
@@ -83,23 +84,54 @@ def test_loadtest_against_serve_counts_every_delivery(serve, stamp, sample_at):
 @pytest.mark.e2e
 def test_loadtest_through_the_irc_door_measures_after_the_arrivals(procs):
     """Through the IRC door (no echo to the sender), every delivery counted, and the settle
-    waits for the connect storm's JOIN lines: its TOPIC query comes back through the router,
-    behind them (a PING, answered by the door itself, came back ahead of them)."""
+    waits for the connect storm's JOIN lines: until client 0 knows every client, then a TOPIC
+    query that comes back through the router, behind them (a PING, answered by the door
+    itself, came back ahead of them; and a room over 500's last push can come later still)."""
     irc_port = free_port()
     p, _ = start_serve("--irc-port", str(irc_port), acceptors=1)
     procs.append(p)
-    r = subprocess.run(
+    r = subprocess.run(  # (over 500 in the room: the router throttles its list pushes)
         python_m("pychat", "loadtest", "--proto", "irc", "--port", str(irc_port), "--clients",
-                 "300", "--senders", "3", "--rate", "100", "--count", "30", "--json",
+                 "600", "--senders", "3", "--rate", "100", "--count", "30", "--json",
                  "--quiet"),
         capture_output=True, text=True, timeout=120, cwd=ROOT, env=dict(os.environ))
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
-    assert out["connected"] == 300 and out["sent"] == 30
-    assert out["expected"] == 30 * 299  # everyone but its sender
+    assert out["connected"] == 600 and out["sent"] == 30
+    assert out["expected"] == 30 * 599  # everyone but its sender
     assert out["delivered"] == out["expected"] and out["lost"] == 0
     assert out["duplicated"] == 0 and out["order_violations"] == 0
     assert out["late_pushes"] == 0, out["notes"]
+
+
+def test_the_settle_tracks_the_room_s_members_as_each_server_says_them():
+    """Client 0's count of the room's members, from PyChat's lists and from IRC lines as
+    PyChat's door and ngircd write them (the lobby's names apart)."""
+    from pychat.clients.loadtest import Client
+
+    def tracker(proto: str) -> Client:
+        c = Client.__new__(Client)  # (no loop, no socket: only what _track reads)
+        c.run = SimpleNamespace(proto=proto, room="#load")
+        c.members, c.all_in, c.want = set(), None, 0
+        return c
+
+    c = tracker("pychat")
+    for line in (b"USERS:1,2,3", b"JOINED:4,5", b"LEFT:2"):
+        c._track(line)
+    assert c.members == {b"1", b"3", b"4", b"5"}
+    c = tracker("irc")
+    for line in (b":pychat 353 lt0 = #lobby :u100001 lt7",  # the lobby, at registration
+                 b":lt0!100002@pychat JOIN #load",
+                 b":pychat 353 lt0 = #load :lt0 lt3 @lt4",
+                 b":pychat 366 lt0 #load :End of /NAMES list",
+                 b":lt5!~lt5@localhost JOIN :#load",  # ngircd's form
+                 b":lt6!100009@pychat JOIN #lobby",
+                 b":lt3!100004@pychat PART #load",
+                 b":lt4!x@h QUIT :bye",
+                 b":lt5!x@h NICK :lt55",
+                 b":lt7!x@h NICK lt77"):  # (not a member here)
+        c._track(line)
+    assert c.members == {b"lt0", b"lt55"}
 
 
 # ---- --plot and progress (issue 18) ------------------------------------------------------------
