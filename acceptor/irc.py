@@ -536,11 +536,8 @@ class IrcDoor:
         if self.registered:
             out.extend(self._names())
 
-    def _tag(self, stamp: str | None, timed: bool | None = None) -> str:
-        """``@time=`` for ``stamp``, if this client asked for server-time (or ``timed``)."""
-        if timed is None:
-            timed = "server-time" in self.caps
-        return f"@time={stamp} " if stamp and timed else ""
+    def _tag(self, stamp: str | None) -> str:
+        return f"@time={stamp} " if stamp and "server-time" in self.caps else ""
 
     def _event(self, event: replies.Event, out: list[str]) -> None:
         kind = type(event)
@@ -704,20 +701,20 @@ class IrcDoor:
         elif event.uid != self.uid:
             out.extend(chat_lines(tag, self.source(event.uid), self.room, event.text))
 
-    def file_lines(self, event: replies.FileShared, room: bool,
-                   timed: bool | None = None) -> list[str]:
+    def file_lines(self, event: replies.FileShared, room: bool) -> list[str]:
         """A file sent to the room (or privately to us): its name, size and URL, as a PRIVMSG
-        from its sender, so IRC clients show it and make the URL a link. With its time if this
-        client asked for server-time (``timed``: whatever this client asked)."""
-        text = f"sent a file: {event.name} ({human_size(event.size)}) {event.url}"
-        return chat_lines(self._tag(event.stamp, timed), self.source(event.uid),
-                          self.room if room else self.nick, text)
+        from its sender, so IRC clients show it and make the URL a link."""
+        return chat_lines(self._tag(event.stamp), self.source(event.uid),
+                          self.room if room else self.nick, file_text(event))
 
-    def public(self, stamp: str | None, uid: str, text: str,
-               timed: bool | None = None) -> list[str]:
-        """A room's chat line as the room's IRC members see it (all the same: those with
-        server-time with ``@time=``, made by any member's door with ``timed``)."""
-        return chat_lines(self._tag(stamp, timed), self.source(uid), self.room, text)
+    def public(self, stamp: str | None, uid: str, text: str) -> list[str]:
+        """A room's chat line as the room's IRC members see it (all the same)."""
+        return chat_lines(self._tag(stamp), self.source(uid), self.room, text)
+
+
+def file_text(event: replies.FileShared) -> str:
+    """What a shared file says as a PRIVMSG: its name, size and URL."""
+    return f"sent a file: {event.name} ({human_size(event.size)}) {event.url}"
 
 
 def human_size(n: int) -> str:

@@ -41,8 +41,6 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import replace
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from pychat.wire import replies
@@ -51,7 +49,6 @@ from . import web
 from .limits import Limits
 
 if TYPE_CHECKING:
-    from .irc import IrcDoor
     from .session import Session
 
 log = logging.getLogger("pychat.acceptor")
@@ -84,9 +81,11 @@ def _irc_bytes(lines: list[str]) -> bytes:
     return "".join(f"{line}\r\n" for line in lines).encode("utf-8")
 
 
-def _timed_irc(tagged: tuple[str, Callable[[str], list[str]]]) -> bytes:
-    stamp, make = tagged
-    return _irc_bytes(make(stamp))
+def _timed_irc(tagged: tuple[str, tuple[str, str, str]]) -> bytes:
+    from .irc import chat_lines  # (loaded with the IRC door: an acceptor without it never is)
+
+    stamp, (source, target, text) = tagged
+    return _irc_bytes(chat_lines(f"@time={stamp} ", source, target, text))
 
 
 class Run:
@@ -109,7 +108,7 @@ class Run:
         self.base = 0  # the number of items[0]
         self.items: list[bytes] = []  # the lines
         # of those with a time tag, what ``timed_of`` makes it of: (stamp, text), or for IRC
-        # (stamp, what makes its lines for that stamp)
+        # (stamp, (source, channel, text))
         self.tags: list[tuple[str, Any] | None] = []
         self.timed: list[bytes] = []  # the lines as ``/cap time`` members get them, made lazily
         self.lagging = 0  # members whose mark is before the end
@@ -330,20 +329,18 @@ class Output:
         the room's IRC run, for its registered members; a chat line skips its sender (IRC
         clients do not expect their own echo): its mark moves past it. Any other line goes
         through each member's translator. Whether the run got the line."""
+        from .irc import chat_lines, file_text  # (the IRC door's, loaded with it)
+
         text = tagged[1] if tagged is not None else data.decode("utf-8").rstrip("\n")
         event = replies.parse_server_line(text)
-        make: Callable[[IrcDoor, str | None, bool], list[str]]
         sender = ""
         if type(event) is replies.FileShared:
             assert isinstance(event, replies.FileShared)
-            file = event
-            make = lambda door, stamp, timed: door.file_lines(  # noqa: E731
-                replace(file, stamp=stamp), room=True, timed=timed)
+            uid, said = event.uid, file_text(event)
         elif type(event) is replies.Chat and not event.private:
             assert isinstance(event, replies.Chat)
-            chat, sender = event, event.uid
-            make = lambda door, stamp, timed: door.public(  # noqa: E731
-                stamp, chat.uid, chat.text, timed=timed)
+            uid = sender = event.uid
+            said = event.text
         else:
             for s in list(self.doors[room]):
                 s.send_line(text)
@@ -353,14 +350,15 @@ class Output:
             return False
         door = next(iter(run.members)).door  # (any member's: they all see the same line)
         assert door is not None
-        stamp = tagged[0] if tagged is not None else None
-        tag = (stamp, partial(make, door, timed=True)) if stamp else None
+        source, channel = door.source(uid), door.room
+        # (made now: the door may have left the room before a server-time member is written)
+        tag = (tagged[0], (source, channel, said)) if tagged is not None else None
         me = run.senders.get(sender) if sender and run.senders is not None else None
         if me is not None and me.mark < run.end:  # its lines before its own, in its own queue
             if not me.out:
                 self._dirty.append(me)
             self._take_run(me)
-        run.append(_irc_bytes(make(door, None, False)), tag)
+        run.append(_irc_bytes(chat_lines("", source, channel, said)), tag)
         if me is not None:  # had: the line is not sent back to its sender
             me.mark = run.end
             run.caught_up()

@@ -14,6 +14,7 @@ import asyncio
 
 import pytest
 
+from pychat.acceptor import irc as irc_module
 from pychat.acceptor import output as output_module
 from pychat.acceptor import web
 from pychat.acceptor.irc import IrcDoor
@@ -277,8 +278,8 @@ class IrcClient(Client):
 def test_irc_members_share_one_translation_and_no_one_gets_its_own_line(loop, monkeypatch):
     o = output(loop)
     made = []
-    public = IrcDoor.public
-    monkeypatch.setattr(IrcDoor, "public", lambda d, *a, **k: made.append(a) or public(d, *a, **k))
+    chat_lines = irc_module.chat_lines
+    monkeypatch.setattr(irc_module, "chat_lines", lambda *a: made.append(a) or chat_lines(*a))
     a, b, c = (IrcClient(o, "100001", "alice"), IrcClient(o, "100002", "bea"),
                IrcClient(o, "100003", "cy"))
     for m in (a, b, c):
@@ -322,10 +323,19 @@ def test_an_irc_member_gets_room_lines_once_registered_and_server_time_as_it_ask
     assert plain.chat() == [line("before"), line("after")]
     assert timed.chat() == [f"@time={STAMP} " + line("before"), f"@time={STAMP} " + line("after")]
     assert new.chat() == [line("after")]
+    # the line's translation is fixed when it comes: its translating member (the first) may
+    # move to another channel before the server-time member's copy is made
+    o.fan_out("#lobby", b"200002: moving\n", (STAMP, "200002: moving"))
+    plain.door.room = "#other"
+    o.move(plain, "#other")
+    plain.room = "#other"
+    finish(o)
+    assert timed.chat()[-1] == f"@time={STAMP} " + line("moving")
+    assert plain.chat()[-1] == line("moving")  # (had it before it left)
     # leaving: out of the run, and the run goes with its last member
     for m in (plain, timed, new):
         o.forget(m)
-    assert "#lobby" not in o.irc_runs and "#lobby" not in o.doors
+    assert not o.irc_runs and not o.doors
 
 
 class SlowSlices:
