@@ -527,8 +527,6 @@ class Client(asyncio.Protocol):
         self.heard = True
         for item in self.lines.feed(data):
             if isinstance(item, bytes):
-                if self.members is not None:
-                    self._track(item)
                 self._line(item)
 
     def _track(self, line: bytes) -> None:
@@ -569,6 +567,8 @@ class Client(asyncio.Protocol):
             self.all_in.set_result(None)
 
     def _line(self, line: bytes) -> None:
+        if self.members is not None:  # (client 0, until the settle)
+            self._track(line)
         run = self.run
         if run.proto == "irc":
             transport = self.transport

@@ -274,6 +274,7 @@ def test_loadtest_over_websocket_against_serve(procs):
     assert out["duplicated"] == 0 and out["order_violations"] == 0
     assert out["latency_ms"]["count"] == 5 * 200
     assert out["stamp"] == "kernel" and out["loadgen_cpu_s_per_million"] > 0
+    assert out["late_pushes"] == 0 and not any("settle" in n for n in out["notes"]), out["notes"]
     assert "\r" not in r.stderr and "loadtest: t=" in r.stderr  # a log: a line per second
 
 
