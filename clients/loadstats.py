@@ -39,6 +39,7 @@ class Summary:
     # arrival lines (JOIN, USERS, JOINED) after the settle: a room over 500's pushes are
     # throttled (router/state.py push_interval), so the last may come during the run
     late_pushes: int = 0
+    sampled: int = 0  # receivers that parsed every line (--sample, fewer at high rates)
     disconnected: int = 0
     deliveries_per_s: float = 0.0
     latency_ms: dict = field(default_factory=dict)  # p50 p90 p99 max count
@@ -107,7 +108,8 @@ def table(s: Summary) -> str:
     if lat.get("count"):
         rows.append(("latency ms p50/p90/p99/max",
                      f"{lat['p50']:.2f} / {lat['p90']:.2f} / {lat['p99']:.2f} / "
-                     f"{lat['max']:.2f} ({lat['count']} samples)"))
+                     f"{lat['max']:.2f} ({lat['count']} samples"
+                     + (f" from {s.sampled} receivers)" if s.sampled else ")")))
     if s.stamp == "kernel" and s.loadgen_delay_ms.get("count"):
         d = s.loadgen_delay_ms
         rows.append(("read delay ms p50/p99/max",

@@ -660,6 +660,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("--sample", "PYCHAT_LT_SAMPLE", 20,
            "receivers that parse every line (latency, order, duplicates)", (LOADTEST,),
            type=positive(int)),
+    Option("--sample-lines", "PYCHAT_LT_SAMPLE_LINES", 50000,
+           "at most this many lines a second parsed by the sampled receivers: at a rate where "
+           "--sample receivers would parse more, fewer are sampled (at least 2), so the load "
+           "generator's own work does not grow with the rate on a machine it shares with the "
+           "server (flat out: --sample)", (LOADTEST,), type=positive(int)),
     Option("--sample-at", "PYCHAT_LT_SAMPLE_AT", "spread",
            "which receivers are sampled: spread evenly over the join order, or the clients that "
            "join first or last (servers write a room's members in join order or its reverse, so "

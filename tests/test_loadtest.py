@@ -104,6 +104,47 @@ def test_loadtest_through_the_irc_door_measures_after_the_arrivals(procs):
     assert out["late_pushes"] == 0, out["notes"]
 
 
+def test_fewer_receivers_are_sampled_where_they_would_parse_too_many_lines():
+    from pychat.clients.loadtest import receivers_sampled
+
+    assert receivers_sampled(20, 200, 50000) == 20  # 4,000 lines a second: all 20
+    assert receivers_sampled(20, 2500, 50000) == 20
+    assert receivers_sampled(20, 2800, 50000) == 17
+    assert receivers_sampled(20, 10400, 50000) == 4
+    assert receivers_sampled(20, 100000, 50000) == 2  # at least 2
+    assert receivers_sampled(1, 100000, 50000) == 1  # never more than asked
+    assert receivers_sampled(20, 0, 50000) == 20  # flat out
+
+
+@pytest.mark.parametrize("proto", ["pychat", "irc"])
+def test_a_counting_client_counts_markers_split_across_reads(proto):
+    """A counting client counts the marker in the run's one read buffer, in place; a marker
+    cut between two reads, at any byte, is counted once."""
+    import asyncio
+
+    from pychat.clients.loadtest import Client, Run
+
+    async def go() -> list[int]:
+        args = SimpleNamespace(proto=proto, room="#load", size=0, sample=20, rate=100.0,
+                               sample_lines=50000)
+        run = Run(args, None)
+        c = Client(run, 1, sampled=False)
+        c.counting = True
+        marker = run.marker
+        stream = b"".join(b"x" + marker + b"1 %d 0 pad\r\n" % i for i in range(50))
+        counts = []
+        for cut in range(1, 40):  # every split point within the first lines
+            c.count, c.tail = 0, b""
+            for part in (stream[:cut], stream[cut:]):
+                view = c.get_buffer(-1)
+                view[:len(part)] = part
+                c.buffer_updated(len(part))
+            counts.append(c.count)
+        return counts
+
+    assert set(asyncio.run(go())) == {50}
+
+
 def test_the_settle_tracks_the_room_s_members_as_each_server_says_them():
     """Client 0's count of the room's members, from PyChat's lists and from IRC lines as
     PyChat's door and ngircd write them (the lobby's names apart)."""
