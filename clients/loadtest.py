@@ -392,16 +392,8 @@ class KernelStamped:
             self.sock.close()
 
 
-READ_BUFFER = 256 * 1024  # the one buffer every client's reads go into (BufferedProtocol)
-
-
-class Client(asyncio.BufferedProtocol):
-    """One simulated user. ``sampled`` clients parse every line; the others only count.
-
-    Reads land in the run's one buffer (``get_buffer``: the loop reads, then calls
-    ``buffer_updated`` at once, one client at a time): a counting client counts the marker in
-    it in place, with no bytes object made per read (at 10 million deliveries a second that
-    was most of the generator's own time); every other read goes on as ``data_received``."""
+class Client(asyncio.Protocol):
+    """One simulated user. ``sampled`` clients parse every line; the others only count."""
 
     def __init__(self, run: Run, idx: int, sampled: bool):
         self.run = run
@@ -430,25 +422,6 @@ class Client(asyncio.BufferedProtocol):
         self.all_in: asyncio.Future[None] | None = None
 
     # ---- asyncio ---------------------------------------------------------------------------------
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return self.run.read_view
-
-    def buffer_updated(self, nbytes: int) -> None:
-        run = self.run
-        if self.counting and not self.sampled and self.ws is None and not self.ws_key:
-            buf, marker = run.read_buffer, run.marker
-            k = len(marker) - 1
-            found = buf.count(marker, 0, nbytes)
-            tail = self.tail
-            if tail:  # a marker across the two reads
-                found += (tail + buf[:k]).count(marker)
-            self.count += found
-            self.tail = bytes(buf[max(0, nbytes - k):nbytes])
-            if run.proto == "irc" and buf.find(b"PING", 0, nbytes) >= 0:
-                self._lines(bytes(buf[:nbytes]))
-            return
-        self.data_received(bytes(run.read_view[:nbytes]))
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -482,7 +455,14 @@ class Client(asyncio.BufferedProtocol):
             except WsError as e:
                 self._fail(e)
             return
-        self._lines(data)  # (a counting client's reads are counted in buffer_updated)
+        if self.counting and not self.sampled:
+            chunk = self.tail + data
+            self.count += chunk.count(self.run.marker)
+            self.tail = data[-(len(self.run.marker) - 1):]
+            if self.run.proto == "irc" and b"PING" in data:
+                self._lines(data)
+            return
+        self._lines(data)
 
     def connection_lost(self, exc) -> None:
         self.closed = True
@@ -649,8 +629,6 @@ class Run:
         self.room = args.room
         self.marker = b":LT " if self.proto == "irc" else b": LT "
         self.sample = receivers_sampled(args.sample, args.rate, args.sample_lines)
-        self.read_buffer = bytearray(READ_BUFFER)  # every client's reads (Client.get_buffer)
-        self.read_view = memoryview(self.read_buffer)
         self.clients: list[Client] = []
         self.latencies = Latencies()
         self.delays = Latencies()  # kernel receive time to this process reading the line
