@@ -46,6 +46,7 @@ class IrcSession(Session):
         self.cap_time = "server-time" in self.irc.caps  # (CAP REQ is answered here)
         for reply in out:
             self.queue_irc(reply)
+        self._registered()  # (CAP END after a SASL login registers here)
         for line in core:
             if not self.open or self.conn.quitting:
                 break
@@ -59,13 +60,18 @@ class IrcSession(Session):
         irc = self.irc
         for line in irc.from_core(text):
             self.queue_irc(line)
-        if self.run is None and irc.registered:  # registered now: its room's lines from now on
-            self.acceptor.output.ready(self)
+        self._registered()
         if irc.to_core:  # a server line led to a command (the history of a room entered)
             commands, irc.to_core = irc.to_core, []
             for command in commands:
                 if self.open and not self.conn.quitting:
                     self.pump(self.conn.receive_line, command)
+
+    def _registered(self) -> None:
+        """Registered now (the core's answer to NICK, or CAP END after a SASL login): its
+        room's lines from now on."""
+        if self.run is None and self.irc.registered:
+            self.acceptor.output.ready(self)
 
     def queue_irc(self, line: str) -> None:
         self.acceptor.output.queue(self, (line + "\r\n").encode("utf-8"))

@@ -413,6 +413,35 @@ def test_sasl_plain_logs_in_to_an_account(irc_serve, clients):
     taken.expect(rf"^:pychat 433 \* {name} ")
 
 
+def test_a_client_registered_by_sasl_gets_its_room_s_lines(irc_serve, clients):
+    """Registration that ends at CAP END after a SASL login happens in the door's reading of
+    the client's bytes, not in a line from the core: the room's lines reach it from then on."""
+    import base64
+    port, irc_port = irc_serve
+    name = unique("acct")
+    _registered_account(port, clients, name, "correct-horse-9")
+    talker = unique("talk")
+    b = pychat(port, clients, talker)
+    c = irc(irc_port, clients)
+    c.send("CAP LS 302")
+    c.send("NICK somebody")
+    c.send("USER x 0 * :x")
+    c.send("CAP REQ :sasl")
+    c.send("AUTHENTICATE PLAIN")
+    c.expect(r"^AUTHENTICATE \+$")
+    c.send("AUTHENTICATE " + base64.b64encode(f"\0{name}\0correct-horse-9".encode()).decode())
+    c.expect(r"^:pychat 903 ")
+    while name not in b.names.values():  # the login's name push has come and gone
+        b.expect(lambda line: line.startswith("NAMES:"))
+    c.send("CAP END")
+    c.expect(rf"^:pychat 366 {name} #lobby ")
+    c.send("PING :registered")  # (answered by the door: its welcome has been handled)
+    c.expect(r"PONG pychat :registered$")
+    b.send("for the account")
+    assert c.expect(r"PRIVMSG #lobby :for the account$") == \
+        f":{talker}!{b.uid}@pychat PRIVMSG #lobby :for the account"
+
+
 def test_the_irc_library_logs_in_with_sasl(irc_serve, clients):
     irc_client = pytest.importorskip("irc.client")
     port, irc_port = irc_serve
