@@ -43,9 +43,9 @@ class IrcSession(Session):
             return
         self.conn.seen = self.acceptor.loop.time()  # (a PING the door answers is not silence)
         core, out = self.irc.receive(data)
-        self.cap_time = "server-time" in self.irc.caps  # (CAP REQ is answered here)
-        for reply in out:
+        for reply in out:  # (the room's lines before a CAP ACK go out as asked before it)
             self.queue_irc(reply)
+        self.cap_time = "server-time" in self.irc.caps  # (CAP REQ is answered here)
         self._registered()  # (CAP END after a SASL login registers here)
         for line in core:
             if not self.open or self.conn.quitting:

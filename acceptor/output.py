@@ -231,6 +231,15 @@ class Output:
         if s.run is None and s in self._kinds[s.KIND].get(s.room, ()):
             self._enter_run(s, s.room)
 
+    def renumbered(self, s: Session, old_uid: str) -> None:
+        """``s`` has a new uid (a new router gave it another: its old one was taken): its run
+        knows it by the new one (its own lines are skipped, not the old uid's new owner's)."""
+        run = s.run
+        if run is not None and run.senders is not None:
+            if run.senders.get(old_uid) is s:
+                del run.senders[old_uid]
+            run.senders[s.uid] = s
+
     def _enter_run(self, s: Session, room: str) -> None:
         """The room's lines from now on, not those before."""
         runs, timed_of, skips_sender = self._runs[s.KIND]
@@ -348,12 +357,17 @@ class Output:
         run = self.irc_runs.get(room)
         if run is None:  # no member registered yet
             return False
-        door = next(iter(run.members)).door  # (any member's: they all see the same line)
+        # any member's door but the sender's (whose own nick may be ahead of the others' lists)
+        them = iter(run.members)
+        first = next(them)
+        door = (next(them, first) if first.uid == sender else first).door
         assert door is not None
         source, channel = door.source(uid), door.room
         # (made now: the door may have left the room before a server-time member is written)
         tag = (tagged[0], (source, channel, said)) if tagged is not None else None
         me = run.senders.get(sender) if sender and run.senders is not None else None
+        if me is not None and (me.run is not run or me.uid != sender):
+            me = None  # (not that session's any more: never so, but never trusted)
         if me is not None and me.mark < run.end:  # its lines before its own, in its own queue
             if not me.out:
                 self._dirty.append(me)

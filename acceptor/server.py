@@ -481,7 +481,9 @@ class Acceptor:
             return  # closed meanwhile; our Close is on its way
         if msg.room != s.room:
             s.fresh = True  # its new room's list comes whole
-        s.uid = msg.uid  # (before the move: an IRC member's run knows it by uid)
+        old_uid, s.uid = s.uid, msg.uid  # (before the move: an IRC member's run knows its uid)
+        if old_uid and old_uid != msg.uid:
+            self.output.renumbered(s, old_uid)
         self.output.move(s, msg.room)
         s.name, s.room = msg.name, msg.room
         s.account, s.seal = msg.account, msg.seal
