@@ -11,6 +11,8 @@ the room's run forgets what everyone left has had.
 from __future__ import annotations
 
 import asyncio
+import random
+import re
 
 import pytest
 
@@ -413,6 +415,124 @@ def test_lines_before_a_cap_ack_go_out_as_the_client_asked_before_it(loop):
         f":bob!{BOB}@pychat PRIVMSG #lobby :before",
         ":pychat CAP alice ACK :server-time",
         f"@time={STAMP} :bob!{BOB}@pychat PRIVMSG #lobby :after"]
+
+
+def _frames_text(data: bytes) -> list[str]:
+    """Server frames (unmasked, short) back to their texts."""
+    out, i = [], 0
+    while i < len(data):
+        n = data[i + 1]
+        i += 2
+        if n == 126:
+            n = int.from_bytes(data[i:i + 2], "big")
+            i += 2
+        out.append(data[i:i + n].decode())
+        i += n
+    return out
+
+
+def _interleaving(seed: int) -> None:
+    """One random interleaving of fan-outs (a local sender or none), lines of a member's own,
+    moves, IRC registrations, uid changes, closes, pauses and slices of rounds, against a model:
+    each live member gets, once and in order, every line of its room from its arrival on (an
+    IRC member: from its registration on, none of its own chat), and its own lines where they
+    were queued; after every step each run counts exactly the members that lack lines."""
+    rnd = random.Random(seed)
+    loop = asyncio.new_event_loop()
+    try:
+        o = output(loop)
+        clients: list[Client] = []
+        expect: dict[Client, list[str]] = {}
+        live: dict[Client, bool] = {}
+        uids = iter(range(100001, 200000))
+        for k in range(9):
+            uid = str(next(uids))
+            if k % 3 == 2:
+                c: Client = IrcClient(o, uid, f"n{uid}", caps=rnd.choice(["", "server-time"]))
+                c.door.registered = rnd.random() < 0.5
+            else:
+                c = Client() if k % 3 == 0 else WebClient()
+                c.uid, c.cap_time = uid, rnd.random() < 0.3
+            clients.append(c)
+            expect[c], live[c] = [], True
+        rooms = ["#a", "#b", "#c"]
+        for c in clients:
+            join(o, c, rnd.choice(rooms))
+        n = 0
+        for _ in range(400):
+            op = rnd.random()
+            c = rnd.choice(clients)
+            if op < 0.35:
+                room, who = rnd.choice(rooms), rnd.choice([*clients, None])
+                sender = who.uid if who is not None else "999999"
+                n += 1
+                o.fan_out(room, f"{sender}: m{n}\n".encode(), (STAMP, f"{sender}: m{n}"))
+                for m in clients:
+                    if live[m] and m.room == room and not (
+                            isinstance(m, IrcClient)
+                            and (not m.door.registered or m.uid == sender)):
+                        expect[m].append(f"m{n}")
+            elif not live[c]:
+                continue
+            elif op < 0.45:
+                n += 1
+                o.queue(c, web.frames(f"own{n}\n".encode()) if isinstance(c, WebClient)
+                        else f"x own{n}\n".encode())
+                expect[c].append(f"own{n}")
+            elif op < 0.55:
+                join(o, c, rnd.choice(rooms))
+            elif op < 0.6:
+                if isinstance(c, IrcClient) and not c.door.registered:
+                    c.door.registered = True
+                    o.ready(c)
+            elif op < 0.61:  # a new router's new uid (as Acceptor._set_session)
+                old, c.uid = c.uid, str(next(uids))
+                o.renumbered(c, old)
+            elif op < 0.63:
+                live[c] = False
+                o.forget(c)
+                c.transport.closing = True
+            elif op < 0.7:
+                if c.blocked:
+                    c.blocked = False
+                    o.unblocked(c)
+                else:
+                    c.blocked = True
+            elif o._round and o._round_at < len(o._round):  # the loop turns: a slice
+                o._write_slice()
+            elif o._dirty or o._dirty_rooms:
+                o.flush()
+            for runs in o._all_runs:
+                for room, run in runs.items():
+                    lacking = sum(1 for m in run.members if m.mark < run.end)
+                    assert run.lagging == lacking, (seed, room)
+                    assert all(m.mark >= run.base for m in run.members), (seed, room)
+        for c in clients:
+            if c.blocked:
+                c.blocked = False
+                o.unblocked(c)
+        finish(o)
+        for c in clients:
+            texts = (_frames_text(bytes(c.transport.data)) if isinstance(c, WebClient)
+                     else c.lines())
+            got = [m.group(1) for t in texts if (m := re.search(r"(m\d+|own\d+)$", t))]
+            if live[c]:
+                assert got == expect[c], (seed, c.uid)
+        for runs in o._all_runs:
+            for room, run in runs.items():
+                assert not run.items, (seed, room)  # all written: nothing kept
+                assert all(m.run is run and live[m] for m in run.members), (seed, room)
+                assert all(m in run.members for m in (run.senders or {}).values()), (seed, room)
+    finally:
+        loop.close()
+
+
+def test_random_interleavings_keep_every_member_s_lines(monkeypatch):
+    """The runs of all three kinds against a model, over many random interleavings, with
+    rounds cut into slices of 2 (a review's check, kept)."""
+    monkeypatch.setattr(output_module, "FLUSH_SLICE", 2)
+    for seed in range(300):
+        _interleaving(seed)
 
 
 class SlowSlices:
