@@ -367,7 +367,7 @@ class Output:
         tag = (tagged[0], (source, channel, said)) if tagged is not None else None
         me = run.senders.get(sender) if sender and run.senders is not None else None
         if me is not None and (me.run is not run or me.uid != sender):
-            me = None  # (not that session's any more: never so, but never trusted)
+            me = None  # (a stale entry: guarded, though a uid change re-keys it, renumbered)
         if me is not None and me.mark < run.end:  # its lines before its own, in its own queue
             if not me.out:
                 self._dirty.append(me)
