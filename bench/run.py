@@ -101,13 +101,14 @@ class Server:
         parts = self.kind.split("-")
         acceptors = ["--acceptors", parts[1]] if len(parts) > 1 and parts[1].isdigit() else []
         irc = ["--irc-port", str(free_port())] if self.kind.endswith("-irc") else []
-        # the web door (on by default since it exists) on a free port: never a fixed one
-        web = ["--web-port", "0"] if self.python == PY else []
+        # the web door (on by default since it exists) on a free port, never a fixed one: said
+        # in the environment, which another commit's pychat from before the web door ignores
         self.log = open(os.path.join(self.tmp, "serve.log"), "w+")  # noqa: SIM115 (kept open for the server's life)
         self.proc = subprocess.Popen(
             [self.python, "-m", "pychat", "serve", "--port", "0", *acceptors,
-             "--data-dir", self.tmp, "--log-level", "warning", *irc, *web],
-            stdout=subprocess.PIPE, stderr=self.log, env=ENV, text=True, cwd=self.tmp)
+             "--data-dir", self.tmp, "--log-level", "warning", *irc],
+            stdout=subprocess.PIPE, stderr=self.log, env=dict(ENV, PYCHAT_WEB_PORT="0"),
+            text=True, cwd=self.tmp)
         line = self.proc.stdout.readline()
         if "serving on" not in line:
             self.log.seek(0)
