@@ -199,7 +199,7 @@ class Output:
         self._runs: tuple[tuple[dict[str, Run], Callable[[Any], bytes], bool], ...] = (
             (self.runs, _timed_line, False), (self.irc_runs, _timed_irc, True),
             (self.web_runs, _timed_frame, False))
-        self._all_runs = (self.runs, self.irc_runs, self.web_runs)
+        self._all_runs = tuple(kind[0] for kind in self._runs)
         self._dirty: list[Session] = []
         self._flush_handle: asyncio.Handle | None = None
         self._coalesce_max = limits.coalesce_ms / 1000.0

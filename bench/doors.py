@@ -26,11 +26,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--kinds", default="pychat-2,pychat-2-irc,ngircd")
-    ap.add_argument("--clients", type=int, default=1000)
-    ap.add_argument("--senders", type=int, default=10)
-    ap.add_argument("--rate", type=float, default=200.0)
-    ap.add_argument("--duration", type=float, default=8.0)
-    ap.add_argument("--json-out", default="")
+    run.scenario_args(ap)
     args = ap.parse_args()
     kinds = args.kinds.split(",")
     runs: dict[str, list[dict]] = {k: [] for k in kinds}

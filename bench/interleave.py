@@ -30,11 +30,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("servers", nargs="+")
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--clients", type=int, default=1000)
-    ap.add_argument("--senders", type=int, default=10)
-    ap.add_argument("--rate", type=float, default=200.0)
-    ap.add_argument("--duration", type=float, default=8.0)
-    ap.add_argument("--json-out", default="")
+    run.scenario_args(ap)
     args = ap.parse_args()
     base = dict(run.ENV)
     results: dict[str, list[dict]] = {spec: [] for spec in args.servers}

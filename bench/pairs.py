@@ -34,11 +34,7 @@ def main() -> int:
                     help="an interpreter whose installed pychat is the other server of each pair "
                          "(default: ngircd)")
     ap.add_argument("--env", action="append", default=[], help="NAME=VALUE for PyChat")
-    ap.add_argument("--clients", type=int, default=1000)
-    ap.add_argument("--senders", type=int, default=10)
-    ap.add_argument("--rate", type=float, default=200.0)
-    ap.add_argument("--duration", type=float, default=8.0)
-    ap.add_argument("--json-out", default="")
+    run.scenario_args(ap)
     args = ap.parse_args()
     base = dict(run.ENV)
     pychat_env = dict(base, **dict(kv.split("=", 1) for kv in args.env))

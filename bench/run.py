@@ -223,6 +223,16 @@ def show(r: dict) -> str:
             + f" connect={r['connect_s']:.2f}s")
 
 
+def scenario_args(ap: argparse.ArgumentParser) -> None:
+    """The one scenario that bench/pairs.py, bench/interleave.py and bench/doors.py run each
+    server through (1,000 clients x 200 msg/s, 10 senders, 8 s by default), and --json-out."""
+    ap.add_argument("--clients", type=int, default=1000)
+    ap.add_argument("--senders", type=int, default=10)
+    ap.add_argument("--rate", type=float, default=200.0)
+    ap.add_argument("--duration", type=float, default=8.0)
+    ap.add_argument("--json-out", default="")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="a short sitting (fewer scenarios)")
